@@ -1,0 +1,53 @@
+"""Typed errors. The library raises these; the CLI turns them into one clean line
+and the matching exit code, so scripts calling the Python API can branch on type."""
+
+from __future__ import annotations
+
+from reshard.exit_codes import ExitCode
+
+
+class ReshardError(Exception):
+    """Base class: a failure reshard understands and can explain."""
+
+    exit_code: ExitCode = ExitCode.ERROR
+
+
+class ConfigError(ReshardError):
+    """reshard.yaml, a shard map or a command-line value is invalid."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class MigrationError(ReshardError):
+    """The migration named does not exist or is in a state that forbids the step."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
+class Unavailable(ReshardError):
+    """A server reshard needs (a cluster, Kafka, Connect) cannot be reached or is unhealthy."""
+
+    exit_code = ExitCode.UNAVAILABLE
+
+
+class StackError(Unavailable):
+    """The embedded stack could not be brought up, or a part of it died."""
+
+
+class SchemaMismatch(ReshardError):
+    """Source and target tables disagree (columns, types, primary key), or the source
+    changed under a running migration. The migration pauses; nothing is written."""
+
+    exit_code = ExitCode.PAUSED
+
+
+class MigrationPaused(ReshardError):
+    """The applier met input it will not guess about and stopped before writing it."""
+
+    exit_code = ExitCode.PAUSED
+
+
+class WaitTimeout(ReshardError):
+    """A bounded wait (catch-up, readiness) ran out."""
+
+    exit_code = ExitCode.TIMEOUT

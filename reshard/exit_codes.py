@@ -1,0 +1,38 @@
+"""Every exit code reshard uses, in one place.
+
+Scheduled jobs branch on these, so they are part of the interface: documented in
+the README and at the end of ``reshard --help``, and never reused for another
+meaning. As in dbt, "the command ran and the answer is negative" (1) is distinct
+from "the command could not do its job" (2 and up).
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0
+    CHECK_FAILED = 1
+    ERROR = 2
+    BAD_INPUT = 3
+    UNAVAILABLE = 4
+    PAUSED = 5
+    TIMEOUT = 6
+
+
+DESCRIPTIONS: dict[ExitCode, str] = {
+    ExitCode.OK: "the command did what was asked",
+    ExitCode.CHECK_FAILED: "it ran to the end and the answer is negative (verify found differences)",
+    ExitCode.ERROR: "unexpected internal error; the message and the logs say what happened",
+    ExitCode.BAD_INPUT: "bad command line, config, shard map or migration; nothing was changed",
+    ExitCode.UNAVAILABLE: "a cluster, Kafka, Kafka Connect or the embedded stack is unreachable or unhealthy",
+    ExitCode.PAUSED: "the migration stopped itself on input it will not guess about "
+    "(schema drift, a row missing for a partial update); nothing was lost: fix it and rerun",
+    ExitCode.TIMEOUT: "a bounded wait ran out (e.g. catch-up did not finish within --timeout)",
+}
+
+
+def describe() -> str:
+    """The table printed at the end of ``reshard --help`` and in the README."""
+    return "\n".join(f"{int(c):>3}  {c.name.lower():<13} {DESCRIPTIONS[c]}" for c in ExitCode)
