@@ -1,0 +1,81 @@
+"""Kafka Connect REST client: register, inspect and remove reshard's connectors."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from reshard.errors import ReshardError, Unavailable, WaitTimeout
+
+
+class ConnectError(ReshardError):
+    """Kafka Connect refused a request or reports a connector as FAILED."""
+
+
+class ConnectClient:
+    def __init__(self, url: str, timeout: float = 15.0):
+        self.url = url.rstrip("/")
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: Any = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        req = urllib.request.Request(
+            self.url + path, data=data, method=method,
+            headers={"Content-Type": "application/json", "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read()
+                return json.loads(raw) if raw else None
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            detail = exc.read().decode(errors="replace")
+            raise ConnectError(f"Kafka Connect {method} {path} failed ({exc.code}): {detail}") from None
+        except (urllib.error.URLError, OSError) as exc:
+            raise Unavailable(f"Kafka Connect at {self.url} is unreachable: {exc}") from None
+
+    def check(self) -> None:
+        self._call("GET", "/")
+
+    def plugins(self) -> list[str]:
+        return [p["class"] for p in self._call("GET", "/connector-plugins") or []]
+
+    def connectors(self) -> list[str]:
+        return self._call("GET", "/connectors") or []
+
+    def put(self, name: str, config: dict[str, str]) -> None:
+        """Create the connector, or update it to exactly this config (idempotent)."""
+        self._call("PUT", f"/connectors/{name}/config", config)
+
+    def config(self, name: str) -> dict[str, str] | None:
+        return self._call("GET", f"/connectors/{name}/config")
+
+    def status(self, name: str) -> dict | None:
+        return self._call("GET", f"/connectors/{name}/status")
+
+    def delete(self, name: str) -> bool:
+        if self.status(name) is None:
+            return False
+        self._call("DELETE", f"/connectors/{name}")
+        return True
+
+    def wait_running(self, name: str, timeout: float = 60.0) -> dict:
+        """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
+        deadline = time.monotonic() + timeout
+        status: dict | None = None
+        while time.monotonic() < deadline:
+            status = self.status(name)
+            if status:
+                states = [status["connector"]["state"]] + [t["state"] for t in status.get("tasks", [])]
+                failed = [t for t in status.get("tasks", []) if t["state"] == "FAILED"]
+                if status["connector"]["state"] == "FAILED" or failed:
+                    trace = (failed[0] if failed else status["connector"]).get("trace", "")
+                    raise ConnectError(f"connector {name} FAILED: {trace.splitlines()[0] if trace else 'no trace'}")
+                if status.get("tasks") and all(s == "RUNNING" for s in states):
+                    return status
+            time.sleep(0.3)
+        raise WaitTimeout(f"connector {name} not RUNNING after {timeout:.0f}s (last status: {status})")

@@ -1,0 +1,106 @@
+"""Kafka plumbing reshard needs: topics it creates, partition end offsets, group positions.
+
+Lag and the drain proof are both stated in these terms: a consumer group has applied
+everything Kafka holds when, for every partition, its committed offset has reached
+the partition's end offset as read *after* the source confirmed the position.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from reshard.errors import Unavailable
+
+_quiet = logging.getLogger("reshard.librdkafka")
+_quiet.addHandler(logging.NullHandler())
+_quiet.propagate = False
+
+
+def client_conf(bootstrap: str, **extra: object) -> dict:
+    """librdkafka settings shared by every client reshard creates.
+
+    librdkafka logs every refused connection to stderr; those go to a logger instead,
+    and reshard reports unavailability itself, once, with a clear message.
+    """
+    return {"bootstrap.servers": bootstrap, "logger": _quiet, **extra}
+
+
+class KafkaAdmin:
+    def __init__(self, bootstrap: str):
+        self.bootstrap = bootstrap
+        self.admin = AdminClient(client_conf(bootstrap))
+
+    def check(self, timeout: float = 5.0) -> None:
+        try:
+            md = self.admin.list_topics(timeout=timeout)
+        except KafkaException as exc:
+            raise Unavailable(f"Kafka at {self.bootstrap} is unreachable: {exc}") from None
+        if not md.brokers:
+            raise Unavailable(f"Kafka at {self.bootstrap} reports no brokers")
+
+    def topics(self, timeout: float = 10.0) -> dict[str, int]:
+        """Topic name -> partition count."""
+        md = self.admin.list_topics(timeout=timeout)
+        return {name: len(t.partitions) for name, t in md.topics.items()}
+
+    def ensure_topics(self, names: Iterable[str], partitions: int, replication: int) -> list[str]:
+        """Create the topics that do not exist yet; return the ones created."""
+        existing = self.topics()
+        missing = [n for n in names if n not in existing]
+        if not missing:
+            return []
+        futures = self.admin.create_topics(
+            [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing],
+            operation_timeout=30,
+        )
+        for name, fut in futures.items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+        return missing
+
+    def delete_topics(self, names: Iterable[str]) -> None:
+        names = [n for n in names if n in self.topics()]
+        if not names:
+            return
+        for _name, fut in self.admin.delete_topics(names, operation_timeout=30).items():
+            try:
+                fut.result()
+            except KafkaException as exc:
+                if "UNKNOWN_TOPIC" not in str(exc):
+                    raise
+
+    def end_offsets(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        """High watermark of every partition of ``topics``."""
+        parts = self.topics()
+        consumer = Consumer(client_conf(self.bootstrap, **{"group.id": "reshard-offset-probe", "enable.auto.commit": False}))
+        try:
+            out = {}
+            for t in topics:
+                for p in range(parts.get(t, 0)):
+                    _low, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                    out[(t, p)] = high
+            return out
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
+        """The group's committed offset per partition (0 where it committed nothing)."""
+        parts = self.topics()
+        tps = [TopicPartition(t, p) for t in topics for p in range(parts.get(t, 0))]
+        if not tps:
+            return {}
+        fut = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
+        result = fut.result()
+        return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions}
+
+    def lag(self, group: str, topics: list[str]) -> int:
+        ends = self.end_offsets(topics)
+        done = self.committed(group, topics)
+        return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())

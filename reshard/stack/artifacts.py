@@ -1,0 +1,81 @@
+"""Fetch the pinned JVM parts (Kafka, Kafka Connect, Debezium) once, into a cache.
+
+``connectors/pom.xml`` pins the versions; Maven resolves them from Maven Central into
+``$RESHARD_CACHE/jvm/<hash of the pom>/`` (default ``~/.cache/reshard``). The hash in
+the path means a version bump fetches a fresh set instead of mixing jars; a marker
+file written last means an interrupted fetch is redone rather than trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from reshard.errors import StackError
+
+CACHE_ENV = "RESHARD_CACHE"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+POM = REPO_ROOT / "connectors" / "pom.xml"
+COMPLETE_MARKER = ".complete"
+
+
+@dataclass(frozen=True)
+class JvmArtifacts:
+    root: Path
+
+    @property
+    def classpath(self) -> str:
+        return str(self.root / "lib" / "*")
+
+    @property
+    def plugin_path(self) -> Path:
+        return self.root / "plugins"
+
+
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_ENV)
+    return Path(env) if env else Path.home() / ".cache" / "reshard"
+
+
+def artifacts_dir(pom: Path = POM) -> Path:
+    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
+    return cache_dir() / "jvm" / digest
+
+
+def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifacts:
+    """Return the artifact set, running Maven only when it is not complete yet."""
+    if not pom.is_file():
+        raise StackError(f"{pom} is missing: reshard must run from a source checkout")
+    target = artifacts_dir(pom)
+    if (target / COMPLETE_MARKER).is_file():
+        return JvmArtifacts(target)
+    mvn = shutil.which("mvn")
+    if mvn is None:
+        raise StackError("Maven (mvn) is not installed; `make deps` installs it (apt-get install maven)")
+    if target.exists():
+        shutil.rmtree(target)
+    target.mkdir(parents=True)
+    log = log or (target.parent / f"{target.name}.maven.log")
+    with open(log, "w") as out:
+        proc = subprocess.run(
+            [mvn, "-B", "-q", "-f", str(pom), "generate-resources", f"-Dstack.dir={target}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            cwd=pom.parent,
+        )
+    if proc.returncode != 0:
+        raise StackError(f"Maven could not fetch the JVM artifacts (exit {proc.returncode}); see {log}")
+    if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
+        (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
+    ):
+        raise StackError(f"Maven finished but the expected jars are missing under {target}; see {log}")
+    (target / COMPLETE_MARKER).write_text("ok\n")
+    return JvmArtifacts(target)
+
+
+if __name__ == "__main__":  # `python -m reshard.stack.artifacts` (used by make)
+    print(ensure_jvm_artifacts().root)

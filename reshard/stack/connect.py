@@ -1,0 +1,93 @@
+"""The embedded Kafka Connect worker (distributed mode) with the Debezium plugin."""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+from reshard.errors import StackError
+from reshard.stack.artifacts import JvmArtifacts
+from reshard.stack.kafka import java_argv, write_log4j
+from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+
+DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
+
+# offset.flush.interval.ms bounds how soon a change Debezium produced is reflected in
+# the slot's confirmed_flush_lsn (Connect commits source offsets only for records Kafka
+# acknowledged, then Debezium confirms that LSN to the slot). reshard's catch-up and
+# drain proofs wait on that LSN, so the embedded worker flushes four times a second
+# instead of the default once a minute.
+OFFSET_FLUSH_MS = 250
+
+
+@dataclass
+class ConnectWorker:
+    home: Path
+    port: int
+    bootstrap: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "connect.log"
+
+    def init(self, art: JvmArtifacts) -> None:
+        self.home.mkdir(parents=True, exist_ok=True)
+        write_log4j(self.home / "log4j2.properties")
+        (self.home / "connect.properties").write_text("\n".join([
+            f"bootstrap.servers={self.bootstrap}",
+            "group.id=reshard-connect",
+            "key.converter=org.apache.kafka.connect.json.JsonConverter",
+            "value.converter=org.apache.kafka.connect.json.JsonConverter",
+            "config.storage.topic=_reshard_connect_configs",
+            "offset.storage.topic=_reshard_connect_offsets",
+            "status.storage.topic=_reshard_connect_status",
+            "config.storage.replication.factor=1",
+            "offset.storage.replication.factor=1",
+            "status.storage.replication.factor=1",
+            f"offset.flush.interval.ms={OFFSET_FLUSH_MS}",
+            f"listeners=http://127.0.0.1:{self.port}",
+            f"rest.advertised.host.name=127.0.0.1",
+            f"rest.advertised.port={self.port}",
+            f"plugin.path={art.plugin_path}",
+            "plugin.discovery=hybrid_warn",
+            "connector.client.config.override.policy=All",
+            "",
+        ]))
+
+    def start(self, art: JvmArtifacts) -> ProcessRecord:
+        argv = java_argv(art, self.home / "log4j2.properties", "1g",
+                         "org.apache.kafka.connect.cli.ConnectDistributed", str(self.home / "connect.properties"))
+        return spawn(argv, self.log, cwd=self.home)
+
+    def plugins(self, timeout: float = 3.0) -> list[str]:
+        with urllib.request.urlopen(f"{self.url}/connector-plugins", timeout=timeout) as resp:
+            return [p["class"] for p in json.load(resp)]
+
+    def healthy(self) -> bool:
+        try:
+            if DEBEZIUM_CLASS not in self.plugins():
+                return False
+            with urllib.request.urlopen(f"{self.url}/connectors", timeout=3.0) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self, rec: ProcessRecord, timeout: float = 180.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not is_running(rec):
+                raise StackError(f"Kafka Connect exited while starting:\n{tail(self.log)}")
+            if self.healthy():
+                return
+            time.sleep(0.5)
+        raise StackError(
+            f"Kafka Connect did not list the Debezium plugin ({DEBEZIUM_CLASS}) within {timeout:.0f}s:\n{tail(self.log)}"
+        )

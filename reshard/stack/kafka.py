@@ -1,0 +1,120 @@
+"""The embedded single-node Kafka broker (KRaft: broker and controller in one JVM)."""
+
+from __future__ import annotations
+
+import base64
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from confluent_kafka.admin import AdminClient
+
+from reshard.errors import StackError
+from reshard.stack.artifacts import JvmArtifacts
+from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+
+LOG4J2 = """\
+status = warn
+appender.out.type = Console
+appender.out.name = OUT
+appender.out.layout.type = PatternLayout
+appender.out.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.out.ref = OUT
+logger.kafka.name = kafka
+logger.kafka.level = WARN
+logger.apache.name = org.apache.kafka
+logger.apache.level = WARN
+logger.connect.name = org.apache.kafka.connect
+logger.connect.level = INFO
+logger.debezium.name = io.debezium
+logger.debezium.level = INFO
+"""
+
+
+def write_log4j(path: Path) -> Path:
+    path.write_text(LOG4J2)
+    return path
+
+
+def java_argv(art: JvmArtifacts, log4j: Path, heap: str, main: str, *args: str) -> list[str]:
+    return [
+        "java", f"-Xmx{heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+        f"-Dlog4j2.configurationFile={log4j}", "-cp", art.classpath, main, *args,
+    ]
+
+
+@dataclass
+class KafkaBroker:
+    home: Path
+    port: int
+    controller_port: int
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def log(self) -> Path:
+        return self.home / "kafka.log"
+
+    def _properties(self) -> str:
+        return "\n".join([
+            "process.roles=broker,controller",
+            "node.id=1",
+            f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
+            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            "controller.listener.names=CONTROLLER",
+            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name=PLAINTEXT",
+            f"log.dirs={self.home / 'data'}",
+            "num.partitions=1",
+            "auto.create.topics.enable=true",
+            "offsets.topic.replication.factor=1",
+            "transaction.state.log.replication.factor=1",
+            "transaction.state.log.min.isr=1",
+            "share.coordinator.state.topic.replication.factor=1",
+            "share.coordinator.state.topic.min.isr=1",
+            "group.initial.rebalance.delay.ms=0",
+            "",
+        ])
+
+    def init(self, art: JvmArtifacts) -> None:
+        """Write the config; format the KRaft storage once (a cluster id is forever)."""
+        self.home.mkdir(parents=True, exist_ok=True)
+        props = self.home / "server.properties"
+        props.write_text(self._properties())
+        log4j = write_log4j(self.home / "log4j2.properties")
+        if (self.home / "data" / "meta.properties").is_file():
+            return
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        proc = subprocess.run(
+            java_argv(art, log4j, "256m", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise StackError(f"formatting Kafka storage failed:\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}")
+
+    def start(self, art: JvmArtifacts) -> ProcessRecord:
+        argv = java_argv(art, self.home / "log4j2.properties", "768m", "kafka.Kafka", str(self.home / "server.properties"))
+        return spawn(argv, self.log, cwd=self.home)
+
+    def healthy(self, timeout: float = 3.0) -> bool:
+        try:
+            md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=timeout)
+            return bool(md.brokers)
+        except Exception:
+            return False
+
+    def wait_ready(self, rec: ProcessRecord, timeout: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not is_running(rec):
+                raise StackError(f"Kafka exited while starting:\n{tail(self.log)}")
+            if self.healthy(timeout=2.0):
+                return
+            time.sleep(0.5)
+        raise StackError(f"Kafka broker not answering metadata requests after {timeout:.0f}s:\n{tail(self.log)}")

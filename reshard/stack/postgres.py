@@ -1,0 +1,173 @@
+"""One embedded PostgreSQL cluster: initdb once, configure for logical decoding, run.
+
+The binaries come from Debian's ``postgresql-15`` package. PostgreSQL refuses to run
+as root, so when reshard runs as root the cluster runs as the ``postgres`` system user
+(the package creates it); its data directory then has to live where that user can
+reach it, which a checkout under /root is not, so we fall back to a directory of
+its own under /var/tmp and link to it from the state directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from reshard.errors import StackError
+from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+
+MIN_VERSION = 15
+SERVER_USER = "postgres"
+
+# Settings every reshard cluster needs (logical decoding, enough slots and senders
+# for a connector per migration plus the snapshotter's exporting connection), on
+# loopback only, and no Unix socket so that paths never hit the 107-byte limit.
+CONF = """
+# --- reshard embedded stack ---
+listen_addresses = '127.0.0.1'
+port = {port}
+unix_socket_directories = ''
+wal_level = logical
+max_replication_slots = 32
+max_wal_senders = 32
+max_connections = 200
+logging_collector = off
+log_min_messages = warning
+log_line_prefix = '%m [%p] {name} '
+"""
+
+
+def find_bindir() -> Path:
+    """The newest installed PostgreSQL >= 15 (RESHARD_PG_BINDIR overrides)."""
+    env = os.environ.get("RESHARD_PG_BINDIR")
+    if env:
+        return Path(env)
+    found: list[tuple[int, Path]] = []
+    for d in Path("/usr/lib/postgresql").glob("*/bin"):
+        if (d / "initdb").is_file() and (d / "postgres").is_file() and d.parent.name.isdigit():
+            found.append((int(d.parent.name), d))
+    found = [f for f in found if f[0] >= MIN_VERSION]
+    if not found:
+        raise StackError(
+            "PostgreSQL >= 15 server binaries not found under /usr/lib/postgresql; "
+            "`make deps` installs Debian's postgresql-15"
+        )
+    return max(found)[1]
+
+
+def server_user() -> str | None:
+    """The user the server runs as: ourselves, or 'postgres' when we are root."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise StackError("running as root needs the 'postgres' system user (installed with postgresql-15)") from None
+    return SERVER_USER
+
+
+def _reachable_by(user: str, path: Path) -> bool:
+    return subprocess.run(["runuser", "-u", user, "--", "test", "-w", str(path)], capture_output=True).returncode == 0
+
+
+def data_root(state_dir: Path) -> Path:
+    """Where cluster data directories go: <state>/pg, or a fallback the server user can reach."""
+    root = state_dir / "pg"
+    user = server_user()
+    if user is None:
+        root.mkdir(parents=True, exist_ok=True)
+        return root
+    if root.is_symlink():
+        return root.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    shutil.chown(root, user)
+    if _reachable_by(user, root):
+        return root
+    root.rmdir()
+    digest = hashlib.sha1(str(state_dir).encode()).hexdigest()[:12]
+    fallback = Path("/var/tmp/reshard-pg") / digest
+    fallback.mkdir(parents=True, exist_ok=True)
+    os.chmod(fallback.parent, 0o755)
+    shutil.chown(fallback, user)
+    root.symlink_to(fallback, target_is_directory=True)
+    return fallback
+
+
+@dataclass
+class PostgresCluster:
+    name: str
+    datadir: Path
+    port: int
+    log: Path
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+
+    def initialized(self) -> bool:
+        return (self.datadir / "PG_VERSION").is_file()
+
+    def init(self) -> None:
+        """initdb once; afterwards only the port line is kept current."""
+        bindir = find_bindir()
+        user = server_user()
+        if not self.initialized():
+            self.datadir.mkdir(parents=True, exist_ok=True)
+            if user:
+                shutil.chown(self.datadir, user)
+            os.chmod(self.datadir, 0o700)
+            cmd = [str(bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
+                   "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+            if user:
+                cmd = ["runuser", "-u", user, "--"] + cmd
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise StackError(f"initdb for {self.name} failed: {proc.stderr.strip() or proc.stdout.strip()}")
+            with open(self.datadir / "postgresql.conf", "a") as f:
+                f.write(CONF.format(port=self.port, name=self.name))
+        else:
+            conf = self.datadir / "postgresql.conf"
+            text = re.sub(r"(?m)^port = \d+$", f"port = {self.port}", conf.read_text())
+            conf.write_text(text)
+
+    def start(self) -> ProcessRecord:
+        # A stale postmaster.pid after a crash is fine: postgres checks whether the pid
+        # in it is alive and refuses to start only if it is.
+        bindir = find_bindir()
+        return spawn([str(bindir / "postgres"), "-D", str(self.datadir)], self.log, user=server_user())
+
+    def wait_ready(self, rec: ProcessRecord, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            if not is_running(rec):
+                raise StackError(f"postgres {self.name} exited while starting:\n{tail(self.log)}")
+            try:
+                with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                return
+            except psycopg.Error as exc:
+                last = exc
+                time.sleep(0.2)
+        raise StackError(f"postgres {self.name} not ready after {timeout:.0f}s: {last}\n{tail(self.log)}")
+
+    def healthy(self) -> bool:
+        try:
+            with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.Error:
+            return False
+
+    def ensure_database(self, dbname: str) -> None:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{dbname}"')

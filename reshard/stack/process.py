@@ -1,0 +1,135 @@
+"""Start a server detached, remember exactly which process it is, stop exactly that one.
+
+A pid alone is not an identity: after a reboot or a long time it may belong to an
+unrelated process. We record the pid together with the kernel's start time of that
+process (field 22 of /proc/<pid>/stat) and only signal a pid whose start time still
+matches. Nothing here ever looks processes up by name.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import signal
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessRecord:
+    pid: int
+    start_ticks: int
+    argv: list[str]
+    log: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProcessRecord":
+        return cls(int(d["pid"]), int(d["start_ticks"]), list(d["argv"]), str(d["log"]))
+
+
+def _stat(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of a live pid, or None."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+    # the command name (field 2) may contain spaces and parentheses: split after the last ')'
+    rest = raw[raw.rindex(")") + 2 :].split()
+    return rest[0], int(rest[19])
+
+
+def is_running(rec: ProcessRecord) -> bool:
+    st = _stat(rec.pid)
+    if st is None:
+        return False
+    state, ticks = st
+    return ticks == rec.start_ticks and state not in ("Z", "X")
+
+
+def _reap(pid: int) -> None:
+    """Collect our own child's exit status so it does not linger as a zombie."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def spawn(
+    argv: list[str],
+    log: Path,
+    *,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> ProcessRecord:
+    """Start argv in its own session with stdout/stderr appended to ``log``.
+
+    The process outlives the caller (``reshard stack up`` returns while the servers
+    keep running). ``user`` drops privileges, for servers that refuse to run as root.
+    """
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        kwargs: dict = {}
+        if user is not None and os.geteuid() == 0:
+            pw = pwd.getpwnam(user)
+            kwargs.update(user=pw.pw_uid, group=pw.pw_gid, extra_groups=[])
+            env = {**(env or os.environ), "HOME": pw.pw_dir, "USER": user, "LOGNAME": user}
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=cwd,
+            start_new_session=True,
+            **kwargs,
+        )
+    st = None
+    for _ in range(100):
+        st = _stat(proc.pid)
+        if st is not None:
+            break
+        time.sleep(0.01)
+    if st is None:
+        raise RuntimeError(f"{argv[0]} exited immediately; see {log}")
+    return ProcessRecord(proc.pid, st[1], list(argv), str(log))
+
+
+def stop(rec: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 30.0) -> bool:
+    """Signal the recorded process, wait for it to exit, SIGKILL it past ``timeout``.
+
+    Returns True when it was running and is now gone, False when it was already gone.
+    """
+    if not is_running(rec):
+        _reap(rec.pid)
+        return False
+    try:
+        os.kill(rec.pid, sig)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        _reap(rec.pid)
+        if not is_running(rec):
+            return True
+        time.sleep(0.1)
+    if is_running(rec):
+        os.kill(rec.pid, signal.SIGKILL)
+        for _ in range(100):
+            _reap(rec.pid)
+            if not is_running(rec):
+                break
+            time.sleep(0.05)
+    return True
+
+
+def tail(path: str | Path, lines: int = 30) -> str:
+    try:
+        return "\n".join(Path(path).read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log written)"

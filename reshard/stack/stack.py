@@ -1,0 +1,286 @@
+"""The embedded stack: PostgreSQL clusters, a Kafka broker and a Connect worker on loopback.
+
+``up`` is idempotent: parts already running (same pid *and* start time as recorded)
+are reported, not started twice; parts that are down are started again on their old
+ports and data, so a migration in progress survives a ``down``/``up``. ``down`` stops
+exactly the processes ``up`` recorded, Connect first so it flushes its offsets, then
+Kafka, then the databases. Everything lives under the state directory (``.reshard/``
+or ``$RESHARD_HOME``): data, logs, ``stack.json`` and the ``reshard.yaml`` it writes.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator
+
+from reshard.config import ClusterConfig, Config, ConnectConfig, KafkaConfig, write_config
+from reshard.errors import StackError
+from reshard.stack.artifacts import ensure_jvm_artifacts
+from reshard.stack.connect import ConnectWorker
+from reshard.stack.kafka import KafkaBroker
+from reshard.stack.postgres import PostgresCluster, data_root
+from reshard.stack.process import ProcessRecord, is_running, stop
+
+CONTROL = "control"
+APP_DB = "app"
+CONTROL_DB = "reshard"
+STATE_VERSION = 1
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
+
+
+@dataclass
+class PartStatus:
+    name: str
+    kind: str  # postgres | kafka | connect
+    port: int | None
+    pid: int | None
+    running: bool
+    healthy: bool
+    log: str | None
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass
+class UpResult:
+    config_path: Path
+    config: Config
+    started: list[str]
+    already_running: list[str]
+
+
+class Stack:
+    """Owns the state directory; every method takes the state lock first."""
+
+    def __init__(self, home: Path, say: Callable[[str], None] | None = None):
+        self.home = home
+        self.say = say or (lambda _msg: None)
+        self.state_path = home / "stack.json"
+
+    # ---- state -------------------------------------------------------------
+    @contextmanager
+    def _locked(self) -> Iterator[dict]:
+        self.home.mkdir(parents=True, exist_ok=True)
+        with open(self.home / "stack.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            state = self._load()
+            try:
+                yield state
+            finally:
+                # saved even when a start fails, so `down` can stop what did start
+                self._save(state)
+
+    def _load(self) -> dict:
+        if self.state_path.is_file():
+            state = json.loads(self.state_path.read_text())
+            if state.get("version") != STATE_VERSION:
+                raise StackError(f"{self.state_path} has an unknown format version {state.get('version')}")
+            return state
+        return {"version": STATE_VERSION, "clusters": {}, "kafka": None, "connect": None}
+
+    def _save(self, state: dict) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state, indent=2) + "\n")
+        tmp.replace(self.state_path)
+
+    @staticmethod
+    def _rec(part: dict | None) -> ProcessRecord | None:
+        if part and part.get("process"):
+            return ProcessRecord.from_dict(part["process"])
+        return None
+
+    def _alive(self, part: dict | None) -> bool:
+        rec = self._rec(part)
+        return rec is not None and is_running(rec)
+
+    def _port(self, current: int | None) -> int:
+        return current if current and port_free(current) else free_port()
+
+    # ---- up ------------------------------------------------------------------
+    def up(self, sources: int = 1, targets: int = 2) -> UpResult:
+        if sources < 1 or targets < 1:
+            raise StackError("the embedded stack needs at least one source and one target cluster")
+        with self._locked() as state:
+            started: list[str] = []
+            running: list[str] = []
+            names = [CONTROL] + [f"source{i}" for i in range(1, sources + 1)] + [f"target{i}" for i in range(1, targets + 1)]
+            # clusters from an earlier, larger `up` stay part of the stack
+            names += [n for n in state["clusters"] if n not in names]
+            root = data_root(self.home)
+            clusters: dict[str, PostgresCluster] = {}
+            to_start: list[str] = []
+            for name in names:
+                part = state["clusters"].get(name, {})
+                alive = self._alive(part)
+                port = part["port"] if alive else self._port(part.get("port"))
+                clusters[name] = PostgresCluster(name, root / name, port, self.home / "logs" / f"postgres-{name}.log")
+                state["clusters"][name] = {**part, "port": port, "datadir": str(root / name), "log": str(clusters[name].log)}
+                (running if alive else to_start).append(name)
+
+            kafka_part = state.get("kafka") or {}
+            kafka_alive = self._alive(kafka_part)
+            kafka_port = kafka_part["port"] if kafka_alive else self._port(kafka_part.get("port"))
+            ctl_port = kafka_part["controller_port"] if kafka_alive else self._port(kafka_part.get("controller_port"))
+            broker = KafkaBroker(self.home / "kafka", kafka_port, ctl_port)
+            connect_part = state.get("connect") or {}
+            connect_alive = self._alive(connect_part)
+            connect_port = connect_part["port"] if connect_alive else self._port(connect_part.get("port"))
+            worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap)
+
+            art = None
+            if not (kafka_alive and connect_alive):
+                self.say("JVM artifacts: resolving the pinned Kafka, Connect and Debezium jars (cached after the first time)")
+                art = ensure_jvm_artifacts()
+
+            def start_pg(name: str) -> tuple[str, ProcessRecord]:
+                c = clusters[name]
+                c.init()
+                rec = c.start()
+                c.wait_ready(rec)
+                return name, rec
+
+            with ThreadPoolExecutor(max_workers=4) as pool:
+                pg_futures = [pool.submit(start_pg, n) for n in to_start]
+                kafka_rec = None
+                if not kafka_alive:
+                    assert art is not None
+                    self.say(f"kafka: starting broker on 127.0.0.1:{kafka_port}")
+                    broker.init(art)
+                    kafka_rec = broker.start(art)
+                    state["kafka"] = {"port": kafka_port, "controller_port": ctl_port,
+                                      "log": str(broker.log), "process": kafka_rec.to_dict()}
+                    self._save(state)
+                else:
+                    state["kafka"] = kafka_part
+                    running.append("kafka")
+                errors = []
+                for fut in pg_futures:
+                    try:
+                        name, rec = fut.result()
+                        state["clusters"][name]["process"] = rec.to_dict()
+                        started.append(name)
+                        self.say(f"postgres {name}: ready on 127.0.0.1:{clusters[name].port}")
+                    except StackError as exc:
+                        errors.append(str(exc))
+                self._save(state)
+                if errors:
+                    raise StackError("\n".join(errors))
+            if kafka_rec is not None:
+                broker.wait_ready(kafka_rec)
+                started.append("kafka")
+                self.say(f"kafka: ready on {broker.bootstrap}")
+            if not connect_alive:
+                assert art is not None
+                self.say(f"connect: starting worker on {worker.url} (takes ~15 s)")
+                worker.init(art)
+                rec = worker.start(art)
+                state["connect"] = {"port": connect_port, "log": str(worker.log), "process": rec.to_dict()}
+                self._save(state)
+                worker.wait_ready(rec)
+                started.append("connect")
+                self.say(f"connect: ready on {worker.url}, Debezium PostgreSQL plugin loaded")
+            else:
+                state["connect"] = connect_part
+                running.append("connect")
+
+            for name, c in clusters.items():
+                c.ensure_database(CONTROL_DB if name == CONTROL else APP_DB)
+            config = self._config(state)
+            path = self.home / "reshard.yaml"
+            write_config(config, path)
+            return UpResult(path, config, started, running)
+
+    def _config(self, state: dict) -> Config:
+        clusters = {}
+        for name, part in state["clusters"].items():
+            if name == CONTROL:
+                continue
+            dsn = f"host=127.0.0.1 port={part['port']} user=postgres dbname={APP_DB}"
+            clusters[name] = ClusterConfig(name, dsn, dsn)
+        control = state["clusters"][CONTROL]
+        return Config(
+            path=self.home / "reshard.yaml",
+            control_dsn=f"host=127.0.0.1 port={control['port']} user=postgres dbname={CONTROL_DB}",
+            clusters=clusters,
+            kafka=KafkaConfig(f"127.0.0.1:{state['kafka']['port']}", partitions=4, replication_factor=1),
+            connect=ConnectConfig(f"http://127.0.0.1:{state['connect']['port']}"),
+        )
+
+    # ---- status --------------------------------------------------------------
+    def status(self) -> list[PartStatus]:
+        with self._locked() as state:
+            out: list[PartStatus] = []
+            for name, part in state["clusters"].items():
+                rec = self._rec(part)
+                alive = self._alive(part)
+                c = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]))
+                out.append(PartStatus(name, "postgres", part["port"], rec.pid if rec else None,
+                                      alive, alive and c.healthy(), part.get("log")))
+            if state.get("kafka"):
+                part = state["kafka"]
+                rec, alive = self._rec(part), self._alive(part)
+                broker = KafkaBroker(self.home / "kafka", part["port"], part["controller_port"])
+                out.append(PartStatus("kafka", "kafka", part["port"], rec.pid if rec else None,
+                                      alive, alive and broker.healthy(), part.get("log")))
+            if state.get("connect"):
+                part = state["connect"]
+                rec, alive = self._rec(part), self._alive(part)
+                worker = ConnectWorker(self.home / "connect", part["port"], "")
+                out.append(PartStatus("connect", "connect", part["port"], rec.pid if rec else None,
+                                      alive, alive and worker.healthy(), part.get("log")))
+            return out
+
+    def config(self) -> Config:
+        with self._locked() as state:
+            if not state["clusters"] or not state.get("kafka") or not state.get("connect"):
+                raise StackError(f"no embedded stack in {self.home}; run `reshard stack up`")
+            return self._config(state)
+
+    def is_up(self) -> bool:
+        parts = self.status()
+        return bool(parts) and all(p.running and p.healthy for p in parts)
+
+    # ---- down ----------------------------------------------------------------
+    def down(self) -> list[str]:
+        """Stop what `up` recorded; return the names of the processes that were stopped."""
+        stopped: list[str] = []
+        with self._locked() as state:
+            order: list[tuple[str, dict, int]] = []
+            if state.get("connect"):
+                order.append(("connect", state["connect"], signal.SIGTERM))
+            if state.get("kafka"):
+                order.append(("kafka", state["kafka"], signal.SIGTERM))
+            # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit
+            order += [(n, p, signal.SIGINT) for n, p in state["clusters"].items()]
+            for name, part, sig in order:
+                rec = self._rec(part)
+                if rec is None:
+                    continue
+                if stop(rec, sig=sig, timeout=60.0):
+                    stopped.append(name)
+                    self.say(f"{name}: stopped (pid {rec.pid})")
+                part["process"] = None
+                self._save(state)
+        return stopped
