@@ -1,0 +1,123 @@
+"""A migration is the difference between two map versions: a list of moves.
+
+A move is ``(group, source cluster, target cluster)`` plus a key predicate that is
+true exactly for the keys the source owns in the old map and the target owns in
+the new one. The predicate is rendered in SQL per table (tables of a group name
+their shard key columns differently) and evaluated in Python through the maps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from reshard.errors import ConfigError
+from reshard.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text
+
+
+@dataclass(frozen=True)
+class Move:
+    group: str
+    source: str
+    target: str
+    summary: str  # human description of the moving keys, e.g. "buckets 0-2047"
+
+    @property
+    def id(self) -> str:
+        return f"{self.group}:{self.source}->{self.target}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "group": self.group, "source": self.source, "target": self.target, "keys": self.summary}
+
+
+@dataclass(frozen=True)
+class Plan:
+    old: ShardMap
+    new: ShardMap
+    moves: tuple[Move, ...]
+
+    def sources(self) -> list[str]:
+        return sorted({m.source for m in self.moves})
+
+    def targets(self) -> list[str]:
+        return sorted({m.target for m in self.moves})
+
+    def moves_from(self, source: str) -> list[Move]:
+        return [m for m in self.moves if m.source == source]
+
+    def tables(self) -> list[str]:
+        groups = {m.group for m in self.moves}
+        return sorted(t for g in groups for t in self.new.groups[g].tables)
+
+    def predicate_sql(self, move: Move, table: str, alias: str | None = None) -> str:
+        """SQL that is true exactly for ``table`` rows that this move carries."""
+        old_g, new_g = self.old.groups[move.group], self.new.groups[move.group]
+        if _same_buckets(old_g, new_g):
+            buckets = [
+                b for b in range(new_g.scheme.buckets)
+                if old_g.scheme.assignment[b] == move.source and new_g.scheme.assignment[b] == move.target
+            ]
+            cols = new_g._cols(table, alias)
+            return f"({new_g.scheme.bucket_sql(cols)} <@ {_multirange(buckets)})"
+        return f"({old_g.predicate_sql(table, move.source, alias)} AND {new_g.predicate_sql(table, move.target, alias)})"
+
+    def route(self, table: str, source: str, key: Sequence[Any]) -> str | None:
+        """The target a change to ``key`` on ``source`` goes to, or None if it does not move."""
+        old_owner = self.old.owner(table, key)
+        new_owner = self.new.owner(table, key)
+        if old_owner != source or new_owner == source:
+            return None
+        return new_owner
+
+
+def _same_buckets(a: TableGroup, b: TableGroup) -> bool:
+    return (
+        isinstance(a.scheme, HashScheme)
+        and isinstance(b.scheme, HashScheme)
+        and a.scheme.buckets == b.scheme.buckets
+        and a.scheme.types == b.scheme.types
+    )
+
+
+def _check_compatible(old: ShardMap, new: ShardMap) -> None:
+    for name, ng in new.groups.items():
+        og = old.groups.get(name)
+        if og is None:
+            raise ConfigError(f"group {name} is new in the target map; add it to the current map first")
+        if og.tables != ng.tables:
+            raise ConfigError(
+                f"group {name}: the tables or their shard key columns differ between the maps "
+                f"({og.tables} vs {ng.tables}); a migration moves keys, it does not change shard keys"
+            )
+        if og.key_types != ng.key_types:
+            raise ConfigError(f"group {name}: the shard key type changed ({og.key_types} -> {ng.key_types})")
+    for name in old.groups:
+        if name not in new.groups:
+            raise ConfigError(f"group {name} is missing from the target map")
+
+
+def plan(old: ShardMap, new: ShardMap) -> Plan:
+    """Every (group, source, target) whose key set is non-empty.
+
+    Hash maps with the same bucket count are compared bucket by bucket. Any other
+    pair of schemes (range -> hash, directory changes, a new bucket count) yields one
+    candidate move per (old owner, new owner) pair, with the conjunction of the two
+    ownership predicates; the server decides which rows match.
+    """
+    _check_compatible(old, new)
+    moves: list[Move] = []
+    for name in sorted(new.groups):
+        og, ng = old.groups[name], new.groups[name]
+        if _same_buckets(og, ng):
+            pairs: dict[tuple[str, str], list[int]] = {}
+            for b, (o, n) in enumerate(zip(og.scheme.assignment, ng.scheme.assignment)):
+                if o != n:
+                    pairs.setdefault((o, n), []).append(b)
+            for (o, n), buckets in sorted(pairs.items()):
+                moves.append(Move(name, o, n, f"buckets {bucket_ranges_text(buckets)} of {ng.scheme.buckets}"))
+        elif og.scheme.to_dict() != ng.scheme.to_dict():
+            for o in sorted(og.scheme.clusters()):
+                for n in sorted(ng.scheme.clusters()):
+                    if o != n:
+                        moves.append(Move(name, o, n, f"keys owned by {o} in the old map and by {n} in the new"))
+    return Plan(old, new, tuple(moves))

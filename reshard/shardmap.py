@@ -1,0 +1,511 @@
+"""Shard maps: which cluster owns each key of each sharded table.
+
+A map is a set of *table groups*. A group's tables share a shard key type and
+always move together (``accounts`` by ``id`` and ``orders`` by ``account_id``), and
+the group has one *scheme*:
+
+- ``hash``: the key's PostgreSQL partition hash (``reshard.keyhash``) picks one of N
+  virtual buckets (4096 by default); buckets are assigned to clusters as ranges,
+  as ``modulo`` (bucket i -> i-th cluster: plain ``hash % N``), or as a ``ring``
+  (consistent hashing with virtual nodes, computed into the same bucket table);
+- ``range``: explicit ``[from, to)`` intervals on a single-column key;
+- ``directory``: explicit key -> cluster entries with a default (tenants).
+
+Every scheme answers the same two questions, identically: in Python (``owner``)
+for the applier and the router, and in SQL (``predicate_sql``/``owner_sql``) for
+``COPY (SELECT … WHERE …)``, verification and the shard-side fence.
+"""
+
+from __future__ import annotations
+
+import bisect
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Protocol, Sequence
+
+import yaml
+
+from reshard import keyhash
+from reshard.errors import ConfigError
+
+DEFAULT_BUCKETS = 4096
+MAP_FORMAT = 1
+_IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
+
+
+# ---- SQL helpers ---------------------------------------------------------------
+
+def quote_ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+def qualified(table: str) -> str:
+    schema, _, rel = table.partition(".")
+    return f"{quote_ident(schema)}.{quote_ident(rel)}"
+
+
+def sql_literal(value: Any, key_type: str) -> str:
+    """A constant of the key type, safe to inline (maps are data, not SQL)."""
+    if key_type in ("smallint", "integer", "bigint"):
+        return f"{int(value)}::{key_type}"
+    if key_type == "uuid":
+        return f"'{uuid.UUID(str(value))}'::uuid"
+    text = str(value).replace("'", "''")
+    return f"'{text}'::text"
+
+
+def coerce_key(value: Any, key_type: str) -> Any:
+    """Normalize a key value from YAML, JSON or a client to the Python type we hash."""
+    try:
+        if key_type in ("smallint", "integer", "bigint"):
+            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+                raise ValueError
+            return int(value)
+        if key_type == "uuid":
+            return uuid.UUID(str(value))
+        if not isinstance(value, str):
+            raise ValueError
+        return value
+    except (TypeError, ValueError):
+        raise ConfigError(f"key value {value!r} is not a valid {key_type}") from None
+
+
+def _runs(buckets: Iterable[int]) -> list[tuple[int, int]]:
+    """Sorted buckets as half-open runs [lo, hi)."""
+    runs: list[tuple[int, int]] = []
+    for b in sorted(set(buckets)):
+        if runs and runs[-1][1] == b:
+            runs[-1] = (runs[-1][0], b + 1)
+        else:
+            runs.append((b, b + 1))
+    return runs
+
+
+def _multirange(buckets: Iterable[int]) -> str:
+    """A bucket set as an int4multirange literal: compact and O(log n) to test."""
+    return "'{" + ",".join(f"[{lo},{hi})" for lo, hi in _runs(buckets)) + "}'::int4multirange"
+
+
+def bucket_ranges_text(buckets: Iterable[int]) -> str:
+    """A bucket set the way maps write it: '0-2047,3000'."""
+    return ",".join(str(lo) if hi - lo == 1 else f"{lo}-{hi - 1}" for lo, hi in _runs(buckets))
+
+
+# ---- schemes -----------------------------------------------------------------
+
+class Scheme(Protocol):
+    kind: str
+
+    def owner(self, key: Sequence[Any]) -> str: ...
+    def clusters(self) -> set[str]: ...
+    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str: ...
+    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str: ...
+    def to_dict(self) -> dict: ...
+
+
+@dataclass(frozen=True)
+class HashScheme:
+    """Buckets 0..N-1 by partition hash; ``assignment[b]`` owns bucket b."""
+
+    buckets: int
+    assignment: tuple[str, ...]
+    types: tuple[str, ...]
+    source: dict = field(default_factory=dict, compare=False)  # the YAML form, kept for display
+    kind: str = "hash"
+
+    def bucket_of(self, key: Sequence[Any]) -> int:
+        return keyhash.bucket(key, self.types, self.buckets)
+
+    def owner(self, key: Sequence[Any]) -> str:
+        return self.assignment[self.bucket_of(key)]
+
+    def clusters(self) -> set[str]:
+        return set(self.assignment)
+
+    def buckets_of(self, cluster: str) -> list[int]:
+        return [b for b, c in enumerate(self.assignment) if c == cluster]
+
+    def bucket_sql(self, cols: Sequence[str]) -> str:
+        return keyhash.sql_bucket(cols, self.types, self.buckets)
+
+    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+        mine = self.buckets_of(cluster)
+        if not mine:
+            return "false"
+        if len(mine) == self.buckets:
+            return "true"
+        return f"({self.bucket_sql(cols)} <@ {_multirange(mine)})"
+
+    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
+        whens = " ".join(
+            f"WHEN b.v <@ {_multirange(self.buckets_of(c))} THEN '{c}'" for c in sorted(self.clusters())
+        )
+        return f"(SELECT CASE {whens} END FROM (SELECT {self.bucket_sql(cols)} AS v) b)"
+
+    def to_dict(self) -> dict:
+        if self.source:
+            return {"hash": self.source}
+        per: dict[str, str] = {}
+        for c in sorted(self.clusters()):
+            per[c] = bucket_ranges_text(self.buckets_of(c))
+        return {"hash": {"buckets": self.buckets, "clusters": per}}
+
+
+def ring_assignment(clusters: Sequence[str], vnodes: int, buckets: int) -> tuple[str, ...]:
+    """Consistent hashing with virtual nodes, expressed as a bucket table.
+
+    Each cluster gets ``vnodes`` points on a 2**32 ring (hash of "cluster#i"); bucket
+    b sits at position b * 2**32 / buckets and belongs to the first point clockwise.
+    Adding a cluster takes over only the buckets just before its new points, about
+    1/(n+1) of them, which is what the planner shows.
+    """
+    points: list[tuple[int, str]] = []
+    for c in clusters:
+        for i in range(vnodes):
+            h = keyhash.hashtextextended(f"{c}#{i}", keyhash.PARTITION_SEED) >> 32
+            points.append((h, c))
+    points.sort()
+    positions = [p for p, _ in points]
+    out = []
+    for b in range(buckets):
+        pos = (b << 32) // buckets
+        i = bisect.bisect_left(positions, pos)
+        out.append(points[i % len(points)][1])
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class RangeScheme:
+    """Half-open intervals [lo, hi) on a single-column key; None is unbounded."""
+
+    bounds: tuple[tuple[Any, Any, str], ...]  # (lo, hi, cluster), sorted, contiguous
+    types: tuple[str, ...]
+    kind: str = "range"
+
+    def owner(self, key: Sequence[Any]) -> str:
+        k = key[0]
+        los = [lo for lo, _hi, _c in self.bounds[1:]]
+        return self.bounds[bisect.bisect_right(los, k)][2]
+
+    def clusters(self) -> set[str]:
+        return {c for _lo, _hi, c in self.bounds}
+
+    def _interval_sql(self, col: str, lo: Any, hi: Any) -> str:
+        t = self.types[0]
+        coll = ' COLLATE "C"' if t == "text" else ""
+        parts = []
+        if lo is not None:
+            parts.append(f"{col}{coll} >= {sql_literal(lo, t)}")
+        if hi is not None:
+            parts.append(f"{col}{coll} < {sql_literal(hi, t)}")
+        return "(" + " AND ".join(parts) + ")" if parts else "true"
+
+    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+        mine = [self._interval_sql(cols[0], lo, hi) for lo, hi, c in self.bounds if c == cluster]
+        if not mine:
+            return "false"
+        return mine[0] if len(mine) == 1 else "(" + " OR ".join(mine) + ")"
+
+    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
+        whens = " ".join(f"WHEN {self._interval_sql(cols[0], lo, hi)} THEN '{c}'" for lo, hi, c in self.bounds)
+        return f"(CASE {whens} END)"
+
+    def to_dict(self) -> dict:
+        out = []
+        for lo, hi, c in self.bounds:
+            entry: dict[str, Any] = {"cluster": c}
+            if lo is not None:
+                entry["from"] = str(lo) if isinstance(lo, uuid.UUID) else lo
+            if hi is not None:
+                entry["to"] = str(hi) if isinstance(hi, uuid.UUID) else hi
+            out.append(entry)
+        return {"range": out}
+
+
+@dataclass(frozen=True)
+class DirectoryScheme:
+    """Explicit key -> cluster entries; every other key belongs to ``default``."""
+
+    entries: dict  # key -> cluster
+    default: str
+    types: tuple[str, ...]
+    kind: str = "directory"
+
+    def owner(self, key: Sequence[Any]) -> str:
+        return self.entries.get(key[0], self.default)
+
+    def clusters(self) -> set[str]:
+        return set(self.entries.values()) | {self.default}
+
+    def _in(self, col: str, keys: list[Any]) -> str:
+        t = self.types[0]
+        return f"{col} IN (" + ", ".join(sql_literal(k, t) for k in sorted(keys, key=str)) + ")"
+
+    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+        col = cols[0]
+        mine = [k for k, c in self.entries.items() if c == cluster]
+        others = [k for k, c in self.entries.items() if c != cluster]
+        if cluster == self.default:
+            return f"(NOT {self._in(col, others)})" if others else "true"
+        return self._in(col, mine) if mine else "false"
+
+    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
+        by_cluster: dict[str, list[Any]] = {}
+        for k, c in self.entries.items():
+            by_cluster.setdefault(c, []).append(k)
+        whens = " ".join(f"WHEN {self._in(cols[0], ks)} THEN '{c}'" for c, ks in sorted(by_cluster.items()))
+        return f"(CASE {whens} ELSE '{self.default}' END)"
+
+    def to_dict(self) -> dict:
+        entries = {str(k): c for k, c in sorted(self.entries.items(), key=lambda kv: str(kv[0]))}
+        return {"directory": {"default": self.default, "entries": entries}}
+
+
+# ---- the map -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TableGroup:
+    name: str
+    key_types: tuple[str, ...]
+    tables: dict  # "schema.table" -> tuple of shard-key column names
+    scheme: Any  # a Scheme
+
+    def key_columns(self, table: str) -> tuple[str, ...]:
+        return self.tables[table]
+
+    def owner(self, key: Sequence[Any]) -> str:
+        return self.scheme.owner([coerce_key(v, t) for v, t in zip(key, self.key_types, strict=True)])
+
+    def predicate_sql(self, table: str, cluster: str, alias: str | None = None) -> str:
+        return self.scheme.predicate_sql(self._cols(table, alias), self.key_types, cluster)
+
+    def owner_sql(self, table: str, alias: str | None = None) -> str:
+        return self.scheme.owner_sql(self._cols(table, alias), self.key_types)
+
+    def _cols(self, table: str, alias: str | None) -> list[str]:
+        prefix = f"{alias}." if alias else ""
+        return [prefix + quote_ident(c) for c in self.tables[table]]
+
+
+@dataclass(frozen=True)
+class ShardMap:
+    groups: dict  # name -> TableGroup
+    name: str = ""
+
+    def group_of(self, table: str) -> TableGroup:
+        for g in self.groups.values():
+            if table in g.tables:
+                return g
+        raise ConfigError(f"table {table} is not in the shard map")
+
+    def tables(self) -> list[str]:
+        return sorted(t for g in self.groups.values() for t in g.tables)
+
+    def clusters(self) -> set[str]:
+        return set().union(*(g.scheme.clusters() for g in self.groups.values())) if self.groups else set()
+
+    def owner(self, table: str, key: Sequence[Any]) -> str:
+        return self.group_of(table).owner(key)
+
+    def to_dict(self) -> dict:
+        groups = {}
+        for g in self.groups.values():
+            groups[g.name] = {
+                "key": list(g.key_types) if len(g.key_types) > 1 else g.key_types[0],
+                "tables": {t: list(cols) for t, cols in g.tables.items()},
+                **g.scheme.to_dict(),
+            }
+        out: dict[str, Any] = {"format": MAP_FORMAT}
+        if self.name:
+            out["name"] = self.name
+        out["groups"] = groups
+        return out
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# ---- parsing and validation ------------------------------------------------------
+
+def _table_name(name: str, where: str) -> str:
+    name = str(name).strip()
+    schema, dot, rel = name.partition(".")
+    if not dot:
+        schema, rel = "public", name
+    for part in (schema, rel):
+        if not _IDENT.match(part):
+            raise ConfigError(f"{where}: table name {name!r} must be schema.table in lowercase identifiers")
+    return f"{schema}.{rel}"
+
+
+def _parse_buckets(spec: Any, n: int, where: str) -> list[int]:
+    out: list[int] = []
+    for part in str(spec).split(","):
+        part = part.strip()
+        if not part:
+            continue
+        lo_s, dash, hi_s = part.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = int(hi_s) if dash else lo
+        except ValueError:
+            raise ConfigError(f"{where}: bucket list {spec!r} must look like '0-2047,3000'") from None
+        if lo > hi or lo < 0 or hi >= n:
+            raise ConfigError(f"{where}: bucket range {part!r} is outside 0-{n - 1} or reversed")
+        out.extend(range(lo, hi + 1))
+    return out
+
+
+def _parse_hash(spec: Any, types: tuple[str, ...], where: str) -> HashScheme:
+    if not isinstance(spec, dict):
+        raise ConfigError(f"{where}: hash must be a mapping with buckets and clusters, modulo or ring")
+    forms = [k for k in ("clusters", "modulo", "ring") if k in spec]
+    if len(forms) != 1:
+        raise ConfigError(f"{where}: hash needs exactly one of 'clusters', 'modulo' or 'ring', got {forms or 'none'}")
+    form = forms[0]
+    if form == "modulo":
+        clusters = spec["modulo"]
+        if not isinstance(clusters, list) or not clusters:
+            raise ConfigError(f"{where}: hash.modulo must be a non-empty list of clusters (bucket i -> i-th)")
+        n = int(spec.get("buckets", len(clusters)))
+        if n != len(clusters):
+            raise ConfigError(f"{where}: hash.modulo lists {len(clusters)} clusters but buckets is {n}")
+        return HashScheme(n, tuple(str(c) for c in clusters), types, dict(spec))
+    n = int(spec.get("buckets", DEFAULT_BUCKETS))
+    if n < 1 or n > 1 << 20:
+        raise ConfigError(f"{where}: hash.buckets must be between 1 and {1 << 20}")
+    if form == "ring":
+        ring = spec["ring"]
+        if not isinstance(ring, dict) or not isinstance(ring.get("clusters"), list) or not ring["clusters"]:
+            raise ConfigError(f"{where}: hash.ring needs a list of clusters (and optionally vnodes)")
+        vnodes = int(ring.get("vnodes", 64))
+        if vnodes < 1:
+            raise ConfigError(f"{where}: hash.ring.vnodes must be >= 1")
+        names = [str(c) for c in ring["clusters"]]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"{where}: hash.ring lists a cluster twice")
+        return HashScheme(n, ring_assignment(names, vnodes, n), types, dict(spec))
+    per = spec["clusters"]
+    if not isinstance(per, dict) or not per:
+        raise ConfigError(f"{where}: hash.clusters must map cluster -> bucket ranges like '0-2047'")
+    owner: list[str | None] = [None] * n
+    for cluster, ranges in per.items():
+        for b in _parse_buckets(ranges, n, f"{where}: hash.clusters.{cluster}"):
+            if owner[b] is not None:
+                raise ConfigError(f"{where}: bucket {b} is assigned to both {owner[b]} and {cluster} (overlap)")
+            owner[b] = str(cluster)
+    missing = [b for b, c in enumerate(owner) if c is None]
+    if missing:
+        raise ConfigError(
+            f"{where}: {len(missing)} of {n} buckets are unassigned (first: {bucket_ranges_text(missing[:50])}); "
+            "every bucket needs an owner"
+        )
+    return HashScheme(n, tuple(owner), types, dict(spec))  # type: ignore[arg-type]
+
+
+def _parse_range(spec: Any, types: tuple[str, ...], where: str) -> RangeScheme:
+    if len(types) != 1:
+        raise ConfigError(f"{where}: a range map needs a single-column shard key")
+    if not isinstance(spec, list) or not spec:
+        raise ConfigError(f"{where}: range must be a list of {{cluster, from, to}} entries")
+    t = types[0]
+    items = []
+    for i, e in enumerate(spec):
+        if not isinstance(e, dict) or "cluster" not in e:
+            raise ConfigError(f"{where}: range entry {i} needs a cluster")
+        lo = coerce_key(e["from"], t) if e.get("from") is not None else None
+        hi = coerce_key(e["to"], t) if e.get("to") is not None else None
+        if lo is not None and hi is not None and not lo < hi:
+            raise ConfigError(f"{where}: range entry {i} ({e['cluster']}) is empty: from {lo} is not below to {hi}")
+        items.append((lo, hi, str(e["cluster"])))
+    # sort by lower bound, unbounded first
+    items.sort(key=lambda x: (x[0] is not None, x[0] if x[0] is not None else 0))
+    if items[0][0] is not None:
+        raise ConfigError(f"{where}: keys below {items[0][0]} have no owner (gap): the first range needs no 'from'")
+    if items[-1][1] is not None:
+        raise ConfigError(f"{where}: keys from {items[-1][1]} up have no owner (gap): the last range needs no 'to'")
+    for (lo1, hi1, c1), (lo2, hi2, c2) in zip(items, items[1:]):
+        if lo2 is None:
+            raise ConfigError(f"{where}: two ranges ({c1}, {c2}) both start at -infinity (overlap)")
+        if hi1 is None or hi1 > lo2:
+            raise ConfigError(f"{where}: ranges of {c1} and {c2} overlap at {lo2}")
+        if hi1 < lo2:
+            raise ConfigError(f"{where}: keys in [{hi1}, {lo2}) have no owner (gap between {c1} and {c2})")
+    return RangeScheme(tuple(items), types)
+
+
+def _parse_directory(spec: Any, types: tuple[str, ...], where: str) -> DirectoryScheme:
+    if len(types) != 1:
+        raise ConfigError(f"{where}: a directory map needs a single-column shard key")
+    if not isinstance(spec, dict) or not spec.get("default"):
+        raise ConfigError(f"{where}: directory needs a default cluster (and entries: key -> cluster)")
+    entries = {}
+    for k, c in (spec.get("entries") or {}).items():
+        key = coerce_key(k, types[0])
+        if key in entries:
+            raise ConfigError(f"{where}: directory lists key {k!r} twice")
+        entries[key] = str(c)
+    return DirectoryScheme(entries, str(spec["default"]), types)
+
+
+def parse_map(data: Any, known_clusters: Iterable[str] | None = None, where: str = "shard map") -> ShardMap:
+    """Build and validate a map; every error names the group, the entry and the problem."""
+    if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or not data["groups"]:
+        raise ConfigError(f"{where}: expected 'groups:' with at least one table group")
+    fmt = data.get("format", MAP_FORMAT)
+    if fmt != MAP_FORMAT:
+        raise ConfigError(f"{where}: unknown map format {fmt!r} (this reshard reads format {MAP_FORMAT})")
+    groups: dict[str, TableGroup] = {}
+    seen_tables: dict[str, str] = {}
+    for gname, g in data["groups"].items():
+        w = f"{where}: group {gname}"
+        if not isinstance(g, dict):
+            raise ConfigError(f"{w}: expected a mapping with key, tables and a scheme")
+        key = g.get("key", "bigint")
+        try:
+            types = tuple(keyhash.normalize_type(t) for t in (key if isinstance(key, list) else [key]))
+        except ValueError as exc:
+            raise ConfigError(f"{w}: {exc}") from None
+        raw_tables = g.get("tables")
+        if not isinstance(raw_tables, dict) or not raw_tables:
+            raise ConfigError(f"{w}: tables must map schema.table -> shard key column(s)")
+        tables: dict[str, tuple[str, ...]] = {}
+        for tname, cols in raw_tables.items():
+            t = _table_name(tname, w)
+            cols_t = tuple(str(c) for c in (cols if isinstance(cols, list) else [cols]))
+            if len(cols_t) != len(types):
+                raise ConfigError(f"{w}: table {t} names {len(cols_t)} shard key column(s) but the key has {len(types)}")
+            if t in seen_tables:
+                raise ConfigError(f"{w}: table {t} is already in group {seen_tables[t]}")
+            seen_tables[t] = str(gname)
+            tables[t] = cols_t
+        schemes = [k for k in ("hash", "range", "directory") if k in g]
+        if len(schemes) != 1:
+            raise ConfigError(f"{w}: needs exactly one scheme of hash, range or directory, got {schemes or 'none'}")
+        kind = schemes[0]
+        parser = {"hash": _parse_hash, "range": _parse_range, "directory": _parse_directory}[kind]
+        scheme = parser(g[kind], types, w)
+        if known_clusters is not None:
+            unknown = scheme.clusters() - set(known_clusters)
+            if unknown:
+                raise ConfigError(
+                    f"{w}: unknown cluster(s) {', '.join(sorted(unknown))} "
+                    f"(reshard.yaml defines: {', '.join(sorted(known_clusters)) or 'none'})"
+                )
+        groups[str(gname)] = TableGroup(str(gname), types, tables, scheme)
+    return ShardMap(groups, str(data.get("name", "")))
+
+
+def load_map(path: str | Path, known_clusters: Iterable[str] | None = None) -> ShardMap:
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"shard map {p} does not exist") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"shard map {p}: not valid YAML: {exc}") from None
+    return parse_map(data, known_clusters, where=str(p))
