@@ -1,0 +1,5 @@
+"""The control store: map versions, migrations and their state, checkpoints, audit log."""
+
+from reshard.control.store import ControlStore, MigrationRecord
+
+__all__ = ["ControlStore", "MigrationRecord"]

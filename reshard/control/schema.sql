@@ -1,0 +1,86 @@
+-- reshard control database. Everything needed to resume after any crash lives here
+-- (or, for what must commit atomically with target rows, on the targets themselves:
+-- see reshard/shard_sql/target.sql). Idempotent: applied on every connect.
+
+CREATE SCHEMA IF NOT EXISTS reshard;
+
+-- Shard-map versions. The epoch is the version: unique and strictly increasing.
+CREATE TABLE IF NOT EXISTS reshard.shard_maps (
+    epoch         bigint PRIMARY KEY,
+    name          text NOT NULL DEFAULT '',
+    body          jsonb NOT NULL,
+    digest        text NOT NULL,
+    note          text NOT NULL DEFAULT '',
+    registered_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- Which map version routes traffic. One row; changing it is the routing flip.
+CREATE TABLE IF NOT EXISTS reshard.active_map (
+    singleton   boolean PRIMARY KEY DEFAULT true CHECK (singleton),
+    epoch       bigint NOT NULL REFERENCES reshard.shard_maps (epoch),
+    switched_at timestamptz NOT NULL DEFAULT now()
+);
+
+CREATE TABLE IF NOT EXISTS reshard.migrations (
+    name       text PRIMARY KEY,
+    from_epoch bigint NOT NULL REFERENCES reshard.shard_maps (epoch),
+    to_epoch   bigint NOT NULL REFERENCES reshard.shard_maps (epoch),
+    state      text NOT NULL,
+    moves      jsonb NOT NULL,
+    settings   jsonb NOT NULL DEFAULT '{}',
+    error      text,
+    created_at timestamptz NOT NULL DEFAULT now(),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- One row per source cluster of a migration: the slot, its exported-snapshot
+-- position, the publication, the connector and the Kafka topics it writes.
+CREATE TABLE IF NOT EXISTS reshard.migration_sources (
+    migration      text NOT NULL REFERENCES reshard.migrations (name),
+    cluster        text NOT NULL,
+    slot_name      text NOT NULL,
+    publication    text NOT NULL,
+    consistent_lsn pg_lsn,
+    connector      text,
+    topics         text[] NOT NULL DEFAULT '{}',
+    created_at     timestamptz NOT NULL DEFAULT now(),
+    dropped_at     timestamptz,
+    PRIMARY KEY (migration, cluster)
+);
+
+-- Copy progress mirrored from the targets (the targets hold the authoritative cursor,
+-- committed with the rows). Used for status and ETA.
+CREATE TABLE IF NOT EXISTS reshard.copy_progress (
+    migration    text NOT NULL REFERENCES reshard.migrations (name),
+    move_id      text NOT NULL,
+    tbl          text NOT NULL,
+    rows_copied  bigint NOT NULL DEFAULT 0,
+    bytes_copied bigint NOT NULL DEFAULT 0,
+    rows_estimate bigint,
+    snapshot_lsn pg_lsn,
+    done         boolean NOT NULL DEFAULT false,
+    updated_at   timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, move_id, tbl)
+);
+
+-- Live workers (appliers) report here every few seconds, for status.
+CREATE TABLE IF NOT EXISTS reshard.workers (
+    migration  text NOT NULL,
+    worker     text NOT NULL,
+    kind       text NOT NULL,
+    pid        integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT now(),
+    last_seen  timestamptz NOT NULL DEFAULT now(),
+    stats      jsonb NOT NULL DEFAULT '{}',
+    PRIMARY KEY (migration, worker)
+);
+
+CREATE TABLE IF NOT EXISTS reshard.audit_log (
+    id        bigserial PRIMARY KEY,
+    at        timestamptz NOT NULL DEFAULT now(),
+    migration text,
+    actor     text NOT NULL,
+    event     text NOT NULL,
+    detail    jsonb NOT NULL DEFAULT '{}'
+);
+CREATE INDEX IF NOT EXISTS audit_log_migration ON reshard.audit_log (migration, id);

@@ -1,0 +1,279 @@
+"""Access to the control database. Every durable fact about a migration goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib import resources
+from typing import Any, Iterator
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from reshard.control import states
+from reshard.errors import ConfigError, MigrationError, Unavailable
+from reshard.planner import Plan, plan
+from reshard.shardmap import ShardMap, parse_map
+
+ACTOR = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass
+class MigrationRecord:
+    name: str
+    from_epoch: int
+    to_epoch: int
+    state: str
+    moves: list[dict]
+    settings: dict
+    error: str | None
+    created_at: datetime
+    updated_at: datetime
+    sources: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "from_epoch": self.from_epoch, "to_epoch": self.to_epoch,
+            "state": self.state, "moves": self.moves, "settings": self.settings, "error": self.error,
+            "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
+        }
+
+
+def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection:
+    """psycopg.connect that reports an unreachable server as Unavailable, naming it."""
+    try:
+        return psycopg.connect(dsn, connect_timeout=10, **kwargs)
+    except psycopg.OperationalError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise Unavailable(f"cannot connect to {what}: {first}") from None
+
+
+class ControlStore:
+    def __init__(self, dsn: str):
+        self.dsn = dsn
+        self._schema_ready = False
+
+    def connect(self, **kwargs: Any) -> psycopg.Connection:
+        conn = connect(self.dsn, "the control database", row_factory=dict_row, **kwargs)
+        if not self._schema_ready:
+            sql = resources.files("reshard.control").joinpath("schema.sql").read_text()
+            with conn.transaction():
+                # serialize concurrent first-time setup from several processes
+                conn.execute("SELECT pg_advisory_xact_lock(7265736861726400)")
+                conn.execute(sql)
+            self._schema_ready = True
+        return conn
+
+    # ---- audit ---------------------------------------------------------------
+    def audit(self, conn: psycopg.Connection, migration: str | None, event: str, **detail: Any) -> None:
+        conn.execute(
+            "INSERT INTO reshard.audit_log (migration, actor, event, detail) VALUES (%s, %s, %s, %s)",
+            (migration, ACTOR, event, Jsonb(json.loads(json.dumps(detail, default=str)))),
+        )
+
+    def audit_log(self, migration: str | None = None, limit: int = 100) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT id, at, migration, actor, event, detail FROM reshard.audit_log "
+                "WHERE %(m)s::text IS NULL OR migration = %(m)s ORDER BY id DESC LIMIT %(n)s",
+                {"m": migration, "n": limit},
+            ).fetchall()
+
+    # ---- shard maps ------------------------------------------------------------
+    def register_map(self, m: ShardMap, note: str = "") -> tuple[int, bool]:
+        """Store a map version; returns (epoch, created). Re-registering the newest
+        version's exact content returns its epoch instead of minting a new one."""
+        with self.connect() as conn, conn.transaction():
+            conn.execute("LOCK TABLE reshard.shard_maps IN EXCLUSIVE MODE")
+            last = conn.execute("SELECT epoch, digest FROM reshard.shard_maps ORDER BY epoch DESC LIMIT 1").fetchone()
+            digest = m.digest()
+            if last and last["digest"] == digest:
+                return last["epoch"], False
+            epoch = (last["epoch"] if last else 0) + 1
+            conn.execute(
+                "INSERT INTO reshard.shard_maps (epoch, name, body, digest, note) VALUES (%s, %s, %s, %s, %s)",
+                (epoch, m.name, Jsonb(json.loads(json.dumps(m.to_dict(), default=str))), digest, note),
+            )
+            self.audit(conn, None, "map.registered", epoch=epoch, digest=digest, note=note)
+            return epoch, True
+
+    def find_epoch(self, m: ShardMap) -> int | None:
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT epoch FROM reshard.shard_maps WHERE digest = %s ORDER BY epoch DESC LIMIT 1", (m.digest(),)
+            ).fetchone()
+            return row["epoch"] if row else None
+
+    def get_map(self, epoch: int) -> ShardMap:
+        with self.connect() as conn:
+            row = conn.execute("SELECT body FROM reshard.shard_maps WHERE epoch = %s", (epoch,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no shard map with epoch {epoch}")
+        return parse_map(row["body"], where=f"map epoch {epoch}")
+
+    def active_epoch(self) -> int | None:
+        with self.connect() as conn:
+            row = conn.execute("SELECT epoch FROM reshard.active_map").fetchone()
+            return row["epoch"] if row else None
+
+    def activate(self, conn: psycopg.Connection, epoch: int) -> None:
+        """Make ``epoch`` the routing map (inside the caller's transaction)."""
+        conn.execute(
+            "INSERT INTO reshard.active_map (singleton, epoch) VALUES (true, %s) "
+            "ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch, switched_at = now()",
+            (epoch,),
+        )
+        self.audit(conn, None, "map.activated", epoch=epoch)
+
+    def map_history(self) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT m.epoch, m.name, m.digest, m.note, m.registered_at, (a.epoch IS NOT NULL) AS active "
+                "FROM reshard.shard_maps m LEFT JOIN reshard.active_map a ON a.epoch = m.epoch ORDER BY m.epoch"
+            ).fetchall()
+
+    # ---- migrations ------------------------------------------------------------
+    def create_migration(self, name: str, from_epoch: int, to_epoch: int, p: Plan, settings: dict) -> MigrationRecord:
+        moves = [m.to_dict() for m in p.moves]
+        with self.connect() as conn, conn.transaction():
+            row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s FOR UPDATE", (name,)).fetchone()
+            if row is not None:
+                if (row["from_epoch"], row["to_epoch"]) != (from_epoch, to_epoch):
+                    raise MigrationError(
+                        f"migration {name} already exists for epochs {row['from_epoch']} -> {row['to_epoch']}; "
+                        "pick another name"
+                    )
+                return self._record(conn, row)
+            conn.execute(
+                "INSERT INTO reshard.migrations (name, from_epoch, to_epoch, state, moves, settings) "
+                "VALUES (%s, %s, %s, %s, %s, %s)",
+                (name, from_epoch, to_epoch, states.PLANNED, Jsonb(moves), Jsonb(settings)),
+            )
+            self.audit(conn, name, "migration.created", from_epoch=from_epoch, to_epoch=to_epoch, moves=moves)
+            row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s", (name,)).fetchone()
+            return self._record(conn, row)
+
+    def _record(self, conn: psycopg.Connection, row: dict) -> MigrationRecord:
+        sources = conn.execute(
+            "SELECT * FROM reshard.migration_sources WHERE migration = %s ORDER BY cluster", (row["name"],)
+        ).fetchall()
+        return MigrationRecord(
+            row["name"], row["from_epoch"], row["to_epoch"], row["state"], row["moves"], row["settings"],
+            row["error"], row["created_at"], row["updated_at"], sources,
+        )
+
+    def migration(self, name: str) -> MigrationRecord:
+        with self.connect() as conn:
+            row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s", (name,)).fetchone()
+            if row is None:
+                known = [r["name"] for r in conn.execute("SELECT name FROM reshard.migrations ORDER BY name")]
+                raise MigrationError(f"no migration named {name!r} (known: {', '.join(known) or 'none'})")
+            return self._record(conn, row)
+
+    def migrations(self) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT name, from_epoch, to_epoch, state, updated_at FROM reshard.migrations ORDER BY created_at"
+            ).fetchall()
+
+    def plan_of(self, rec: MigrationRecord) -> Plan:
+        return plan(self.get_map(rec.from_epoch), self.get_map(rec.to_epoch))
+
+    def set_state(self, name: str, new: str, error: str | None = None, **detail: Any) -> str:
+        """Move the migration to ``new``; refuses transitions the state machine forbids."""
+        with self.connect() as conn, conn.transaction():
+            row = conn.execute("SELECT state FROM reshard.migrations WHERE name = %s FOR UPDATE", (name,)).fetchone()
+            if row is None:
+                raise MigrationError(f"no migration named {name!r}")
+            old = row["state"]
+            if not states.can_move(old, new):
+                raise MigrationError(f"migration {name} is {old}; it cannot become {new}")
+            conn.execute(
+                "UPDATE reshard.migrations SET state = %s, error = %s, updated_at = now() WHERE name = %s",
+                (new, error, name),
+            )
+            if old != new or error:
+                self.audit(conn, name, "migration.state", old=old, new=new, error=error, **detail)
+            return old
+
+    def set_error(self, name: str, error: str | None) -> None:
+        with self.connect() as conn:
+            conn.execute("UPDATE reshard.migrations SET error = %s, updated_at = now() WHERE name = %s", (error, name))
+            if error:
+                self.audit(conn, name, "migration.error", error=error)
+
+    # ---- sources, copy progress, workers ---------------------------------------
+    def record_source(self, migration: str, cluster: str, **fields: Any) -> None:
+        """Insert or update the migration's row for a source cluster with ``fields``."""
+        with self.connect() as conn, conn.transaction():
+            sets = ", ".join(f"{k} = %s" for k in fields)
+            updated = conn.execute(
+                f"UPDATE reshard.migration_sources SET {sets} WHERE migration = %s AND cluster = %s",
+                [*fields.values(), migration, cluster],
+            ).rowcount if fields else 0
+            if not updated:
+                cols = ["migration", "cluster", *fields]
+                conn.execute(
+                    f"INSERT INTO reshard.migration_sources ({', '.join(cols)}) "
+                    f"VALUES ({', '.join(['%s'] * len(cols))}) ON CONFLICT DO NOTHING",
+                    [migration, cluster, *fields.values()],
+                )
+
+    def record_copy(self, migration: str, move_id: str, tbl: str, **fields: Any) -> None:
+        cols = ["migration", "move_id", "tbl", *fields, "updated_at"]
+        vals = [migration, move_id, tbl, *fields.values()]
+        updates = ", ".join([f"{k} = EXCLUDED.{k}" for k in fields] + ["updated_at = now()"])
+        with self.connect() as conn:
+            conn.execute(
+                f"INSERT INTO reshard.copy_progress ({', '.join(cols)}) "
+                f"VALUES ({', '.join(['%s'] * len(vals))}, now()) "
+                f"ON CONFLICT (migration, move_id, tbl) DO UPDATE SET {updates}",
+                vals,
+            )
+
+    def copy_progress(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT * FROM reshard.copy_progress WHERE migration = %s ORDER BY move_id, tbl", (migration,)
+            ).fetchall()
+
+    def heartbeat(self, migration: str, worker: str, kind: str, stats: dict) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.workers (migration, worker, kind, pid, stats) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (migration, worker) DO UPDATE SET last_seen = now(), stats = EXCLUDED.stats, "
+                "pid = EXCLUDED.pid",
+                (migration, worker, kind, os.getpid(), Jsonb(stats)),
+            )
+
+    def workers(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT worker, kind, pid, started_at, last_seen, stats, "
+                "extract(epoch FROM now() - last_seen) AS idle_s FROM reshard.workers WHERE migration = %s "
+                "ORDER BY worker",
+                (migration,),
+            ).fetchall()
+
+    # ---- exclusivity --------------------------------------------------------------
+    @contextmanager
+    def exclusive(self, migration: str, purpose: str) -> Iterator[psycopg.Connection]:
+        """Hold a session advisory lock for (migration, purpose) while the block runs.
+
+        The lock dies with the connection, so a SIGKILLed holder never blocks a rerun.
+        """
+        key = zlib.crc32(f"{migration}/{purpose}".encode())
+        conn = self.connect(autocommit=True)
+        try:
+            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS ok", (7, key)).fetchone()["ok"]
+            if not got:
+                raise MigrationError(f"another reshard process is already running {purpose} for migration {migration}")
+            yield conn
+        finally:
+            conn.close()
