@@ -1,0 +1,265 @@
+"""Copy every move's rows from its source into its target at the slot's snapshot.
+
+Per source cluster: install reshard's schema, create the publication, create the
+slot with an exported snapshot and record its consistent point, let the caller
+register the Debezium connector on that slot, then copy each (move, table) unit in
+keyset batches inside the snapshot, several units in parallel.
+
+Resuming: batches commit on the target with their cursor, so a rerun skips finished
+units and continues others after their last batch. The first exported snapshot died
+with the process that held it, so the rerun copies the rest from a fresh snapshot
+(a temporary slot's, at position P2 > P). Those rows are newer than P; the stream
+still replays every change after P onto them in per-key order, and each change
+carries the full row, so they converge to the source before the stream passes P2.
+P2 is recorded as ``resumed_lsn`` on the target for the applier (see cdc_applier).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Callable
+
+from reshard import shard_schema
+from reshard.catalog import TableInfo, check_compatible, check_source, require_table
+from reshard.config import Config
+from reshard.control.store import ControlStore, MigrationRecord, connect
+from reshard.errors import MigrationError, SchemaMismatch
+from reshard.estimate import move_rows
+from reshard.planner import Move, Plan
+from reshard.progress import Progress
+from reshard.shardmap import qualified
+from snapshotter.copy_writer import copy_batch, load_cursor
+from snapshotter.cursor import KeysetCursor
+from snapshotter.slot import ExportedSnapshot, ensure_publication, import_snapshot, names, slot_exists
+
+DEFAULT_BATCH_ROWS = 20_000
+
+
+@dataclass
+class CopyUnit:
+    move: Move
+    table: str
+    src_info: TableInfo
+    predicate: str
+    estimate: int
+
+
+@dataclass
+class SnapshotReport:
+    rows: int = 0
+    bytes: int = 0
+    seconds: float = 0.0
+    units_copied: int = 0
+    units_already_done: int = 0
+    resumed: bool = False
+    consistent_lsn: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def rows_per_second(self) -> float:
+        return self.rows / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "rows_copied": self.rows, "bytes_copied": self.bytes, "seconds": round(self.seconds, 3),
+            "rows_per_second": round(self.rows_per_second), "units_copied": self.units_copied,
+            "units_already_done": self.units_already_done, "resumed": self.resumed,
+            "consistent_lsn": self.consistent_lsn,
+        }
+
+
+def check_setup(config: Config, p: Plan) -> dict[str, list[CopyUnit]]:
+    """Everything that can be checked before creating anything: tables, keys, types.
+
+    Raises SchemaMismatch / Unavailable naming the cluster and the table.
+    """
+    units: dict[str, list[CopyUnit]] = {}
+    infos: dict[tuple[str, str], TableInfo] = {}
+    for source in p.sources():
+        c = config.cluster(source)
+        with connect(c.dsn, f"source cluster {source}") as conn:
+            level = conn.execute("SHOW wal_level").fetchone()[0]
+            if level != "logical":
+                raise SchemaMismatch(f"cluster {source} has wal_level={level}; logical decoding needs wal_level=logical")
+            for move in p.moves_from(source):
+                group = p.new.groups[move.group]
+                for table in sorted(group.tables):
+                    if (source, table) not in infos:
+                        info = require_table(conn, table, source)
+                        check_source(info, source, group.key_columns(table))
+                        infos[(source, table)] = info
+                    info = infos[(source, table)]
+                    units.setdefault(source, []).append(
+                        CopyUnit(move, table, info, p.predicate_sql(move, table), move_rows(conn, p, move, info))
+                    )
+    for target in p.targets():
+        with connect(config.cluster(target).dsn, f"target cluster {target}") as conn:
+            for source, us in units.items():
+                for u in us:
+                    if u.move.target == target:
+                        check_compatible(u.src_info, require_table(conn, u.table, target), source, target)
+    return units
+
+
+class Snapshotter:
+    def __init__(
+        self,
+        config: Config,
+        store: ControlStore,
+        rec: MigrationRecord,
+        plan: Plan,
+        progress: Progress,
+        *,
+        batch_rows: int = DEFAULT_BATCH_ROWS,
+        workers: int = 2,
+    ):
+        self.config = config
+        self.store = store
+        self.rec = rec
+        self.plan = plan
+        self.progress = progress
+        self.batch_rows = batch_rows
+        self.workers = workers
+        self._lock = threading.Lock()
+
+    def run(self, units: dict[str, list[CopyUnit]], on_slot: Callable[[str, str], None]) -> SnapshotReport:
+        """Copy all units; ``on_slot(source, lsn)`` runs once each source's slot exists."""
+        report = SnapshotReport()
+        started = time.monotonic()
+        total = sum(u.estimate for us in units.values() for u in us)
+        task = self.progress.task("copy", total=total or None, unit="rows")
+        for source in self.plan.sources():
+            self._copy_source(source, units.get(source, []), on_slot, report, task)
+        task.close()
+        report.seconds = time.monotonic() - started
+        return report
+
+    def _prepare_source(self, source: str) -> tuple[str, str, bool, str | None]:
+        """Schema, heartbeat row and publication on the source; (slot, pub, slot exists, its LSN)."""
+        slot, pub = names(self.rec.name, source)
+        c = self.config.cluster(source)
+        with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
+            shard_schema.install(conn)
+            conn.execute(
+                "INSERT INTO reshard.heartbeat (migration) VALUES (%s) ON CONFLICT (migration) DO NOTHING",
+                (self.rec.name,),
+            )
+            ensure_publication(conn, pub, self.plan.tables())
+            exists = slot_exists(conn, slot)
+            lsn = None
+            if exists:
+                row = conn.execute(
+                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+                ).fetchone()
+                lsn = row[0] if row else None
+        for target in self.plan.targets():
+            with connect(self.config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
+                shard_schema.install(conn)
+        return slot, pub, exists, lsn
+
+    def _copy_source(self, source: str, units: list[CopyUnit], on_slot: Callable[[str, str], None],
+                     report: SnapshotReport, task) -> None:
+        slot, pub, exists, slot_lsn = self._prepare_source(source)
+        recorded = {s["cluster"]: s for s in self.rec.sources}.get(source)
+        pending = [u for u in units if not self._unit_done(u)]
+        report.units_already_done += len(units) - len(pending)
+        c = self.config.cluster(source)
+        if not exists:
+            if recorded and recorded.get("consistent_lsn"):
+                raise MigrationError(
+                    f"replication slot {slot} on {source} is gone but migration {self.rec.name} recorded it; "
+                    "the stream cannot continue without it: abort this migration and start a new one"
+                )
+            snap = ExportedSnapshot(c, slot)
+            # the ordering that makes copy and stream meet exactly: slot (and its snapshot)
+            # first, position recorded before any row is copied, connector on that slot
+            self.store.record_source(self.rec.name, source, slot_name=slot, publication=pub, consistent_lsn=snap.lsn)
+            with self.store.connect() as conn:
+                self.store.audit(conn, self.rec.name, "slot.created", cluster=source, slot=slot, lsn=snap.lsn)
+            self.progress.step(f"{source}: slot {slot} created at {snap.lsn} with an exported snapshot")
+            consistent, resumed_lsn = snap.lsn, None
+        else:
+            consistent = (recorded or {}).get("consistent_lsn") or slot_lsn
+            consistent = str(consistent)
+            self.store.record_source(self.rec.name, source, slot_name=slot, publication=pub, consistent_lsn=consistent)
+            snap = None
+            resumed_lsn = None
+        report.consistent_lsn[source] = consistent
+        on_slot(source, consistent)
+        if not pending:
+            if snap:
+                snap.close()
+            return
+        if snap is None:
+            tmp = f"reshard_tmp_{zlib.crc32(slot.encode()):08x}"
+            snap = ExportedSnapshot(c, tmp, temporary=True)
+            resumed_lsn = snap.lsn
+            report.resumed = True
+            with self.store.connect() as conn:
+                self.store.audit(conn, self.rec.name, "copy.resumed", cluster=source, snapshot_lsn=snap.lsn,
+                                 pending=[f"{u.move.id}/{u.table}" for u in pending])
+            self.progress.step(f"{source}: resuming {len(pending)} unfinished copy unit(s) from a fresh snapshot at {snap.lsn}")
+        try:
+            with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
+                futures = [
+                    pool.submit(self._copy_unit, u, snap.snapshot_name, consistent, resumed_lsn, report, task)
+                    for u in pending
+                ]
+                for f in futures:
+                    f.result()
+        finally:
+            snap.close()
+
+    def _unit_done(self, u: CopyUnit) -> bool:
+        with connect(self.config.cluster(u.move.target).dsn, f"target cluster {u.move.target}") as tgt:
+            exists = tgt.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]
+            if exists is None:
+                return False
+            cur = load_cursor(tgt, self.rec.name, u.move.id, u.table)
+            return bool(cur and cur["done"])
+
+    def _copy_unit(self, u: CopyUnit, snapshot_name: str, snapshot_lsn: str, resumed_lsn: str | None,
+                   report: SnapshotReport, task) -> None:
+        src_c = self.config.cluster(u.move.source)
+        tgt_c = self.config.cluster(u.move.target)
+        with connect(src_c.dsn, f"source cluster {src_c.name}") as src, \
+                connect(tgt_c.dsn, f"target cluster {tgt_c.name}", autocommit=True) as tgt:
+            shard_schema.writer_session(tgt)
+            cur = load_cursor(tgt, self.rec.name, u.move.id, u.table)
+            if cur is None:
+                clash = tgt.execute(f"SELECT 1 FROM {qualified(u.table)} WHERE {u.predicate} LIMIT 1").fetchone()
+                if clash:
+                    raise SchemaMismatch(
+                        f"{tgt_c.name} already holds rows of {u.table} in the range this move copies "
+                        f"({u.move.summary}); reshard will not overwrite them. Empty them or abort the migration."
+                    )
+            totals = (cur["rows_copied"], cur["bytes_copied"]) if cur else (0, 0)
+            if cur and cur["resumed_lsn"]:
+                resumed_lsn = cur["resumed_lsn"] if resumed_lsn is None else resumed_lsn
+            src.autocommit = True
+            import_snapshot(src, snapshot_name)
+            kc = KeysetCursor(u.src_info, u.predicate, after=cur["cursor"] if cur else None)
+            columns = [col.name for col in u.src_info.copyable]
+            while True:
+                upper = kc.next_upper(src, self.batch_rows)
+                res = copy_batch(
+                    src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id,
+                    snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals,
+                )
+                totals = (totals[0] + res.rows, totals[1] + res.bytes)
+                with self._lock:
+                    report.rows += res.rows
+                    report.bytes += res.bytes
+                task.advance(res.rows)
+                self.store.record_copy(
+                    self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
+                    rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
+                )
+                if upper is None:
+                    break
+            src.execute("COMMIT")
+            with self._lock:
+                report.units_copied += 1
