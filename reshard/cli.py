@@ -1,0 +1,399 @@
+"""The `reshard` command: a thin layer over the library.
+
+Each command parses its options, calls one library function, and prints the result:
+for people on stderr/stdout, or with ``--json`` one versioned JSON document on stdout
+and nothing else there. Progress goes to stderr. Typed errors become one line and
+the exit code documented in reshard/exit_codes.py.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Any, Callable
+
+import click
+
+from reshard import __version__
+from reshard.config import Config, load_config, state_dir
+from reshard.errors import ReshardError
+from reshard.exit_codes import ExitCode, describe
+from reshard.progress import Progress
+
+JSON_VERSION = 1
+
+
+class Ctx:
+    def __init__(self, config_path: str | None, progress_mode: str):
+        self.config_path = config_path
+        self.progress_mode = progress_mode
+        self.json = False
+
+    def config(self) -> Config:
+        return load_config(self.config_path)
+
+    def progress(self) -> Progress:
+        return Progress(self.progress_mode)
+
+
+def emit(ctx: Ctx, doc: dict[str, Any], human: Callable[[], str]) -> None:
+    if ctx.json:
+        click.echo(json.dumps({"version": JSON_VERSION, **doc}, default=str, indent=2))
+    else:
+        click.echo(human())
+
+
+def json_option(f: Callable) -> Callable:
+    def cb(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
+        if value:
+            ctx.find_object(Ctx).json = True
+        return value
+
+    return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=cb,
+                        help="Print one JSON document on stdout (for jobs); progress stays on stderr.")(f)
+
+
+EPILOG = "Exit codes:\n\n\b\n" + describe()
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="reshard")
+@click.option("--config", "config_path", metavar="PATH", envvar="RESHARD_CONFIG",
+              help="reshard.yaml to use (default: ./reshard.yaml, then the embedded stack's).")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "rich", "plain", "off"]), default="auto",
+              show_default=True, help="Progress on stderr: live bars on a terminal, plain lines in logs, or none.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, progress_mode: str) -> None:
+    """Online resharding for live PostgreSQL: snapshot, Debezium CDC over Kafka, idempotent apply.
+
+    \b
+    Quick start on this machine:
+      reshard stack up        # PostgreSQL, Kafka, Kafka Connect + Debezium on loopback
+      reshard demo            # a verified live migration, end to end
+    \b
+    A migration:
+      reshard start NAME --to new-map.yaml [--from current-map.yaml]
+      reshard apply NAME      # one applier worker; run more for more throughput
+      reshard wait NAME       # returns once the targets hold every committed change
+      reshard verify NAME
+    """
+    ctx.obj = Ctx(config_path, progress_mode)
+
+
+# ---- stack ------------------------------------------------------------------------
+
+@cli.group()
+def stack() -> None:
+    """The embedded stack: real PostgreSQL, Kafka, Kafka Connect and Debezium on 127.0.0.1.
+
+    State, data and logs live in ./.reshard (or $RESHARD_HOME).
+    """
+
+
+def _stack(ctx: Ctx):
+    from reshard.stack import Stack
+
+    quiet = ctx.json or ctx.progress_mode == "off"
+    return Stack(state_dir(), say=None if quiet else (lambda m: click.echo(f"==> {m}", err=True)))
+
+
+@stack.command("up")
+@click.option("--sources", default=1, show_default=True, help="Number of source clusters (source1..N).")
+@click.option("--targets", default=2, show_default=True, help="Number of target clusters (target1..N).")
+@json_option
+@click.pass_obj
+def stack_up(ctx: Ctx, sources: int, targets: int) -> None:
+    """Start every part that is not running, wait until all are healthy, write reshard.yaml.
+
+    Running it again starts nothing twice: running parts are reported as such.
+    The first run fetches the pinned Kafka, Connect and Debezium jars via Maven.
+    """
+    st = _stack(ctx)
+    res = st.up(sources, targets)
+    parts = [p.to_dict() for p in st.status()]
+    emit(ctx, {"command": "stack up", "config": str(res.config_path), "started": res.started,
+               "already_running": res.already_running, "parts": parts},
+         lambda: _status_table(parts) + f"\nconfig: {res.config_path}\n"
+         + (f"started: {', '.join(res.started)}" if res.started else "everything was already running"))
+
+
+def _status_table(parts: list[dict]) -> str:
+    lines = [f"{'part':<10} {'kind':<9} {'pid':>8} {'port':>6}  state"]
+    for p in parts:
+        state = "healthy" if p["healthy"] else ("running, unhealthy" if p["running"] else "stopped")
+        lines.append(f"{p['name']:<10} {p['kind']:<9} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state}")
+    return "\n".join(lines)
+
+
+@stack.command("status")
+@json_option
+@click.pass_obj
+def stack_status(ctx: Ctx) -> None:
+    """Each part with its pid, port and health. Exit 4 unless all are healthy."""
+    parts = [p.to_dict() for p in _stack(ctx).status()]
+    emit(ctx, {"command": "stack status", "parts": parts},
+         lambda: _status_table(parts) if parts else "no embedded stack here; run `reshard stack up`")
+    if not parts or not all(p["healthy"] for p in parts):
+        sys.exit(ExitCode.UNAVAILABLE)
+
+
+@stack.command("down")
+@json_option
+@click.pass_obj
+def stack_down(ctx: Ctx) -> None:
+    """Stop exactly the processes `stack up` started (by recorded pid); data is kept."""
+    stopped = _stack(ctx).down()
+    emit(ctx, {"command": "stack down", "stopped": stopped},
+         lambda: f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+
+
+# ---- demo ---------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--rows", default=100_000, show_default=True, help="Rows in the sample table before the copy.")
+@click.option("--write-rate", default=200.0, show_default=True, help="Live writes per second during the run.")
+@click.option("--stream-seconds", default=10.0, show_default=True,
+              help="How long to keep writing after the copy, while changes stream.")
+@click.option("--name", default=None, help="Migration name (default: demo_<UTC timestamp>).")
+@click.option("--timeout", default=180.0, show_default=True, help="Give up catching up after this many seconds.")
+@json_option
+@click.pass_obj
+def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: str | None, timeout: float) -> None:
+    """Run a verified live migration on the embedded stack (started if needed).
+
+    Splits source1 into the targets by key hash while a writer keeps changing the
+    source; prints rows copied, copy rate, events applied, time to catch up and
+    the verification result. Exit 0 when the targets equal the source, 1 if not.
+    """
+    from reshard.demo import render, run_demo
+    from reshard.stack import Stack
+
+    home = state_dir()
+    if ctx.config_path is None:
+        st = Stack(home, say=None if ctx.json else (lambda m: click.echo(f"==> {m}", err=True)))
+        if not st.is_up():
+            st.up()
+        config = st.config()
+    else:
+        config = ctx.config()
+    progress = ctx.progress()
+    try:
+        report = run_demo(config, progress, rows=rows, write_rate=write_rate, stream_seconds=stream_seconds,
+                          name=name, timeout=timeout)
+    finally:
+        progress.stop()
+    emit(ctx, report, lambda: render(report))
+    if not report["ok"]:
+        sys.exit(ExitCode.CHECK_FAILED)
+
+
+# ---- migrations ----------------------------------------------------------------------
+
+@cli.command()
+@click.argument("name")
+@click.option("--to", "to_path", required=True, type=click.Path(dir_okay=False), help="The new shard map (YAML).")
+@click.option("--from", "from_path", type=click.Path(dir_okay=False),
+              help="Today's map; needed only when no map is active yet.")
+@click.option("--batch-rows", default=20_000, show_default=True, help="Rows per copy batch (one target commit each).")
+@click.option("--copy-workers", default=2, show_default=True, help="Tables/moves copied in parallel.")
+@json_option
+@click.pass_obj
+def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int) -> None:
+    """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
+
+    Safe to rerun at any point: a rerun continues the copy from the targets'
+    committed cursors and re-asserts the connector. After it, run `reshard apply NAME`.
+    """
+    from reshard.coordinator import Coordinator
+    from reshard.shardmap import load_map
+
+    config = ctx.config()
+    progress = ctx.progress()
+    co = Coordinator.open(config, progress)
+    try:
+        to_map = load_map(to_path, config.clusters)
+        from_map = load_map(from_path, config.clusters) if from_path else None
+        co.create(name, to_map, from_map)
+        report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers)
+    finally:
+        progress.stop()
+    doc = {"command": "start", "migration": name, **report.to_dict()}
+    emit(ctx, doc, lambda: (
+        f"{name}: copied {report.rows:,} rows in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
+        + (" (resumed)" if report.resumed else "") + f"; streaming. Next: reshard apply {name}"))
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--until-caught-up", is_flag=True, help="Stop once every change committed so far is applied.")
+@click.option("--timeout", default=600.0, show_default=True, help="With --until-caught-up: give up after this long.")
+@click.option("--batch-size", default=2000, show_default=True, help="Records per poll and target transaction.")
+@json_option
+@click.pass_obj
+def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int) -> None:
+    """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
+
+    Workers of one migration share a Kafka consumer group: start more to split the
+    partitions. Killing a worker at any moment loses nothing and applies nothing twice.
+    Exit 5 when it paused on input it will not guess about (reason in `reshard status`).
+    """
+    from reshard.coordinator import Coordinator
+
+    progress = ctx.progress()
+    co = Coordinator.open(ctx.config(), progress)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    task = progress.task("apply", unit="events")
+    try:
+        stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
+                         batch_size=batch_size)
+        task.close()
+    finally:
+        progress.stop()
+    doc = {"command": "apply", "migration": name, **stats.to_dict()}
+    emit(ctx, doc, lambda: f"{name}: applied {stats.applied:,} of {stats.records:,} records "
+         f"({stats.skipped_stale:,} replays skipped, {stats.dead_letters} dead letters)")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--timeout", default=300.0, show_default=True, help="Give up (exit 6) after this many seconds.")
+@json_option
+@click.pass_obj
+def wait(ctx: Ctx, name: str, timeout: float) -> None:
+    """Return once the targets hold every change committed on the sources before now.
+
+    Proven, not estimated: the slot confirms the current WAL position, then the
+    applier's committed offsets reach the end of every partition read after that.
+    """
+    from reshard.coordinator import Coordinator
+
+    res = Coordinator.open(ctx.config()).wait(name, timeout=timeout)
+    emit(ctx, {"command": "wait", "migration": name, **res.to_dict()},
+         lambda: f"{name}: caught up in {res.seconds:.2f}s (positions {res.positions})")
+
+
+@cli.command()
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def status(ctx: Ctx, name: str | None) -> None:
+    """A migration's state, copy progress, connectors, applier workers, lag and slot WAL.
+
+    Without NAME: the list of migrations.
+    """
+    from reshard.coordinator import Coordinator
+
+    co = Coordinator.open(ctx.config())
+    if name is None:
+        rows = co.store.migrations()
+        emit(ctx, {"command": "status", "migrations": rows}, lambda: "\n".join(
+            f"{r['name']:<26} {r['state']:<13} epochs {r['from_epoch']} -> {r['to_epoch']}" for r in rows
+        ) or "no migrations")
+        return
+    doc = co.status(name)
+    emit(ctx, {"command": "status", **doc}, lambda: _status_human(doc))
+
+
+def _status_human(d: dict) -> str:
+    lines = [f"migration {d['name']}: {d['state']}  (map epoch {d['from_epoch']} -> {d['to_epoch']})"]
+    if d.get("error"):
+        lines.append(f"  error: {d['error']}")
+    for m in d["moves"]:
+        lines.append(f"  move {m['id']}: {m['keys']}")
+    for c in d["copy"]:
+        est = f"/{c['rows_estimate']:,}" if c.get("rows_estimate") else ""
+        lines.append(f"  copy {c['move_id']} {c['tbl']}: {c['rows_copied']:,}{est} rows{' done' if c['done'] else ''}")
+    for s in d["sources"]:
+        lines.append(f"  source {s['cluster']}: slot {s['slot']} from {s['consistent_lsn']}, connector "
+                     f"{s['connector']} {s['state']} {s['tasks']}")
+    lag = d.get("lag") or {}
+    if "records" in lag:
+        lines.append(f"  lag: {lag['records']:,} Kafka records not yet applied")
+        for s in lag["sources"]:
+            lines.append(f"  slot {s['slot']}: {s['lag_bytes'] or 0:,} bytes unconfirmed, "
+                         f"{s['retained_bytes'] or 0:,} bytes of WAL retained")
+    for w in d["workers"]:
+        st = w["stats"]
+        lines.append(f"  worker {w['worker']} (last seen {w['idle_s']:.0f}s ago): {st.get('applied', 0):,} applied, "
+                     f"{st.get('dead_letters', 0)} dead letters")
+    return "\n".join(lines)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--max-diffs", default=20, show_default=True, help="Differing keys to list per table.")
+@json_option
+@click.pass_obj
+def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
+    """Compare the sources with the union of the targets for everything that moves.
+
+    Row counts and a checksum per target and table; on a difference, the keys.
+    Exit 0 when equal, 1 when not. Meaningful once writes to the moving keys have
+    stopped and `reshard wait` returned (during a live load the targets trail).
+    """
+    from reshard.coordinator import Coordinator
+
+    rep = Coordinator.open(ctx.config()).verify(name, max_diffs)
+    doc = {"command": "verify", "migration": name, **rep.to_dict()}
+
+    def human() -> str:
+        out = [f"{name}: {'EQUAL' if rep.equal else 'DIFFERENT'} ({rep.seconds:.2f}s)"]
+        for c in rep.checks:
+            out.append(f"  {c.move} {c.table}: source {c.source_rows:,} rows, target {c.target_rows:,} rows, "
+                       f"{'checksums equal' if c.source_checksum == c.target_checksum else 'checksums differ'}"
+                       + (f", {c.misplaced_rows} misplaced" if c.misplaced_rows else ""))
+            for diff in c.differences:
+                out.append(f"    key {diff['key']}: {diff['problem']}")
+        return "\n".join(out)
+
+    emit(ctx, doc, human)
+    if not rep.equal:
+        sys.exit(ExitCode.CHECK_FAILED)
+
+
+# ---- entry point -----------------------------------------------------------------------
+
+def main(argv: list[str] | None = None) -> None:
+    ctx_holder: dict[str, Any] = {}
+    try:
+        with cli.make_context("reshard", list(argv if argv is not None else sys.argv[1:])) as ctx:
+            ctx_holder["ctx"] = ctx
+            cli.invoke(ctx)
+        sys.exit(ExitCode.OK)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(ExitCode.BAD_INPUT)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except ReshardError as exc:
+        _fail(ctx_holder, str(exc), exc.exit_code, type(exc).__name__)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as exc:  # a bug or an unforeseen failure: say so, keep the traceback
+        import traceback
+
+        traceback.print_exc()
+        _fail(ctx_holder, f"internal error: {type(exc).__name__}: {exc}", ExitCode.ERROR, "InternalError")
+
+
+def _fail(ctx_holder: dict, message: str, code: ExitCode, kind: str) -> None:
+    ctx = ctx_holder.get("ctx")
+    obj = ctx.obj if ctx is not None else None
+    if isinstance(obj, Ctx) and obj.json:
+        click.echo(json.dumps({"version": JSON_VERSION, "ok": False, "error": message, "kind": kind,
+                               "exit_code": int(code)}, indent=2))
+    click.echo(f"reshard: {message}", err=True)
+    sys.exit(int(code))
+
+
+if __name__ == "__main__":
+    main()

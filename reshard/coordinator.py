@@ -1,0 +1,265 @@
+"""The composition root: a migration's steps, each a short sequence of calls.
+
+``create`` records the maps and the plan. ``start`` checks everything it can before
+creating anything, then snapshots (slot, copy) and registers the Debezium
+connector; it is resumable and safe to rerun at any point. ``apply`` runs an applier
+worker. ``wait`` proves catch-up. ``verify`` compares. ``teardown`` drops what the
+migration created. The CLI is a thin layer over these; so is the demo.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+from reshard.config import Config, check_name
+from reshard.connect_client import ConnectClient
+from reshard.control import states
+from reshard.control.store import ControlStore, MigrationRecord, connect
+from reshard.errors import ConfigError, MigrationError, Unavailable
+from reshard.kafka_admin import KafkaAdmin
+from reshard.planner import Plan, plan
+from reshard.progress import Progress, Task
+from reshard.shardmap import ShardMap, qualified
+from reshard.stack.connect import DEBEZIUM_CLASS
+from reshard.verify import VerifyReport, verify
+
+from cdc_applier.connector import connector_name, ensure_connector, heartbeat_topics
+from cdc_applier.dlq import dlq_topic
+from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
+from cdc_applier.route import Router
+from cdc_applier.worker import Applier, ApplierStats
+from snapshotter.slot import drop_slot, names
+from snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
+
+
+@dataclass
+class Coordinator:
+    config: Config
+    store: ControlStore
+    progress: Progress
+
+    @classmethod
+    def open(cls, config: Config, progress: Progress | None = None) -> "Coordinator":
+        return cls(config, ControlStore(config.control_dsn), progress or Progress("off"))
+
+    # ---- create ----------------------------------------------------------------
+    def create(self, name: str, to_map: ShardMap, from_map: ShardMap | None = None) -> MigrationRecord:
+        """Record the migration from the active map (or ``from_map``) to ``to_map``.
+
+        With no active map yet, ``from_map`` is registered and becomes active: that is
+        how the first migration of a fleet states where the keys are today.
+        """
+        check_name("migration", name)
+        known = set(self.config.clusters)
+        for m in (to_map, from_map):
+            if m is not None:
+                unknown = m.clusters() - known
+                if unknown:
+                    raise ConfigError(f"the map names cluster(s) not in reshard.yaml: {', '.join(sorted(unknown))}")
+        active = self.store.active_epoch()
+        if from_map is not None and active is not None:
+            if self.store.get_map(active).digest() != from_map.digest():
+                raise ConfigError(
+                    f"--from does not match the active map (epoch {active}); omit --from to migrate from it"
+                )
+            from_epoch = active
+        elif from_map is not None:
+            from_epoch = self.store.find_epoch(from_map) or self.store.register_map(
+                from_map, note=f"current map, for migration {name}")[0]
+            with self.store.connect() as conn, conn.transaction():
+                self.store.activate(conn, from_epoch)
+        elif active is None:
+            raise ConfigError("no active shard map yet: pass --from with the map that describes today's placement")
+        else:
+            from_epoch = active
+        old = self.store.get_map(from_epoch)
+        p = plan(old, to_map)
+        if not p.moves:
+            raise ConfigError("the target map moves no keys: nothing to migrate")
+        existing = self.store.find_epoch(to_map)
+        to_epoch = existing if existing and existing > from_epoch else self.store.register_map(
+            to_map, note=f"target of migration {name}")[0]
+        return self.store.create_migration(name, from_epoch, to_epoch, p, {})
+
+    def record(self, name: str) -> tuple[MigrationRecord, Plan]:
+        rec = self.store.migration(name)
+        return rec, self.store.plan_of(rec)
+
+    # ---- start (snapshot + connector) ----------------------------------------------
+    def check_services(self) -> None:
+        KafkaAdmin(self.config.kafka.bootstrap_servers).check()
+        client = ConnectClient(self.config.connect.url)
+        if DEBEZIUM_CLASS not in client.plugins():
+            raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
+
+    def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2) -> SnapshotReport:
+        with self.store.exclusive(name, "start"):
+            rec, p = self.record(name)
+            if rec.state == states.ABORTED:
+                raise MigrationError(f"migration {name} was aborted; create a new one")
+            self.progress.step(f"{name}: checking clusters, Kafka and Connect")
+            self.check_services()
+            units = check_setup(self.config, p)
+            KafkaAdmin(self.config.kafka.bootstrap_servers).ensure_topics(
+                [dlq_topic(name)], 1, self.config.kafka.replication_factor)
+            if rec.state == states.PLANNED:
+                self.store.set_state(name, states.SNAPSHOTTING)
+
+            def on_slot(source: str, _lsn: str) -> None:
+                slot, pub = names(name, source)
+                connector, topics = ensure_connector(self.config, name, source, slot, pub, p.tables())
+                self.store.record_source(name, source, connector=connector, topics=topics)
+                self.progress.step(f"{source}: Debezium connector {connector} running on slot {slot}")
+
+            report = Snapshotter(self.config, self.store, rec, p, self.progress,
+                                 batch_rows=batch_rows, workers=copy_workers).run(units, on_slot)
+            self.store.set_state(name, states.STREAMING, **report.to_dict())
+            return report
+
+    # ---- apply / wait -------------------------------------------------------------
+    def applier(self, name: str, *, batch_size: int = 2000) -> Applier:
+        rec, p = self.record(name)
+        if rec.state != states.STREAMING:
+            raise MigrationError(
+                f"migration {name} is {rec.state}; the applier runs once the copy is done (state streaming). "
+                f"Run `reshard start {name}` first."
+            )
+        self.store.set_error(name, None)
+        return Applier(self.config, self.store, rec, p, batch_size=batch_size)
+
+    def apply(self, name: str, stop: threading.Event, *, until_caught_up: bool = False,
+              timeout: float = 600.0, task: Task | None = None, batch_size: int = 2000) -> ApplierStats:
+        """Run an applier until ``stop`` is set (or, with until_caught_up, until the
+        catch-up proof passes while it runs)."""
+        a = self.applier(name, batch_size=batch_size)
+        if not until_caught_up:
+            return a.run(stop, task=task)
+        rec, _ = self.record(name)
+        result: dict = {}
+
+        def prover() -> None:
+            try:
+                result["caught_up"] = wait_caught_up(self.config, rec, a.topics, timeout)
+            except Exception as exc:  # reported by the caller
+                result["error"] = exc
+            finally:
+                stop.set()
+
+        t = threading.Thread(target=prover, name="reshard-catchup", daemon=True)
+        t.start()
+        stats = a.run(stop, task=task)
+        t.join()
+        if "error" in result:
+            raise result["error"]
+        return stats
+
+    def topics(self, name: str) -> list[str]:
+        rec, p = self.record(name)
+        return Router(p, rec.name).topics
+
+    def wait(self, name: str, timeout: float = 300.0) -> CaughtUp:
+        rec, p = self.record(name)
+        if rec.state != states.STREAMING:
+            raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming yet")
+        return wait_caught_up(self.config, rec, Router(p, name).topics, timeout)
+
+    def lag(self, name: str) -> Lag:
+        rec, p = self.record(name)
+        return lag(self.config, rec, Router(p, name).topics)
+
+    def verify(self, name: str, max_diffs: int = 20) -> VerifyReport:
+        rec, p = self.record(name)
+        report = verify(self.config, p, max_diffs)
+        with self.store.connect() as conn:
+            self.store.audit(conn, name, "verify", equal=report.equal,
+                             rows={c.move + "/" + c.table: c.source_rows for c in report.checks})
+        return report
+
+    # ---- status ---------------------------------------------------------------------
+    def status(self, name: str) -> dict:
+        rec, p = self.record(name)
+        out = rec.to_dict()
+        out["plan"] = {"sources": p.sources(), "targets": p.targets(), "tables": p.tables()}
+        out["copy"] = [
+            {k: (str(v) if k in ("snapshot_lsn", "updated_at") else v) for k, v in row.items() if k != "migration"}
+            for row in self.store.copy_progress(name)
+        ]
+        out["workers"] = [
+            {**w, "started_at": w["started_at"].isoformat(), "last_seen": w["last_seen"].isoformat(),
+             "idle_s": float(w["idle_s"])}
+            for w in self.store.workers(name)
+        ]
+        connect_client = ConnectClient(self.config.connect.url)
+        conns = []
+        for s in rec.sources:
+            st = None
+            try:
+                st = connect_client.status(s["connector"]) if s.get("connector") else None
+            except Unavailable:
+                st = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
+            conns.append({
+                "cluster": s["cluster"], "slot": s["slot_name"], "consistent_lsn": str(s["consistent_lsn"]),
+                "connector": s.get("connector"),
+                "state": (st or {}).get("connector", {}).get("state", "MISSING"),
+                "tasks": [t["state"] for t in (st or {}).get("tasks", [])],
+            })
+        out["sources"] = conns
+        if rec.sources:
+            try:
+                out["lag"] = self.lag(name).to_dict()
+            except Unavailable as exc:
+                out["lag"] = {"error": str(exc)}
+        return out
+
+    # ---- teardown -------------------------------------------------------------------
+    def teardown(self, name: str, drop_target_rows: bool = True) -> list[str]:
+        """Drop what the migration created: connectors, slots, publications, topics,
+        its bookkeeping rows, and (by default) the rows it copied to the targets.
+        Sources keep every row. Idempotent; returns what it did."""
+        rec, p = self.record(name)
+        done: list[str] = []
+        client = ConnectClient(self.config.connect.url)
+        for source in p.sources():
+            if client.delete(connector_name(name, source)):
+                done.append(f"deleted connector {connector_name(name, source)}")
+        for source in p.sources():
+            slot, pub = names(name, source)
+            with connect(self.config.cluster(source).dsn, f"source cluster {source}", autocommit=True) as conn:
+                for _ in range(50):  # the connector's walsender may take a moment to let go
+                    if not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
+                                        (slot,)).fetchone():
+                        break
+                    threading.Event().wait(0.2)
+                if drop_slot(conn, slot):
+                    done.append(f"dropped slot {slot} on {source}")
+                if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone():
+                    conn.execute(f"DROP PUBLICATION {pub}")
+                    done.append(f"dropped publication {pub} on {source}")
+                if conn.execute("SELECT to_regclass('reshard.heartbeat')").fetchone()[0]:
+                    conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (name,))
+        topics = Router(p, name).topics + [dlq_topic(name)]
+        for source in p.sources():
+            topics += heartbeat_topics(name, source)
+        KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics(topics)
+        done.append(f"deleted {len(topics)} topic(s)")
+        for target in p.targets():
+            with connect(self.config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
+                if drop_target_rows:
+                    for move in p.moves:
+                        if move.target != target:
+                            continue
+                        for table in p.new.groups[move.group].tables:
+                            if conn.execute("SELECT to_regclass(%s)", (qualified(table),)).fetchone()[0]:
+                                n = conn.execute(
+                                    f"DELETE FROM {qualified(table)} t WHERE {p.predicate_sql(move, table, 't')}"
+                                ).rowcount
+                                done.append(f"deleted {n} copied row(s) of {table} on {target}")
+                if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
+                    for t in ("applied_rows", "applied_offsets", "copy_cursor"):
+                        conn.execute(f"DELETE FROM reshard.{t} WHERE migration = %s", (name,))
+        if rec.state != states.ABORTED:
+            self.store.set_state(name, states.ABORTED)
+        with self.store.connect() as conn:
+            self.store.audit(conn, name, "migration.teardown", actions=done)
+        return done
