@@ -126,6 +126,8 @@ class Applier:
             "auto.offset.reset": "earliest",
             "client.id": self.worker_id,
             "partition.assignment.strategy": "cooperative-sticky",
+            # a worker that dies (SIGKILL, lost host) gives its partitions away within 10 s
+            "session.timeout.ms": 10000,
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name)
         self._connect_targets()

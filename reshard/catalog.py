@@ -2,7 +2,8 @@
 
 Copy, apply and verify all depend on source and target tables having the same
 columns with the same types and the same primary key; a difference is reported by
-name before anything is written (invariant 7), never discovered half-way through.
+name (``SetupError``) before anything is written (invariant 7), never discovered
+half-way through.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 
 import psycopg
 
-from reshard.errors import SchemaMismatch
+from reshard.errors import SetupError
 from reshard.shardmap import qualified
 
 
@@ -84,22 +85,22 @@ def table_info(conn: psycopg.Connection, table: str) -> TableInfo | None:
 def require_table(conn: psycopg.Connection, table: str, cluster: str) -> TableInfo:
     info = table_info(conn, table)
     if info is None:
-        raise SchemaMismatch(f"table {table} does not exist on cluster {cluster}")
+        raise SetupError(f"table {table} does not exist on cluster {cluster}")
     return info
 
 
 def check_source(info: TableInfo, cluster: str, shard_key: tuple[str, ...]) -> None:
     """A source table must let Debezium identify every changed row and route it."""
     if not info.pk:
-        raise SchemaMismatch(
+        raise SetupError(
             f"{info.name} on {cluster} has no primary key: logical decoding cannot identify its updated and "
             "deleted rows, so reshard refuses to move it. Add a primary key."
         )
     if info.replica_identity == "n":
-        raise SchemaMismatch(f"{info.name} on {cluster} has REPLICA IDENTITY NOTHING; use DEFAULT or FULL")
+        raise SetupError(f"{info.name} on {cluster} has REPLICA IDENTITY NOTHING; use DEFAULT or FULL")
     missing = [c for c in shard_key if c not in info.pk]
     if missing:
-        raise SchemaMismatch(
+        raise SetupError(
             f"{info.name}: shard key column(s) {', '.join(missing)} are not part of the primary key "
             f"({', '.join(info.pk)}); deletes carry only the key, so reshard could not route them"
         )
@@ -123,4 +124,4 @@ def check_compatible(src: TableInfo, tgt: TableInfo, src_cluster: str, tgt_clust
     if src.pk != tgt.pk:
         problems.append(f"primary key is ({', '.join(src.pk)}) on {src_cluster} but ({', '.join(tgt.pk)}) on {tgt_cluster}")
     if problems:
-        raise SchemaMismatch(f"{src.name}: source and target differ: " + "; ".join(problems))
+        raise SetupError(f"{src.name}: source and target differ: " + "; ".join(problems))

@@ -34,6 +34,13 @@ class StackError(Unavailable):
     """The embedded stack could not be brought up, or a part of it died."""
 
 
+class SetupError(ReshardError):
+    """A check before the migration creates anything failed: a missing table, no
+    primary key, source and target columns that differ, rows already on a target."""
+
+    exit_code = ExitCode.BAD_INPUT
+
+
 class SchemaMismatch(ReshardError):
     """Source and target tables disagree (columns, types, primary key), or the source
     changed under a running migration. The migration pauses; nothing is written."""

@@ -27,7 +27,7 @@ from reshard import shard_schema
 from reshard.catalog import TableInfo, check_compatible, check_source, require_table
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
-from reshard.errors import MigrationError, SchemaMismatch
+from reshard.errors import MigrationError, SetupError
 from reshard.estimate import move_rows
 from reshard.planner import Move, Plan
 from reshard.progress import Progress
@@ -74,7 +74,7 @@ class SnapshotReport:
 def check_setup(config: Config, p: Plan) -> dict[str, list[CopyUnit]]:
     """Everything that can be checked before creating anything: tables, keys, types.
 
-    Raises SchemaMismatch / Unavailable naming the cluster and the table.
+    Raises SetupError / Unavailable naming the cluster and the table.
     """
     units: dict[str, list[CopyUnit]] = {}
     infos: dict[tuple[str, str], TableInfo] = {}
@@ -83,7 +83,7 @@ def check_setup(config: Config, p: Plan) -> dict[str, list[CopyUnit]]:
         with connect(c.dsn, f"source cluster {source}") as conn:
             level = conn.execute("SHOW wal_level").fetchone()[0]
             if level != "logical":
-                raise SchemaMismatch(f"cluster {source} has wal_level={level}; logical decoding needs wal_level=logical")
+                raise SetupError(f"cluster {source} has wal_level={level}; logical decoding needs wal_level=logical")
             for move in p.moves_from(source):
                 group = p.new.groups[move.group]
                 for table in sorted(group.tables):
@@ -232,7 +232,7 @@ class Snapshotter:
             if cur is None:
                 clash = tgt.execute(f"SELECT 1 FROM {qualified(u.table)} WHERE {u.predicate} LIMIT 1").fetchone()
                 if clash:
-                    raise SchemaMismatch(
+                    raise SetupError(
                         f"{tgt_c.name} already holds rows of {u.table} in the range this move copies "
                         f"({u.move.summary}); reshard will not overwrite them. Empty them or abort the migration."
                     )

@@ -268,10 +268,10 @@ class ControlStore:
 
         The lock dies with the connection, so a SIGKILLed holder never blocks a rerun.
         """
-        key = zlib.crc32(f"{migration}/{purpose}".encode())
+        key = zlib.crc32(f"{migration}/{purpose}".encode()) - (1 << 31)  # into int4 range
         conn = self.connect(autocommit=True)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s, %s) AS ok", (7, key)).fetchone()["ok"]
+            got = conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int) AS ok", (7, key)).fetchone()["ok"]
             if not got:
                 raise MigrationError(f"another reshard process is already running {purpose} for migration {migration}")
             yield conn

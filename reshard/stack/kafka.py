@@ -12,6 +12,7 @@ from pathlib import Path
 from confluent_kafka.admin import AdminClient
 
 from reshard.errors import StackError
+from reshard.kafka_admin import client_conf
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.process import ProcessRecord, is_running, spawn, tail
 
@@ -104,7 +105,7 @@ class KafkaBroker:
 
     def healthy(self, timeout: float = 3.0) -> bool:
         try:
-            md = AdminClient({"bootstrap.servers": self.bootstrap}).list_topics(timeout=timeout)
+            md = AdminClient(client_conf(self.bootstrap)).list_topics(timeout=timeout)
             return bool(md.brokers)
         except Exception:
             return False

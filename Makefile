@@ -1,0 +1,47 @@
+# Two entry points for a fresh machine (see README.md):
+#   make demo   installs what is missing, then runs a verified live migration
+#   make test   installs what is missing, then runs the whole test suite
+# Both are idempotent: on a prepared machine they go straight to work.
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps system-deps python-deps jvm-deps unit e2e stack-down clean
+
+demo: deps
+	$(VENV)/bin/reshard demo
+
+test: deps
+	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+unit: python-deps
+	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
+
+e2e: deps
+	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+deps: system-deps python-deps jvm-deps
+
+system-deps:
+	@bash scripts/install-system-deps.sh
+
+python-deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+# the pinned Kafka / Connect / Debezium jars, via Maven, cached in ~/.cache/reshard
+jvm-deps: python-deps
+	@$(PY) -m reshard.stack.artifacts
+
+stack-down:
+	-$(VENV)/bin/reshard stack down
+
+clean: stack-down
+	rm -rf $(VENV) .reshard

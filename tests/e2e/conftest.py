@@ -1,0 +1,105 @@
+"""End-to-end fixtures: the real embedded stack, started once per session.
+
+Each test gets its own databases (one per cluster, plus its own control database)
+and its own migration names, so tests share PostgreSQL, Kafka and Connect but no
+state. Teardown removes the test's connectors and slots (slots would otherwise
+hold WAL) and drops its databases. The stack stops at the end of the session, by
+the pids it recorded.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from reshard.config import ClusterConfig, Config
+from reshard.connect_client import ConnectClient
+from reshard.stack import Stack
+
+_counter = itertools.count(1)
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "/e2e/" in str(item.fspath):
+            item.add_marker(pytest.mark.e2e)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    home = Path(os.environ.get("RESHARD_TEST_HOME") or tmp_path_factory.mktemp("reshard-stack"))
+    st = Stack(home, say=lambda m: print(f"[stack] {m}", flush=True))
+    started = time.monotonic()
+    st.up(sources=1, targets=2)
+    print(f"[stack] up in {time.monotonic() - started:.1f}s at {home}", flush=True)
+    yield st
+    st.down()
+
+
+def _with_db(dsn: str, dbname: str) -> str:
+    return psycopg.conninfo.make_conninfo(dsn, dbname=dbname)
+
+
+@dataclass
+class Env:
+    name: str
+    config: Config
+
+    def dsn(self, cluster: str) -> str:
+        return self.config.cluster(cluster).dsn
+
+    def conn(self, cluster: str, **kw) -> psycopg.Connection:
+        return psycopg.connect(self.dsn(cluster), autocommit=True, **kw)
+
+    def migration(self, suffix: str = "m") -> str:
+        return f"{self.name}{suffix}"[:24]
+
+
+def _admin_dsn(dsn: str) -> str:
+    return _with_db(dsn, "postgres")
+
+
+@pytest.fixture
+def env(stack: Stack) -> Env:
+    base = stack.config()
+    name = f"t{os.getpid() % 10000}x{next(_counter)}"
+    clusters = {}
+    for cname, c in base.clusters.items():
+        with psycopg.connect(_admin_dsn(c.dsn), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        dsn = _with_db(c.dsn, name)
+        clusters[cname] = ClusterConfig(cname, dsn, dsn)
+    with psycopg.connect(_admin_dsn(base.control_dsn), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    config = replace(base, path=None, control_dsn=_with_db(base.control_dsn, name), clusters=clusters)
+    yield Env(name, config)
+    _cleanup(config, name)
+
+
+def _cleanup(config: Config, name: str) -> None:
+    client = ConnectClient(config.connect.url)
+    for connector in client.connectors():
+        if connector.startswith(f"reshard-{name}"):
+            client.delete(connector)
+    for c in config.clusters.values():
+        with psycopg.connect(_admin_dsn(c.dsn), autocommit=True) as conn:
+            for _ in range(100):
+                rows = conn.execute(
+                    "SELECT slot_name, active FROM pg_replication_slots WHERE database = %s", (name,)
+                ).fetchall()
+                if not any(active for _s, active in rows):
+                    break
+                time.sleep(0.1)
+            for slot, _active in rows:
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with psycopg.connect(_admin_dsn(config.control_dsn), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

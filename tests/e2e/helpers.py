@@ -1,0 +1,113 @@
+"""Helpers for end-to-end tests: set up the sample table, compare rows exactly."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+
+from reshard.config import write_config
+from reshard.coordinator import Coordinator
+from reshard.demo import demo_maps
+from reshard.shardmap import parse_map
+from reshard.workload import TABLE, create_table, seed
+
+TARGETS = ["target1", "target2"]
+
+
+def prepare(env, rows: int, migration: str) -> Coordinator:
+    """Sample table seeded on source1, empty on the targets, migration created (split by hash)."""
+    with env.conn("source1") as conn:
+        create_table(conn)
+        seed(conn, rows)
+    for t in TARGETS:
+        with env.conn(t) as conn:
+            create_table(conn)
+    co = Coordinator.open(env.config)
+    before, after = demo_maps(TARGETS)
+    co.create(migration, parse_map(after, env.config.clusters), parse_map(before, env.config.clusters))
+    return co
+
+
+def all_rows(dsn: str, table: str = TABLE) -> list[tuple]:
+    with psycopg.connect(dsn) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        return conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+
+
+def assert_targets_equal_source(env, table: str = TABLE) -> int:
+    """Row for row: the source table equals the union of the targets' tables."""
+    src = all_rows(env.dsn("source1"), table)
+    union = sorted((r for t in TARGETS for r in all_rows(env.dsn(t), table)), key=lambda r: r[0])
+    ids = [r[0] for r in union]
+    assert len(ids) == len(set(ids)), "a key is on more than one target"
+    if src != union:
+        s, u = {r[0]: r for r in src}, {r[0]: r for r in union}
+        missing = sorted(s.keys() - u.keys())[:10]
+        extra = sorted(u.keys() - s.keys())[:10]
+        differ = [k for k in sorted(s.keys() & u.keys()) if s[k] != u[k]][:10]
+        raise AssertionError(f"targets differ from source: missing {missing}, extra {extra}, different {differ}")
+    return len(src)
+
+
+class ApplierThread:
+    """An in-process applier (the same code `reshard apply` runs), stoppable."""
+
+    def __init__(self, co: Coordinator, migration: str):
+        self.stop = threading.Event()
+        self.result: dict = {}
+        self.thread = threading.Thread(target=self._run, args=(co, migration), daemon=True)
+
+    def _run(self, co, migration):
+        try:
+            self.result["stats"] = co.apply(migration, self.stop)
+        except BaseException as exc:
+            self.result["error"] = exc
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=60)
+        if "error" in self.result:
+            raise self.result["error"]
+
+
+def write_config_file(env, tmp_path: Path) -> Path:
+    path = tmp_path / "reshard.yaml"
+    write_config(env.config, path)
+    return path
+
+
+def reshard_cmd(config_path: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "reshard.cli", "--config", str(config_path), "--progress", "plain", *args]
+
+
+def spawn(config_path: Path, log: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen(reshard_cmd(config_path, *args), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def applied_count(env, migration: str) -> int:
+    total = 0
+    for t in TARGETS:
+        with env.conn(t) as conn:
+            if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
+                total += conn.execute("SELECT count(*) FROM reshard.applied_rows WHERE migration = %s",
+                                      (migration,)).fetchone()[0]
+    return total

@@ -1,0 +1,106 @@
+"""Bad input gets a clear error and loses nothing (invariant 7)."""
+
+import json
+import subprocess
+import time
+
+import pytest
+from confluent_kafka import Consumer, Producer
+
+from cdc_applier.connector import data_topic
+from cdc_applier.dlq import dlq_topic
+from reshard.coordinator import Coordinator
+from reshard.errors import SetupError
+from reshard.exit_codes import ExitCode
+from reshard.kafka_admin import client_conf
+from reshard.shardmap import parse_map
+from reshard.workload import create_table
+from tests.e2e.helpers import (
+    ApplierThread, assert_targets_equal_source, prepare, reshard_cmd, write_config_file,
+)
+
+
+def _dead_letters(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list:
+    c = Consumer(client_conf(bootstrap, **{"group.id": f"dlq-reader-{time.time()}", "auto.offset.reset": "earliest"}))
+    c.subscribe([topic])
+    out = []
+    deadline = time.monotonic() + timeout
+    while len(out) < expect and time.monotonic() < deadline:
+        m = c.poll(0.5)
+        if m is not None and not m.error():
+            out.append(m)
+    c.close()
+    return out
+
+
+def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(env):
+    name = env.migration()
+    co = prepare(env, rows=500, migration=name)
+    co.start(name)
+    topic = data_topic(name, "source1", "public.accounts")
+    p = Producer(client_conf(env.config.kafka.bootstrap_servers))
+    p.produce(topic, key=b'{"id": 1}', value=b"this is not json")
+    p.produce(topic, key=b'{"id": 2}', value=json.dumps({"schema": {}, "payload": {"op": "z"}}).encode())
+    p.flush(10)
+    with env.conn("source1") as conn:  # real changes keep flowing around the bad records
+        conn.execute("UPDATE public.accounts SET balance = 1 WHERE id <= 50")
+    with ApplierThread(co, name) as a:
+        co.wait(name, timeout=60)
+    assert a.result["stats"].dead_letters == 2
+    dead = _dead_letters(env.config.kafka.bootstrap_servers, dlq_topic(name), 2)
+    reasons = sorted(dict(m.headers())["reshard.reason"].decode() for m in dead)
+    assert any("not JSON" in r for r in reasons) and any("op" in r for r in reasons)
+    assert {m.value() for m in dead} >= {b"this is not json"}
+    assert all(dict(m.headers())["reshard.topic"].decode() == topic for m in dead)
+    assert_targets_equal_source(env)
+
+
+def test_schema_drift_pauses_the_applier_with_a_clear_reason(env, tmp_path):
+    name = env.migration()
+    co = prepare(env, rows=500, migration=name)
+    co.start(name)
+    with env.conn("source1") as conn:
+        conn.execute("ALTER TABLE public.accounts ADD COLUMN region text")
+        conn.execute("UPDATE public.accounts SET region = 'eu' WHERE id = 7")
+    cfg = write_config_file(env, tmp_path)
+    proc = subprocess.run(reshard_cmd(cfg, "apply", name), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.PAUSED, proc.stderr
+    assert "schema drift on public.accounts" in proc.stderr and "region" in proc.stderr
+    status = json.loads(subprocess.run(reshard_cmd(cfg, "status", name, "--json"), capture_output=True,
+                                       text=True, timeout=60).stdout)
+    assert "schema drift" in status["error"]
+    # the fix: the same DDL on the targets; the rerun applies the paused change
+    for t in ("target1", "target2"):
+        with env.conn(t) as conn:
+            conn.execute("ALTER TABLE public.accounts ADD COLUMN region text")
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+    assert_targets_equal_source(env)
+
+
+def test_a_table_without_primary_key_is_refused_before_anything_is_created(env):
+    for c in ("source1", "target1", "target2"):
+        with env.conn(c) as conn:
+            conn.execute("CREATE TABLE public.events (id bigint NOT NULL, body text)")
+    with env.conn("source1") as conn:
+        conn.execute("INSERT INTO public.events SELECT g, 'x' FROM generate_series(1, 10) g")
+    group = {"key": "bigint", "tables": {"public.events": "id"}}
+    before = parse_map({"groups": {"e": {**group, "hash": {"buckets": 4, "modulo": ["source1"] * 4}}}})
+    after = parse_map({"groups": {"e": {**group, "hash": {"buckets": 4, "modulo": ["target1", "target2"] * 2}}}})
+    co = Coordinator.open(env.config)
+    co.create(env.migration(), after, before)
+    with pytest.raises(SetupError, match="has no primary key"):
+        co.start(env.migration())
+    with env.conn("source1") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+                            ).fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM pg_publication").fetchone()[0] == 0
+
+
+def test_target_column_type_mismatch_is_refused(env):
+    name = env.migration()
+    co = prepare(env, rows=10, migration=name)
+    with env.conn("target2") as conn:
+        conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE numeric(20,4)")
+    with pytest.raises(SetupError, match=r"balance is numeric\(14,2\) on source1 but numeric\(20,4\) on target2"):
+        co.start(name)

@@ -1,0 +1,58 @@
+"""Kill the snapshot copy at an awkward moment; the rerun continues, it does not restart."""
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psycopg
+import yaml
+
+from reshard.demo import demo_maps
+from reshard.workload import Workload
+from tests.e2e.helpers import (
+    ApplierThread, assert_targets_equal_source, prepare, reshard_cmd, spawn, wait_for, write_config_file,
+)
+
+
+def _copied(env, name) -> int:
+    with psycopg.connect(env.config.control_dsn) as conn:
+        row = conn.execute("SELECT coalesce(sum(rows_copied), 0), bool_and(done) FROM reshard.copy_progress "
+                           "WHERE migration = %s", (name,)).fetchone()
+    return int(row[0]) if row and not row[1] else 0
+
+
+def test_sigkill_during_copy_then_rerun_resumes_and_ends_equal(env, tmp_path):
+    name = env.migration()
+    co = prepare(env, rows=120_000, migration=name)
+    cfg = write_config_file(env, tmp_path)
+    load = Workload(env.dsn("source1"), rate=300, max_seconds=180, seed=4)
+    load.start()
+    try:
+        maps = tmp_path / "maps"
+        maps.mkdir()
+        _before, after = demo_maps(["target1", "target2"])
+        (maps / "after.yaml").write_text(yaml.safe_dump(after))
+        args = ("start", name, "--to", str(maps / "after.yaml"), "--batch-rows", "2000", "--copy-workers", "1")
+        proc = spawn(cfg, tmp_path / "start1.log", *args)
+        wait_for(lambda: _copied(env, name) >= 20_000, 120, "the copy to be well under way")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+        killed_at = _copied(env, name)
+        assert 0 < killed_at < 120_000
+        time.sleep(1.0)  # writes land between the two snapshots
+        rerun = subprocess.run(reshard_cmd(cfg, *args, "--json"), capture_output=True, text=True, timeout=300)
+        assert rerun.returncode == 0, rerun.stderr
+        report = json.loads(rerun.stdout)
+        assert report["resumed"] is True
+        # it continued: it copied roughly what was left, not the whole table again
+        assert report["rows_copied"] < 120_000 - killed_at + 10_000
+        with ApplierThread(co, name):
+            time.sleep(3.0)
+            load.stop()
+            co.wait(name, timeout=120)
+    finally:
+        load.stop()
+    assert_targets_equal_source(env)
+    assert co.verify(name).equal

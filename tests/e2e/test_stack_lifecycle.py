@@ -1,0 +1,55 @@
+"""`reshard stack up | status | down` through the CLI, on a stack of its own."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from reshard.stack.process import ProcessRecord, is_running
+
+
+def run(home: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RESHARD_HOME": str(home)}
+    env.pop("RESHARD_CONFIG", None)
+    proc = subprocess.run([sys.executable, "-m", "reshard.cli", *args], capture_output=True, text=True,
+                          env=env, timeout=300, cwd=home.parent)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
+    home = tmp_path / "own-stack"
+    try:
+        first = json.loads(run(home, "stack", "up", "--sources", "1", "--targets", "1", "--json").stdout)
+        assert set(first["started"]) == {"control", "source1", "target1", "kafka", "connect"}
+        assert (home / "reshard.yaml").is_file()
+        assert all(p["healthy"] for p in first["parts"])
+
+        again = json.loads(run(home, "stack", "up", "--sources", "1", "--targets", "1", "--json").stdout)
+        assert again["started"] == []
+        assert set(again["already_running"]) == set(first["started"])
+        assert [p["pid"] for p in again["parts"]] == [p["pid"] for p in first["parts"]]
+
+        status = json.loads(run(home, "stack", "status", "--json").stdout)
+        assert {p["name"]: (p["port"], p["healthy"]) for p in status["parts"]} == {
+            p["name"]: (p["port"], True) for p in first["parts"]}
+        recorded = _records(home)
+        assert len(recorded) == 5 and all(is_running(r) for r in recorded.values())
+    finally:
+        down = json.loads(run(home, "stack", "down", "--json").stdout)
+    assert set(down["stopped"]) == set(first["started"])
+    still = [name for name, rec in recorded.items() if is_running(rec)]
+    assert still == [], f"still running after down: {still}"
+    assert _records(home) == {}, "down must forget what it stopped"
+    after = run(home, "stack", "status", "--json", check=False)
+    assert after.returncode == 4
+    assert not any(p["running"] for p in json.loads(after.stdout)["parts"])
+
+
+def _records(home: Path) -> dict[str, ProcessRecord]:
+    """The (pid, start time) identities `stack up` recorded, by part name."""
+    state = json.loads((home / "stack.json").read_text())
+    parts = {**state["clusters"], "kafka": state["kafka"], "connect": state["connect"]}
+    return {n: ProcessRecord.from_dict(p["process"]) for n, p in parts.items() if p and p.get("process")}

@@ -1,0 +1,47 @@
+import pytest
+
+from reshard.config import check_name, parse_config
+from reshard.errors import ConfigError
+
+GOOD = {
+    "control": {"dsn": "host=127.0.0.1 port=5432 dbname=reshard user=postgres"},
+    "clusters": {"source1": {"dsn": "host=127.0.0.1 port=5433 dbname=app", "connect_dsn": "host=pg1 dbname=app"}},
+    "kafka": {"bootstrap_servers": "127.0.0.1:9092", "partitions": 8},
+    "connect": {"url": "http://127.0.0.1:8083/"},
+}
+
+
+def test_parse_roundtrip():
+    c = parse_config(GOOD)
+    assert c.cluster("source1").dbname == "app"
+    assert c.cluster("source1").params(for_connect=True)["host"] == "pg1"
+    assert c.connect.url == "http://127.0.0.1:8083"
+    assert c.kafka.partitions == 8
+    assert parse_config(c.to_dict()).to_dict() == c.to_dict()
+
+
+@pytest.mark.parametrize("mutate,message", [
+    (lambda d: d.pop("control"), "missing required key 'control'"),
+    (lambda d: d["clusters"]["source1"].update(dsn="host='unclosed"), "invalid DSN"),
+    (lambda d: d["clusters"].update({"Bad-Name": {"dsn": "host=x"}}), "cluster name 'Bad-Name' is invalid"),
+    (lambda d: d["kafka"].update(partitions=0), "must be >= 1"),
+    (lambda d: d["connect"].update(url="127.0.0.1:8083"), "must start with http"),
+])
+def test_bad_config_names_the_key(mutate, message):
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    mutate(d)
+    with pytest.raises(ConfigError, match=message):
+        parse_config(d)
+
+
+def test_unknown_cluster_lists_known_ones():
+    with pytest.raises(ConfigError, match="defines: source1"):
+        parse_config(GOOD).cluster("nope")
+
+
+def test_names_fit_slot_names():
+    check_name("migration", "a" * 24)
+    with pytest.raises(ConfigError):
+        check_name("migration", "a" * 25)
