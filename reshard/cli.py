@@ -121,10 +121,11 @@ def stack_up(ctx: Ctx, sources: int, targets: int) -> None:
 
 
 def _status_table(parts: list[dict]) -> str:
-    lines = [f"{'part':<10} {'kind':<9} {'pid':>8} {'port':>6}  state"]
+    lines = [f"{'part':<10} {'kind':<9} {'pid':>8} {'port':>6}  {'state':<9} endpoint"]
     for p in parts:
-        state = "healthy" if p["healthy"] else ("running, unhealthy" if p["running"] else "stopped")
-        lines.append(f"{p['name']:<10} {p['kind']:<9} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state}")
+        state = "healthy" if p["healthy"] else ("unhealthy" if p["running"] else "stopped")
+        lines.append(f"{p['name']:<10} {p['kind']:<9} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state:<9} "
+                     f"{p['endpoint']}")
     return "\n".join(lines)
 
 
@@ -319,7 +320,8 @@ def _status_human(d: dict) -> str:
                          f"{s['retained_bytes'] or 0:,} bytes of WAL retained")
     for w in d["workers"]:
         st = w["stats"]
-        lines.append(f"  worker {w['worker']} (last seen {w['idle_s']:.0f}s ago): {st.get('applied', 0):,} applied, "
+        seen = "running" if w["idle_s"] < 10 else f"stopped or stuck: last report {w['idle_s']:.0f}s ago"
+        lines.append(f"  worker {w['worker']} ({seen}): {st.get('applied', 0):,} applied, "
                      f"{st.get('dead_letters', 0)} dead letters")
     return "\n".join(lines)
 

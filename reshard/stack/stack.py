@@ -59,8 +59,18 @@ class PartStatus:
     healthy: bool
     log: str | None
 
+    @property
+    def endpoint(self) -> str:
+        if self.port is None:
+            return "-"
+        return {
+            "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{CONTROL_DB if self.name == CONTROL else APP_DB}",
+            "kafka": f"127.0.0.1:{self.port}",
+            "connect": f"http://127.0.0.1:{self.port}",
+        }[self.kind]
+
     def to_dict(self) -> dict:
-        return dict(self.__dict__)
+        return {**self.__dict__, "endpoint": self.endpoint}
 
 
 @dataclass
