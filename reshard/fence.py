@@ -1,0 +1,299 @@
+"""The shard-side fence: a trigger that stops writes to keys a shard does not own.
+
+Routers can be stale; the fence on the shard is what makes a stale writer harmless
+(invariant 4). On every sharded table reshard installs a BEFORE INSERT/UPDATE/DELETE
+row trigger (ENABLE ALWAYS) whose function has the shard's rules compiled into it:
+its epoch, the predicate of the keys it owns at that epoch, and the predicate of the
+keys that are fenced (switching owner). A write to a fenced key fails with SQLSTATE
+RS001, a write to a key owned elsewhere with RS002; both messages name the key, its
+owner and the epoch. reshard's own copy and applier sessions (``reshard.writer``)
+pass. ``reshard.shard_epoch()`` returns the epoch, for stamping rows.
+
+The rules live in the function body, not in a table the trigger reads: a writer
+blocked behind a rule change takes its table lock, which makes it see the committed
+new function, whereas a table read could use a snapshot taken before the change.
+
+Changing the rules takes a SHARE ROW EXCLUSIVE lock on the cluster's sharded tables:
+it waits for every write in progress to commit (a write that passed the old check
+cannot commit after the change) and holds new writes back until the new rules
+commit; ``lock_timeout`` bounds that wait, and a timeout changes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Callable
+
+import psycopg
+from psycopg import errors as pgerr
+
+from reshard.errors import ReshardError, WaitTimeout
+from reshard.planner import Move, Plan
+from reshard.shardmap import ShardMap, qualified, quote_ident
+from reshard.shard_schema import WRITER_GUC
+
+FENCED = "RS001"  # the key is switching owners: retry shortly
+NOT_OWNER = "RS002"  # the key belongs to another cluster at this epoch: refresh the map
+TRIGGER = "reshard_fence"
+
+Predicate = Callable[[str, str], str]  # (table, row alias) -> SQL boolean
+
+
+@dataclass(frozen=True)
+class FenceSpec:
+    """What one cluster enforces."""
+
+    cluster: str
+    epoch: int
+    owner_map: ShardMap  # names the owner of a rejected key in messages
+    owned: Predicate
+    fenced: Predicate
+    mode: str  # steady | switching | fenced
+    note: str = ""
+    tables: tuple[str, ...] = field(default=())
+
+    def table_list(self) -> list[str]:
+        return list(self.tables) or self.owner_map.tables()
+
+
+def steady(cluster: str, epoch: int, m: ShardMap) -> FenceSpec:
+    """Accept exactly the keys ``m`` gives ``cluster``."""
+    return FenceSpec(cluster, epoch, m,
+                     owned=lambda t, a: m.group_of(t).predicate_sql(t, cluster, a),
+                     fenced=lambda t, a: "false", mode="steady")
+
+
+def switching(cluster: str, epoch: int, old: ShardMap, new: ShardMap) -> FenceSpec:
+    """Between two maps: accept only keys both give ``cluster``; fence keys it is losing.
+
+    Installed on every cluster before any cluster takes the new map, so no key is ever
+    accepted by two clusters: for a moment a moving key is accepted by none.
+    """
+    def owned(t: str, a: str) -> str:
+        return f"({old.group_of(t).predicate_sql(t, cluster, a)} AND {new.group_of(t).predicate_sql(t, cluster, a)})"
+
+    def fenced(t: str, a: str) -> str:
+        return (f"({old.group_of(t).predicate_sql(t, cluster, a)} AND NOT "
+                f"{new.group_of(t).predicate_sql(t, cluster, a)})")
+
+    return FenceSpec(cluster, epoch, new, owned, fenced, mode="switching")
+
+
+def moving(cluster: str, epoch: int, m: ShardMap, p: Plan, moves: list[Move], note: str = "") -> FenceSpec:
+    """Own ``m``'s keys, but fence the keys these moves carry out of ``cluster``."""
+    mine = [mv for mv in moves if mv.source == cluster]
+
+    def fenced(t: str, a: str) -> str:
+        preds = [p.predicate_sql(mv, t, a) for mv in mine if t in p.new.groups[mv.group].tables]
+        return "(" + " OR ".join(preds) + ")" if preds else "false"
+
+    return FenceSpec(cluster, epoch, m, owned=lambda t, a: m.group_of(t).predicate_sql(t, cluster, a),
+                     fenced=fenced, mode="fenced", note=note)
+
+
+def function_name(table: str) -> str:
+    base = "fence_" + re.sub(r"[^a-z0-9_]", "_", table.lower())
+    if len(base) > 55:
+        base = base[:46] + "_" + hashlib.sha1(table.encode()).hexdigest()[:8]
+    return base
+
+
+def _quote_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def trigger_function_sql(spec: FenceSpec, table: str) -> str:
+    """The plpgsql trigger function for one table, with the rules compiled in."""
+    group = spec.owner_map.group_of(table)
+    cols = group.key_columns(table)
+    checks = []
+    key_changed = " OR ".join(f"NEW.{quote_ident(c)} IS DISTINCT FROM OLD.{quote_ident(c)}" for c in cols)
+    for row in ("NEW", "OLD"):
+        key_text = " || ',' || ".join(f"{row}.{quote_ident(c)}::text" for c in cols)
+        # an UPDATE that keeps the key is fully checked through NEW; OLD only matters when the key moves
+        when = ("TG_OP IN ('INSERT', 'UPDATE')" if row == "NEW"
+                else f"TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({key_changed}))")
+        fenced = spec.fenced(table, row)
+        fenced_check = "" if fenced == "false" else f"""
+    IF {fenced} THEN
+      RAISE EXCEPTION USING ERRCODE = '{FENCED}',
+        MESSAGE = format('reshard: key %s of %s is fenced on {spec.cluster} at epoch {spec.epoch}: it is switching owner',
+                         {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME),
+        DETAIL = format('owner at epoch {spec.epoch}: %s', {group.owner_sql(table, row)}),
+        HINT = 'retry after the switch completes (reshard routers retry by themselves)';
+    END IF;"""
+        checks.append(f"""
+  IF {when} THEN{fenced_check}
+    IF NOT {spec.owned(table, row)} THEN
+      RAISE EXCEPTION USING ERRCODE = '{NOT_OWNER}',
+        MESSAGE = format('reshard: key %s of %s belongs to %s at epoch {spec.epoch}, not to {spec.cluster}',
+                         {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, {group.owner_sql(table, row)}),
+        HINT = 'refresh the shard map and write to the owner';
+    END IF;
+  END IF;""")
+    return f"""
+CREATE OR REPLACE FUNCTION reshard.{function_name(table)}() RETURNS trigger
+LANGUAGE plpgsql AS $fence$
+-- reshard fence for {table} on {spec.cluster}: epoch {spec.epoch}, {spec.mode}. {spec.note}
+BEGIN
+  IF current_setting({_quote_literal(WRITER_GUC)}, true) = 'applier' THEN
+    RETURN COALESCE(NEW, OLD);
+  END IF;{''.join(checks)}
+  RETURN COALESCE(NEW, OLD);
+END
+$fence$;
+"""
+
+
+STATE_SQL = """
+CREATE TABLE IF NOT EXISTS reshard.fence_state (
+    tbl          text PRIMARY KEY,
+    cluster      text NOT NULL,
+    epoch        bigint NOT NULL,
+    mode         text NOT NULL,
+    note         text NOT NULL DEFAULT '',
+    installed_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+
+class FenceError(ReshardError):
+    """A fence could not be installed or removed."""
+
+
+def _present(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+    return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (qualified(t),)).fetchone()[0]]
+
+
+def _lock(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int) -> None:
+    conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
+    try:
+        conn.execute(f"LOCK TABLE {', '.join(qualified(t) for t in tables)} IN SHARE ROW EXCLUSIVE MODE")
+    except pgerr.LockNotAvailable:
+        raise WaitTimeout(
+            f"writes in progress did not finish within {lock_timeout_ms} ms; the fence was not changed"
+        ) from None
+
+
+def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 2000) -> list[str]:
+    """Install or replace the fence on every table of the spec present on this cluster.
+
+    Idempotent. ``conn`` must be in autocommit mode; the change is one transaction.
+    Returns the tables fenced.
+    """
+    tables = _present(conn, spec.table_list())
+    if not tables:
+        return []
+    with conn.transaction():
+        conn.execute(STATE_SQL)
+        _lock(conn, tables, lock_timeout_ms)
+        conn.execute(
+            f"CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
+            f"AS $$ SELECT {int(spec.epoch)}::bigint $$"
+        )
+        for t in tables:
+            conn.execute(trigger_function_sql(spec, t))
+            exists = conn.execute(
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s", (qualified(t), TRIGGER)
+            ).fetchone()
+            if not exists:
+                conn.execute(
+                    f"CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {qualified(t)} "
+                    f"FOR EACH ROW EXECUTE FUNCTION reshard.{function_name(t)}()"
+                )
+            conn.execute(f"ALTER TABLE {qualified(t)} ENABLE ALWAYS TRIGGER {TRIGGER}")
+            conn.execute(
+                "INSERT INTO reshard.fence_state (tbl, cluster, epoch, mode, note) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (tbl) DO UPDATE SET cluster = EXCLUDED.cluster, epoch = EXCLUDED.epoch, "
+                "mode = EXCLUDED.mode, note = EXCLUDED.note, installed_at = now()",
+                (t, spec.cluster, spec.epoch, spec.mode, spec.note),
+            )
+    return tables
+
+
+def remove(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int = 2000) -> list[str]:
+    """Drop the fence from these tables (those that have one). Idempotent."""
+    present = _present(conn, tables)
+    removed = []
+    with conn.transaction():
+        if present:
+            _lock(conn, present, lock_timeout_ms)
+        for t in present:
+            conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {qualified(t)}")
+            removed.append(t)
+        for t in tables:
+            conn.execute(f"DROP FUNCTION IF EXISTS reshard.{function_name(t)}()")
+        if conn.execute("SELECT to_regclass('reshard.fence_state')").fetchone()[0]:
+            conn.execute("DELETE FROM reshard.fence_state WHERE tbl = ANY(%s)", (tables,))
+    return removed
+
+
+def state(conn: psycopg.Connection) -> list[dict]:
+    if not conn.execute("SELECT to_regclass('reshard.fence_state')").fetchone()[0]:
+        return []
+    rows = conn.execute(
+        "SELECT s.tbl, s.cluster, s.epoch, s.mode, s.note, s.installed_at, "
+        "EXISTS (SELECT 1 FROM pg_trigger tg WHERE tg.tgrelid = to_regclass(s.tbl) AND tg.tgname = %s "
+        "AND tg.tgenabled = 'A') AS active FROM reshard.fence_state s ORDER BY s.tbl",
+        (TRIGGER,),
+    ).fetchall()
+    keys = ("table", "cluster", "epoch", "mode", "note", "installed_at", "active")
+    return [dict(zip(keys, r)) for r in rows]
+
+
+# ---- across clusters -----------------------------------------------------------------
+
+def _cluster_conn(config, cluster: str) -> psycopg.Connection:
+    from reshard.control.store import connect
+    from reshard import shard_schema
+
+    conn = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
+    shard_schema.install(conn)
+    return conn
+
+
+def install_everywhere(config, specs: list[FenceSpec], lock_timeout_ms: int = 2000) -> dict[str, list[str]]:
+    """Install each spec on its cluster, in the order given; returns tables per cluster."""
+    done: dict[str, list[str]] = {}
+    for spec in specs:
+        with _cluster_conn(config, spec.cluster) as conn:
+            done[spec.cluster] = install(conn, spec, lock_timeout_ms)
+    return done
+
+
+def fence_map(config, epoch: int, m: ShardMap, lock_timeout_ms: int = 2000) -> dict[str, list[str]]:
+    """The steady fence of map ``m`` on every cluster of reshard.yaml that holds its tables."""
+    return install_everywhere(config, [steady(c, epoch, m) for c in sorted(config.clusters)], lock_timeout_ms)
+
+
+def switch_ownership(config, store, new_epoch: int, lock_timeout_ms: int = 2000) -> dict:
+    """Move key ownership (and routing) from the active map to ``new_epoch``.
+
+    Phase 1 installs the switching fence everywhere (each cluster accepts only the keys
+    both maps give it); phase 2 installs the new map's steady fence everywhere; then the
+    control database activates the epoch and routers are notified. At no instant do two
+    clusters accept the same key. This moves no rows: cutover copies and drains first.
+    A failure in phase 1 restores the old fence on the clusters already switched.
+    """
+    active = store.active()
+    if active is None:
+        raise FenceError("no active map to switch from")
+    old_epoch, old = active
+    new = store.get_map(new_epoch)
+    if new_epoch <= old_epoch:
+        raise FenceError(f"epoch {new_epoch} is not newer than the active epoch {old_epoch}")
+    clusters = sorted(c for c in config.clusters if c in old.clusters() | new.clusters())
+    switched: list[str] = []
+    try:
+        for c in clusters:
+            install_everywhere(config, [switching(c, new_epoch, old, new)], lock_timeout_ms)
+            switched.append(c)
+    except Exception:
+        install_everywhere(config, [steady(c, old_epoch, old) for c in switched], lock_timeout_ms)
+        raise
+    install_everywhere(config, [steady(c, new_epoch, new) for c in clusters], lock_timeout_ms)
+    with store.connect() as conn, conn.transaction():
+        store.activate(conn, new_epoch)
+    return {"from_epoch": old_epoch, "to_epoch": new_epoch, "clusters": clusters}
