@@ -82,6 +82,30 @@ class Coordinator:
             to_map, note=f"target of migration {name}")[0]
         return self.store.create_migration(name, from_epoch, to_epoch, p, {})
 
+    def current_map(self, from_map: ShardMap | None = None) -> tuple[int | None, ShardMap]:
+        """The map keys are placed by today: ``from_map`` if given, else the active one."""
+        if from_map is not None:
+            return self.store.find_epoch(from_map), from_map
+        active = self.store.active()
+        if active is None:
+            raise ConfigError("no active shard map yet: pass --from, or register one with `reshard map register --initial`")
+        return active
+
+    def register_map(self, m: ShardMap, note: str = "", initial: bool = False) -> tuple[int, bool, bool]:
+        """Store a map version: (epoch, created, activated). It routes nothing unless
+        ``initial`` and no map is active yet: the first map states today's placement."""
+        unknown = m.clusters() - set(self.config.clusters)
+        if unknown:
+            raise ConfigError(f"the map names cluster(s) not in reshard.yaml: {', '.join(sorted(unknown))}")
+        active = self.store.active_epoch()
+        if initial and active is not None:
+            raise ConfigError(f"a map is already active (epoch {active}); --initial is only for the first one")
+        epoch, created = self.store.register_map(m, note)
+        if initial:
+            with self.store.connect() as conn, conn.transaction():
+                self.store.activate(conn, epoch)
+        return epoch, created, initial
+
     def record(self, name: str) -> tuple[MigrationRecord, Plan]:
         rec = self.store.migration(name)
         return rec, self.store.plan_of(rec)

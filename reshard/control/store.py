@@ -22,6 +22,7 @@ from reshard.planner import Plan, plan
 from reshard.shardmap import ShardMap, parse_map
 
 ACTOR = f"{socket.gethostname()}:{os.getpid()}"
+MAP_CHANNEL = "reshard_map"  # NOTIFY channel: payload is the newly active epoch
 
 
 @dataclass
@@ -123,13 +124,25 @@ class ControlStore:
             return row["epoch"] if row else None
 
     def activate(self, conn: psycopg.Connection, epoch: int) -> None:
-        """Make ``epoch`` the routing map (inside the caller's transaction)."""
+        """Make ``epoch`` the routing map (inside the caller's transaction). Routers
+        listening on ``reshard_map`` hear the new epoch when the transaction commits."""
         conn.execute(
             "INSERT INTO reshard.active_map (singleton, epoch) VALUES (true, %s) "
             "ON CONFLICT (singleton) DO UPDATE SET epoch = EXCLUDED.epoch, switched_at = now()",
             (epoch,),
         )
+        conn.execute("SELECT pg_notify(%s, %s)", (MAP_CHANNEL, str(epoch)))
         self.audit(conn, None, "map.activated", epoch=epoch)
+
+    def active(self) -> tuple[int, ShardMap] | None:
+        """The routing map and its epoch, read in one statement."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT m.epoch, m.body FROM reshard.active_map a JOIN reshard.shard_maps m USING (epoch)"
+            ).fetchone()
+        if row is None:
+            return None
+        return row["epoch"], parse_map(row["body"], where=f"map epoch {row['epoch']}")
 
     def map_history(self) -> list[dict]:
         with self.connect() as conn:
