@@ -36,6 +36,7 @@ class ChangeEvent:
     unavailable: frozenset[str]  # unchanged TOAST columns Debezium could not send
     lsn: int  # the change's WAL position; increases per key in commit order
     columns: tuple[str, ...]  # the columns the source table had when this change was decoded
+    origin: str | None = None  # the replication origin of the transaction (reshard's own writers set one)
 
     @property
     def is_delete(self) -> bool:
@@ -117,8 +118,9 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         lsn = int(source["lsn"])
     except (TypeError, ValueError):
         raise DecodeError(f"source.lsn {source['lsn']!r} is not an integer") from None
+    origin = source.get("origin") or None
     if op == "t":
-        return ChangeEvent(table, op, {}, None, frozenset(), lsn, ())
+        return ChangeEvent(table, op, {}, None, frozenset(), lsn, (), origin)
     if key is None:
         raise DecodeError(f"{table}: record has no key (a table without a primary key?)")
     try:
@@ -138,7 +140,7 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     fields = row_schema.get("fields") or []
     columns = tuple(f["field"] for f in fields)
     if op == "d":
-        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, columns)
+        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, columns, origin)
     row: dict[str, Any] = {}
     unavailable = set()
     for f in fields:
@@ -153,4 +155,4 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
             row[name] = convert(v, f)
         except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
             raise DecodeError(f"{table}.{name}: cannot convert {v!r} ({f.get('name') or f.get('type')}): {exc}") from None
-    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, columns)
+    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, columns, origin)

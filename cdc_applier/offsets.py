@@ -26,9 +26,10 @@ from dataclasses import dataclass, field
 import psycopg
 
 from reshard.config import Config
-from reshard.control.store import MigrationRecord, connect
+from reshard.control.store import connect
 from reshard.errors import WaitTimeout
 from reshard.kafka_admin import KafkaAdmin
+from reshard.streams import Stream
 
 
 def applier_group(migration: str) -> str:
@@ -36,7 +37,8 @@ def applier_group(migration: str) -> str:
 
 
 @dataclass
-class SourceLag:
+class StreamLag:
+    stream: str
     cluster: str
     slot: str
     active: bool
@@ -47,71 +49,71 @@ class SourceLag:
 @dataclass
 class Lag:
     records: int  # Kafka records not yet applied
-    sources: list[SourceLag] = field(default_factory=list)
+    streams: list[StreamLag] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        return {"records": self.records, "sources": [s.__dict__ for s in self.sources]}
+        return {"records": self.records, "streams": [s.__dict__ for s in self.streams]}
 
 
-def slot_lag(config: Config, rec: MigrationRecord) -> list[SourceLag]:
+def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
     out = []
-    for s in rec.sources:
-        with connect(config.cluster(s["cluster"]).dsn, f"source cluster {s['cluster']}") as conn:
+    for s in streams:
+        with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
             row = conn.execute(
                 "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
                 "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
                 "FROM pg_replication_slots WHERE slot_name = %s",
-                (s["slot_name"],),
+                (s.slot,),
             ).fetchone()
+        name = f"{s.direction}:{s.cluster}"
         if row is None:
-            out.append(SourceLag(s["cluster"], s["slot_name"], False, None, None))
+            out.append(StreamLag(name, s.cluster, s.slot, False, None, None))
         else:
-            out.append(SourceLag(s["cluster"], s["slot_name"], bool(row[0]), row[1], row[2]))
+            out.append(StreamLag(name, s.cluster, s.slot, bool(row[0]), row[1], row[2]))
     return out
 
 
-def lag(config: Config, rec: MigrationRecord, topics: list[str]) -> Lag:
+def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]) -> Lag:
     admin = KafkaAdmin(config.kafka.bootstrap_servers)
-    return Lag(admin.lag(applier_group(rec.name), topics), slot_lag(config, rec))
+    return Lag(admin.lag(applier_group(migration), topics), slot_lag(config, streams))
 
 
-def mark_positions(config: Config, rec: MigrationRecord) -> dict[str, str]:
-    """Step 1: X per source, then a heartbeat commit after it."""
+def mark_positions(config: Config, migration: str, streams: list[Stream]) -> dict[Stream, str]:
+    """Step 1: X per stream's cluster, then a heartbeat commit after it."""
     positions = {}
-    for s in rec.sources:
-        with connect(config.cluster(s["cluster"]).dsn, f"source cluster {s['cluster']}", autocommit=True) as conn:
-            positions[s["cluster"]] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-            conn.execute(
-                "UPDATE reshard.heartbeat SET beat = beat + 1, at = now() WHERE migration = %s", (rec.name,)
-            )
+    for s in streams:
+        with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
+            positions[s] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            conn.execute("UPDATE reshard.heartbeat SET beat = beat + 1, at = now() WHERE migration = %s", (migration,))
     return positions
 
 
-def wait_confirmed(config: Config, rec: MigrationRecord, positions: dict[str, str], deadline: float) -> None:
-    """Step 2: every slot confirmed its X."""
-    slots = {s["cluster"]: s["slot_name"] for s in rec.sources}
+def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float) -> None:
+    """Step 2: every stream's slot confirmed its X."""
     pending = dict(positions)
     conns: dict[str, psycopg.Connection] = {}
     try:
         while pending:
-            for cluster, x in list(pending.items()):
-                conn = conns.get(cluster) or connect(config.cluster(cluster).dsn, f"source cluster {cluster}",
-                                                     autocommit=True)
-                conns[cluster] = conn
+            for s, x in list(pending.items()):
+                conn = conns.get(s.cluster)
+                if conn is None:
+                    conn = conns[s.cluster] = connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}",
+                                                      autocommit=True)
                 ok = conn.execute(
                     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                    (x, slots[cluster]),
+                    (x, s.slot),
                 ).fetchone()
                 if ok and ok[0]:
-                    del pending[cluster]
+                    del pending[s]
             if not pending:
                 return
             if time.monotonic() > deadline:
                 raise WaitTimeout(
-                    f"Debezium has not confirmed position(s) {pending} on the slot(s) in time; "
-                    "is the connector running? (reshard status)"
+                    "Debezium has not confirmed position(s) "
+                    + ", ".join(f"{s.slot} {x}" for s, x in pending.items())
+                    + " in time; is the connector running? (reshard status)"
                 )
-            time.sleep(0.05)
+            time.sleep(0.02)
     finally:
         for c in conns.values():
             c.close()
@@ -128,7 +130,7 @@ def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: flo
         if time.monotonic() > deadline:
             left = sum(end - done.get(tp, 0) for tp, end in behind.items())
             raise WaitTimeout(f"the applier is still {left} record(s) behind; is it running? (reshard status)")
-        time.sleep(0.05)
+        time.sleep(0.02)
 
 
 @dataclass
@@ -136,21 +138,26 @@ class CaughtUp:
     positions: dict[str, str]
     end_offsets: dict[tuple[str, int], int]
     seconds: float
+    confirm_seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return {
             "positions": self.positions,
             "records_through": sum(self.end_offsets.values()),
             "seconds": round(self.seconds, 3),
+            "confirm_seconds": round(self.confirm_seconds, 3),
         }
 
 
-def wait_caught_up(config: Config, rec: MigrationRecord, topics: list[str], timeout: float) -> CaughtUp:
-    """All three steps: on return, every change committed on every source before the
-    returned positions is applied on its target."""
+def wait_caught_up(config: Config, migration: str, streams: list[Stream], topics: list[str],
+                   timeout: float = 300.0, deadline: float | None = None) -> CaughtUp:
+    """All three steps: on return, every change committed on every stream's cluster before
+    the returned positions is applied at its destination."""
     started = time.monotonic()
-    deadline = started + timeout
-    positions = mark_positions(config, rec)
-    wait_confirmed(config, rec, positions, deadline)
-    ends = wait_applied(KafkaAdmin(config.kafka.bootstrap_servers), applier_group(rec.name), topics, deadline)
-    return CaughtUp(positions, ends, time.monotonic() - started)
+    deadline = deadline if deadline is not None else started + timeout
+    positions = mark_positions(config, migration, streams)
+    wait_confirmed(config, positions, deadline)
+    confirmed = time.monotonic()
+    ends = wait_applied(KafkaAdmin(config.kafka.bootstrap_servers), applier_group(migration), topics, deadline)
+    return CaughtUp({f"{s.direction}:{s.cluster}": x for s, x in positions.items()}, ends,
+                    time.monotonic() - started, confirmed - started)

@@ -1,38 +1,44 @@
-"""Which target a change event goes to: the new map's owner of its key, if it moves."""
+"""Where a change event goes: to the owner of its key on the other side, if it moves.
+
+Forward (source -> targets): to the new map's owner of the key, when the source owned
+it in the old map and the new map gives it to another cluster. Reverse (target ->
+sources, after cutover): back to the old map's owner of a key the target received.
+Changes the other direction wrote (an echo, by replication origin) go nowhere.
+"""
 
 from __future__ import annotations
 
 from reshard.errors import ConfigError
 from reshard.planner import Plan
-from cdc_applier.connector import data_topic
+from reshard.streams import FORWARD, Stream
 from cdc_applier.decode import ChangeEvent, DecodeError
 
 
 class Router:
-    def __init__(self, plan: Plan, migration: str):
+    def __init__(self, plan: Plan, streams: list[Stream]):
         self.plan = plan
         self.tables = set(plan.tables())
-        self.by_topic: dict[str, tuple[str, str]] = {}
-        for source in plan.sources():
+        self.streams = list(streams)
+        self.by_topic: dict[str, tuple[Stream, str]] = {}
+        for s in streams:
             for table in plan.tables():
-                self.by_topic[data_topic(migration, source, table)] = (source, table)
+                self.by_topic[s.topic(table)] = (s, table)
 
     @property
     def topics(self) -> list[str]:
         return sorted(self.by_topic)
 
-    def source_of(self, topic: str) -> str:
+    def stream_of(self, topic: str) -> Stream:
         try:
             return self.by_topic[topic][0]
         except KeyError:
             raise DecodeError(f"record from topic {topic}, which is not one of this migration's") from None
 
-    def target(self, ev: ChangeEvent, source: str) -> str | None:
-        """The target cluster for this change, or None when its key does not move.
+    def is_echo(self, ev: ChangeEvent, stream: Stream) -> bool:
+        return ev.origin == stream.echo_origin
 
-        Keys the source does not own in the old map (strays) and keys that stay on
-        the source are not copied, so their changes are not applied either.
-        """
+    def target(self, ev: ChangeEvent, stream: Stream) -> str | None:
+        """The cluster this change must be applied on, or None when its key does not move."""
         if ev.table not in self.tables:
             raise DecodeError(f"change to {ev.table}, which is not a table of this migration")
         group = self.plan.new.group_of(ev.table)
@@ -40,7 +46,12 @@ class Router:
         missing = [c for c in cols if c not in ev.key]
         if missing:
             raise DecodeError(f"{ev.table}: record key {ev.key} lacks shard key column(s) {', '.join(missing)}")
+        key = [ev.key[c] for c in cols]
         try:
-            return self.plan.route(ev.table, source, [ev.key[c] for c in cols])
+            if stream.direction == FORWARD:
+                return self.plan.route(ev.table, stream.cluster, key)
+            old_owner = self.plan.old.owner(ev.table, key)
+            new_owner = self.plan.new.owner(ev.table, key)
+            return old_owner if new_owner == stream.cluster and old_owner != stream.cluster else None
         except ConfigError as exc:
             raise DecodeError(f"{ev.table}: {exc}") from None

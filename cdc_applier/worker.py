@@ -1,11 +1,16 @@
-"""The applier: one member of the migration's consumer group.
+"""The applier: one member of the migration's consumer group, for both directions.
 
-Loop: poll a batch, decode and route each record, apply each target's share in one
-target transaction (rows + per-key positions + offsets), send what could not be
-applied to the dead-letter topic and flush it, and only then commit the batch's
-offsets to Kafka. A crash anywhere replays from the last Kafka commit, and the
-per-key positions make the replay a no-op. More members of the same group split
-the partitions between them.
+Loop: poll a batch, decode and route each record, apply each destination's share in
+one transaction (rows + per-key positions + offsets), send what could not be applied
+to the dead-letter topic and flush it, and only then commit the batch's offsets to
+Kafka. A crash anywhere replays from the last Kafka commit, and the per-key positions
+make the replay a no-op. More members of the same group split the partitions.
+
+Before cutover it applies the forward streams (sources -> targets). After cutover the
+migration also has reverse streams (targets -> sources); the worker notices them in
+the control database and subscribes, so the same ``reshard apply`` keeps rollback
+possible. Each direction's writes carry a replication origin, and each stream skips
+the other direction's origin: nothing echoes back.
 
 It stops on input it will not guess about (schema drift, a TRUNCATE, a partial
 update of a missing row) with ``MigrationPaused``/``SchemaMismatch``, before writing
@@ -32,6 +37,7 @@ from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavai
 from reshard.kafka_admin import client_conf
 from reshard.planner import Plan
 from reshard.progress import Task
+from reshard.streams import FORWARD, REVERSE, Stream, forward, reverse
 from cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from cdc_applier.decode import DecodeError, decode
 from cdc_applier.dlq import DeadLetters
@@ -40,6 +46,7 @@ from cdc_applier.route import Router
 
 HEARTBEAT_S = 2.0
 RETRY_LIMIT = 8
+ORIGIN_POOL = 16  # concurrent writer sessions per direction and cluster
 
 
 @dataclass
@@ -49,16 +56,19 @@ class ApplierStats:
     skipped_stale: int = 0
     superseded: int = 0
     not_moving: int = 0
+    echoes: int = 0
     dead_letters: int = 0
     batches: int = 0
+    reverse_records: int = 0
     started: float = field(default_factory=time.monotonic)
 
     def to_dict(self) -> dict:
         elapsed = time.monotonic() - self.started
         return {
             "records": self.records, "applied": self.applied, "skipped_stale": self.skipped_stale,
-            "superseded": self.superseded, "not_moving": self.not_moving, "dead_letters": self.dead_letters,
-            "batches": self.batches, "seconds": round(elapsed, 3),
+            "superseded": self.superseded, "not_moving": self.not_moving, "echoes": self.echoes,
+            "dead_letters": self.dead_letters, "batches": self.batches, "reverse_records": self.reverse_records,
+            "seconds": round(elapsed, 3),
             "events_per_second": round(self.records / elapsed) if elapsed > 0 else 0,
         }
 
@@ -70,6 +80,30 @@ def _lsn_int(text: str | None) -> int | None:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
+def tag_origin(conn: psycopg.Connection, prefix: str) -> str:
+    """Mark this session's transactions with a replication origin from the prefix's pool.
+
+    An origin can be active in one session at a time, so take the first free one."""
+    for i in range(ORIGIN_POOL):
+        name = f"{prefix}_{i}"
+        try:
+            with conn.transaction():
+                if not conn.execute("SELECT 1 FROM pg_replication_origin WHERE roname = %s", (name,)).fetchone():
+                    conn.execute("SELECT pg_replication_origin_create(%s)", (name,))
+            conn.execute("SELECT pg_replication_origin_session_setup(%s)", (name,))
+            return name
+        except (psycopg.errors.ObjectInUse, psycopg.errors.UniqueViolation):
+            continue
+    raise Unavailable(f"all {ORIGIN_POOL} replication origins {prefix}_* are in use: too many applier workers")
+
+
+def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[Stream]:
+    """Forward streams from every source; reverse streams the cutover recorded."""
+    out = [forward(rec.name, s) for s in plan.sources()]
+    out += [reverse(rec.name, r["cluster"]) for r in store.reverse_streams(rec.name)]
+    return out
+
+
 class Applier:
     def __init__(self, config: Config, store: ControlStore, rec: MigrationRecord, plan: Plan,
                  *, batch_size: int = 2000, worker_id: str | None = None):
@@ -79,27 +113,35 @@ class Applier:
         self.plan = plan
         self.batch_size = batch_size
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
-        self.router = Router(plan, rec.name)
+        self.router = Router(plan, streams_of(store, rec, plan))
         self.stats = ApplierStats()
-        self.writers: dict[str, TargetWriter] = {}
+        self.writers: dict[tuple[str, str], TargetWriter] = {}
 
     @property
     def topics(self) -> list[str]:
         return self.router.topics
 
-    # ---- targets ---------------------------------------------------------------
-    def _connect_targets(self) -> None:
-        self._close_targets()
-        for target in self.plan.targets():
-            c = self.config.cluster(target)
-            conn = connect(c.dsn, f"target cluster {target}", autocommit=True)
-            shard_schema.writer_session(conn)
-            tables = {}
-            resumed: dict[str, int] = {}
-            moves = [m for m in self.plan.moves if m.target == target]
-            for m in moves:
-                for t in self.plan.new.groups[m.group].tables:
-                    tables[t] = require_table(conn, t, target)
+    # ---- destinations ---------------------------------------------------------------
+    def _destinations(self) -> dict[tuple[str, str], list[str]]:
+        """(cluster, direction) -> tables written there."""
+        dests: dict[tuple[str, str], set[str]] = {}
+        reverse_on = any(s.direction == REVERSE for s in self.router.streams)
+        for m in self.plan.moves:
+            tables = self.plan.new.groups[m.group].tables
+            dests.setdefault((m.target, FORWARD), set()).update(tables)
+            if reverse_on:
+                dests.setdefault((m.source, REVERSE), set()).update(tables)
+        return {k: sorted(v) for k, v in dests.items()}
+
+    def _connect(self, cluster: str, direction: str, tables: list[str]) -> TargetWriter:
+        c = self.config.cluster(cluster)
+        conn = connect(c.dsn, f"cluster {cluster}", autocommit=True)
+        shard_schema.writer_session(conn)
+        stream = forward(self.rec.name, cluster) if direction == FORWARD else reverse(self.rec.name, cluster)
+        tag_origin(conn, stream.writer_origin)
+        infos = {t: require_table(conn, t, cluster) for t in tables}
+        resumed: dict[str, int] = {}
+        if direction == FORWARD:
             for row in conn.execute(
                 "SELECT tbl, max(resumed_lsn)::text FROM reshard.copy_cursor WHERE migration = %s GROUP BY tbl",
                 (self.rec.name,),
@@ -107,9 +149,17 @@ class Applier:
                 lsn = _lsn_int(row[1])
                 if lsn is not None:
                     resumed[row[0]] = lsn
-            self.writers[target] = TargetWriter(conn, target, self.rec.name, tables, resumed)
+        return TargetWriter(conn, cluster, stream.applied_key, infos, resumed)
 
-    def _close_targets(self) -> None:
+    def _writer(self, cluster: str, direction: str) -> TargetWriter:
+        key = (cluster, direction)
+        w = self.writers.get(key)
+        if w is None or w.conn.closed:
+            w = self._connect(cluster, direction, self._destinations().get(key, []))
+            self.writers[key] = w
+        return w
+
+    def _close_writers(self) -> None:
         for w in self.writers.values():
             try:
                 w.conn.close()
@@ -117,7 +167,14 @@ class Applier:
                 pass
         self.writers = {}
 
-    # ---- the loop ----------------------------------------------------------------
+    # ---- the loop ----------------------------------------------------------------------
+    def _refresh_streams(self, consumer: Consumer) -> None:
+        streams = streams_of(self.store, self.rec, self.plan)
+        if set(streams) != set(self.router.streams):
+            self.router = Router(self.plan, streams)
+            self._close_writers()
+            consumer.subscribe(self.topics)
+
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
             task: Task | None = None) -> ApplierStats:
         consumer = Consumer(client_conf(self.config.kafka.bootstrap_servers, **{
@@ -130,12 +187,11 @@ class Applier:
             "session.timeout.ms": 10000,
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name)
-        self._connect_targets()
         consumer.subscribe(self.topics)
         last_beat = 0.0
         try:
             while not stop.is_set():
-                msgs = consumer.consume(self.batch_size, timeout=0.25)
+                msgs = consumer.consume(self.batch_size, timeout=0.1)
                 if msgs:
                     self._batch(consumer, dlq, msgs)
                     if task is not None:
@@ -144,6 +200,7 @@ class Applier:
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
                     self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
+                    self._refresh_streams(consumer)
                 if until is not None and not msgs and until():
                     break
         except (MigrationPaused, SchemaMismatch) as exc:
@@ -155,12 +212,13 @@ class Applier:
             except ReshardError:
                 pass
             consumer.close()
-            self._close_targets()
+            self._close_writers()
         return self.stats
 
     def _batch(self, consumer: Consumer, dlq: DeadLetters, msgs: list) -> None:
-        per_target: dict[str, list[Routed]] = {}
+        per_dest: dict[tuple[str, str], list[Routed]] = {}
         offsets: dict[tuple[str, int], int] = {}
+        by_pos = {}
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -169,57 +227,62 @@ class Applier:
                 raise Unavailable(f"Kafka consumer error: {err}")
             tp = (m.topic(), m.partition())
             offsets[tp] = m.offset() + 1
+            by_pos[(m.topic(), m.partition(), m.offset())] = m
             self.stats.records += 1
             try:
                 ev = decode(m.key(), m.value())
                 if ev is None:
                     continue
-                source = self.router.source_of(m.topic())
+                stream = self.router.stream_of(m.topic())
+                if stream.direction == REVERSE:
+                    self.stats.reverse_records += 1
+                if ev.origin and ev.origin.startswith(stream.echo_origin):
+                    self.stats.echoes += 1
+                    continue
                 if ev.op == "t":
                     raise MigrationPaused(
-                        f"TRUNCATE of {ev.table} on source {source} (Kafka {m.topic()}[{m.partition()}]@{m.offset()}): "
-                        "reshard will not guess which target rows it meant; the migration is paused"
+                        f"TRUNCATE of {ev.table} on {stream.cluster} (Kafka {m.topic()}[{m.partition()}]@{m.offset()}): "
+                        "reshard will not guess which rows it meant elsewhere; the migration is paused"
                     )
-                target = self.router.target(ev, source)
+                dest = self.router.target(ev, stream)
             except DecodeError as exc:
                 dlq.send(m.topic(), m.partition(), m.offset(), m.key(), m.value(), str(exc))
                 self.stats.dead_letters += 1
                 continue
-            if target is None:
+            if dest is None:
                 self.stats.not_moving += 1
                 continue
-            per_target.setdefault(target, []).append(Routed(ev, m.topic(), m.partition(), m.offset(), source))
-        for target, items in per_target.items():
+            per_dest.setdefault((dest, stream.direction), []).append(
+                Routed(ev, m.topic(), m.partition(), m.offset(), stream.cluster))
+        for (cluster, direction), items in per_dest.items():
             touched = {(r.topic, r.partition) for r in items}
-            stats = self._apply_with_retry(target, items, {tp: o for tp, o in offsets.items() if tp in touched})
+            stats = self._apply_with_retry(cluster, direction, items,
+                                           {tp: o for tp, o in offsets.items() if tp in touched})
             self.stats.applied += stats.applied
             self.stats.skipped_stale += stats.skipped_stale
             self.stats.superseded += stats.superseded
             for r, reason in stats.rejected:
-                raw = [m for m in msgs if m.topic() == r.topic and m.partition() == r.partition and m.offset() == r.offset]
-                if raw:
-                    dlq.send(r.topic, r.partition, r.offset, raw[0].key(), raw[0].value(), f"{target}: {reason}")
-                    self.stats.dead_letters += 1
+                raw = by_pos[(r.topic, r.partition, r.offset)]
+                dlq.send(r.topic, r.partition, r.offset, raw.key(), raw.value(), f"{cluster}: {reason}")
+                self.stats.dead_letters += 1
         dlq.flush()
         self._commit(consumer, offsets)
         self.stats.batches += 1
 
-    def _apply_with_retry(self, target: str, items: list[Routed], offsets: dict) -> ApplyStats:
-        """Transient target failures (restart, network) are retried with backoff on
-        fresh connections; the batch is the same, and idempotent, so retrying is safe."""
+    def _apply_with_retry(self, cluster: str, direction: str, items: list[Routed], offsets: dict) -> ApplyStats:
+        """Transient failures (restart, network) are retried with backoff on fresh
+        connections; the batch is the same, and idempotent, so retrying is safe."""
         delay = 0.5
         last: Exception | None = None
         for _attempt in range(RETRY_LIMIT):
             try:
-                if target not in self.writers:
-                    self._connect_targets()
-                return self.writers[target].apply(items, offsets)
+                return self._writer(cluster, direction).apply(items, offsets)
             except (psycopg.OperationalError, Unavailable) as exc:
                 last = exc
-                self._close_targets()
+                self._close_writers()
                 time.sleep(delay)
                 delay = min(delay * 2, 10.0)
-        raise Unavailable(f"target cluster {target} keeps failing: {last}")
+        raise Unavailable(f"cluster {cluster} keeps failing: {last}")
 
     def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
         if not offsets:

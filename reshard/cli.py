@@ -520,13 +520,20 @@ def _status_human(d: dict) -> str:
     for c in d["copy"]:
         est = f"/{c['rows_estimate']:,}" if c.get("rows_estimate") else ""
         lines.append(f"  copy {c['move_id']} {c['tbl']}: {c['rows_copied']:,}{est} rows{' done' if c['done'] else ''}")
-    for s in d["sources"]:
-        lines.append(f"  source {s['cluster']}: slot {s['slot']} from {s['consistent_lsn']}, connector "
+    for s in d["streams"]:
+        way = "forward from" if s["direction"] == "fwd" else "reverse from"
+        lines.append(f"  stream {way} {s['cluster']}: slot {s['slot']} from {s['from_lsn']}, connector "
                      f"{s['connector']} {s['state']} {s['tasks']}")
+    for w in d.get("waves", []):
+        pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
+        lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")
+    if d.get("last_attempt"):
+        a = d["last_attempt"]
+        lines.append(f"  last {a['kind']} (attempt {a['attempt']}): {a['state']}")
     lag = d.get("lag") or {}
     if "records" in lag:
         lines.append(f"  lag: {lag['records']:,} Kafka records not yet applied")
-        for s in lag["sources"]:
+        for s in lag["streams"]:
             lines.append(f"  slot {s['slot']}: {s['lag_bytes'] or 0:,} bytes unconfirmed, "
                          f"{s['retained_bytes'] or 0:,} bytes of WAL retained")
     for w in d["workers"]:

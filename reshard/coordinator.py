@@ -12,6 +12,8 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
+import psycopg
+
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
 from reshard.control import states
@@ -24,12 +26,14 @@ from reshard.shardmap import ShardMap, qualified
 from reshard.stack.connect import DEBEZIUM_CLASS
 from reshard.verify import VerifyReport, verify
 
-from cdc_applier.connector import connector_name, ensure_connector, heartbeat_topics
+from reshard import shard_schema
+from reshard.replication import drop_publication, drop_slot
+from reshard.streams import FORWARD, Stream, forward
+from cdc_applier.connector import drop_connector, ensure_connector
 from cdc_applier.dlq import dlq_topic
 from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
 from cdc_applier.route import Router
-from cdc_applier.worker import Applier, ApplierStats
-from snapshotter.slot import drop_slot, names
+from cdc_applier.worker import Applier, ApplierStats, streams_of
 from snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
 
 
@@ -131,10 +135,10 @@ class Coordinator:
                 self.store.set_state(name, states.SNAPSHOTTING)
 
             def on_slot(source: str, _lsn: str) -> None:
-                slot, pub = names(name, source)
-                connector, topics = ensure_connector(self.config, name, source, slot, pub, p.tables())
-                self.store.record_source(name, source, connector=connector, topics=topics)
-                self.progress.step(f"{source}: Debezium connector {connector} running on slot {slot}")
+                stream = forward(name, source)
+                topics = ensure_connector(self.config, stream, p.tables())
+                self.store.record_source(name, source, connector=stream.connector, topics=topics)
+                self.progress.step(f"{source}: Debezium connector {stream.connector} running on slot {stream.slot}")
 
             report = Snapshotter(self.config, self.store, rec, p, self.progress,
                                  batch_rows=batch_rows, workers=copy_workers).run(units, on_slot)
@@ -159,12 +163,11 @@ class Coordinator:
         a = self.applier(name, batch_size=batch_size)
         if not until_caught_up:
             return a.run(stop, task=task)
-        rec, _ = self.record(name)
         result: dict = {}
 
         def prover() -> None:
             try:
-                result["caught_up"] = wait_caught_up(self.config, rec, a.topics, timeout)
+                result["caught_up"] = self.wait(name, timeout)
             except Exception as exc:  # reported by the caller
                 result["error"] = exc
             finally:
@@ -178,19 +181,26 @@ class Coordinator:
             raise result["error"]
         return stats
 
-    def topics(self, name: str) -> list[str]:
+    def streams(self, name: str) -> tuple[list[Stream], list[str]]:
+        """The migration's live streams and their topics."""
         rec, p = self.record(name)
-        return Router(p, rec.name).topics
+        streams = streams_of(self.store, rec, p)
+        return streams, Router(p, streams).topics
+
+    def topics(self, name: str) -> list[str]:
+        return self.streams(name)[1]
 
     def wait(self, name: str, timeout: float = 300.0) -> CaughtUp:
-        rec, p = self.record(name)
-        if rec.state != states.STREAMING:
-            raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming yet")
-        return wait_caught_up(self.config, rec, Router(p, name).topics, timeout)
+        """Prove every change committed so far, in either direction, is applied."""
+        rec, _ = self.record(name)
+        if rec.state not in (states.STREAMING, states.CUT_OVER):
+            raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming")
+        streams, topics = self.streams(name)
+        return wait_caught_up(self.config, name, streams, topics, timeout)
 
     def lag(self, name: str) -> Lag:
-        rec, p = self.record(name)
-        return lag(self.config, rec, Router(p, name).topics)
+        streams, topics = self.streams(name)
+        return lag(self.config, name, streams, topics)
 
     def verify(self, name: str, max_diffs: int = 20) -> VerifyReport:
         rec, p = self.record(name)
@@ -214,22 +224,33 @@ class Coordinator:
              "idle_s": float(w["idle_s"])}
             for w in self.store.workers(name)
         ]
-        connect_client = ConnectClient(self.config.connect.url)
-        conns = []
-        for s in rec.sources:
-            st = None
+        client = ConnectClient(self.config.connect.url)
+        starts = {("fwd", r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
+        starts.update({("rev", r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(name)})
+        streams = []
+        for st in streams_of(self.store, rec, p):
             try:
-                st = connect_client.status(s["connector"]) if s.get("connector") else None
+                cs = client.status(st.connector)
             except Unavailable:
-                st = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
-            conns.append({
-                "cluster": s["cluster"], "slot": s["slot_name"], "consistent_lsn": str(s["consistent_lsn"]),
-                "connector": s.get("connector"),
-                "state": (st or {}).get("connector", {}).get("state", "MISSING"),
-                "tasks": [t["state"] for t in (st or {}).get("tasks", [])],
+                cs = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
+            if st.direction == FORWARD and (st.direction, st.cluster) not in starts:
+                continue  # the snapshot has not created this source's slot yet
+            streams.append({
+                "direction": st.direction, "cluster": st.cluster, "slot": st.slot, "connector": st.connector,
+                "from_lsn": starts.get((st.direction, st.cluster)),
+                "state": (cs or {}).get("connector", {}).get("state", "MISSING"),
+                "tasks": [t["state"] for t in (cs or {}).get("tasks", [])],
             })
-        out["sources"] = conns
-        if rec.sources:
+        out["streams"] = streams
+        out["waves"] = [{**w, "cut_at": w["cut_at"].isoformat() if w["cut_at"] else None,
+                         "pause_ms": float(w["pause_ms"]) if w["pause_ms"] is not None else None,
+                         "drain_ms": float(w["drain_ms"]) if w["drain_ms"] is not None else None}
+                        for w in self.store.waves(name)]
+        attempts = self.store.attempts(name)
+        out["last_attempt"] = ({**attempts[-1], "started_at": attempts[-1]["started_at"].isoformat(),
+                                "finished_at": attempts[-1]["finished_at"].isoformat()
+                                if attempts[-1]["finished_at"] else None} if attempts else None)
+        if streams:
             try:
                 out["lag"] = self.lag(name).to_dict()
             except Unavailable as exc:
@@ -237,51 +258,64 @@ class Coordinator:
         return out
 
     # ---- teardown -------------------------------------------------------------------
-    def teardown(self, name: str, drop_target_rows: bool = True) -> list[str]:
-        """Drop what the migration created: connectors, slots, publications, topics,
-        its bookkeeping rows, and (by default) the rows it copied to the targets.
-        Sources keep every row. Idempotent; returns what it did."""
-        rec, p = self.record(name)
+    def drop_streams(self, name: str, streams: list[Stream], p: Plan) -> list[str]:
+        """Delete the streams' connectors, slots, publications, topics and heartbeat rows."""
         done: list[str] = []
-        client = ConnectClient(self.config.connect.url)
-        for source in p.sources():
-            if client.delete(connector_name(name, source)):
-                done.append(f"deleted connector {connector_name(name, source)}")
-        for source in p.sources():
-            slot, pub = names(name, source)
-            with connect(self.config.cluster(source).dsn, f"source cluster {source}", autocommit=True) as conn:
-                for _ in range(50):  # the connector's walsender may take a moment to let go
-                    if not conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s AND active",
-                                        (slot,)).fetchone():
-                        break
-                    threading.Event().wait(0.2)
-                if drop_slot(conn, slot):
-                    done.append(f"dropped slot {slot} on {source}")
-                if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (pub,)).fetchone():
-                    conn.execute(f"DROP PUBLICATION {pub}")
-                    done.append(f"dropped publication {pub} on {source}")
-                if conn.execute("SELECT to_regclass('reshard.heartbeat')").fetchone()[0]:
-                    conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (name,))
-        topics = Router(p, name).topics + [dlq_topic(name)]
-        for source in p.sources():
-            topics += heartbeat_topics(name, source)
+        for s in streams:
+            if drop_connector(self.config, s):
+                done.append(f"deleted connector {s.connector}")
+        topics: list[str] = []
+        for s in streams:
+            with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
+                if drop_slot(conn, s.slot):
+                    done.append(f"dropped slot {s.slot} on {s.cluster}")
+                if drop_publication(conn, s.publication):
+                    done.append(f"dropped publication {s.publication} on {s.cluster}")
+            topics += [s.topic(t) for t in p.tables()] + s.heartbeat_topics
+            if s.direction != FORWARD:
+                self.store.forget_reverse(name, s.cluster)
         KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics(topics)
-        done.append(f"deleted {len(topics)} topic(s)")
-        for target in p.targets():
-            with connect(self.config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
-                if drop_target_rows:
-                    for move in p.moves:
-                        if move.target != target:
-                            continue
-                        for table in p.new.groups[move.group].tables:
-                            if conn.execute("SELECT to_regclass(%s)", (qualified(table),)).fetchone()[0]:
-                                n = conn.execute(
-                                    f"DELETE FROM {qualified(table)} t WHERE {p.predicate_sql(move, table, 't')}"
-                                ).rowcount
-                                done.append(f"deleted {n} copied row(s) of {table} on {target}")
+        if topics:
+            done.append(f"deleted {len(topics)} topic(s)")
+        return done
+
+    def forget_bookkeeping(self, name: str, p: Plan) -> None:
+        """reshard's rows and replication origins for this migration, on every cluster it touched."""
+        for cluster in sorted(set(p.sources()) | set(p.targets())):
+            with connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True) as conn:
                 if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
                     for t in ("applied_rows", "applied_offsets", "copy_cursor"):
-                        conn.execute(f"DELETE FROM reshard.{t} WHERE migration = %s", (name,))
+                        conn.execute(f"DELETE FROM reshard.{t} WHERE migration IN (%s, %s)", (name, f"{name}:rev"))
+                    conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (name,))
+                for (origin,) in conn.execute(
+                    "SELECT roname FROM pg_replication_origin WHERE roname LIKE %s OR roname LIKE %s",
+                    (f"reshard_fwd_{name}_%", f"reshard_rev_{name}_%"),
+                ).fetchall():
+                    try:
+                        conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
+                    except psycopg.errors.ObjectInUse:
+                        pass  # an applier still holds it; it goes with the next cleanup
+
+    def teardown(self, name: str, drop_target_rows: bool = True) -> list[str]:
+        """Abort: drop what the migration created (streams, its bookkeeping and, by default,
+        the rows it copied to the targets). Sources keep every row. Refused once any
+        wave is cut over (roll back first). Idempotent; returns what it did."""
+        rec, p = self.record(name)
+        if any(w["state"] == "cut" for w in self.store.waves(name)):
+            raise MigrationError(f"migration {name} has waves cut over; `reshard rollback {name}` first")
+        done = self.drop_streams(name, streams_of(self.store, rec, p), p)
+        KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics([dlq_topic(name)])
+        if drop_target_rows:
+            for move in p.moves:
+                with connect(self.config.cluster(move.target).dsn, f"cluster {move.target}", autocommit=True) as conn:
+                    shard_schema.writer_session(conn)
+                    for table in sorted(p.new.groups[move.group].tables):
+                        if conn.execute("SELECT to_regclass(%s)", (qualified(table),)).fetchone()[0]:
+                            n = conn.execute(
+                                f"DELETE FROM {qualified(table)} t WHERE {p.predicate_sql(move, table, 't')}"
+                            ).rowcount
+                            done.append(f"deleted {n} copied row(s) of {table} on {move.target}")
+        self.forget_bookkeeping(name, p)
         if rec.state != states.ABORTED:
             self.store.set_state(name, states.ABORTED)
         with self.store.connect() as conn:

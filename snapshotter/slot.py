@@ -1,41 +1,11 @@
-"""Publications and replication slots on a source, and the snapshot a slot exports."""
+"""The slot that exports the snapshot the copy runs in."""
 
 from __future__ import annotations
-
-import re
 
 import psycopg
 
 from reshard.config import ClusterConfig
 from reshard.control.store import connect
-from reshard.shardmap import qualified
-
-HEARTBEAT_TABLE = "reshard.heartbeat"
-_SAFE = re.compile(r"^[a-z0-9_]+$")
-
-
-def names(migration: str, source: str) -> tuple[str, str]:
-    """(slot, publication) names; both are plain identifiers (checked config names)."""
-    name = f"reshard_{migration}_{source}"
-    assert _SAFE.match(name), name
-    return name, name
-
-
-def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[str]) -> None:
-    """Create the publication for the moving tables plus reshard's heartbeat table.
-
-    It must exist before the slot: pgoutput resolves publications with the catalog as
-    of the WAL position it decodes, so a publication created after the slot's
-    consistent point would be invisible to the changes right after it.
-    """
-    wanted = [qualified(t) for t in tables] + [qualified(HEARTBEAT_TABLE)]
-    row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
-    if row is None:
-        conn.execute(f"CREATE PUBLICATION {publication} FOR TABLE {', '.join(wanted)}")
-
-
-def slot_exists(conn: psycopg.Connection, slot: str) -> bool:
-    return conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone() is not None
 
 
 class ExportedSnapshot:
@@ -73,12 +43,3 @@ def import_snapshot(conn: psycopg.Connection, snapshot_name: str) -> None:
     """Start a read-only transaction that sees exactly the exported snapshot."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
-
-
-def drop_slot(conn: psycopg.Connection, slot: str) -> bool:
-    """Drop the slot if it exists and is not in use. Returns whether it was dropped."""
-    row = conn.execute(
-        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
-        (slot,),
-    ).fetchone()
-    return row is not None

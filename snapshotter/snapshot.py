@@ -34,7 +34,9 @@ from reshard.progress import Progress
 from reshard.shardmap import qualified
 from snapshotter.copy_writer import copy_batch, load_cursor
 from snapshotter.cursor import KeysetCursor
-from snapshotter.slot import ExportedSnapshot, ensure_publication, import_snapshot, names, slot_exists
+from reshard.replication import ensure_publication, slot_lsn
+from reshard.streams import forward
+from snapshotter.slot import ExportedSnapshot, import_snapshot
 
 DEFAULT_BATCH_ROWS = 20_000
 
@@ -139,7 +141,8 @@ class Snapshotter:
 
     def _prepare_source(self, source: str) -> tuple[str, str, bool, str | None]:
         """Schema, heartbeat row and publication on the source; (slot, pub, slot exists, its LSN)."""
-        slot, pub = names(self.rec.name, source)
+        stream = forward(self.rec.name, source)
+        slot, pub = stream.slot, stream.publication
         c = self.config.cluster(source)
         with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
             shard_schema.install(conn)
@@ -148,13 +151,8 @@ class Snapshotter:
                 (self.rec.name,),
             )
             ensure_publication(conn, pub, self.plan.tables())
-            exists = slot_exists(conn, slot)
-            lsn = None
-            if exists:
-                row = conn.execute(
-                    "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
-                ).fetchone()
-                lsn = row[0] if row else None
+            lsn = slot_lsn(conn, slot)
+            exists = lsn is not None
         for target in self.plan.targets():
             with connect(self.config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
                 shard_schema.install(conn)

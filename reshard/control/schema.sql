@@ -84,3 +84,58 @@ CREATE TABLE IF NOT EXISTS reshard.audit_log (
     detail    jsonb NOT NULL DEFAULT '{}'
 );
 CREATE INDEX IF NOT EXISTS audit_log_migration ON reshard.audit_log (migration, id);
+
+-- After cutover: one reverse stream per target cluster (target -> sources), so that
+-- rollback stays possible. start_lsn is taken before the target accepts a write.
+CREATE TABLE IF NOT EXISTS reshard.reverse_streams (
+    migration  text NOT NULL REFERENCES reshard.migrations (name),
+    cluster    text NOT NULL,
+    slot_name  text NOT NULL,
+    publication text NOT NULL,
+    start_lsn  pg_lsn NOT NULL,
+    connector  text NOT NULL,
+    topics     text[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (migration, cluster)
+);
+
+-- Cutover waves: each moves a set of buckets (or all moves) and has its own map epoch.
+CREATE TABLE IF NOT EXISTS reshard.waves (
+    migration  text NOT NULL REFERENCES reshard.migrations (name),
+    wave       integer NOT NULL,
+    buckets    jsonb,           -- the wave's buckets, or null for "every move"
+    epoch      bigint NOT NULL REFERENCES reshard.shard_maps (epoch),
+    state      text NOT NULL,   -- cut | rolled_back
+    pause_ms   numeric,
+    drain_ms   numeric,
+    cut_at     timestamptz,
+    PRIMARY KEY (migration, wave)
+);
+
+-- Every cutover / rollback / complete attempt, and each step of it, before and after
+-- it runs: what a rerun after a crash reads to continue or back out.
+CREATE TABLE IF NOT EXISTS reshard.cutover_attempts (
+    migration   text NOT NULL REFERENCES reshard.migrations (name),
+    attempt     integer NOT NULL,
+    kind        text NOT NULL,  -- cutover | rollback | complete
+    wave        integer,
+    state       text NOT NULL,  -- running | done | aborted | backed_out
+    plan        jsonb NOT NULL DEFAULT '{}',
+    result      jsonb NOT NULL DEFAULT '{}',
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (migration, attempt)
+);
+
+CREATE TABLE IF NOT EXISTS reshard.cutover_steps (
+    migration   text NOT NULL,
+    attempt     integer NOT NULL,
+    seq         integer NOT NULL,
+    step        text NOT NULL,
+    status      text NOT NULL,  -- started | done | failed
+    detail      jsonb NOT NULL DEFAULT '{}',
+    started_at  timestamptz NOT NULL DEFAULT now(),
+    finished_at timestamptz,
+    PRIMARY KEY (migration, attempt, seq),
+    FOREIGN KEY (migration, attempt) REFERENCES reshard.cutover_attempts (migration, attempt)
+);

@@ -5,13 +5,17 @@ from __future__ import annotations
 
 PLANNED = "planned"            # maps and moves recorded, nothing created on any cluster
 SNAPSHOTTING = "snapshotting"  # slots exist; the copy is running or resumable
-STREAMING = "streaming"        # copy done; the applier is (or may be) applying changes
+STREAMING = "streaming"        # copy done; changes stream forward (some waves may be cut over)
+CUT_OVER = "cut_over"          # every wave cut over; reverse replication keeps rollback possible
+COMPLETED = "completed"        # the point of no return passed: streams dropped, sources cleaned
 ABORTED = "aborted"            # stopped before cutover; what it created was dropped
 
 TRANSITIONS: dict[str, set[str]] = {
     PLANNED: {SNAPSHOTTING, ABORTED},
     SNAPSHOTTING: {STREAMING, ABORTED},
-    STREAMING: {ABORTED},
+    STREAMING: {CUT_OVER, ABORTED},
+    CUT_OVER: {STREAMING, COMPLETED},  # STREAMING again after a rollback
+    COMPLETED: set(),
     ABORTED: set(),
 }
 

@@ -274,6 +274,123 @@ class ControlStore:
                 (migration,),
             ).fetchall()
 
+    # ---- reverse streams, waves, cutover attempts ----------------------------------------
+    def reverse_streams(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT cluster, slot_name, publication, start_lsn::text AS start_lsn, connector, topics, created_at "
+                "FROM reshard.reverse_streams WHERE migration = %s ORDER BY cluster", (migration,)
+            ).fetchall()
+
+    def record_reverse(self, migration: str, cluster: str, slot: str, publication: str, start_lsn: str,
+                       connector: str, topics: list[str]) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.reverse_streams (migration, cluster, slot_name, publication, start_lsn, "
+                "connector, topics) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (migration, cluster) DO UPDATE "
+                "SET topics = EXCLUDED.topics, connector = EXCLUDED.connector",
+                (migration, cluster, slot, publication, start_lsn, connector, topics),
+            )
+
+    def forget_reverse(self, migration: str, cluster: str) -> None:
+        with self.connect() as conn:
+            conn.execute("DELETE FROM reshard.reverse_streams WHERE migration = %s AND cluster = %s",
+                         (migration, cluster))
+
+    def waves(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT wave, buckets, epoch, state, pause_ms, drain_ms, cut_at FROM reshard.waves "
+                "WHERE migration = %s ORDER BY wave", (migration,)
+            ).fetchall()
+
+    def record_wave(self, conn: psycopg.Connection, migration: str, wave: int, buckets: list[int] | None,
+                    epoch: int, state: str, pause_ms: float | None = None, drain_ms: float | None = None) -> None:
+        conn.execute(
+            "INSERT INTO reshard.waves (migration, wave, buckets, epoch, state, pause_ms, drain_ms, cut_at) "
+            "VALUES (%s, %s, %s, %s, %s, %s, %s, now()) ON CONFLICT (migration, wave) DO UPDATE SET "
+            "state = EXCLUDED.state, epoch = EXCLUDED.epoch, pause_ms = coalesce(EXCLUDED.pause_ms, reshard.waves.pause_ms), "
+            "drain_ms = coalesce(EXCLUDED.drain_ms, reshard.waves.drain_ms)",
+            (migration, wave, Jsonb(buckets) if buckets is not None else None, epoch, state, pause_ms, drain_ms),
+        )
+
+    def begin_attempt(self, migration: str, kind: str, wave: int | None, plan: dict) -> int:
+        with self.connect() as conn, conn.transaction():
+            conn.execute("SELECT 1 FROM reshard.migrations WHERE name = %s FOR UPDATE", (migration,))
+            n = conn.execute("SELECT coalesce(max(attempt), 0) + 1 AS n FROM reshard.cutover_attempts "
+                             "WHERE migration = %s", (migration,)).fetchone()["n"]
+            conn.execute(
+                "INSERT INTO reshard.cutover_attempts (migration, attempt, kind, wave, state, plan) "
+                "VALUES (%s, %s, %s, %s, 'running', %s)",
+                (migration, n, kind, wave, Jsonb(json.loads(json.dumps(plan, default=str)))),
+            )
+            self.audit(conn, migration, f"{kind}.started", attempt=n, wave=wave)
+            return n
+
+    def running_attempts(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT attempt, kind, wave, plan, started_at FROM reshard.cutover_attempts "
+                "WHERE migration = %s AND state = 'running' ORDER BY attempt", (migration,)
+            ).fetchall()
+
+    def step(self, migration: str, attempt: int, step: str, status: str, **detail: Any) -> None:
+        """Record a step as started, done or failed (one row per step and attempt)."""
+        with self.connect() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT seq FROM reshard.cutover_steps WHERE migration = %s AND attempt = %s AND step = %s",
+                (migration, attempt, step),
+            ).fetchone()
+            payload = Jsonb(json.loads(json.dumps(detail, default=str)))
+            if row is None:
+                seq = conn.execute(
+                    "SELECT coalesce(max(seq), 0) + 1 AS n FROM reshard.cutover_steps "
+                    "WHERE migration = %s AND attempt = %s", (migration, attempt),
+                ).fetchone()["n"]
+                conn.execute(
+                    "INSERT INTO reshard.cutover_steps (migration, attempt, seq, step, status, detail, finished_at) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s = 'started' THEN NULL ELSE now() END)",
+                    (migration, attempt, seq, step, status, payload, status),
+                )
+            else:
+                conn.execute(
+                    "UPDATE reshard.cutover_steps SET status = %s, detail = detail || %s, "
+                    "finished_at = CASE WHEN %s = 'started' THEN NULL ELSE now() END "
+                    "WHERE migration = %s AND attempt = %s AND seq = %s",
+                    (status, payload, status, migration, attempt, row["seq"]),
+                )
+
+    def steps(self, migration: str, attempt: int) -> dict[str, dict]:
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT step, status, detail, started_at, finished_at FROM reshard.cutover_steps "
+                "WHERE migration = %s AND attempt = %s ORDER BY seq", (migration, attempt),
+            ).fetchall()
+        return {r["step"]: r for r in rows}
+
+    def finish_attempt(self, migration: str, attempt: int, state: str, result: dict) -> None:
+        with self.connect() as conn, conn.transaction():
+            conn.execute(
+                "UPDATE reshard.cutover_attempts SET state = %s, result = %s, finished_at = now() "
+                "WHERE migration = %s AND attempt = %s",
+                (state, Jsonb(json.loads(json.dumps(result, default=str))), migration, attempt),
+            )
+            self.audit(conn, migration, "attempt.finished", attempt=attempt, state=state, **result)
+
+    def attempts(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT attempt, kind, wave, state, result, started_at, finished_at FROM reshard.cutover_attempts "
+                "WHERE migration = %s ORDER BY attempt", (migration,)
+            ).fetchall()
+
+    def last_verification(self, migration: str) -> dict | None:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT at, detail FROM reshard.audit_log WHERE migration = %s AND event = 'verify' "
+                "ORDER BY id DESC LIMIT 1", (migration,)
+            ).fetchone()
+
     # ---- exclusivity --------------------------------------------------------------
     @contextmanager
     def exclusive(self, migration: str, purpose: str) -> Iterator[psycopg.Connection]:

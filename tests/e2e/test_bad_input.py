@@ -7,7 +7,7 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from cdc_applier.connector import data_topic
+from reshard.streams import forward
 from cdc_applier.dlq import dlq_topic
 from reshard.coordinator import Coordinator
 from reshard.errors import SetupError
@@ -37,7 +37,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(env):
     name = env.migration()
     co = prepare(env, rows=500, migration=name)
     co.start(name)
-    topic = data_topic(name, "source1", "public.accounts")
+    topic = forward(name, "source1").topic("public.accounts")
     p = Producer(client_conf(env.config.kafka.bootstrap_servers))
     p.produce(topic, key=b'{"id": 1}', value=b"this is not json")
     p.produce(topic, key=b'{"id": 2}', value=json.dumps({"schema": {}, "payload": {"op": "z"}}).encode())

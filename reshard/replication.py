@@ -1,0 +1,66 @@
+"""Publications and logical replication slots reshard creates on a cluster.
+
+The publication must exist before its slot: pgoutput resolves publications with the
+catalog as of the WAL position it decodes, so a publication created after the slot's
+consistent point would be invisible to the changes right after it.
+"""
+
+from __future__ import annotations
+
+import psycopg
+
+from reshard.shardmap import qualified
+
+HEARTBEAT_TABLE = "reshard.heartbeat"
+
+
+def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[str]) -> None:
+    """The moving tables plus reshard's heartbeat table (for catch-up proofs)."""
+    wanted = [qualified(t) for t in tables] + [qualified(HEARTBEAT_TABLE)]
+    row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
+    if row is None:
+        conn.execute(f"CREATE PUBLICATION {publication} FOR TABLE {', '.join(wanted)}")
+
+
+def drop_publication(conn: psycopg.Connection, publication: str) -> bool:
+    if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone() is None:
+        return False
+    conn.execute(f"DROP PUBLICATION {publication}")
+    return True
+
+
+def slot_lsn(conn: psycopg.Connection, slot: str) -> str | None:
+    """The slot's confirmed_flush_lsn, or None when there is no such slot."""
+    row = conn.execute(
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
+    ).fetchone()
+    return row[0] if row else None
+
+
+def create_slot(conn: psycopg.Connection, slot: str) -> str:
+    """A logical slot (pgoutput) from the current position; returns its LSN. Idempotent."""
+    existing = slot_lsn(conn, slot)
+    if existing is not None:
+        return existing
+    return conn.execute(
+        "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+    ).fetchone()[0]
+
+
+def drop_slot(conn: psycopg.Connection, slot: str, wait_s: float = 10.0) -> bool:
+    """Drop the slot once its consumer let go of it. Returns whether it was dropped."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+        if row is None:
+            return False
+        if not row[0]:
+            break
+        time.sleep(0.1)
+    row = conn.execute(
+        "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
+        (slot,),
+    ).fetchone()
+    return row is not None

@@ -1,0 +1,77 @@
+"""A stream: the changes of one cluster flowing, through one Debezium connector, one way.
+
+A migration has a forward stream per source cluster (source -> targets) from the
+start, and after cutover a reverse stream per target cluster (target -> sources),
+which keeps rollback possible. Each stream owns its slot, publication, connector and
+topics, all named here.
+
+Echoes: the forward applier's writes on a target would come back through the reverse
+stream, and the reverse applier's writes on a source through the forward stream.
+Each applier direction tags its sessions with a PostgreSQL replication origin;
+Debezium reports the origin of every change (``source.origin``), and each stream
+skips the changes tagged by the other direction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FORWARD = "fwd"
+REVERSE = "rev"
+
+
+@dataclass(frozen=True)
+class Stream:
+    migration: str
+    direction: str  # fwd | rev
+    cluster: str  # where the changes are captured
+
+    @property
+    def slot(self) -> str:
+        base = f"reshard_{self.migration}_{self.cluster}"
+        return base if self.direction == FORWARD else f"{base}_rev"
+
+    @property
+    def publication(self) -> str:
+        return self.slot
+
+    @property
+    def connector(self) -> str:
+        return f"reshard-{self.migration}-{self.direction}-{self.cluster}"
+
+    @property
+    def prefix(self) -> str:
+        return f"reshard.{self.migration}.{self.direction}.{self.cluster}"
+
+    def topic(self, table: str) -> str:
+        return f"{self.prefix}.{table}"
+
+    @property
+    def heartbeat_topics(self) -> list[str]:
+        """Debezium's heartbeat topic and the topic of reshard's heartbeat table."""
+        return [f"reshard-heartbeat.{self.prefix}", f"{self.prefix}.reshard.heartbeat"]
+
+    @property
+    def writer_origin(self) -> str:
+        """The origin this stream's applier tags its writes with."""
+        return f"reshard_{self.direction}_{self.migration}"
+
+    @property
+    def echo_origin(self) -> str:
+        """Changes tagged with this origin were written by the other direction: skip them."""
+        other = REVERSE if self.direction == FORWARD else FORWARD
+        return f"reshard_{other}_{self.migration}"
+
+    @property
+    def applied_key(self) -> str:
+        """The key of this direction's per-row positions in reshard.applied_rows
+        (each direction counts positions in its own cluster's WAL)."""
+        return self.migration if self.direction == FORWARD else f"{self.migration}:rev"
+
+
+def forward(migration: str, source: str) -> Stream:
+    return Stream(migration, FORWARD, source)
+
+
+def reverse(migration: str, target: str) -> Stream:
+    return Stream(migration, REVERSE, target)
