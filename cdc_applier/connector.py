@@ -58,3 +58,30 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
 
 def drop_connector(config: Config, stream: Stream) -> bool:
     return ConnectClient(config.connect.url).delete(stream.connector)
+
+
+def drop_streams(config: Config, store, migration: str, streams: list[Stream], tables: list[str]) -> list[str]:
+    """Delete the streams' connectors, slots, publications and topics (and forget reverse
+    streams in the control database). Idempotent; returns what it did."""
+    from reshard.control.store import connect
+    from reshard.replication import drop_publication, drop_slot
+    from reshard.streams import REVERSE
+
+    done: list[str] = []
+    for s in streams:
+        if drop_connector(config, s):
+            done.append(f"deleted connector {s.connector}")
+    topics: list[str] = []
+    for s in streams:
+        with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
+            if drop_slot(conn, s.slot):
+                done.append(f"dropped slot {s.slot} on {s.cluster}")
+            if drop_publication(conn, s.publication):
+                done.append(f"dropped publication {s.publication} on {s.cluster}")
+        topics += [s.topic(t) for t in tables] + s.heartbeat_topics
+        if s.direction == REVERSE:
+            store.forget_reverse(migration, s.cluster)
+    KafkaAdmin(config.kafka.bootstrap_servers).delete_topics(topics)
+    if topics:
+        done.append(f"deleted {len(topics)} topic(s)")
+    return done

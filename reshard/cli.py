@@ -576,6 +576,213 @@ def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
         sys.exit(ExitCode.CHECK_FAILED)
 
 
+# ---- cutover, rollback, complete, abort -------------------------------------------------
+
+def _switch_options(max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
+                    dry_run: bool, **kw):
+    from cutover.orchestrator import SwitchOptions
+    from reshard.errors import ConfigError
+
+    if max_write_pause <= 0.2:
+        raise ConfigError("--max-write-pause must be more than 0.2 s")
+    return SwitchOptions(max_lag=max_lag, max_lag_bytes=max_lag_bytes, max_write_pause=max_write_pause,
+                         lock_timeout_ms=lock_timeout, dry_run=dry_run, **kw)
+
+
+def _switch_human(r: dict) -> str:
+    lines = [f"{r['kind']} of {r['migration']}: {r['outcome'].replace('_', ' ')}" +
+             (f" (wave {r['wave']})" if r.get("wave") else "")]
+    for note in r.get("recovered", []):
+        lines.append(f"  recovered: {note}")
+    if r.get("keys"):
+        lines.append(f"  keys: {r['keys']}")
+    for gt in r.get("gates", []):
+        lines.append(f"  gate {gt['gate']:<9} {'ok  ' if gt['ok'] else 'FAIL'} {gt['detail']}")
+    for i, sentence in enumerate(r.get("plan", []), 1):
+        lines.append(f"  {i:>2}. {sentence}")
+    if r["outcome"] == "done" and r.get("pause_ms") is not None:
+        lines.append(f"  write pause {r['pause_ms']:.0f} ms (drain {r['drain_ms']:.0f} ms), epoch {r['epoch']} active")
+        lines.append("  steps: " + ", ".join(f"{st['step']} {st['ms']:.0f} ms" for st in r["steps"]))
+    if r.get("message") and r["outcome"] != "done":
+        lines.append(f"  {r['message']}")
+    return "\n".join(lines)
+
+
+def _switch_flags(f: Callable) -> Callable:
+    f = click.option("--dry-run", is_flag=True,
+                     help="Print the exact steps with today's positions and gate values; change nothing.")(f)
+    f = click.option("--lock-timeout", default=500, show_default=True,
+                     help="Milliseconds a fence change may wait for writes in progress before backing out.")(f)
+    f = click.option("--max-write-pause", default=2.0, show_default=True,
+                     help="Hard budget in seconds for the write pause; past it the switch backs out.")(f)
+    f = click.option("--max-lag-bytes", default=64 << 20, show_default=True,
+                     help="Gate: WAL bytes not yet confirmed by Debezium, at most.")(f)
+    f = click.option("--max-lag", default=1000, show_default=True,
+                     help="Gate: Kafka records not yet applied, at most.")(f)
+    return f
+
+
+@cli.command("cutover")
+@click.argument("name")
+@_switch_flags
+@click.option("--only", default=None,
+              help="Canary wave: a fraction (0.1 or 10%), bucket ranges (0-511) or move ids of the keys to cut now.")
+@click.option("--sequence-gap", default=1, show_default=True,
+              help="Set target sequences this far past the sources'.")
+@click.option("--skip-verify-gate", is_flag=True, help="Do not require the last `reshard verify` to have passed.")
+@click.option("--window", default=None, metavar="HH:MM-HH:MM",
+              help="Only act inside this daily window (exit 11 outside it, having done nothing).")
+@click.option("--timezone", default="local", show_default=True, help="Time zone of --window (e.g. UTC).")
+@click.option("--wait-for-gates", default=0.0, show_default=True, metavar="SECONDS",
+              help="Wait up to this long (and within --window) for the gates to pass before giving up.")
+@json_option
+@click.pass_obj
+def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
+                dry_run: bool, only: str | None, sequence_gap: int, skip_verify_gate: bool, window: str | None,
+                timezone: str, wait_for_gates: float) -> None:
+    """Cut migration NAME over: fence, drain, flip routing, start reverse replication.
+
+    \b
+    Gates first (nothing is fenced if one fails; exit 20-23 says which):
+      lag under --max-lag, last verification passed, reverse replication possible,
+      an applier running. Then, within --max-write-pause: fence the moving keys on the
+    sources (writes in progress are waited out), drain every change before the fence,
+    bring sequences past, flip the fences, activate the new map epoch (routers are
+    notified). Reverse replication then keeps `reshard rollback` possible. Past the
+    budget it backs out (exit 12): sources accept writes again, routing unchanged.
+    Rerunning after a crash finishes or backs out the interrupted attempt first.
+    """
+    from cutover.orchestrator import GATES, Orchestrator, cutover
+    from cutover.schedule import parse_window, wait_for_gates as wait_gates
+    from reshard.control import ControlStore
+
+    config = ctx.config()
+    win = parse_window(window, timezone) if window else None
+    if win is not None and not win.contains():
+        doc = {"command": "cutover", "migration": name, "outcome": "outside_window", "window": str(win),
+               "exit_code": int(ExitCode.OUTSIDE_WINDOW)}
+        emit(ctx, doc, lambda: f"{name}: now is outside the window {win}; nothing done")
+        sys.exit(ExitCode.OUTSIDE_WINDOW)
+    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, only=only,
+                           sequence_gap=sequence_gap, require_verified=not skip_verify_gate)
+    store = ControlStore(config.control_dsn)
+    progress = ctx.progress()
+    try:
+        if wait_for_gates > 0 and not dry_run:
+            orch = Orchestrator(config, store, progress)
+            sw = orch.cutover_switch(name, only)
+            gates = wait_gates(lambda: orch.gates(sw, opts), wait_for_gates, win)
+            if not all(gt.ok for gt in gates):
+                failed = [gt for gt in gates if not gt.ok]
+                doc = {"command": "cutover", "migration": name, "outcome": GATES,
+                       "gates": [gt.to_dict() for gt in gates], "exit_code": int(failed[0].code)}
+                emit(ctx, doc, lambda: f"{name}: gates not met after {wait_for_gates:.0f}s: "
+                     + "; ".join(f"{gt.name}: {gt.detail}" for gt in failed))
+                sys.exit(failed[0].code)
+        result = cutover(config, store, name, opts, progress)
+    finally:
+        progress.stop()
+    doc = {"command": "cutover", **result.to_dict()}
+    emit(ctx, doc, lambda: _switch_human(doc))
+    sys.exit(result.exit_code)
+
+
+@cli.command("rollback")
+@click.argument("name")
+@_switch_flags
+@json_option
+@click.pass_obj
+def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
+                 dry_run: bool) -> None:
+    """Move every cut-over key of NAME back to its source: the cutover in reverse.
+
+    Fence the keys on the targets, drain the reverse stream, flip routing back, and let
+    the sources accept them again; writes made on the targets meanwhile are on the
+    sources. Possible until `reshard complete`. The forward stream keeps running, so a
+    later `reshard cutover` can try again. Same budget and exit codes as cutover.
+    """
+    from cutover.orchestrator import rollback
+    from reshard.control import ControlStore
+
+    config = ctx.config()
+    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False)
+    progress = ctx.progress()
+    try:
+        result = rollback(config, ControlStore(config.control_dsn), name, opts, progress)
+    finally:
+        progress.stop()
+    doc = {"command": "rollback", **result.to_dict()}
+    emit(ctx, doc, lambda: _switch_human(doc))
+    sys.exit(result.exit_code)
+
+
+def _confirm(yes: bool, question: str) -> None:
+    from reshard.errors import ConfigError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question} Not asking without a terminal: pass --yes")
+    if not click.confirm(question, default=False, err=True):
+        raise click.exceptions.Abort()
+
+
+@cli.command("complete")
+@click.argument("name")
+@click.option("--keep-source-data", is_flag=True, help="Do not delete the moved rows from the sources.")
+@click.option("--drop-fences", is_flag=True,
+              help="Remove reshard's fence triggers too (stale routers could then write to old owners).")
+@click.option("--batch-rows", default=5000, show_default=True, help="Rows deleted per source transaction.")
+@click.option("--throttle", default=0.05, show_default=True, help="Seconds to pause between delete batches.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool, batch_rows: int, throttle: float,
+                 yes: bool) -> None:
+    """The point of no return: stop reverse and forward replication, drop what reshard
+    created, delete the moved rows from the sources in throttled batches.
+
+    Every step is recorded and idempotent: rerun it after a crash. Rollback is no
+    longer possible afterwards. Fences stay, enforcing the final map, unless --drop-fences.
+    """
+    from cutover.complete import complete
+    from reshard.control import ControlStore
+
+    _confirm(yes, f"Complete migration {name}? Rollback will no longer be possible"
+             + ("." if keep_source_data else " and the moved rows will be deleted from the sources."))
+    config = ctx.config()
+    progress = ctx.progress()
+    try:
+        result = complete(config, ControlStore(config.control_dsn), name, keep_source_data=keep_source_data,
+                          drop_fences=drop_fences, batch_rows=batch_rows, pause_s=throttle, progress=progress)
+    finally:
+        progress.stop()
+    doc = {"command": "complete", **result.to_dict()}
+    emit(ctx, doc, lambda: f"{name}: complete ({result.deleted_rows:,} moved rows deleted from the sources)"
+         + (" - resumed" if result.resumed else ""))
+
+
+@cli.command("abort")
+@click.argument("name")
+@click.option("--keep-target-data", is_flag=True, help="Leave the rows already copied on the targets.")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+@click.pass_obj
+def abort_cmd(ctx: Ctx, name: str, keep_target_data: bool, yes: bool) -> None:
+    """Stop migration NAME before cutover and drop what it created.
+
+    Deletes its connectors, slots, publications and topics, and the rows it copied to the
+    targets; the sources keep every row. Refused once a wave is cut over (roll back first).
+    """
+    from reshard.coordinator import Coordinator
+
+    _confirm(yes, f"Abort migration {name} and drop what it created"
+             + ("?" if keep_target_data else ", including the rows copied to the targets?"))
+    done = Coordinator.open(ctx.config()).teardown(name, drop_target_rows=not keep_target_data)
+    emit(ctx, {"command": "abort", "migration": name, "actions": done},
+         lambda: f"{name}: aborted\n" + "\n".join(f"  {a}" for a in done))
+
+
 # ---- entry point -----------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> None:

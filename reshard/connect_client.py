@@ -48,8 +48,16 @@ class ConnectClient:
         return self._call("GET", "/connectors") or []
 
     def put(self, name: str, config: dict[str, str]) -> None:
-        """Create the connector, or update it to exactly this config (idempotent)."""
-        self._call("PUT", f"/connectors/{name}/config", config)
+        """Create the connector, or update it to exactly this config (idempotent).
+
+        A new connector starts from a clean slate: it is created STOPPED, any offsets a
+        deleted namesake left in Connect's offsets topic are removed, then it is resumed."""
+        if self.status(name) is None:
+            self._call("POST", "/connectors", {"name": name, "config": config, "initial_state": "STOPPED"})
+            self._call("DELETE", f"/connectors/{name}/offsets")
+            self._call("PUT", f"/connectors/{name}/resume")
+        else:
+            self._call("PUT", f"/connectors/{name}/config", config)
 
     def config(self, name: str) -> dict[str, str] | None:
         return self._call("GET", f"/connectors/{name}/config")
@@ -57,9 +65,23 @@ class ConnectClient:
     def status(self, name: str) -> dict | None:
         return self._call("GET", f"/connectors/{name}/status")
 
-    def delete(self, name: str) -> bool:
+    def delete(self, name: str, timeout: float = 30.0) -> bool:
+        """Stop the connector, delete its stored source offsets, then delete it.
+
+        Connect keeps a deleted connector's offsets; a connector created later under the
+        same name would resume from them, at a WAL position its new slot no longer has.
+        So the offsets go first (KIP-875: only possible while the connector is STOPPED).
+        """
         if self.status(name) is None:
             return False
+        self._call("PUT", f"/connectors/{name}/stop")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status(name) or {}
+            if st.get("connector", {}).get("state") == "STOPPED" and not st.get("tasks"):
+                break
+            time.sleep(0.2)
+        self._call("DELETE", f"/connectors/{name}/offsets")
         self._call("DELETE", f"/connectors/{name}")
         return True
 

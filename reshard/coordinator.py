@@ -12,7 +12,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-import psycopg
 
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
@@ -27,9 +26,8 @@ from reshard.stack.connect import DEBEZIUM_CLASS
 from reshard.verify import VerifyReport, verify
 
 from reshard import shard_schema
-from reshard.replication import drop_publication, drop_slot
 from reshard.streams import FORWARD, Stream, forward
-from cdc_applier.connector import drop_connector, ensure_connector
+from cdc_applier.connector import drop_streams, ensure_connector
 from cdc_applier.dlq import dlq_topic
 from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
 from cdc_applier.route import Router
@@ -202,11 +200,18 @@ class Coordinator:
         streams, topics = self.streams(name)
         return lag(self.config, name, streams, topics)
 
-    def verify(self, name: str, max_diffs: int = 20) -> VerifyReport:
+    def verify(self, name: str, max_diffs: int = 20, live: bool = True) -> VerifyReport:
+        """Compare; while the migration streams (and ``live``), differences that may be in
+        flight are re-checked under row locks after proving catch-up."""
         rec, p = self.record(name)
-        report = verify(self.config, p, max_diffs)
+        streaming = rec.state in (states.STREAMING, states.CUT_OVER) and live
+        active = self.store.active()
+        report = verify(self.config, p, max_diffs,
+                        catch_up=(lambda: self.wait(name, timeout=60)) if streaming else None,
+                        active=active[1] if active else None)
         with self.store.connect() as conn:
             self.store.audit(conn, name, "verify", equal=report.equal,
+                             rechecked=sum(c.rechecked for c in report.checks),
                              rows={c.move + "/" + c.table: c.source_rows for c in report.checks})
         return report
 
@@ -258,43 +263,11 @@ class Coordinator:
         return out
 
     # ---- teardown -------------------------------------------------------------------
-    def drop_streams(self, name: str, streams: list[Stream], p: Plan) -> list[str]:
-        """Delete the streams' connectors, slots, publications, topics and heartbeat rows."""
-        done: list[str] = []
-        for s in streams:
-            if drop_connector(self.config, s):
-                done.append(f"deleted connector {s.connector}")
-        topics: list[str] = []
-        for s in streams:
-            with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
-                if drop_slot(conn, s.slot):
-                    done.append(f"dropped slot {s.slot} on {s.cluster}")
-                if drop_publication(conn, s.publication):
-                    done.append(f"dropped publication {s.publication} on {s.cluster}")
-            topics += [s.topic(t) for t in p.tables()] + s.heartbeat_topics
-            if s.direction != FORWARD:
-                self.store.forget_reverse(name, s.cluster)
-        KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics(topics)
-        if topics:
-            done.append(f"deleted {len(topics)} topic(s)")
-        return done
-
     def forget_bookkeeping(self, name: str, p: Plan) -> None:
         """reshard's rows and replication origins for this migration, on every cluster it touched."""
         for cluster in sorted(set(p.sources()) | set(p.targets())):
             with connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True) as conn:
-                if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
-                    for t in ("applied_rows", "applied_offsets", "copy_cursor"):
-                        conn.execute(f"DELETE FROM reshard.{t} WHERE migration IN (%s, %s)", (name, f"{name}:rev"))
-                    conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (name,))
-                for (origin,) in conn.execute(
-                    "SELECT roname FROM pg_replication_origin WHERE roname LIKE %s OR roname LIKE %s",
-                    (f"reshard_fwd_{name}_%", f"reshard_rev_{name}_%"),
-                ).fetchall():
-                    try:
-                        conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
-                    except psycopg.errors.ObjectInUse:
-                        pass  # an applier still holds it; it goes with the next cleanup
+                shard_schema.forget(conn, name)
 
     def teardown(self, name: str, drop_target_rows: bool = True) -> list[str]:
         """Abort: drop what the migration created (streams, its bookkeeping and, by default,
@@ -303,7 +276,7 @@ class Coordinator:
         rec, p = self.record(name)
         if any(w["state"] == "cut" for w in self.store.waves(name)):
             raise MigrationError(f"migration {name} has waves cut over; `reshard rollback {name}` first")
-        done = self.drop_streams(name, streams_of(self.store, rec, p), p)
+        done = drop_streams(self.config, self.store, name, streams_of(self.store, rec, p), p.tables())
         KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics([dlq_topic(name)])
         if drop_target_rows:
             for move in p.moves:

@@ -58,3 +58,9 @@ class WaitTimeout(ReshardError):
     """A bounded wait (catch-up, readiness) ran out."""
 
     exit_code = ExitCode.TIMEOUT
+
+
+class BudgetExceeded(ReshardError):
+    """The write pause would exceed its budget: the cutover backs out instead."""
+
+    exit_code = ExitCode.CUTOVER_ABORTED

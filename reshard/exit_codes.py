@@ -19,6 +19,12 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 4
     PAUSED = 5
     TIMEOUT = 6
+    OUTSIDE_WINDOW = 11
+    CUTOVER_ABORTED = 12
+    GATE_LAG = 20
+    GATE_UNVERIFIED = 21
+    GATE_REVERSE = 22
+    GATE_APPLIER = 23
 
 
 DESCRIPTIONS: dict[ExitCode, str] = {
@@ -30,6 +36,13 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.PAUSED: "the migration stopped itself on input it will not guess about "
     "(schema drift, a row missing for a partial update); nothing was lost: fix it and rerun",
     ExitCode.TIMEOUT: "a bounded wait ran out (e.g. catch-up did not finish within --timeout)",
+    ExitCode.OUTSIDE_WINDOW: "cutover --window: now is outside the window; nothing was checked or changed",
+    ExitCode.CUTOVER_ABORTED: "the cutover (or rollback) aborted, e.g. past --max-write-pause; routing is "
+    "unchanged, writes are accepted where they were, streams keep running",
+    ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
+    ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
+    ExitCode.GATE_REVERSE: "gate failed: reverse replication cannot be set up on a target; nothing was fenced",
+    ExitCode.GATE_APPLIER: "gate failed: no applier worker is running for the migration; nothing was fenced",
 }
 
 

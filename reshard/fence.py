@@ -29,7 +29,7 @@ from typing import Callable
 import psycopg
 from psycopg import errors as pgerr
 
-from reshard.errors import ReshardError, WaitTimeout
+from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
 from reshard.planner import Move, Plan
 from reshard.shardmap import ShardMap, qualified, quote_ident
 from reshard.shard_schema import WRITER_GUC
@@ -81,13 +81,23 @@ def switching(cluster: str, epoch: int, old: ShardMap, new: ShardMap) -> FenceSp
     return FenceSpec(cluster, epoch, new, owned, fenced, mode="switching")
 
 
-def moving(cluster: str, epoch: int, m: ShardMap, p: Plan, moves: list[Move], note: str = "") -> FenceSpec:
-    """Own ``m``'s keys, but fence the keys these moves carry out of ``cluster``."""
+def moving(cluster: str, epoch: int, m: ShardMap, p: Plan, moves: list[Move], note: str = "",
+           deadline: str | None = None) -> FenceSpec:
+    """Own ``m``'s keys, but fence the keys these moves carry out of ``cluster``.
+
+    With ``deadline`` (a timestamptz on this cluster's clock) the fence lapses by itself
+    at that moment: the write-pause budget holds even if reshard dies mid-cutover. That
+    is safe because a cutover replaces this fence (under the same lock, checking the
+    deadline) before any other cluster may accept these keys.
+    """
     mine = [mv for mv in moves if mv.source == cluster]
 
     def fenced(t: str, a: str) -> str:
         preds = [p.predicate_sql(mv, t, a) for mv in mine if t in p.new.groups[mv.group].tables]
-        return "(" + " OR ".join(preds) + ")" if preds else "false"
+        if not preds:
+            return "false"
+        body = "(" + " OR ".join(preds) + ")"
+        return f"(clock_timestamp() < '{deadline}'::timestamptz AND {body})" if deadline else body
 
     return FenceSpec(cluster, epoch, m, owned=lambda t, a: m.group_of(t).predicate_sql(t, cluster, a),
                      fenced=fenced, mode="fenced", note=note)
@@ -163,6 +173,11 @@ class FenceError(ReshardError):
     """A fence could not be installed or removed."""
 
 
+def server_deadline(conn: psycopg.Connection, seconds: float) -> str:
+    """This cluster's clock plus ``seconds``, as a timestamptz literal."""
+    return conn.execute("SELECT (clock_timestamp() + make_interval(secs => %s))::text", (seconds,)).fetchone()[0]
+
+
 def _present(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (qualified(t),)).fetchone()[0]]
 
@@ -177,10 +192,13 @@ def _lock(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int) -> 
         ) from None
 
 
-def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 2000) -> list[str]:
+def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 2000,
+            only_before: str | None = None) -> list[str]:
     """Install or replace the fence on every table of the spec present on this cluster.
 
     Idempotent. ``conn`` must be in autocommit mode; the change is one transaction.
+    With ``only_before`` (a timestamptz), the change is made only if, once the tables are
+    locked, this cluster's clock is still before it; else BudgetExceeded, nothing changed.
     Returns the tables fenced.
     """
     tables = _present(conn, spec.table_list())
@@ -189,6 +207,10 @@ def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 20
     with conn.transaction():
         conn.execute(STATE_SQL)
         _lock(conn, tables, lock_timeout_ms)
+        if only_before is not None:
+            in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
+            if not in_time:
+                raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
         conn.execute(
             f"CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
             f"AS $$ SELECT {int(spec.epoch)}::bigint $$"

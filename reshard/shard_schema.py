@@ -32,3 +32,23 @@ def writer_session(conn: psycopg.Connection) -> None:
     """
     conn.execute("SET session_replication_role = replica")
     conn.execute(f"SET {WRITER_GUC} = 'applier'")
+
+
+def forget(conn: psycopg.Connection, migration: str) -> list[str]:
+    """Drop this cluster's bookkeeping of a migration: positions, offsets, copy cursors,
+    its heartbeat row and the replication origins its appliers used."""
+    dropped = []
+    if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
+        for t in ("applied_rows", "applied_offsets", "copy_cursor"):
+            conn.execute(f"DELETE FROM reshard.{t} WHERE migration IN (%s, %s)", (migration, f"{migration}:rev"))
+        conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (migration,))
+    for (origin,) in conn.execute(
+        "SELECT roname FROM pg_replication_origin WHERE roname LIKE %s OR roname LIKE %s",
+        (f"reshard_fwd_{migration}_%", f"reshard_rev_{migration}_%"),
+    ).fetchall():
+        try:
+            conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
+            dropped.append(origin)
+        except psycopg.errors.ObjectInUse:
+            pass  # an applier still holds it; the next cleanup drops it
+    return dropped

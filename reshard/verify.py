@@ -4,29 +4,42 @@ Per move and table: the rows of the source that the move carries, and the rows o
 the target that the same predicate selects, are compared by count and by an
 order-independent checksum (the sum of a 64-bit slice of each row's md5), both
 computed on the servers. Only when those differ are keys streamed from both sides,
-in key order, to name the differing keys. Rows on a target that the new map does
-not assign to it are reported as misplaced. Rows are rendered to text with the
-same session settings on every server, so equal values give equal text.
+in key order, to find the candidates. Rows on a target that the new map does not
+assign to it are reported as misplaced. Rows are rendered to text with the same
+session settings on every server, so equal values give equal text.
+
+Under a live write load the two sides are read at slightly different moments, so a
+candidate may only be in flight. With a ``catch_up`` callback (the catch-up proof),
+candidates are re-checked: their source rows are locked FOR SHARE, which waits for
+writes in progress on them and holds new ones back, then catch-up is proven to a
+position taken under the locks, so the target must now hold exactly the locked values.
+A key absent from the source cannot be locked; it counts as a difference only if it
+is still on the target after every round.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import psycopg
 
-from reshard.catalog import require_table
+from reshard.catalog import TableInfo as TableInfoT, require_table
 from reshard.config import Config
 from reshard.control.store import connect
 from reshard.planner import Move, Plan
+from reshard.shardmap import ShardMap
 from reshard.shardmap import qualified, quote_ident
 
 SESSION = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "
     "SET extra_float_digits = 3; SET bytea_output = 'hex'"
 )
+
+
+MAX_CANDIDATES = 50_000
+RECHECK_BATCH = 500
 
 
 @dataclass
@@ -41,17 +54,21 @@ class TableCheck:
     target_checksum: str
     misplaced_rows: int = 0
     differences: list[dict[str, Any]] = field(default_factory=list)
+    rechecked: int = 0  # candidates re-checked under row locks after catch-up
+    candidates: list[tuple] = field(default_factory=list, repr=False)
+    info: Any = field(default=None, repr=False)
 
     @property
     def equal(self) -> bool:
-        return (
-            self.source_rows == self.target_rows
-            and self.source_checksum == self.target_checksum
-            and self.misplaced_rows == 0
-        )
+        if self.misplaced_rows:
+            return False
+        if self.rechecked:
+            return not self.differences
+        return self.source_rows == self.target_rows and self.source_checksum == self.target_checksum
 
     def to_dict(self) -> dict:
-        return {**self.__dict__, "equal": self.equal}
+        d = {k: v for k, v in self.__dict__.items() if k not in ("candidates", "info")}
+        return {**d, "equal": self.equal}
 
 
 @dataclass
@@ -93,23 +110,71 @@ def _keyed(conn: psycopg.Connection, table: str, pk: list[str], pk_types: list[s
             yield tuple(row[:-1]), row[-1]
 
 
-def _diff(src_rows: Iterator, tgt_rows: Iterator, limit: int) -> list[dict[str, Any]]:
-    out: list[dict[str, Any]] = []
+def _diff(src_rows: Iterator, tgt_rows: Iterator, limit: int, target: str) -> list[tuple[tuple, str]]:
+    """(key, problem) for every key whose rows differ, in key order, up to ``limit``."""
+    out: list[tuple[tuple, str]] = []
     s = next(src_rows, None)
     t = next(tgt_rows, None)
     while (s is not None or t is not None) and len(out) < limit:
         if t is None or (s is not None and s[0] < t[0]):
-            out.append({"key": [str(v) for v in s[0]], "problem": "missing on target"})
+            out.append((s[0], f"missing on {target}"))
             s = next(src_rows, None)
         elif s is None or t[0] < s[0]:
-            out.append({"key": [str(v) for v in t[0]], "problem": "extra on target"})
+            out.append((t[0], f"extra on {target}"))
             t = next(tgt_rows, None)
         else:
             if s[1] != t[1]:
-                out.append({"key": [str(v) for v in s[0]], "problem": "values differ"})
+                out.append((s[0], "values differ"))
             s = next(src_rows, None)
             t = next(tgt_rows, None)
     return out
+
+
+def _describe(found: list[tuple[tuple, str]], limit: int) -> list[dict[str, Any]]:
+    return [{"key": [str(v) for v in k], "problem": problem} for k, problem in found[:limit]]
+
+
+def _keys_sql(table: TableInfoT, keys: list[tuple]) -> tuple[str, list]:
+    pk = list(table.pk)
+    casts = "(" + ", ".join(f"%s::{table.column(c).base_type}" for c in pk) + ")"
+    cols = "(" + ", ".join(f"t.{quote_ident(c)}" for c in pk) + ")"
+    return f"{cols} IN (VALUES {', '.join([casts] * len(keys))})", [v for k in keys for v in k]
+
+
+def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], writable: str,
+             catch_up: Callable[[], object]) -> tuple[list[tuple[tuple, str]], list[tuple]]:
+    """One round for a batch of keys written on cluster ``writable`` (the side that
+    accepts their writes now): (definite differences, keys still in doubt)."""
+    columns = [c.name for c in info.copyable]
+    cond, params = _keys_sql(info, keys)
+    sel = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
+    other = move.target if writable == move.source else move.source
+    with connect(config.cluster(writable).dsn, f"cluster {writable}") as live, \
+            connect(config.cluster(other).dsn, f"cluster {other}") as copy:
+        for c in (live, copy):
+            c.execute(SESSION)
+        live.execute("SET LOCAL lock_timeout = '2s'")
+        try:
+            locked = {tuple(r[:-1]): r[-1] for r in live.execute(
+                f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {cond} FOR SHARE",
+                params).fetchall()}
+        except psycopg.errors.LockNotAvailable:
+            live.rollback()
+            return [], keys  # busy rows: try again next round
+        catch_up()  # proven up to a position taken while the rows above are locked
+        copied = {tuple(r[:-1]): r[-1] for r in copy.execute(
+            f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {cond}", params).fetchall()}
+        live.rollback()
+    definite, doubtful = [], []
+    for k in keys:
+        if k in locked:
+            if k not in copied:
+                definite.append((k, f"missing on {other}"))
+            elif locked[k] != copied[k]:
+                definite.append((k, "values differ"))
+        elif k in copied:
+            doubtful.append(k)  # absent where it is written: may be a delete still in flight
+    return definite, doubtful
 
 
 def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int = 20) -> TableCheck:
@@ -130,17 +195,60 @@ def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int =
         if (s_rows, s_sum) != (t_rows, t_sum):
             pk = list(info.pk)
             pk_types = [info.column(c).base_type for c in pk]
-            check.differences = _diff(
-                _keyed(src, table, pk, pk_types, columns, pred), _keyed(tgt, table, pk, pk_types, columns, pred),
-                max_diffs,
-            )
+            found = _diff(_keyed(src, table, pk, pk_types, columns, pred),
+                          _keyed(tgt, table, pk, pk_types, columns, pred), MAX_CANDIDATES + 1, move.target)
+            check.differences = _describe(found, max_diffs)
+            check.candidates = [k for k, _problem in found]
+        check.info = info
         return check
 
 
-def verify(config: Config, p: Plan, max_diffs: int = 20) -> VerifyReport:
+def recheck(config: Config, p: Plan, check: TableCheck, catch_up: Callable[[], object], rounds: int,
+            max_diffs: int, active: ShardMap | None = None) -> None:
+    """Settle a check's candidates under row locks (see the module docstring). Each key
+    is locked where it is written now: on the source, or on the target once its wave
+    is cut over (``active`` is the routing map)."""
+    move = next(m for m in p.moves if m.id == check.move)
+    if len(check.candidates) > MAX_CANDIDATES:
+        check.differences = [{"key": [], "problem": f"more than {MAX_CANDIDATES:,} keys differ: is the applier "
+                                                    "running and caught up?"}]
+        check.rechecked = len(check.candidates)
+        return
+    shard_cols = [list(check.info.pk).index(c) for c in p.new.groups[move.group].key_columns(check.table)]
+
+    def writable(key: tuple) -> str:
+        if active is None:
+            return move.source
+        owner = active.owner(check.table, [key[i] for i in shard_cols])
+        return move.target if owner == move.target else move.source
+
+    doubtful = list(check.candidates)
+    definite: list[tuple[tuple, str]] = []
+    for _round in range(rounds):
+        still: list[tuple] = []
+        for side in (move.source, move.target):
+            mine = [k for k in doubtful if writable(k) == side]
+            for i in range(0, len(mine), RECHECK_BATCH):
+                d, s = _recheck(config, move, check.table, check.info, mine[i:i + RECHECK_BATCH], side, catch_up)
+                definite += d
+                still += s
+        doubtful = still
+        if not doubtful:
+            break
+    check.rechecked = len(check.candidates)
+    check.differences = _describe(definite + [(k, "extra row where it is not written") for k in doubtful],
+                                  max_diffs)
+
+
+def verify(config: Config, p: Plan, max_diffs: int = 20, catch_up: Callable[[], object] | None = None,
+           rounds: int = 3, active: ShardMap | None = None) -> VerifyReport:
+    """Compare every move's tables; with ``catch_up``, settle live-load candidates too."""
     started = time.monotonic()
     checks = []
     for move in p.moves:
         for table in sorted(p.new.groups[move.group].tables):
-            checks.append(check_move(config, p, move, table, max_diffs))
+            check = check_move(config, p, move, table, max_diffs)
+            if check.candidates and catch_up is not None:
+                recheck(config, p, check, catch_up, rounds, max_diffs, active)
+            checks.append(check)
     return VerifyReport(checks, time.monotonic() - started)

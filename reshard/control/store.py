@@ -55,12 +55,44 @@ def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection:
         raise Unavailable(f"cannot connect to {what}: {first}") from None
 
 
+class _Borrowed:
+    """A pinned connection used like a fresh one: ``with store.connect() as conn`` commits
+    or rolls back at the end of the block but keeps the connection open."""
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+
+    def __enter__(self) -> psycopg.Connection:
+        return self.conn
+
+    def __exit__(self, exc_type, *_: object) -> None:
+        if exc_type is None:
+            self.conn.commit()
+        else:
+            self.conn.rollback()
+
+
 class ControlStore:
     def __init__(self, dsn: str):
         self.dsn = dsn
         self._schema_ready = False
+        self._pinned: psycopg.Connection | None = None
+
+    @contextmanager
+    def pinned(self) -> Iterator["ControlStore"]:
+        """A store whose calls share one connection: a cutover records many small facts
+        inside its write pause, and a connection per record would cost milliseconds each."""
+        store = ControlStore(self.dsn)
+        store._schema_ready = self._schema_ready
+        store._pinned = store.connect()
+        try:
+            yield store
+        finally:
+            store._pinned.close()
 
     def connect(self, **kwargs: Any) -> psycopg.Connection:
+        if self._pinned is not None and not kwargs:
+            return _Borrowed(self._pinned)  # type: ignore[return-value]
         conn = connect(self.dsn, "the control database", row_factory=dict_row, **kwargs)
         if not self._schema_ready:
             sql = resources.files("reshard.control").joinpath("schema.sql").read_text()

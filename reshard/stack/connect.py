@@ -19,9 +19,9 @@ DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 # offset.flush.interval.ms bounds how soon a change Debezium produced is reflected in
 # the slot's confirmed_flush_lsn (Connect commits source offsets only for records Kafka
 # acknowledged, then Debezium confirms that LSN to the slot). reshard's catch-up and
-# drain proofs wait on that LSN, so the embedded worker flushes four times a second
-# instead of the default once a minute.
-OFFSET_FLUSH_MS = 250
+# drain proofs wait on that LSN, and the drain is inside the cutover's write pause, so
+# the embedded worker flushes ten times a second instead of the default once a minute.
+OFFSET_FLUSH_MS = 100
 
 
 @dataclass

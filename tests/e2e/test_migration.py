@@ -52,5 +52,5 @@ def test_verify_names_the_differing_keys(env):
     assert not v.equal
     problems = {(str(d["key"][0]), d["problem"]) for c in v.checks for d in c.differences}
     assert (str(k1), "values differ") in problems
-    assert (str(k2), "missing on target") in problems
+    assert (str(k2), "missing on target2") in problems
     assert any(c.misplaced_rows == 1 for c in v.checks)

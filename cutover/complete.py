@@ -1,0 +1,126 @@
+"""`reshard complete`: the point of no return for the whole migration.
+
+After it, rollback is no longer possible. Each step is recorded and idempotent, so a
+rerun after a crash finishes what is left:
+
+1. stop reverse replication (its connectors, slots, publications, topics);
+2. stop forward replication the same way;
+3. delete the moved rows from the sources in throttled batches (``--keep-source-data``
+   skips it), as reshard's writer so the fence lets the deletes through;
+4. leave every involved cluster with the plain fence of the final map (no fenced or
+   switching keys); ``drop_fences`` removes reshard's triggers altogether, which lets
+   stale routers write to the old owners again;
+5. forget reshard's bookkeeping rows and replication origins of the migration.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+from reshard import fence, shard_schema
+from reshard.config import Config
+from reshard.control import states
+from reshard.control.store import ControlStore, connect
+from reshard.errors import MigrationError
+from reshard.planner import plan as make_plan
+from reshard.progress import Progress
+from reshard.shardmap import qualified
+from cdc_applier.connector import drop_streams
+from cdc_applier.worker import streams_of
+
+STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
+
+
+@dataclass
+class CompleteResult:
+    migration: str
+    deleted_rows: int = 0
+    steps: list[dict] = field(default_factory=list)
+    resumed: bool = False
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+def complete(config: Config, store: ControlStore, migration: str, *, keep_source_data: bool = False,
+             drop_fences: bool = False, batch_rows: int = 5000, pause_s: float = 0.05,
+             progress: Progress | None = None) -> CompleteResult:
+    progress = progress or Progress("off")
+    rec = store.migration(migration)
+    running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
+    if rec.state == states.COMPLETED and not running:
+        return CompleteResult(migration, steps=[{"step": "all", "note": "already complete"}])
+    if rec.state != states.CUT_OVER and not running:
+        raise MigrationError(f"migration {migration} is {rec.state}: complete needs every wave cut over "
+                             f"(`reshard cutover {migration}`)")
+    result = CompleteResult(migration, resumed=bool(running))
+    attempt = running[0]["attempt"] if running else store.begin_attempt(
+        migration, "complete", None, {"keep_source_data": keep_source_data, "drop_fences": drop_fences})
+    done = store.steps(migration, attempt)
+    final = store.get_map(rec.to_epoch)
+    full = make_plan(store.get_map(rec.from_epoch), final)
+    epoch = store.active_epoch()
+
+    def run(name: str, fn) -> None:
+        if done.get(name, {}).get("status") == "done":
+            result.steps.append({"step": name, "note": "done before"})
+            return
+        store.step(migration, attempt, name, "started")
+        t = time.monotonic()
+        detail = fn() or {}
+        store.step(migration, attempt, name, "done", **detail)
+        result.steps.append({"step": name, "ms": round((time.monotonic() - t) * 1000, 1), **detail})
+
+    def stop(direction: str) -> dict:
+        streams = [s for s in streams_of(store, rec, full) if s.direction == direction]
+        return {"actions": drop_streams(config, store, migration, streams, full.tables())}
+
+    def delete_rows() -> dict:
+        if keep_source_data:
+            return {"skipped": "--keep-source-data"}
+        total = 0
+        task = progress.task("delete moved rows", unit="rows")
+        for move in full.moves:
+            with connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as conn:
+                shard_schema.writer_session(conn)
+                for table in sorted(full.new.groups[move.group].tables):
+                    pred = full.predicate_sql(move, table, "t")
+                    while True:
+                        n = conn.execute(
+                            f"DELETE FROM {qualified(table)} WHERE ctid = ANY(ARRAY("
+                            f"SELECT t.ctid FROM {qualified(table)} t WHERE {pred} LIMIT {int(batch_rows)}))"
+                        ).rowcount
+                        total += n
+                        task.advance(n)
+                        if n < batch_rows:
+                            break
+                        time.sleep(pause_s)  # throttle: leave the source's I/O to the application
+        task.close()
+        result.deleted_rows = total
+        return {"deleted_rows": total}
+
+    def fences() -> dict:
+        out = {}
+        for c in sorted(set(full.sources()) | set(full.targets())):
+            with connect(config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
+                shard_schema.install(conn)
+                out[c] = (fence.remove(conn, final.tables()) if drop_fences
+                          else fence.install(conn, fence.steady(c, epoch, final)))
+        return {"removed" if drop_fences else "steady": out}
+
+    def forget() -> dict:
+        dropped = []
+        for c in sorted(set(full.sources()) | set(full.targets())):
+            with connect(config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
+                dropped += shard_schema.forget(conn, migration)
+        return {"origins_dropped": dropped}
+
+    run("stop_reverse", lambda: stop("rev"))
+    run("stop_forward", lambda: stop("fwd"))
+    run("delete_source_rows", delete_rows)
+    run("fences", fences)
+    run("forget", forget)
+    store.finish_attempt(migration, attempt, "done", {"deleted_rows": result.deleted_rows})
+    store.set_state(migration, states.COMPLETED)
+    return result

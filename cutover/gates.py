@@ -1,0 +1,86 @@
+"""Cutover gates: conditions checked, read-only, before anything is fenced.
+
+A failed gate fences nothing; the exit code names the first gate that failed
+(ExitCode.GATE_*), and every gate's value is reported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from reshard.config import Config
+from reshard.control.store import ControlStore, connect
+from reshard.exit_codes import ExitCode
+from reshard.streams import Stream
+
+APPLIER_FRESH_S = 10.0
+
+
+@dataclass
+class Gate:
+    name: str
+    ok: bool
+    value: object
+    limit: object
+    detail: str
+    code: ExitCode
+
+    def to_dict(self) -> dict:
+        return {"gate": self.name, "ok": self.ok, "value": self.value, "limit": self.limit, "detail": self.detail}
+
+
+def lag_gate(records: int, max_lag: int, unconfirmed: dict[str, int | None], max_bytes: int) -> Gate:
+    worst = max((v or 0 for v in unconfirmed.values()), default=0)
+    ok = records <= max_lag and worst <= max_bytes
+    detail = (f"{records:,} Kafka records not yet applied (limit {max_lag:,}); "
+              f"at most {worst:,} bytes of WAL not yet confirmed by Debezium (limit {max_bytes:,})")
+    return Gate("lag", ok, {"records": records, "wal_bytes": worst}, {"records": max_lag, "wal_bytes": max_bytes},
+                detail, ExitCode.GATE_LAG)
+
+
+def verification_gate(store: ControlStore, migration: str) -> Gate:
+    last = store.last_verification(migration)
+    if last is None:
+        return Gate("verified", False, None, "equal", f"no verification yet: run `reshard verify {migration}`",
+                    ExitCode.GATE_UNVERIFIED)
+    ok = bool(last["detail"].get("equal"))
+    return Gate("verified", ok, {"equal": ok, "at": last["at"].isoformat()}, "equal",
+                f"last verification at {last['at']:%Y-%m-%d %H:%M:%S} {'passed' if ok else 'found differences'}",
+                ExitCode.GATE_UNVERIFIED)
+
+
+def reverse_gate(config: Config, targets: list[str], existing: set[str]) -> Gate:
+    """Each target can carry a reverse stream: wal_level=logical and a free slot (or has one)."""
+    problems = []
+    for t in targets:
+        with connect(config.cluster(t).dsn, f"target cluster {t}") as conn:
+            level = conn.execute("SHOW wal_level").fetchone()[0]
+            used, limit = conn.execute(
+                "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::int"
+            ).fetchone()
+        if level != "logical":
+            problems.append(f"{t} has wal_level={level}")
+        elif t not in existing and used >= limit:
+            problems.append(f"{t} has no free replication slot ({used}/{limit})")
+    ok = not problems
+    return Gate("reverse", ok, problems or "ready", "wal_level=logical and a free slot per target",
+                "; ".join(problems) or f"reverse streams can start on {', '.join(targets)}", ExitCode.GATE_REVERSE)
+
+
+def applier_gate(store: ControlStore, migration: str) -> Gate:
+    fresh = [w for w in store.workers(migration) if w["kind"] == "applier" and float(w["idle_s"]) < APPLIER_FRESH_S]
+    ok = bool(fresh)
+    return Gate("applier", ok, len(fresh), ">= 1 worker reporting in the last 10 s",
+                f"{len(fresh)} applier worker(s) running" if ok else
+                f"no applier is running: start `reshard apply {migration}` (the drain needs it)", ExitCode.GATE_APPLIER)
+
+
+def stream_wal_lag(config: Config, streams: list[Stream]) -> dict[str, int | None]:
+    out = {}
+    for s in streams:
+        with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
+            row = conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint "
+                "FROM pg_replication_slots WHERE slot_name = %s", (s.slot,)).fetchone()
+        out[s.slot] = row[0] if row else None
+    return out

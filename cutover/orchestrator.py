@@ -1,0 +1,287 @@
+"""Cutover and rollback, orchestrated once over the step protocol (cutover/steps.py).
+
+    gates (read-only) -> prepare -> register map        (before the pause)
+    fence -> drain position -> drain -> sequences        (the write pause:
+    -> flip from-side -> flip to-side -> ACTIVATE          from the fence request
+    -> after flip (reverse streams / their teardown)       to the activation)
+
+Every step is recorded in the control database before and after it runs. The point
+of no return is ``activate``: one control transaction moves routing to the new epoch
+(and records the wave). Before it, any failure or the budget running out backs out:
+every involved cluster enforces the active map again, routing never moved, the streams
+keep running. A rerun after a crash looks at the ground truth, whether the attempt's
+epoch is active: if so it finishes the leftover steps, if not it backs out; then it
+starts a fresh attempt. At no point do two clusters accept the same key (see
+reshard/fence.py), and the fence lapses by itself at the budget's deadline even if
+this process dies.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from reshard.config import Config
+from reshard.control import states
+from reshard.control.store import ControlStore
+from reshard.errors import BudgetExceeded, MigrationError, WaitTimeout
+from reshard.exit_codes import ExitCode
+from reshard.kafka_admin import KafkaAdmin
+from reshard.progress import Progress
+from cdc_applier.offsets import applier_group
+from cutover import gates as g
+from cutover.steps import CUTOVER, ROLLBACK, DryRunSteps, LiveSteps, Switch
+from cutover.waves import next_wave
+
+DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
+FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)
+
+
+def failpoint(step: str, when: str) -> None:
+    """Failure injection for tests: announce the point on stderr and wait to be killed.
+
+    Only active when RESHARD_FAILPOINT names this step; never set in production."""
+    if os.environ.get(FAILPOINT_ENV) == f"{step}:{when}":
+        print(f"reshard: failpoint {step}:{when} reached", file=sys.stderr, flush=True)
+        time.sleep(120)
+
+
+@dataclass
+class SwitchOptions:
+    max_lag: int = 1000  # Kafka records not yet applied
+    max_lag_bytes: int = 64 << 20  # WAL not yet confirmed by Debezium
+    max_write_pause: float = 2.0  # seconds, fence request -> activation
+    lock_timeout_ms: int = 500  # how long a fence change may queue behind writes in progress
+    sequence_gap: int = 1
+    only: str | None = None
+    dry_run: bool = False
+    require_verified: bool = True
+
+
+@dataclass
+class SwitchResult:
+    kind: str
+    migration: str
+    outcome: str
+    exit_code: ExitCode
+    wave: int | None = None
+    epoch: int | None = None
+    keys: str = ""
+    pause_ms: float | None = None
+    drain_ms: float | None = None
+    unfenced_after_ms: float | None = None
+    gates: list[dict] = field(default_factory=list)
+    steps: list[dict] = field(default_factory=list)
+    plan: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    message: str = ""
+
+    def to_dict(self) -> dict:
+        return {**self.__dict__, "exit_code": int(self.exit_code)}
+
+
+def _margin(budget: float) -> float:
+    """Time kept in hand to back out within the budget."""
+    return max(0.1, 0.1 * budget)
+
+
+class Orchestrator:
+    def __init__(self, config: Config, store: ControlStore, progress: Progress | None = None):
+        self.config = config
+        self.store = store
+        self.progress = progress or Progress("off")
+
+    # ---- what moves ---------------------------------------------------------------------
+    def cutover_switch(self, migration: str, only: str | None) -> Switch:
+        rec = self.store.migration(migration)
+        if rec.state == states.CUT_OVER:
+            raise MigrationError(f"migration {migration} is already cut over (`reshard complete` or `reshard rollback`)")
+        if rec.state != states.STREAMING:
+            raise MigrationError(f"migration {migration} is {rec.state}; cutover needs it streaming (copy done)")
+        active_epoch, active_map = self.store.active()
+        final = self.store.get_map(rec.to_epoch)
+        wave = next_wave(active_map, final, only)
+        number = 1 + sum(1 for w in self.store.waves(migration) if w["state"] == "cut")
+        return Switch(CUTOVER, migration, active_epoch, active_map, wave.map, number, wave.buckets, wave.last)
+
+    def rollback_switch(self, migration: str) -> Switch:
+        rec = self.store.migration(migration)
+        if not any(w["state"] == "cut" for w in self.store.waves(migration)):
+            raise MigrationError(f"migration {migration} has no wave cut over: nothing to roll back")
+        if rec.state not in (states.STREAMING, states.CUT_OVER):
+            raise MigrationError(f"migration {migration} is {rec.state}; rollback is possible until `complete`")
+        active_epoch, active_map = self.store.active()
+        return Switch(ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch))
+
+    # ---- gates -----------------------------------------------------------------------------
+    def gates(self, sw: Switch, opts: SwitchOptions) -> list[g.Gate]:
+        admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
+        records = admin.lag(applier_group(sw.migration), sw.drain_topics())
+        out = [g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
+        if sw.kind == CUTOVER:
+            if opts.require_verified:
+                out.append(g.verification_gate(self.store, sw.migration))
+            existing = {r["cluster"] for r in self.store.reverse_streams(sw.migration)}
+            out.append(g.reverse_gate(self.config, sw.to_side, existing))
+        else:
+            have = {r["cluster"] for r in self.store.reverse_streams(sw.migration)}
+            missing = [c for c in sw.from_side if c not in have]
+            out.append(g.Gate("reverse", not missing, sorted(have), sw.from_side,
+                              f"no reverse stream on {', '.join(missing)}" if missing else "reverse streams running",
+                              ExitCode.GATE_REVERSE))
+        out.append(g.applier_gate(self.store, sw.migration))
+        return out
+
+    # ---- recovery ----------------------------------------------------------------------------
+    def recover(self, migration: str) -> list[str]:
+        """Settle attempts a crash left running: finish them if they passed the point of
+        no return, back them out if not."""
+        said = []
+        for a in self.store.running_attempts(migration):
+            if a["kind"] not in (CUTOVER, ROLLBACK):
+                continue
+            plan = a["plan"]
+            sw = Switch(a["kind"], migration, plan["active_epoch"], self.store.get_map(plan["active_epoch"]),
+                        self.store.get_map(plan["epoch"]), a["wave"], plan.get("buckets"), plan.get("last", True))
+            steps = LiveSteps(self.config, self.store, sw)
+            try:
+                if self.store.active_epoch() == plan["epoch"]:
+                    steps.flip_to(plan["epoch"])  # idempotent: the flips preceded the activation
+                    steps.after_flip()
+                    self.store.finish_attempt(migration, a["attempt"], "done", {"recovered": "finished"})
+                    said.append(f"{a['kind']} attempt {a['attempt']} had passed the point of no return: finished it")
+                else:
+                    steps.back_out()
+                    self.store.finish_attempt(migration, a["attempt"], "backed_out", {"recovered": "backed out"})
+                    said.append(f"{a['kind']} attempt {a['attempt']} had not activated epoch {plan['epoch']}: "
+                                f"backed it out (epoch {plan['active_epoch']} enforced everywhere again)")
+            finally:
+                steps.close()
+        return said
+
+    # ---- the run --------------------------------------------------------------------------------
+    def run(self, sw: Switch, opts: SwitchOptions, *, check_gates: bool = True) -> SwitchResult:
+        result = SwitchResult(sw.kind, sw.migration, DONE, ExitCode.OK, sw.wave,
+                              keys="; ".join(f"{m.source}->{m.target}: {m.summary}" for m in sw.plan.moves))
+        if check_gates:
+            gates = self.gates(sw, opts)
+            result.gates = [x.to_dict() for x in gates]
+            failed = [x for x in gates if not x.ok]
+            if failed and not opts.dry_run:
+                result.outcome, result.exit_code = GATES, failed[0].code
+                result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
+                return result
+        steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
+            self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
+        attempt: int | None = None
+
+        def step(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+            if attempt is not None:
+                self.store.step(sw.migration, attempt, name, "started")
+            failpoint(name, "before")
+            t = time.monotonic()
+            try:
+                out = fn(*args)
+            except Exception as exc:
+                if attempt is not None:
+                    self.store.step(sw.migration, attempt, name, "failed", error=str(exc))
+                raise
+            ms = round((time.monotonic() - t) * 1000, 1)
+            detail = out if isinstance(out, dict) and all(isinstance(k, str) for k in out) else {}
+            if attempt is not None:
+                self.store.step(sw.migration, attempt, name, "done", ms=ms, **detail)
+            result.steps.append({"step": name, "ms": ms})
+            failpoint(name, "after")
+            return out
+
+        try:
+            self.progress.step(f"{sw.kind} of {sw.migration}: preparing ({result.keys})")
+            step("prepare", steps.prepare)
+            epoch = step("register_map", steps.register_map)
+            result.epoch = epoch
+            if not opts.dry_run:
+                attempt = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
+                    "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
+                    "last": sw.last_wave, "budget_s": opts.max_write_pause})
+            budget = opts.max_write_pause
+            self.progress.step(f"fencing writes to the moving keys on {', '.join(sw.from_side)} "
+                               f"(budget {budget:.2f}s)")
+            t0 = time.monotonic()
+            deadline = t0 + budget
+            try:
+                deadlines = step("fence", steps.fence_from, budget)
+                positions = step("drain_position", steps.drain_position)
+                t_drain = time.monotonic()
+                step("drain", steps.drain, positions, deadline - _margin(budget))
+                result.drain_ms = round((time.monotonic() - t_drain) * 1000, 1)
+                step("sequences", steps.sync_sequences)
+                if not opts.dry_run and time.monotonic() > deadline - _margin(budget):
+                    raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
+                step("flip_from", steps.flip_from, epoch, deadlines)
+                step("flip_to", steps.flip_to, epoch)
+            except (BudgetExceeded, WaitTimeout) as exc:
+                step("back_out", steps.back_out)
+                result.unfenced_after_ms = round((time.monotonic() - t0) * 1000, 1)
+                if attempt is not None:
+                    self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
+                result.outcome, result.exit_code = ABORTED, ExitCode.CUTOVER_ABORTED
+                result.message = (f"aborted: {exc}; writes were accepted again where they were after "
+                                  f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
+                return result
+            except BaseException as exc:
+                # an unforeseen failure before the point of no return: back out, then report it
+                with contextlib.suppress(Exception):
+                    step("back_out", steps.back_out)
+                with contextlib.suppress(Exception):
+                    if attempt is not None:
+                        self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
+                raise
+            step("activate", steps.activate, epoch, round((time.monotonic() - t0) * 1000, 1), result.drain_ms or 0)
+            result.pause_ms = round((time.monotonic() - t0) * 1000, 1)
+            if not opts.dry_run and sw.kind == CUTOVER:
+                with self.store.connect() as conn:
+                    conn.execute("UPDATE reshard.waves SET pause_ms = %s WHERE migration = %s AND wave = %s",
+                                 (result.pause_ms, sw.migration, sw.wave or 1))
+            step("after_flip", steps.after_flip)
+            if attempt is not None:
+                self.store.finish_attempt(sw.migration, attempt, "done",
+                                          {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch})
+            if opts.dry_run:
+                result.outcome, result.plan = DRY_RUN, list(steps.sentences)  # type: ignore[attr-defined]
+                result.pause_ms = result.drain_ms = None
+            else:
+                result.message = (f"{sw.kind} done: epoch {epoch} active; write pause {result.pause_ms:.0f} ms "
+                                  f"(drain {result.drain_ms:.0f} ms)")
+            return result
+        finally:
+            steps.close()
+
+
+def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
+            progress: Progress | None = None) -> SwitchResult:
+    """Recover any interrupted attempt, then cut over the next wave (all of it by default)."""
+    with store.pinned() as pinned:
+        orch = Orchestrator(config, pinned, progress)
+        recovered = [] if opts.dry_run else orch.recover(migration)
+        result = orch.run(orch.cutover_switch(migration, opts.only), opts)
+        result.recovered = recovered
+        return result
+
+
+def rollback(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
+             progress: Progress | None = None) -> SwitchResult:
+    """Recover any interrupted attempt, then move every cut-over key back to its source."""
+    with store.pinned() as pinned:
+        orch = Orchestrator(config, pinned, progress)
+        recovered = [] if opts.dry_run else orch.recover(migration)
+        if not any(w["state"] == "cut" for w in pinned.waves(migration)):
+            return SwitchResult(ROLLBACK, migration, DONE, ExitCode.OK, recovered=recovered,
+                                message="nothing is cut over: the sources own every key")
+        result = orch.run(orch.rollback_switch(migration), opts)
+        result.recovered = recovered
+        return result
+

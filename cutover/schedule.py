@@ -1,0 +1,72 @@
+"""Scheduled cutovers (cron, CI): a time window, and waiting a bounded time for the gates."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from datetime import datetime, time as dtime
+from zoneinfo import ZoneInfo
+
+from reshard.errors import ConfigError
+
+_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
+
+
+@dataclass(frozen=True)
+class Window:
+    start: dtime
+    end: dtime
+    tz: str  # "local" or an IANA zone
+
+    def now(self) -> datetime:
+        return datetime.now() if self.tz == "local" else datetime.now(ZoneInfo(self.tz))
+
+    def contains(self, moment: datetime | None = None) -> bool:
+        t = (moment or self.now()).time().replace(tzinfo=None)
+        if self.start <= self.end:
+            return self.start <= t < self.end
+        return t >= self.start or t < self.end  # over midnight, e.g. 22:00-02:00
+
+    def seconds_left(self, moment: datetime | None = None) -> float:
+        """Seconds until the window closes (0 when outside)."""
+        m = moment or self.now()
+        if not self.contains(m):
+            return 0.0
+        end = m.replace(hour=self.end.hour, minute=self.end.minute, second=0, microsecond=0)
+        delta = (end - m).total_seconds()
+        return delta if delta > 0 else delta + 86400
+
+    def __str__(self) -> str:
+        return f"{self.start:%H:%M}-{self.end:%H:%M} ({self.tz})"
+
+
+def parse_window(spec: str, tz: str = "local") -> Window:
+    m = _WINDOW.match(spec.strip())
+    if not m:
+        raise ConfigError(f"--window {spec!r}: expected HH:MM-HH:MM, e.g. 02:00-05:00")
+    h1, m1, h2, m2 = (int(x) for x in m.groups())
+    if h1 > 23 or h2 > 23 or m1 > 59 or m2 > 59 or (h1, m1) == (h2, m2):
+        raise ConfigError(f"--window {spec!r}: not a valid, non-empty range of times")
+    if tz != "local":
+        try:
+            ZoneInfo(tz)
+        except Exception:
+            raise ConfigError(f"--timezone {tz!r} is not a known time zone (e.g. UTC, Europe/Berlin)") from None
+    return Window(dtime(h1, m1), dtime(h2, m2), tz)
+
+
+def wait_for_gates(check, timeout: float, window: Window | None = None, interval: float = 2.0):
+    """Call ``check()`` (-> list of gates) until all pass, ``timeout`` passes, or the window
+    closes. Returns the last gates."""
+    deadline = time.monotonic() + timeout
+    while True:
+        gates = check()
+        if all(g.ok for g in gates):
+            return gates
+        left = deadline - time.monotonic()
+        if window is not None:
+            left = min(left, window.seconds_left())
+        if left <= 0:
+            return gates
+        time.sleep(min(interval, left))

@@ -1,0 +1,324 @@
+"""The steps of a switch (a cutover wave, or a rollback), live and as a dry run.
+
+A switch moves the writes of some keys from the clusters that accept them now
+(``from_side``) to others (``to_side``): the forward cutover of a wave, or its
+rollback. ``CutoverSteps`` names each step once; ``LiveSteps`` does them, and
+``DryRunSteps`` reads the same real positions, lag and sequence values and says what
+it would do, one sentence per step, writing nothing. The orchestrator
+(cutover/orchestrator.py) is written once against the protocol, so a dry run prints
+exactly the plan a real run follows.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import psycopg
+
+from reshard import fence, shard_schema
+from reshard.config import Config
+from reshard.connect_client import ConnectClient
+from reshard.control import states
+from reshard.control.store import ControlStore, connect
+from reshard.kafka_admin import KafkaAdmin
+from reshard.planner import Plan, plan as make_plan
+from reshard.shardmap import ShardMap
+from reshard.streams import Stream, forward, reverse
+from cdc_applier.connector import drop_streams
+from cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
+from cutover import reverse as reverse_streams
+from cutover.sequences import bring_past, last_values, owned_sequences
+
+CUTOVER, ROLLBACK = "cutover", "rollback"
+
+
+@dataclass
+class Switch:
+    """What moves: from the active map (epoch ``active_epoch``) to ``dest_map``."""
+
+    kind: str  # cutover | rollback
+    migration: str
+    active_epoch: int
+    active_map: ShardMap
+    dest_map: ShardMap
+    wave: int | None = None
+    wave_buckets: dict | None = None
+    last_wave: bool = True
+    plan: Plan = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.plan = make_plan(self.active_map, self.dest_map)
+
+    @property
+    def from_side(self) -> list[str]:
+        return self.plan.sources()
+
+    @property
+    def to_side(self) -> list[str]:
+        return self.plan.targets()
+
+    @property
+    def clusters(self) -> list[str]:
+        return sorted(set(self.from_side) | set(self.to_side))
+
+    @property
+    def tables(self) -> list[str]:
+        return self.plan.tables()
+
+    @property
+    def drain_streams(self) -> list[Stream]:
+        """The streams that carry the from-side's last writes to the to-side."""
+        make = forward if self.kind == CUTOVER else reverse
+        return [make(self.migration, c) for c in self.from_side]
+
+    def drain_topics(self) -> list[str]:
+        return [s.topic(t) for s in self.drain_streams for t in self.tables]
+
+
+class CutoverSteps(Protocol):
+    """One method per step. Each returns plain data about what it did (or would do)."""
+
+    def prepare(self) -> dict: ...
+    def register_map(self) -> int: ...
+    def fence_from(self, budget_s: float) -> dict[str, str]: ...
+    def drain_position(self) -> dict[Stream, str]: ...
+    def drain(self, positions: dict[Stream, str], deadline: float) -> dict: ...
+    def sync_sequences(self) -> dict: ...
+    def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict: ...
+    def flip_to(self, epoch: int) -> dict: ...
+    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict: ...
+    def after_flip(self) -> dict: ...
+    def back_out(self) -> dict: ...
+
+
+class LiveSteps:
+    """Does the steps. Connections to every involved cluster are opened (and reshard's
+    schema checked) in ``prepare``, before the pause, and kept for the whole switch."""
+
+    def __init__(self, config: Config, store: ControlStore, sw: Switch, *, lock_timeout_ms: int = 500,
+                 sequence_gap: int = 1):
+        self.config = config
+        self.store = store
+        self.sw = sw
+        self.lock_timeout_ms = lock_timeout_ms
+        self.sequence_gap = sequence_gap
+        self.conns: dict[str, psycopg.Connection] = {}
+
+    def close(self) -> None:
+        for c in self.conns.values():
+            c.close()
+        self.conns = {}
+
+    def _conn(self, cluster: str) -> psycopg.Connection:
+        conn = self.conns.get(cluster)
+        if conn is None or conn.closed:
+            conn = connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
+            shard_schema.install(conn)
+            shard_schema.writer_session(conn)
+            self.conns[cluster] = conn
+        return conn
+
+    def prepare(self) -> dict:
+        sw = self.sw
+        out: dict = {"fences": {}}
+        for c in sw.clusters:  # every involved cluster enforces the active map before anything moves
+            out["fences"][c] = fence.install(self._conn(c), fence.steady(c, sw.active_epoch, sw.active_map),
+                                             self.lock_timeout_ms * 4)
+        if sw.kind == CUTOVER:
+            out["reverse"] = [reverse_streams.prepare(self.config, self.store, sw.migration, t, sw.tables)
+                              for t in sw.to_side]
+        return out
+
+    def register_map(self) -> int:
+        note = (f"wave {self.sw.wave} of migration {self.sw.migration}" if self.sw.kind == CUTOVER
+                else f"rollback of migration {self.sw.migration}")
+        epoch, _created = self.store.register_map(self.sw.dest_map, note)
+        return epoch
+
+    def fence_from(self, budget_s: float) -> dict[str, str]:
+        sw = self.sw
+        deadlines = {}
+        for c in sw.from_side:
+            conn = self._conn(c)
+            d = fence.server_deadline(conn, budget_s)
+            fence.install(conn, fence.moving(c, sw.active_epoch, sw.active_map, sw.plan, list(sw.plan.moves),
+                                             note=f"{sw.kind} of {sw.migration}", deadline=d), self.lock_timeout_ms)
+            deadlines[c] = d
+        return deadlines
+
+    def drain_position(self) -> dict[Stream, str]:
+        return mark_positions(self.config, self.sw.migration, self.sw.drain_streams)
+
+    def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
+        started = time.monotonic()
+        wait_confirmed(self.config, positions, deadline)
+        confirmed = time.monotonic()
+        ends = wait_applied(KafkaAdmin(self.config.kafka.bootstrap_servers), applier_group(self.sw.migration),
+                            self.sw.drain_topics(), deadline)
+        return {"confirm_ms": round((confirmed - started) * 1000, 1),
+                "apply_ms": round((time.monotonic() - confirmed) * 1000, 1),
+                "records_through": sum(ends.values())}
+
+    def sync_sequences(self) -> dict:
+        out = {}
+        for m in self.sw.plan.moves:
+            tables = sorted(self.sw.plan.new.groups[m.group].tables)
+            out[m.id] = bring_past(self._conn(m.source), self._conn(m.target), tables, self.sequence_gap)
+        return out
+
+    def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict:
+        sw = self.sw
+        for c in sw.from_side:
+            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
+                          only_before=deadlines[c])
+        return {"clusters": sw.from_side, "epoch": epoch}
+
+    def flip_to(self, epoch: int) -> dict:
+        sw = self.sw
+        for c in sw.to_side:
+            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms)
+        return {"clusters": sw.to_side, "epoch": epoch}
+
+    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict:
+        """The point of no return: routing moves to ``epoch``. One control transaction
+        records it together with the wave, so a rerun after a crash knows for sure."""
+        sw = self.sw
+        with self.store.connect() as conn, conn.transaction():
+            self.store.activate(conn, epoch)
+            if sw.kind == CUTOVER:
+                self.store.record_wave(conn, sw.migration, sw.wave or 1,
+                                       None if sw.wave_buckets is None else sw.wave_buckets, epoch, "cut",
+                                       pause_ms, drain_ms)
+            else:
+                conn.execute("UPDATE reshard.waves SET state = 'rolled_back' WHERE migration = %s AND state = 'cut'",
+                             (sw.migration,))
+        return {"epoch": epoch}
+
+    def after_flip(self) -> dict:
+        sw = self.sw
+        if sw.kind == CUTOVER:
+            client = ConnectClient(self.config.connect.url)
+            for s in reverse_streams.streams(self.store, sw.migration):
+                client.wait_running(s.connector, timeout=60)
+            if sw.last_wave:
+                self.store.set_state(sw.migration, states.CUT_OVER)
+            return {"reverse": [s.connector for s in reverse_streams.streams(self.store, sw.migration)]}
+        # rollback: the reverse streams are no longer needed; forward resumes for a later attempt
+        dropped = drop_streams(self.config, self.store, sw.migration,
+                               reverse_streams.streams(self.store, sw.migration), sw.tables)
+        if self.store.migration(sw.migration).state == states.CUT_OVER:
+            self.store.set_state(sw.migration, states.STREAMING)
+        return {"dropped": dropped}
+
+    def back_out(self) -> dict:
+        """Before the point of no return: every involved cluster enforces the active map
+        again (the from-side accepts its keys, the to-side does not)."""
+        sw = self.sw
+        done = {}
+        for c in sw.clusters:
+            done[c] = fence.install(self._conn(c), fence.steady(c, sw.active_epoch, sw.active_map),
+                                    max(self.lock_timeout_ms, 2000))
+        return {"restored_epoch": sw.active_epoch, "clusters": list(done)}
+
+
+class DryRunSteps:
+    """Reads what a real run would read; writes nothing; says what it would do."""
+
+    def __init__(self, config: Config, store: ControlStore, sw: Switch):
+        self.config = config
+        self.store = store
+        self.sw = sw
+        self.sentences: list[str] = []
+
+    def _say(self, text: str) -> None:
+        self.sentences.append(text)
+
+    def close(self) -> None:
+        pass
+
+    def prepare(self) -> dict:
+        sw = self.sw
+        self._say(f"ensure the fence of the active map (epoch {sw.active_epoch}) on {', '.join(sw.clusters)}")
+        if sw.kind == CUTOVER:
+            existing = {r["cluster"] for r in self.store.reverse_streams(sw.migration)}
+            for t in sw.to_side:
+                if t in existing:
+                    self._say(f"reuse the reverse stream of {t} (slot {reverse(sw.migration, t).slot})")
+                else:
+                    with connect(self.config.cluster(t).dsn, f"cluster {t}") as conn:
+                        lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+                    self._say(f"create the reverse stream of {t}: publication and slot "
+                              f"{reverse(sw.migration, t).slot} (from about {lsn}), connector "
+                              f"{reverse(sw.migration, t).connector}, before {t} accepts any write")
+        return {}
+
+    def register_map(self) -> int:
+        found = self.store.find_epoch(self.sw.dest_map)
+        latest = max((r["epoch"] for r in self.store.map_history()), default=0)
+        epoch = found if found == latest and found is not None else latest + 1
+        self._say(f"register the {'wave' if self.sw.kind == CUTOVER else 'rollback'} map as epoch {epoch} "
+                  f"(digest {self.sw.dest_map.digest()})")
+        return epoch
+
+    def fence_from(self, budget_s: float) -> dict[str, str]:
+        for m in self.sw.plan.moves:
+            self._say(f"fence on {m.source} the keys moving to {m.target} ({m.summary}) with a deadline "
+                      f"{budget_s:.2f}s after the lock is granted; writes in progress are waited out")
+        return {c: "deadline" for c in self.sw.from_side}
+
+    def drain_position(self) -> dict[Stream, str]:
+        positions = {}
+        for s in self.sw.drain_streams:
+            with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
+                positions[s] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
+            self._say(f"take the drain position on {s.cluster} (now {positions[s]}) and write a heartbeat after it")
+        return positions
+
+    def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
+        admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
+        behind = admin.lag(applier_group(self.sw.migration), self.sw.drain_topics())
+        for s, x in positions.items():
+            with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
+                confirmed = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "
+                                         "WHERE slot_name = %s", (s.slot,)).fetchone()
+            self._say(f"wait until slot {s.slot} confirms {x} (confirmed now: {confirmed[0] if confirmed else 'no slot'})")
+        self._say(f"read the end offsets of {len(self.sw.drain_topics())} topic(s) and wait until the applier "
+                  f"reaches them ({behind:,} record(s) behind now)")
+        return {"records_behind": behind}
+
+    def sync_sequences(self) -> dict:
+        for m in self.sw.plan.moves:
+            tables = sorted(self.sw.plan.new.groups[m.group].tables)
+            with connect(self.config.cluster(m.source).dsn, f"cluster {m.source}") as src:
+                seqs = owned_sequences(src, tables)
+                values = last_values(src, list(seqs))
+            for seq, v in values.items():
+                self._say(f"set {seq} on {m.target} to at least {v + 1} (on {m.source}: {v})")
+        return {}
+
+    def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict:
+        self._say(f"if still within the deadline, install the fence of epoch {epoch} on {', '.join(self.sw.from_side)}: "
+                  "they stop owning the moving keys")
+        return {}
+
+    def flip_to(self, epoch: int) -> dict:
+        self._say(f"install the fence of epoch {epoch} on {', '.join(self.sw.to_side)}: they accept the moving keys")
+        return {}
+
+    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict:
+        self._say(f"activate epoch {epoch} in the control database and notify routers (point of no return)")
+        return {}
+
+    def after_flip(self) -> dict:
+        if self.sw.kind == CUTOVER:
+            self._say("check that the reverse connector(s) run; appliers apply the reverse streams to the sources")
+        else:
+            self._say("drop the reverse streams; the forward streams keep running for a later attempt")
+        return {}
+
+    def back_out(self) -> dict:
+        self._say(f"(on failure before the point of no return: restore the fence of epoch {self.sw.active_epoch} "
+                  f"on {', '.join(self.sw.clusters)})")
+        return {}
