@@ -18,7 +18,7 @@ from reshard.stack.artifacts import REPO_ROOT
 from reshard.streams import Stream
 
 TEMPLATE = REPO_ROOT / "connectors" / "debezium-postgres.json"
-HEARTBEAT_MS = 100
+HEARTBEAT_MS = 50
 
 
 def render(config: Config, stream: Stream, tables: list[str], template: Path = TEMPLATE) -> dict[str, str]:

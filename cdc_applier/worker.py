@@ -100,7 +100,7 @@ def tag_origin(conn: psycopg.Connection, prefix: str) -> str:
 def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[Stream]:
     """Forward streams from every source; reverse streams the cutover recorded."""
     out = [forward(rec.name, s) for s in plan.sources()]
-    out += [reverse(rec.name, r["cluster"]) for r in store.reverse_streams(rec.name)]
+    out += [reverse(rec.name, r["cluster"], r["generation"]) for r in store.reverse_streams(rec.name)]
     return out
 
 
@@ -137,7 +137,7 @@ class Applier:
         c = self.config.cluster(cluster)
         conn = connect(c.dsn, f"cluster {cluster}", autocommit=True)
         shard_schema.writer_session(conn)
-        stream = forward(self.rec.name, cluster) if direction == FORWARD else reverse(self.rec.name, cluster)
+        stream = Stream(self.rec.name, direction, cluster)  # writes carry the direction's origin and positions
         tag_origin(conn, stream.writer_origin)
         infos = {t: require_table(conn, t, cluster) for t in tables}
         resumed: dict[str, int] = {}
@@ -222,8 +222,8 @@ class Applier:
         for m in msgs:
             err = m.error()
             if err is not None:
-                if err.code() == KafkaError._PARTITION_EOF:
-                    continue
+                if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
+                    continue  # a stream's topics were just dropped (rollback, complete): resubscribe soon
                 raise Unavailable(f"Kafka consumer error: {err}")
             tp = (m.topic(), m.partition())
             offsets[tp] = m.offset() + 1

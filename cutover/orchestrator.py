@@ -94,6 +94,7 @@ class Orchestrator:
         self.config = config
         self.store = store
         self.progress = progress or Progress("off")
+        self.finished: tuple[dict, int] | None = None  # an interrupted attempt recover() completed
 
     # ---- what moves ---------------------------------------------------------------------
     def cutover_switch(self, migration: str, only: str | None) -> Switch:
@@ -115,7 +116,9 @@ class Orchestrator:
         if rec.state not in (states.STREAMING, states.CUT_OVER):
             raise MigrationError(f"migration {migration} is {rec.state}; rollback is possible until `complete`")
         active_epoch, active_map = self.store.active()
-        return Switch(ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch))
+        generations = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)}
+        return Switch(ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch),
+                      generations=generations)
 
     # ---- gates -----------------------------------------------------------------------------
     def gates(self, sw: Switch, opts: SwitchOptions) -> list[g.Gate]:
@@ -139,14 +142,15 @@ class Orchestrator:
     # ---- recovery ----------------------------------------------------------------------------
     def recover(self, migration: str) -> list[str]:
         """Settle attempts a crash left running: finish them if they passed the point of
-        no return, back them out if not."""
+        no return, back them out if not. Returns one sentence per attempt settled."""
         said = []
         for a in self.store.running_attempts(migration):
             if a["kind"] not in (CUTOVER, ROLLBACK):
                 continue
             plan = a["plan"]
             sw = Switch(a["kind"], migration, plan["active_epoch"], self.store.get_map(plan["active_epoch"]),
-                        self.store.get_map(plan["epoch"]), a["wave"], plan.get("buckets"), plan.get("last", True))
+                        self.store.get_map(plan["epoch"]), a["wave"], plan.get("buckets"), plan.get("last", True),
+                        {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)})
             steps = LiveSteps(self.config, self.store, sw)
             try:
                 if self.store.active_epoch() == plan["epoch"]:
@@ -154,6 +158,7 @@ class Orchestrator:
                     steps.after_flip()
                     self.store.finish_attempt(migration, a["attempt"], "done", {"recovered": "finished"})
                     said.append(f"{a['kind']} attempt {a['attempt']} had passed the point of no return: finished it")
+                    self.finished = (a, plan["epoch"])
                 else:
                     steps.back_out()
                     self.store.finish_attempt(migration, a["attempt"], "backed_out", {"recovered": "backed out"})
@@ -261,12 +266,25 @@ class Orchestrator:
             steps.close()
 
 
+def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str]) -> SwitchResult | None:
+    """The rerun after a crash past the point of no return: recovery finished the attempt,
+    and that is this command's result (it does not go on to another switch)."""
+    if orch.finished is None or orch.finished[0]["kind"] != kind:
+        return None
+    attempt, epoch = orch.finished
+    return SwitchResult(kind, migration, DONE, ExitCode.OK, attempt["wave"], epoch, recovered=recovered,
+                        message=f"finished the interrupted {kind} (attempt {attempt['attempt']}): epoch {epoch} active")
+
+
 def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
             progress: Progress | None = None) -> SwitchResult:
     """Recover any interrupted attempt, then cut over the next wave (all of it by default)."""
     with store.pinned() as pinned:
         orch = Orchestrator(config, pinned, progress)
         recovered = [] if opts.dry_run else orch.recover(migration)
+        done = _finished(orch, CUTOVER, migration, recovered)
+        if done is not None:
+            return done
         result = orch.run(orch.cutover_switch(migration, opts.only), opts)
         result.recovered = recovered
         return result
@@ -278,6 +296,9 @@ def rollback(config: Config, store: ControlStore, migration: str, opts: SwitchOp
     with store.pinned() as pinned:
         orch = Orchestrator(config, pinned, progress)
         recovered = [] if opts.dry_run else orch.recover(migration)
+        done = _finished(orch, ROLLBACK, migration, recovered)
+        if done is not None:
+            return done
         if not any(w["state"] == "cut" for w in pinned.waves(migration)):
             return SwitchResult(ROLLBACK, migration, DONE, ExitCode.OK, recovered=recovered,
                                 message="nothing is cut over: the sources own every key")

@@ -18,21 +18,24 @@ from cdc_applier.connector import ensure_connector
 
 
 def prepare(config: Config, store: ControlStore, migration: str, target: str, tables: list[str]) -> dict:
-    """Create (or find) the reverse stream of ``target``. Idempotent."""
-    stream = reverse(migration, target)
+    """Create (or find) the reverse stream of ``target``. Idempotent: a stream an aborted
+    attempt prepared is reused; one dropped by a rollback is recreated as a new generation."""
+    existing = {r["cluster"]: r for r in store.reverse_streams(migration)}
+    generation = existing[target]["generation"] if target in existing else store.next_generation(migration)
+    stream = reverse(migration, target, generation)
     with connect(config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
         shard_schema.install(conn)
         conn.execute("INSERT INTO reshard.heartbeat (migration) VALUES (%s) ON CONFLICT (migration) DO NOTHING",
                      (migration,))
         ensure_publication(conn, stream.publication, tables)
         start = create_slot(conn, stream.slot)
-    existing = {r["cluster"]: r for r in store.reverse_streams(migration)}
     if target in existing:
         start = existing[target]["start_lsn"]
     topics = ensure_connector(config, stream, tables)
-    store.record_reverse(migration, target, stream.slot, stream.publication, start, stream.connector, topics)
+    store.record_reverse(migration, target, stream.slot, stream.publication, start, stream.connector, topics,
+                         generation)
     return {"cluster": target, "slot": stream.slot, "start_lsn": start, "connector": stream.connector}
 
 
 def streams(store: ControlStore, migration: str) -> list[Stream]:
-    return [reverse(migration, r["cluster"]) for r in store.reverse_streams(migration)]
+    return [reverse(migration, r["cluster"], r["generation"]) for r in store.reverse_streams(migration)]

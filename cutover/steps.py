@@ -46,6 +46,7 @@ class Switch:
     wave: int | None = None
     wave_buckets: dict | None = None
     last_wave: bool = True
+    generations: dict = field(default_factory=dict)  # rollback: target -> its reverse stream's generation
     plan: Plan = field(init=False)
 
     def __post_init__(self) -> None:
@@ -70,8 +71,9 @@ class Switch:
     @property
     def drain_streams(self) -> list[Stream]:
         """The streams that carry the from-side's last writes to the to-side."""
-        make = forward if self.kind == CUTOVER else reverse
-        return [make(self.migration, c) for c in self.from_side]
+        if self.kind == CUTOVER:
+            return [forward(self.migration, c) for c in self.from_side]
+        return [reverse(self.migration, c, self.generations.get(c, 0)) for c in self.from_side]
 
     def drain_topics(self) -> list[str]:
         return [s.topic(t) for s in self.drain_streams for t in self.tables]
@@ -242,16 +244,17 @@ class DryRunSteps:
         sw = self.sw
         self._say(f"ensure the fence of the active map (epoch {sw.active_epoch}) on {', '.join(sw.clusters)}")
         if sw.kind == CUTOVER:
-            existing = {r["cluster"] for r in self.store.reverse_streams(sw.migration)}
+            existing = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(sw.migration)}
+            generation = self.store.next_generation(sw.migration)
             for t in sw.to_side:
                 if t in existing:
-                    self._say(f"reuse the reverse stream of {t} (slot {reverse(sw.migration, t).slot})")
+                    self._say(f"reuse the reverse stream of {t} (slot {reverse(sw.migration, t, existing[t]).slot})")
                 else:
+                    s = reverse(sw.migration, t, generation)
                     with connect(self.config.cluster(t).dsn, f"cluster {t}") as conn:
                         lsn = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
-                    self._say(f"create the reverse stream of {t}: publication and slot "
-                              f"{reverse(sw.migration, t).slot} (from about {lsn}), connector "
-                              f"{reverse(sw.migration, t).connector}, before {t} accepts any write")
+                    self._say(f"create the reverse stream of {t}: publication and slot {s.slot} (from about {lsn}), "
+                              f"connector {s.connector}, before {t} accepts any write")
         return {}
 
     def register_map(self) -> int:

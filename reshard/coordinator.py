@@ -212,7 +212,9 @@ class Coordinator:
         with self.store.connect() as conn:
             self.store.audit(conn, name, "verify", equal=report.equal,
                              rechecked=sum(c.rechecked for c in report.checks),
-                             rows={c.move + "/" + c.table: c.source_rows for c in report.checks})
+                             rows={c.move + "/" + c.table: c.source_rows for c in report.checks},
+                             differences={c.move + "/" + c.table: c.differences[:10] for c in report.checks
+                                          if not c.equal})
         return report
 
     # ---- status ---------------------------------------------------------------------

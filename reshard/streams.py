@@ -25,6 +25,7 @@ class Stream:
     migration: str
     direction: str  # fwd | rev
     cluster: str  # where the changes are captured
+    generation: int = 0  # reverse streams: which incarnation (they are recreated after a rollback)
 
     @property
     def slot(self) -> str:
@@ -36,12 +37,18 @@ class Stream:
         return self.slot
 
     @property
+    def _way(self) -> str:
+        # a new incarnation never reuses topic or connector names: the consumer group's
+        # committed offsets (and Connect's) for the old topics must not apply to the new ones
+        return f"{self.direction}{self.generation}" if self.generation else self.direction
+
+    @property
     def connector(self) -> str:
-        return f"reshard-{self.migration}-{self.direction}-{self.cluster}"
+        return f"reshard-{self.migration}-{self._way}-{self.cluster}"
 
     @property
     def prefix(self) -> str:
-        return f"reshard.{self.migration}.{self.direction}.{self.cluster}"
+        return f"reshard.{self.migration}.{self._way}.{self.cluster}"
 
     def topic(self, table: str) -> str:
         return f"{self.prefix}.{table}"
@@ -73,5 +80,5 @@ def forward(migration: str, source: str) -> Stream:
     return Stream(migration, FORWARD, source)
 
 
-def reverse(migration: str, target: str) -> Stream:
-    return Stream(migration, REVERSE, target)
+def reverse(migration: str, target: str, generation: int) -> Stream:
+    return Stream(migration, REVERSE, target, generation)

@@ -142,9 +142,10 @@ def _keys_sql(table: TableInfoT, keys: list[tuple]) -> tuple[str, list]:
 
 
 def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], writable: str,
-             catch_up: Callable[[], object]) -> tuple[list[tuple[tuple, str]], list[tuple]]:
+             catch_up: Callable[[], object]) -> tuple[list[tuple[tuple, str]], list[tuple], list[tuple]]:
     """One round for a batch of keys written on cluster ``writable`` (the side that
-    accepts their writes now): (definite differences, keys still in doubt)."""
+    accepts their writes now): (definite differences, keys still in doubt, keys whose
+    rows stayed locked by writers past the lock timeout)."""
     columns = [c.name for c in info.copyable]
     cond, params = _keys_sql(info, keys)
     sel = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
@@ -160,7 +161,7 @@ def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], wr
                 params).fetchall()}
         except psycopg.errors.LockNotAvailable:
             live.rollback()
-            return [], keys  # busy rows: try again next round
+            return [], [], keys  # busy rows: try again next round
         catch_up()  # proven up to a position taken while the rows above are locked
         copied = {tuple(r[:-1]): r[-1] for r in copy.execute(
             f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {cond}", params).fetchall()}
@@ -174,7 +175,7 @@ def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], wr
                 definite.append((k, "values differ"))
         elif k in copied:
             doubtful.append(k)  # absent where it is written: may be a delete still in flight
-    return definite, doubtful
+    return definite, doubtful, []
 
 
 def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int = 20) -> TableCheck:
@@ -222,22 +223,26 @@ def recheck(config: Config, p: Plan, check: TableCheck, catch_up: Callable[[], o
         owner = active.owner(check.table, [key[i] for i in shard_cols])
         return move.target if owner == move.target else move.source
 
-    doubtful = list(check.candidates)
+    pending = list(check.candidates)
     definite: list[tuple[tuple, str]] = []
+    doubtful: list[tuple] = []
+    busy: list[tuple] = []
     for _round in range(rounds):
-        still: list[tuple] = []
+        doubtful, busy = [], []
         for side in (move.source, move.target):
-            mine = [k for k in doubtful if writable(k) == side]
+            mine = [k for k in pending if writable(k) == side]
             for i in range(0, len(mine), RECHECK_BATCH):
-                d, s = _recheck(config, move, check.table, check.info, mine[i:i + RECHECK_BATCH], side, catch_up)
+                d, s, b = _recheck(config, move, check.table, check.info, mine[i:i + RECHECK_BATCH], side, catch_up)
                 definite += d
-                still += s
-        doubtful = still
-        if not doubtful:
+                doubtful += s
+                busy += b
+        pending = doubtful + busy
+        if not pending:
             break
     check.rechecked = len(check.candidates)
-    check.differences = _describe(definite + [(k, "extra row where it is not written") for k in doubtful],
-                                  max_diffs)
+    check.differences = _describe(
+        definite + [(k, "extra row where it is not written") for k in doubtful]
+        + [(k, f"undecided: its row stayed locked by writers through {rounds} rounds") for k in busy], max_diffs)
 
 
 def verify(config: Config, p: Plan, max_diffs: int = 20, catch_up: Callable[[], object] | None = None,

@@ -95,6 +95,7 @@ CREATE TABLE IF NOT EXISTS reshard.reverse_streams (
     start_lsn  pg_lsn NOT NULL,
     connector  text NOT NULL,
     topics     text[] NOT NULL DEFAULT '{}',
+    generation integer NOT NULL,
     created_at timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (migration, cluster)
 );

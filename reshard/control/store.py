@@ -310,19 +310,26 @@ class ControlStore:
     def reverse_streams(self, migration: str) -> list[dict]:
         with self.connect() as conn:
             return conn.execute(
-                "SELECT cluster, slot_name, publication, start_lsn::text AS start_lsn, connector, topics, created_at "
+                "SELECT cluster, slot_name, publication, start_lsn::text AS start_lsn, connector, topics, generation, "
+                "created_at "
                 "FROM reshard.reverse_streams WHERE migration = %s ORDER BY cluster", (migration,)
             ).fetchall()
 
     def record_reverse(self, migration: str, cluster: str, slot: str, publication: str, start_lsn: str,
-                       connector: str, topics: list[str]) -> None:
+                       connector: str, topics: list[str], generation: int) -> None:
         with self.connect() as conn:
             conn.execute(
                 "INSERT INTO reshard.reverse_streams (migration, cluster, slot_name, publication, start_lsn, "
-                "connector, topics) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (migration, cluster) DO UPDATE "
-                "SET topics = EXCLUDED.topics, connector = EXCLUDED.connector",
-                (migration, cluster, slot, publication, start_lsn, connector, topics),
+                "connector, topics, generation) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) "
+                "ON CONFLICT (migration, cluster) DO UPDATE SET topics = EXCLUDED.topics, connector = EXCLUDED.connector",
+                (migration, cluster, slot, publication, start_lsn, connector, topics, generation),
             )
+
+    def next_generation(self, migration: str) -> int:
+        """A number no earlier reverse stream of the migration used: the next attempt's."""
+        with self.connect() as conn:
+            return conn.execute("SELECT coalesce(max(attempt), 0) + 1 AS n FROM reshard.cutover_attempts "
+                                "WHERE migration = %s", (migration,)).fetchone()["n"]
 
     def forget_reverse(self, migration: str, cluster: str) -> None:
         with self.connect() as conn:

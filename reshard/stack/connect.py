@@ -21,7 +21,7 @@ DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 # acknowledged, then Debezium confirms that LSN to the slot). reshard's catch-up and
 # drain proofs wait on that LSN, and the drain is inside the cutover's write pause, so
 # the embedded worker flushes ten times a second instead of the default once a minute.
-OFFSET_FLUSH_MS = 100
+OFFSET_FLUSH_MS = 50
 
 
 @dataclass

@@ -1,0 +1,149 @@
+"""The cutover's write pause under a live write load, over repeated cutover/rollback rounds.
+
+Setup on the embedded stack: accounts seeded on source1 and moved to target1/target2
+(a quarter of the keys stay), an applier running as its own `reshard apply` process,
+and a load of routers writing several hundred upserts per second over moving and
+staying keys. Each round cuts over and rolls back. Reported, as median and max over
+the rounds: the write pause measured by reshard (fence request -> new epoch active),
+the drain inside it, and the longest single write any client saw (retries included).
+
+    .venv/bin/python bench/cutover_pause.py [--rounds 5] [--rate 400] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
+from reshard import fence  # noqa: E402
+from reshard.config import ClusterConfig, state_dir, write_config  # noqa: E402
+from reshard.connect_client import ConnectClient  # noqa: E402
+from reshard.coordinator import Coordinator  # noqa: E402
+from reshard.shardmap import parse_map  # noqa: E402
+from reshard.stack import Stack  # noqa: E402
+from reshard.workload import create_table, seed  # noqa: E402
+from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
+
+DB = "bench_cutover"
+NAME = "benchcut"
+
+
+def fresh_databases(base):
+    """A database of its own on every cluster (and a control database), dropped first."""
+    client = ConnectClient(base.connect.url)
+    for c in client.connectors():
+        if c.startswith(f"reshard-{NAME}-"):
+            client.delete(c)
+    clusters = {}
+    for name, c in base.clusters.items():
+        admin = psycopg.conninfo.make_conninfo(c.dsn, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
+                                        (DB,)).fetchall():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{DB}"')
+        dsn = psycopg.conninfo.make_conninfo(c.dsn, dbname=DB)
+        clusters[name] = ClusterConfig(name, dsn, dsn)
+    admin = psycopg.conninfo.make_conninfo(base.control_dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{DB}"')
+    return replace(base, path=None, control_dsn=psycopg.conninfo.make_conninfo(base.control_dsn, dbname=DB),
+                   clusters=clusters)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=400, help="router writes per second")
+    ap.add_argument("--rows", type=int, default=20_000)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    st = Stack(state_dir())
+    if not st.is_up():
+        st.up()
+    config = fresh_databases(st.config())
+    for c in ("source1", "target1", "target2"):
+        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
+            create_table(conn)
+    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
+        seed(conn, args.rows)
+    co = Coordinator.open(config)
+    co.create(NAME, parse_map(AFTER, config.clusters), parse_map(BEFORE, config.clusters))
+    epoch, m = co.store.active()
+    fence.fence_map(config, epoch, m)
+    co.start(NAME)
+    tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
+    cfg = tmp / "reshard.yaml"
+    write_config(config, cfg)
+    applier = subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
+                                "apply", NAME], stdout=subprocess.DEVNULL, stderr=open(tmp / "apply.log", "wb"))
+    rounds = []
+    load = None
+    try:
+        co.wait(NAME, timeout=120)
+        load = RouterLoad(config, threads=4, rate=args.rate, keyspace=args.rows, seed=11).start()
+        time.sleep(3)
+        v = co.verify(NAME)
+        if not v.equal:
+            raise SystemExit(f"verification under load failed: {v.to_dict()}")
+        for r in range(args.rounds):
+            before_stall = load.stats.max_stall_ms
+            load.stats.max_stall_ms = 0.0
+            cut = cutover(config, co.store, NAME, SwitchOptions(max_write_pause=2.0))
+            if cut.outcome != DONE:
+                raise SystemExit(f"round {r + 1}: cutover {cut.outcome}: {cut.message}")
+            time.sleep(2)
+            cut_stall = load.stats.max_stall_ms
+            load.stats.max_stall_ms = 0.0
+            back = rollback(config, co.store, NAME, SwitchOptions(max_write_pause=2.0))
+            if back.outcome != DONE:
+                raise SystemExit(f"round {r + 1}: rollback {back.outcome}: {back.message}")
+            time.sleep(2)
+            rounds.append({"cutover_pause_ms": cut.pause_ms, "cutover_drain_ms": cut.drain_ms,
+                           "cutover_longest_write_ms": round(cut_stall, 1),
+                           "rollback_pause_ms": back.pause_ms, "rollback_drain_ms": back.drain_ms,
+                           "rollback_longest_write_ms": round(load.stats.max_stall_ms, 1)})
+            load.stats.max_stall_ms = max(before_stall, cut_stall)
+            print(f"round {r + 1}: cutover pause {cut.pause_ms:.0f} ms (drain {cut.drain_ms:.0f}), longest write "
+                  f"{cut_stall:.0f} ms; rollback pause {back.pause_ms:.0f} ms", file=sys.stderr, flush=True)
+    finally:
+        stats = load.stop() if load else None
+        applier.send_signal(signal.SIGTERM)
+        applier.wait(timeout=60)
+        co.teardown(NAME)
+
+    def summary(key: str) -> dict:
+        values = [r[key] for r in rounds]
+        return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
+
+    doc = {"benchmark": "cutover_pause", "rounds": len(rounds), "write_rate": args.rate, "rows": args.rows,
+           "writes_acknowledged": stats.writes if stats else 0, "writes_rejected": stats.rejected if stats else 0,
+           **{k: summary(k) for k in rounds[0]}, "all": rounds}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"{len(rounds)} cutover/rollback rounds under ~{args.rate:.0f} router writes/s "
+          f"({doc['writes_acknowledged']:,} writes acknowledged, {doc['writes_rejected']} rejected)")
+    for k in rounds[0]:
+        print(f"  {k:<26} median {doc[k]['median']:>7.0f} ms   max {doc[k]['max']:>7.0f} ms")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""Cutover and rollback under a live write load through the router."""
+
+import time
+
+from cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
+from reshard.control import states
+from reshard.exit_codes import ExitCode
+from tests.e2e.cutover_helpers import (
+    RouterLoad, acceptors, assert_acked_on_owners, assert_no_stale_writes, moving_keys, setup,
+)
+from tests.e2e.helpers import ApplierThread
+
+
+def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale_owner(env):
+    co, name = setup(env)
+    co.start(name)
+    with ApplierThread(co, name):
+        load = RouterLoad(env.config, threads=4, rate=400, seed=1).start()
+        try:
+            time.sleep(3.0)
+            v = co.verify(name)
+            assert v.equal, v.to_dict()  # verification under the live load (rechecks under row locks)
+            before = load.stats.writes
+            result = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=2.0))
+            assert result.outcome == DONE, result.message
+            time.sleep(3.0)  # the routers now write the moved keys on the targets
+            after = load.stats.writes
+        finally:
+            stats = load.stop()
+        co.wait(name, timeout=60)  # forward for staying keys, reverse for moved ones
+        v = co.verify(name)
+        assert v.equal, v.to_dict()
+    assert result.pause_ms < 2000 and result.drain_ms < result.pause_ms
+    assert before > 500 and after - before > 500, (before, after)
+    assert stats.rejected == 0, "routers should ride through the switch"
+    assert co.store.migration(name).state == states.CUT_OVER
+    assert co.store.active_epoch() == result.epoch
+    assert assert_acked_on_owners(env, load.acked, co) > 1000
+    assert assert_no_stale_writes(env, co) > 1000
+    for k in moving_keys(10):
+        assert len(acceptors(env, k)) == 1
+    print(f"write pause {result.pause_ms:.0f} ms, drain {result.drain_ms:.0f} ms, "
+          f"longest client write {stats.max_stall_ms:.0f} ms")
+
+
+def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
+    co, name = setup(env)
+    co.start(name)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        v = co.verify(name)
+        assert v.equal, v.to_dict()
+        first = cutover(env.config, co.store, name, SwitchOptions())
+        assert first.outcome == DONE, first.message
+        load = RouterLoad(env.config, threads=2, rate=200, seed=2).start()
+        try:
+            time.sleep(2.0)  # writes land on the targets
+            back = rollback(env.config, co.store, name, SwitchOptions())
+            assert back.outcome == DONE, back.message
+            time.sleep(2.0)  # and on the sources again
+        finally:
+            stats = load.stop()
+        co.wait(name, timeout=60)
+        assert co.store.migration(name).state == states.STREAMING
+        assert co.store.active_epoch() == back.epoch > first.epoch
+        assert co.store.get_map(back.epoch).digest() == co.store.get_map(co.store.migration(name).from_epoch).digest()
+        assert stats.rejected == 0
+        assert assert_acked_on_owners(env, load.acked, co) > 100  # target-era writes are on the sources
+        assert not co.store.reverse_streams(name), "rollback drops the reverse streams"
+        v = co.verify(name)
+        assert v.equal, v.to_dict()
+        second = cutover(env.config, co.store, name, SwitchOptions())
+        assert second.outcome == DONE, second.message
+        assert second.epoch > back.epoch
+        co.wait(name, timeout=60)
+        v = co.verify(name)
+        assert v.equal, v.to_dict()
+    assert assert_no_stale_writes(env, co) > 100
+
+
+def test_budget_exceeded_aborts_and_sources_take_writes_again_within_it(env):
+    co, name = setup(env)
+    co.start(name)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        v = co.verify(name)
+        assert v.equal, v.to_dict()
+    # the applier just stopped (its last report is fresh, so the gate passes): the drain cannot finish
+    load = RouterLoad(env.config, threads=2, rate=200, seed=3).start()
+    try:
+        time.sleep(1.0)
+        t0 = time.monotonic()
+        result = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=1.5))
+        took = time.monotonic() - t0
+        time.sleep(1.5)
+    finally:
+        stats = load.stop()
+    assert result.outcome == ABORTED and result.exit_code == ExitCode.CUTOVER_ABORTED, result.message
+    assert result.unfenced_after_ms < 1500, result.unfenced_after_ms
+    assert co.store.active_epoch() == co.store.migration(name).from_epoch  # routing unchanged
+    assert stats.rejected == 0 and stats.max_stall_ms < 1500 + 300, stats.max_stall_ms
+    for k in moving_keys(5):
+        assert acceptors(env, k) == ["source1"]
+    assert took < 10
