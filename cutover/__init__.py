@@ -1,6 +1,8 @@
-"""Cutover: fence writes on the moving ranges, drain the stream to the fence, flip
-routing to the targets, and start reverse replication so that rollback stays possible.
+"""Cutover: fence writes on the moving keys, drain the stream to the fence, flip routing
+to the targets, and keep reverse replication running so that rollback stays possible.
 
-Not implemented yet (issue 4). What it will build on is in place: shard-map epochs
-in the control store, and the drain proof in ``cdc_applier.offsets``.
+``steps`` names the steps (live and dry-run), ``orchestrator`` runs cutover and rollback
+over them, ``waves`` picks canary waves, ``gates`` checks what must hold before anything
+is fenced, ``reverse`` sets up the reverse streams, ``sequences`` moves sequences past,
+``complete`` is the point of no return, ``schedule`` serves cron jobs.
 """

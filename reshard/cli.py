@@ -12,7 +12,6 @@ import json
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import click
@@ -552,9 +551,10 @@ def _status_human(d: dict) -> str:
 def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
     """Compare the sources with the union of the targets for everything that moves.
 
-    Row counts and a checksum per target and table; on a difference, the keys.
-    Exit 0 when equal, 1 when not. Meaningful once writes to the moving keys have
-    stopped and `reshard wait` returned (during a live load the targets trail).
+    Row counts and a checksum per target and table; on a difference, the keys. Under
+    a live load the two sides are read moments apart, so keys that differ are re-checked:
+    their rows are locked where they are written, catch-up is proven, then compared.
+    Exit 0 when equal, 1 when not.
     """
     from reshard.coordinator import Coordinator
 

@@ -20,7 +20,7 @@ DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 # the slot's confirmed_flush_lsn (Connect commits source offsets only for records Kafka
 # acknowledged, then Debezium confirms that LSN to the slot). reshard's catch-up and
 # drain proofs wait on that LSN, and the drain is inside the cutover's write pause, so
-# the embedded worker flushes ten times a second instead of the default once a minute.
+# the embedded worker flushes twenty times a second instead of the default once a minute.
 OFFSET_FLUSH_MS = 50
 
 
@@ -54,7 +54,7 @@ class ConnectWorker:
             "status.storage.replication.factor=1",
             f"offset.flush.interval.ms={OFFSET_FLUSH_MS}",
             f"listeners=http://127.0.0.1:{self.port}",
-            f"rest.advertised.host.name=127.0.0.1",
+            "rest.advertised.host.name=127.0.0.1",
             f"rest.advertised.port={self.port}",
             f"plugin.path={art.plugin_path}",
             "plugin.discovery=hybrid_warn",

@@ -1,6 +1,5 @@
 """The applier under attack: SIGKILL mid-stream, full replays, out-of-order events."""
 
-import json
 import os
 import random
 import signal

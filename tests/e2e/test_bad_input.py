@@ -14,7 +14,7 @@ from reshard.errors import SetupError
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import client_conf
 from reshard.shardmap import parse_map
-from reshard.workload import create_table
+
 from tests.e2e.helpers import (
     ApplierThread, assert_targets_equal_source, prepare, reshard_cmd, write_config_file,
 )

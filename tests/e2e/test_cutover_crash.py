@@ -10,9 +10,7 @@ import json
 import os
 import signal
 import subprocess
-import time
 
-import pytest
 
 from cutover.orchestrator import FAILPOINT_ENV, SwitchOptions, rollback
 from tests.e2e.cutover_helpers import (

@@ -9,7 +9,6 @@ import random
 import string
 import uuid
 
-import psycopg
 import pytest
 
 from reshard import keyhash, shard_schema

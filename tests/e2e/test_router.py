@@ -4,7 +4,6 @@ import random
 import threading
 import time
 
-import psycopg
 import pytest
 
 from reshard import fence, shard_schema
