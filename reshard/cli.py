@@ -159,9 +159,12 @@ def stack_down(ctx: Ctx) -> None:
               help="How long to keep writing after the copy, while changes stream.")
 @click.option("--name", default=None, help="Migration name (default: demo_<UTC timestamp>).")
 @click.option("--timeout", default=180.0, show_default=True, help="Give up catching up after this many seconds.")
+@click.option("--cutover", "with_cutover", is_flag=True,
+              help="Write through the router, verify under load and cut over while writing; report the write pause.")
 @json_option
 @click.pass_obj
-def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: str | None, timeout: float) -> None:
+def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: str | None, timeout: float,
+         with_cutover: bool) -> None:
     """Run a verified live migration on the embedded stack (started if needed).
 
     Splits source1 into the targets by key hash while a writer keeps changing the
@@ -182,7 +185,7 @@ def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: st
     progress = ctx.progress()
     try:
         report = run_demo(config, progress, rows=rows, write_rate=write_rate, stream_seconds=stream_seconds,
-                          name=name, timeout=timeout)
+                          name=name, timeout=timeout, cutover=with_cutover)
     finally:
         progress.stop()
     emit(ctx, report, lambda: render(report))

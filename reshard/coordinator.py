@@ -46,7 +46,8 @@ class Coordinator:
         return cls(config, ControlStore(config.control_dsn), progress or Progress("off"))
 
     # ---- create ----------------------------------------------------------------
-    def create(self, name: str, to_map: ShardMap, from_map: ShardMap | None = None) -> MigrationRecord:
+    def create(self, name: str, to_map: ShardMap, from_map: ShardMap | None = None,
+               settings: dict | None = None) -> MigrationRecord:
         """Record the migration from the active map (or ``from_map``) to ``to_map``.
 
         With no active map yet, ``from_map`` is registered and becomes active: that is
@@ -82,7 +83,7 @@ class Coordinator:
         existing = self.store.find_epoch(to_map)
         to_epoch = existing if existing and existing > from_epoch else self.store.register_map(
             to_map, note=f"target of migration {name}")[0]
-        return self.store.create_migration(name, from_epoch, to_epoch, p, {})
+        return self.store.create_migration(name, from_epoch, to_epoch, p, settings or {})
 
     def current_map(self, from_map: ShardMap | None = None) -> tuple[int | None, ShardMap]:
         """The map keys are placed by today: ``from_map`` if given, else the active one."""
@@ -216,6 +217,23 @@ class Coordinator:
                              differences={c.move + "/" + c.table: c.differences[:10] for c in report.checks
                                           if not c.equal})
         return report
+
+    # ---- cutover, rollback, complete ---------------------------------------------------
+    def cutover(self, name: str, opts=None):
+        """Cut the next wave over (see cutover/orchestrator.py); returns a SwitchResult."""
+        from cutover.orchestrator import SwitchOptions, cutover
+
+        return cutover(self.config, self.store, name, opts or SwitchOptions(), self.progress)
+
+    def rollback(self, name: str, opts=None):
+        from cutover.orchestrator import SwitchOptions, rollback
+
+        return rollback(self.config, self.store, name, opts or SwitchOptions(), self.progress)
+
+    def complete(self, name: str, **kw):
+        from cutover.complete import complete
+
+        return complete(self.config, self.store, name, progress=self.progress, **kw)
 
     # ---- status ---------------------------------------------------------------------
     def status(self, name: str) -> dict:

@@ -4,7 +4,14 @@ Split ``source1`` into the stack's targets by the hash of the key, while a write
 keeps inserting, updating and deleting: snapshot at the slot's position, Debezium
 streams the rest through Kafka, the applier applies it, the writer stops, reshard
 proves catch-up, and verification compares the source with the union of targets.
-Each run starts clean: earlier demo migrations are torn down first.
+
+With ``cutover`` the writer goes through the router (as an application would), the
+data is verified under the live load, and the migration is cut over while it writes:
+the report adds the measured write pause, and the writes after it land on the targets
+(and flow back to the source through reverse replication).
+
+Each run starts clean: earlier demo migrations are torn down (or, once cut over,
+their streams dropped), and the map that puts every key on source1 is active again.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ from reshard.coordinator import Coordinator
 from reshard.control.store import connect
 from reshard.errors import ConfigError
 from reshard.progress import Progress
-from reshard.shardmap import DEFAULT_BUCKETS, parse_map
+from reshard import fence
+from reshard.router import Router
+from reshard.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
 from reshard.workload import TABLE, Workload, create_table, seed
 
 SOURCE = "source1"
@@ -41,13 +50,23 @@ def demo_maps(targets: list[str]) -> tuple[dict, dict]:
     return before, after
 
 
-def reset(co: Coordinator, targets: list[str]) -> list[str]:
-    """Tear down earlier demo migrations and recreate the sample table everywhere."""
+def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
+    """Tear down earlier demo migrations, make ``before`` the active map again, and
+    recreate the sample table everywhere (which also drops its fence triggers)."""
     done = []
     for m in co.store.migrations():
-        if m["name"].startswith("demo") and m["state"] != states.ABORTED:
+        if not m["settings"].get("demo") or m["state"] in (states.ABORTED, states.COMPLETED):
+            continue
+        if any(w["state"] == "cut" for w in co.store.waves(m["name"])):
+            co.complete(m["name"], keep_source_data=True, drop_fences=True)  # drops both streams
+        else:
             co.teardown(m["name"])
-            done.append(m["name"])
+        done.append(m["name"])
+    active = co.store.active()
+    if active is not None and active[1].digest() != before.digest():
+        epoch = co.store.register_map(before, "demo reset")[0]
+        with co.store.connect() as conn, conn.transaction():
+            co.store.activate(conn, epoch)
     for cluster in [SOURCE, *targets]:
         with connect(co.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True) as conn:
             create_table(conn)
@@ -55,7 +74,8 @@ def reset(co: Coordinator, targets: list[str]) -> list[str]:
 
 
 def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_rate: float = 200.0,
-             stream_seconds: float = 10.0, name: str | None = None, timeout: float = 180.0) -> dict:
+             stream_seconds: float = 10.0, name: str | None = None, timeout: float = 180.0,
+             cutover: bool = False) -> dict:
     if SOURCE not in config.clusters:
         raise ConfigError(f"the demo needs a cluster named {SOURCE} (the embedded stack has one)")
     targets = sorted(c for c in config.clusters if c.startswith("target"))
@@ -67,16 +87,23 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
                     "source": SOURCE, "targets": targets}
 
     progress.step(f"preparing {TABLE} on {SOURCE} with {rows:,} rows (and an empty copy on {', '.join(targets)})")
-    report["reset"] = reset(co, targets)
+    before_doc, after_doc = demo_maps(targets)
+    before, after = parse_map(before_doc, config.clusters), parse_map(after_doc, config.clusters)
+    report["reset"] = reset(co, targets, before)
     with connect(config.cluster(SOURCE).dsn, f"cluster {SOURCE}", autocommit=True) as conn:
         seed(conn, rows)
-    before, after = demo_maps(targets)
-    rec = co.create(name, parse_map(after, config.clusters), parse_map(before, config.clusters))
+    rec = co.create(name, after, before, settings={"demo": True})
     report["moves"] = rec.moves
 
-    load = Workload(config.cluster(SOURCE).dsn, rate=write_rate, max_seconds=timeout + stream_seconds + 600)
+    router = None
+    if cutover:
+        epoch, active = co.store.active()
+        fence.fence_map(config, epoch, active)
+        router = Router.from_config(config, wait_switching=3.0)
+    load = Workload(config.cluster(SOURCE).dsn, rate=write_rate, max_seconds=timeout + stream_seconds + 600,
+                    router=router)
     load.start()
-    progress.step(f"live write load started on {SOURCE}: ~{write_rate:.0f} writes/s")
+    progress.step(f"live write load started{' through the router' if router else ''}: ~{write_rate:.0f} writes/s")
     try:
         progress.step(f"{name}: snapshot copy at the slot's position, while the load keeps writing")
         snap = co.start(name)
@@ -99,6 +126,8 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
         deadline = time.monotonic() + stream_seconds
         while time.monotonic() < deadline and thread.is_alive():
             time.sleep(0.5)
+        if cutover and thread.is_alive():
+            report["cutover"] = cut_over(co, name, progress, stream_seconds)
         load_stats = load.stop()
         report["load"] = load_stats.to_dict()
         progress.step(f"load stopped after {load_stats.operations:,} writes; proving catch-up")
@@ -114,12 +143,29 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
         report["apply"] = holder["stats"].to_dict()
     finally:
         load.stop()
+        if router is not None:
+            router.close()
 
     progress.step("verifying: source against the union of the targets")
     v = co.verify(name)
     report["verify"] = v.to_dict()
     report["ok"] = v.equal
     return report
+
+
+def cut_over(co: Coordinator, name: str, progress: Progress, stream_seconds: float) -> dict:
+    """Verify under the load, cut over under the load, keep writing on the targets."""
+    progress.step("verifying under the live load (differing keys re-checked under row locks)")
+    v = co.verify(name)
+    if not v.equal:
+        return {"outcome": "not attempted: verification under load found differences", "verify": v.to_dict()}
+    result = co.cutover(name)
+    out = {k: result.to_dict()[k] for k in ("outcome", "epoch", "pause_ms", "drain_ms", "message")}
+    if result.outcome == "done":
+        progress.step(f"cut over: write pause {result.pause_ms:.0f} ms; the load now writes the moved keys "
+                      "on the targets, and reverse replication carries them back to the source")
+        time.sleep(max(2.0, stream_seconds / 2))
+    return out
 
 
 def render(report: dict) -> str:
@@ -130,10 +176,16 @@ def render(report: dict) -> str:
         f"  rows copied        {c['rows_copied']:,} in {c['seconds']:.1f}s ({c['rows_per_second']:,} rows/s)",
         f"  writes during run  {report['load']['operations']:,} (inserts, updates, deletes, key changes)",
         f"  events applied     {a['applied']:,} of {a['records']:,} records "
-        f"({a['skipped_stale']:,} replays skipped, {a['not_moving']:,} not moving, {a['dead_letters']} dead letters)",
+        f"({a['skipped_stale']:,} replays skipped, {a['echoes']:,} echoes skipped, {a['not_moving']:,} not moving, "
+        f"{a['dead_letters']} dead letters)",
         f"  time to catch up   {cu['seconds']:.2f}s after the writes stopped",
         "  verification       " + ("EQUAL" if v["equal"] else "DIFFERENT"),
     ]
+    if "cutover" in report:
+        cut = report["cutover"]
+        lines.insert(-1, f"  cutover            {cut['outcome']}" + (
+            f": write pause {cut['pause_ms']:.0f} ms (drain {cut['drain_ms']:.0f} ms), epoch {cut['epoch']} active"
+            if cut.get("pause_ms") is not None else ""))
     for ch in v["checks"]:
         lines.append(
             f"    {ch['target']:<10} {ch['target_rows']:>9,} rows  checksum {ch['target_checksum'][:18]:<18} "

@@ -6,6 +6,11 @@ TOASTed (so updates that leave them unchanged arrive without them). The load mix
 inserts, updates (full and ones that leave the TOASTed column alone), deletes,
 primary-key changes and multi-statement transactions, at a bounded rate, until told
 to stop; it never runs past its ``max_seconds``.
+
+With a ``router`` the load writes the way an application does during a migration:
+each operation goes to the key's owner through ``reshard.router`` (so it follows a
+cutover), one operation per transaction, and without primary-key changes (a key
+change may cross shards, which one transaction cannot do).
 """
 
 from __future__ import annotations
@@ -82,9 +87,11 @@ class WorkloadStats:
 class Workload(threading.Thread):
     """Writes to ``accounts`` at about ``rate`` operations per second until stopped."""
 
-    def __init__(self, dsn: str, rate: float = 200.0, max_seconds: float = 600.0, seed: int | None = None):
+    def __init__(self, dsn: str, rate: float = 200.0, max_seconds: float = 600.0, seed: int | None = None,
+                 router=None):
         super().__init__(name="reshard-workload", daemon=True)
         self.dsn = dsn
+        self.router = router
         self.rate = rate
         self.max_seconds = max_seconds
         self.rng = random.Random(seed)
@@ -98,44 +105,41 @@ class Workload(threading.Thread):
         self.join(timeout=30)
         return self.stats
 
-    def _op(self, cur: psycopg.Cursor) -> None:
+    def _next(self) -> tuple[str, tuple, int, str]:
+        """The next operation: (sql, params, the key it writes, kind), recorded in the stats."""
         r = self.rng.random()
+        if self.router is not None:
+            r *= 0.93  # no key changes through a router
         k = self.rng.randint(1, max(1, self._max_id))
         if r < 0.30:
             self._next_id += 1
-            cur.execute(
-                "INSERT INTO public.accounts (id, owner, balance, attrs, note) VALUES (%s, %s, %s, %s, %s)",
-                (self._next_id, f"new-{self._next_id}", round(self.rng.uniform(0, 1000), 2),
-                 '{"tier": 9, "src": "load"}', None if self.rng.random() < 0.3 else "fresh"),
-            )
-            self.stats.inserts += 1
-            self.stats.written_keys.add(self._next_id)
+            k = self._next_id
+            sql = "INSERT INTO public.accounts (id, owner, balance, attrs, note) VALUES (%s, %s, %s, %s, %s)"
+            params: tuple = (k, f"new-{k}", round(self.rng.uniform(0, 1000), 2), '{"tier": 9, "src": "load"}',
+                             None if self.rng.random() < 0.3 else "fresh")
+            kind = "inserts"
         elif r < 0.55:
-            cur.execute(
-                "UPDATE public.accounts SET balance = balance + %s, opened_at = now(), "
-                "attrs = attrs || jsonb_build_object('n', %s), note = coalesce(note, '') || '+' WHERE id = %s",
-                (round(self.rng.uniform(-5, 5), 2), self.stats.updates, k),
-            )
-            self.stats.updates += 1
-            self.stats.written_keys.add(k)
+            sql = ("UPDATE public.accounts SET balance = balance + %s, opened_at = now(), "
+                   "attrs = attrs || jsonb_build_object('n', %s), note = coalesce(note, '') || '+' WHERE id = %s")
+            params = (round(self.rng.uniform(-5, 5), 2), self.stats.updates, k)
+            kind = "updates"
         elif r < 0.75:
             # leaves the (possibly TOASTed) note alone: Debezium sends it as unavailable
             k = self.rng.randint(1, max(1, self._max_id // 100)) * 100
-            cur.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,))
-            self.stats.toast_keeping_updates += 1
-            self.stats.written_keys.add(k)
+            sql, params, kind = "UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,), \
+                "toast_keeping_updates"
         elif r < 0.93:
-            cur.execute("DELETE FROM public.accounts WHERE id = %s", (k,))
-            self.stats.deletes += 1
-            self.stats.written_keys.add(k)
+            sql, params, kind = "DELETE FROM public.accounts WHERE id = %s", (k,), "deletes"
         else:
             # a key change of a row whose TOASTed note is unchanged would carry no note at all
             # under REPLICA IDENTITY DEFAULT (the applier pauses on it); keep those rows out
             k = k + 1 if k % 100 == 0 else k
             self._next_id += 1
-            cur.execute("UPDATE public.accounts SET id = %s WHERE id = %s", (self._next_id, k))
-            self.stats.key_changes += 1
-            self.stats.written_keys.update((k, self._next_id))
+            self.stats.written_keys.add(self._next_id)
+            sql, params, kind = "UPDATE public.accounts SET id = %s WHERE id = %s", (self._next_id, k), "key_changes"
+        setattr(self.stats, kind, getattr(self.stats, kind) + 1)
+        self.stats.written_keys.add(k)
+        return sql, params, k, kind
 
     def run(self) -> None:
         started = time.monotonic()
@@ -152,13 +156,18 @@ class Workload(threading.Thread):
             next_at = time.monotonic()
             while not self._halt.is_set() and time.monotonic() - started < self.max_seconds:
                 try:
-                    with conn.transaction():
-                        cur = conn.cursor()
-                        n = 3 if self.rng.random() < 0.1 else 1  # some multi-statement transactions
-                        for _ in range(n):
-                            self._op(cur)
+                    if self.router is not None:
+                        sql, params, key, _kind = self._next()
+                        self.router.write(TABLE, [key], lambda c, sql=sql, params=params: c.execute(sql, params))
+                    else:
+                        with conn.transaction():
+                            cur = conn.cursor()
+                            n = 3 if self.rng.random() < 0.1 else 1  # some multi-statement transactions
+                            for _ in range(n):
+                                sql, params, _key, _kind = self._next()
+                                cur.execute(sql, params)
                     self.stats.transactions += 1
-                except psycopg.Error as exc:
+                except Exception as exc:  # a failed write is counted and reported, the load goes on
                     self.stats.errors += 1
                     self.stats.last_error = str(exc).strip().splitlines()[0]
                 next_at += interval

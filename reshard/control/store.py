@@ -224,7 +224,8 @@ class ControlStore:
     def migrations(self) -> list[dict]:
         with self.connect() as conn:
             return conn.execute(
-                "SELECT name, from_epoch, to_epoch, state, updated_at FROM reshard.migrations ORDER BY created_at"
+                "SELECT name, from_epoch, to_epoch, state, settings, updated_at FROM reshard.migrations "
+                "ORDER BY created_at"
             ).fetchall()
 
     def plan_of(self, rec: MigrationRecord) -> Plan:
