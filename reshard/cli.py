@@ -141,13 +141,18 @@ def stack_status(ctx: Ctx) -> None:
 
 
 @stack.command("down")
+@click.option("--purge", is_flag=True, help="Also delete the stack's data, logs and reshard.yaml.")
 @json_option
 @click.pass_obj
-def stack_down(ctx: Ctx) -> None:
-    """Stop exactly the processes `stack up` started (by recorded pid); data is kept."""
-    stopped = _stack(ctx).down()
-    emit(ctx, {"command": "stack down", "stopped": stopped},
-         lambda: f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+def stack_down(ctx: Ctx, purge: bool) -> None:
+    """Stop exactly the processes `stack up` started (by recorded pid); data is kept
+    unless --purge."""
+    st = _stack(ctx)
+    stopped = st.down()
+    removed = st.purge() if purge else []
+    emit(ctx, {"command": "stack down", "stopped": stopped, "removed": removed},
+         lambda: (f"stopped: {', '.join(stopped)}" if stopped else "nothing was running")
+         + (f"\nremoved: {', '.join(removed)}" if removed else ""))
 
 
 # ---- demo ---------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import shutil
 import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -271,6 +272,22 @@ class Stack:
     def is_up(self) -> bool:
         parts = self.status()
         return bool(parts) and all(p.running and p.healthy for p in parts)
+
+    # ---- purge ---------------------------------------------------------------
+    def purge(self) -> list[str]:
+        """After ``down``: delete the stack's data, logs and config (and the data directory
+        outside the state directory, when PostgreSQL needed one). Refuses while running."""
+        if any(p.running for p in self.status()):
+            raise StackError("the stack is running; `reshard stack down` first")
+        removed = []
+        pg = self.home / "pg"
+        if pg.is_symlink():
+            target = pg.resolve()
+            shutil.rmtree(target, ignore_errors=True)
+            removed.append(str(target))
+        shutil.rmtree(self.home, ignore_errors=True)
+        removed.append(str(self.home))
+        return removed
 
     # ---- down ----------------------------------------------------------------
     def down(self) -> list[str]:

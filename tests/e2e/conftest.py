@@ -33,13 +33,20 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
-    home = Path(os.environ.get("RESHARD_TEST_HOME") or tmp_path_factory.mktemp("reshard-stack"))
+    """RESHARD_TEST_HOME keeps the stack's data between sessions (faster reruns while
+    developing); otherwise the session's stack is deleted after it stops."""
+    keep = os.environ.get("RESHARD_TEST_HOME")
+    home = Path(keep or tmp_path_factory.mktemp("reshard-stack"))
     st = Stack(home, say=lambda m: print(f"[stack] {m}", flush=True))
     started = time.monotonic()
-    st.up(sources=1, targets=2)
-    print(f"[stack] up in {time.monotonic() - started:.1f}s at {home}", flush=True)
-    yield st
-    st.down()
+    try:
+        st.up(sources=1, targets=2)
+        print(f"[stack] up in {time.monotonic() - started:.1f}s at {home}", flush=True)
+        yield st
+    finally:
+        st.down()
+        if not keep:
+            st.purge()
 
 
 def _with_db(dsn: str, dbname: str) -> str:

@@ -46,6 +46,9 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     after = run(home, "stack", "status", "--json", check=False)
     assert after.returncode == 4
     assert not any(p["running"] for p in json.loads(after.stdout)["parts"])
+    pg_data = (home / "pg").resolve()
+    purged = json.loads(run(home, "stack", "down", "--purge", "--json").stdout)
+    assert purged["stopped"] == [] and not home.exists() and not pg_data.exists()
 
 
 def _records(home: Path) -> dict[str, ProcessRecord]:
