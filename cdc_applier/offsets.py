@@ -78,28 +78,42 @@ def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]
     return Lag(admin.lag(applier_group(migration), topics), slot_lag(config, streams))
 
 
-def mark_positions(config: Config, migration: str, streams: list[Stream]) -> dict[Stream, str]:
-    """Step 1: X per stream's cluster, then a heartbeat commit after it."""
+def _conn(config: Config, conns: dict[str, psycopg.Connection], cluster: str) -> psycopg.Connection:
+    conn = conns.get(cluster)
+    if conn is None or conn.closed:
+        conn = conns[cluster] = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
+    return conn
+
+
+def mark_positions(config: Config, migration: str, streams: list[Stream],
+                   conns: dict[str, psycopg.Connection] | None = None) -> dict[Stream, str]:
+    """Step 1: X per stream's cluster, then a heartbeat commit after it. ``conns`` (cluster ->
+    autocommit connection) lets a cutover reuse the connections it holds open."""
     positions = {}
-    for s in streams:
-        with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
+    own = conns is None
+    conns = {} if conns is None else conns
+    try:
+        for s in streams:
+            conn = _conn(config, conns, s.cluster)
             positions[s] = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()[0]
             conn.execute("UPDATE reshard.heartbeat SET beat = beat + 1, at = now() WHERE migration = %s", (migration,))
+    finally:
+        if own:
+            for c in conns.values():
+                c.close()
     return positions
 
 
-def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float) -> None:
+def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float,
+                   conns: dict[str, psycopg.Connection] | None = None) -> None:
     """Step 2: every stream's slot confirmed its X."""
     pending = dict(positions)
-    conns: dict[str, psycopg.Connection] = {}
+    own = conns is None
+    conns = {} if conns is None else conns
     try:
         while pending:
             for s, x in list(pending.items()):
-                conn = conns.get(s.cluster)
-                if conn is None:
-                    conn = conns[s.cluster] = connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}",
-                                                      autocommit=True)
-                ok = conn.execute(
+                ok = _conn(config, conns, s.cluster).execute(
                     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
                     (x, s.slot),
                 ).fetchone()
@@ -115,8 +129,9 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
                 )
             time.sleep(0.02)
     finally:
-        for c in conns.values():
-            c.close()
+        if own:
+            for c in conns.values():
+                c.close()
 
 
 def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: float) -> dict[tuple[str, int], int]:
@@ -158,6 +173,10 @@ def wait_caught_up(config: Config, migration: str, streams: list[Stream], topics
     positions = mark_positions(config, migration, streams)
     wait_confirmed(config, positions, deadline)
     confirmed = time.monotonic()
-    ends = wait_applied(KafkaAdmin(config.kafka.bootstrap_servers), applier_group(migration), topics, deadline)
+    admin = KafkaAdmin(config.kafka.bootstrap_servers)
+    try:
+        ends = wait_applied(admin, applier_group(migration), topics, deadline)
+    finally:
+        admin.close()
     return CaughtUp({f"{s.direction}:{s.cluster}": x for s, x in positions.items()}, ends,
                     time.monotonic() - started, confirmed - started)

@@ -107,11 +107,14 @@ class LiveSteps:
         self.lock_timeout_ms = lock_timeout_ms
         self.sequence_gap = sequence_gap
         self.conns: dict[str, psycopg.Connection] = {}
+        self.admin: KafkaAdmin | None = None
 
     def close(self) -> None:
         for c in self.conns.values():
             c.close()
         self.conns = {}
+        if self.admin is not None:
+            self.admin.close()
 
     def _conn(self, cluster: str) -> psycopg.Connection:
         conn = self.conns.get(cluster)
@@ -131,6 +134,10 @@ class LiveSteps:
         if sw.kind == CUTOVER:
             out["reverse"] = [reverse_streams.prepare(self.config, self.store, sw.migration, t, sw.tables)
                               for t in sw.to_side]
+        # what the drain uses is opened now, outside the write pause: the from-side sessions
+        # above, and a Kafka client that has fetched metadata once
+        self.admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
+        self.admin.end_offsets(sw.drain_topics()[:1])
         return out
 
     def register_map(self) -> int:
@@ -151,14 +158,14 @@ class LiveSteps:
         return deadlines
 
     def drain_position(self) -> dict[Stream, str]:
-        return mark_positions(self.config, self.sw.migration, self.sw.drain_streams)
+        return mark_positions(self.config, self.sw.migration, self.sw.drain_streams, self.conns)
 
     def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
         started = time.monotonic()
-        wait_confirmed(self.config, positions, deadline)
+        wait_confirmed(self.config, positions, deadline, self.conns)
         confirmed = time.monotonic()
-        ends = wait_applied(KafkaAdmin(self.config.kafka.bootstrap_servers), applier_group(self.sw.migration),
-                            self.sw.drain_topics(), deadline)
+        assert self.admin is not None
+        ends = wait_applied(self.admin, applier_group(self.sw.migration), self.sw.drain_topics(), deadline)
         return {"confirm_ms": round((confirmed - started) * 1000, 1),
                 "apply_ms": round((time.monotonic() - confirmed) * 1000, 1),
                 "records_through": sum(ends.values())}

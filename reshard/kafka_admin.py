@@ -33,6 +33,12 @@ class KafkaAdmin:
     def __init__(self, bootstrap: str):
         self.bootstrap = bootstrap
         self.admin = AdminClient(client_conf(bootstrap))
+        self._probe: Consumer | None = None  # reads watermarks; kept for the next call
+
+    def close(self) -> None:
+        if self._probe is not None:
+            self._probe.close()
+            self._probe = None
 
     def check(self, timeout: float = 5.0) -> None:
         try:
@@ -79,16 +85,15 @@ class KafkaAdmin:
     def end_offsets(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """High watermark of every partition of ``topics``."""
         parts = self.topics()
-        consumer = Consumer(client_conf(self.bootstrap, **{"group.id": "reshard-offset-probe", "enable.auto.commit": False}))
-        try:
-            out = {}
-            for t in topics:
-                for p in range(parts.get(t, 0)):
-                    _low, high = consumer.get_watermark_offsets(TopicPartition(t, p), timeout=10)
-                    out[(t, p)] = high
-            return out
-        finally:
-            consumer.close()
+        if self._probe is None:
+            self._probe = Consumer(client_conf(self.bootstrap, **{"group.id": "reshard-offset-probe",
+                                                                  "enable.auto.commit": False}))
+        out = {}
+        for t in topics:
+            for p in range(parts.get(t, 0)):
+                _low, high = self._probe.get_watermark_offsets(TopicPartition(t, p), timeout=10)
+                out[(t, p)] = high
+        return out
 
     def committed(self, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """The group's committed offset per partition (0 where it committed nothing)."""
