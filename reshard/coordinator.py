@@ -3,8 +3,9 @@
 ``create`` records the maps and the plan. ``start`` checks everything it can before
 creating anything, then snapshots (slot, copy) and registers the Debezium
 connector; it is resumable and safe to rerun at any point. ``apply`` runs an applier
-worker. ``wait`` proves catch-up. ``verify`` compares. ``teardown`` drops what the
-migration created. The CLI is a thin layer over these; so is the demo.
+worker. ``wait`` proves catch-up. ``verify`` compares. ``cutover``, ``rollback`` and
+``complete`` hand over to the cutover package. ``teardown`` drops what the migration
+created (abort). The CLI is a thin layer over these; so is the demo.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-
+from reshard import shard_schema
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
 from reshard.control import states
@@ -23,10 +24,8 @@ from reshard.planner import Plan, plan
 from reshard.progress import Progress, Task
 from reshard.shardmap import ShardMap, qualified
 from reshard.stack.connect import DEBEZIUM_CLASS
-from reshard.verify import VerifyReport, verify
-
-from reshard import shard_schema
 from reshard.streams import FORWARD, Stream, forward
+from reshard.verify import VerifyReport, verify
 from cdc_applier.connector import drop_streams, ensure_connector
 from cdc_applier.dlq import dlq_topic
 from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
