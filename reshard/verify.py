@@ -54,6 +54,7 @@ class TableCheck:
     target_checksum: str
     misplaced_rows: int = 0
     differences: list[dict[str, Any]] = field(default_factory=list)
+    keys_compared: bool = False  # the checksums differed, so every key was compared
     rechecked: int = 0  # candidates re-checked under row locks after catch-up
     candidates: list[tuple] = field(default_factory=list, repr=False)
     info: Any = field(default=None, repr=False)
@@ -62,7 +63,9 @@ class TableCheck:
     def equal(self) -> bool:
         if self.misplaced_rows:
             return False
-        if self.rechecked:
+        if self.keys_compared:
+            # the checksums were read a moment earlier than the keys: under a live load a change
+            # in flight then can be applied by now, so the key-by-key comparison decides
             return not self.differences
         return self.source_rows == self.target_rows and self.source_checksum == self.target_checksum
 
@@ -200,6 +203,7 @@ def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int =
                           _keyed(tgt, table, pk, pk_types, columns, pred), MAX_CANDIDATES + 1, move.target)
             check.differences = _describe(found, max_diffs)
             check.candidates = [k for k, _problem in found]
+            check.keys_compared = True
         check.info = info
         return check
 

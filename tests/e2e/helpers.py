@@ -111,3 +111,16 @@ def applied_count(env, migration: str) -> int:
                 total += conn.execute("SELECT count(*) FROM reshard.applied_rows WHERE migration = %s",
                                       (migration,)).fetchone()[0]
     return total
+
+
+def assert_verified(report) -> None:
+    """Fail with every check's figures and differences spelled out (not a truncated repr)."""
+    if report.equal:
+        return
+    lines = []
+    for c in report.checks:
+        lines.append(f"{c.move} {c.table}: source {c.source_rows} rows, target {c.target_rows} rows, "
+                     f"checksums {'equal' if c.source_checksum == c.target_checksum else 'differ'}, "
+                     f"misplaced {c.misplaced_rows}, rechecked {c.rechecked}, equal {c.equal}")
+        lines += [f"    {d}" for d in c.differences]
+    raise AssertionError("verification found differences:\n" + "\n".join(lines))

@@ -8,7 +8,7 @@ from reshard.exit_codes import ExitCode
 from tests.e2e.cutover_helpers import (
     RouterLoad, acceptors, assert_acked_on_owners, assert_no_stale_writes, moving_keys, setup,
 )
-from tests.e2e.helpers import ApplierThread
+from tests.e2e.helpers import assert_verified, ApplierThread
 
 
 def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale_owner(env):
@@ -18,8 +18,7 @@ def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale
         load = RouterLoad(env.config, threads=4, rate=400, seed=1).start()
         try:
             time.sleep(3.0)
-            v = co.verify(name)
-            assert v.equal, v.to_dict()  # verification under the live load (rechecks under row locks)
+            assert_verified(co.verify(name))
             before = load.stats.writes
             result = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=2.0))
             assert result.outcome == DONE, result.message
@@ -28,8 +27,7 @@ def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)  # forward for staying keys, reverse for moved ones
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
     assert result.pause_ms < 2000 and result.drain_ms < result.pause_ms
     assert before > 500 and after - before > 500, (before, after)
     assert stats.rejected == 0, "routers should ride through the switch"
@@ -48,8 +46,7 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
     co.start(name)
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
         first = cutover(env.config, co.store, name, SwitchOptions())
         assert first.outcome == DONE, first.message
         load = RouterLoad(env.config, threads=2, rate=200, seed=2).start()
@@ -67,14 +64,12 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
         assert stats.rejected == 0
         assert assert_acked_on_owners(env, load.acked, co) > 100  # target-era writes are on the sources
         assert not co.store.reverse_streams(name), "rollback drops the reverse streams"
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
         second = cutover(env.config, co.store, name, SwitchOptions())
         assert second.outcome == DONE, second.message
         assert second.epoch > back.epoch
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
     assert assert_no_stale_writes(env, co) > 100
 
 
@@ -83,8 +78,7 @@ def test_budget_exceeded_aborts_and_sources_take_writes_again_within_it(env):
     co.start(name)
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
     # the applier just stopped (its last report is fresh, so the gate passes): the drain cannot finish
     load = RouterLoad(env.config, threads=2, rate=200, seed=3).start()
     try:

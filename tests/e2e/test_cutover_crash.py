@@ -16,7 +16,7 @@ from cutover.orchestrator import FAILPOINT_ENV, SwitchOptions, rollback
 from tests.e2e.cutover_helpers import (
     RouterLoad, acceptors, assert_acked_on_owners, assert_no_stale_writes, moving_keys, setup,
 )
-from tests.e2e.helpers import ApplierThread, reshard_cmd, wait_for, write_config_file
+from tests.e2e.helpers import assert_verified, ApplierThread, reshard_cmd, wait_for, write_config_file
 
 POINTS = [f"{s}:before" for s in ("prepare", "register_map", "fence", "drain_position", "drain", "sequences",
                                    "flip_from", "flip_to", "activate", "after_flip")] + ["activate:after"]
@@ -30,8 +30,7 @@ def test_sigkill_at_each_step_then_rerun_ends_cut_over_or_cleanly_not(env, tmp_p
     outcomes = []
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
         load = RouterLoad(env.config, threads=2, rate=150, seed=5).start()
         try:
             for point in POINTS:
@@ -58,8 +57,7 @@ def test_sigkill_at_each_step_then_rerun_ends_cut_over_or_cleanly_not(env, tmp_p
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
     assert stats.rejected == 0 and stats.writes > 500
     assert assert_acked_on_owners(env, load.acked, co) > 100
     assert assert_no_stale_writes(env, co) > 100

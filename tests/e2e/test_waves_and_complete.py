@@ -9,7 +9,7 @@ from cutover.orchestrator import DONE, SwitchOptions, cutover
 from reshard.control import states
 from reshard.exit_codes import ExitCode
 from tests.e2e.cutover_helpers import RouterLoad, acceptors, assert_acked_on_owners, moving_keys, setup
-from tests.e2e.helpers import ApplierThread, reshard_cmd, write_config_file
+from tests.e2e.helpers import assert_verified, ApplierThread, reshard_cmd, write_config_file
 
 
 def cli(cfg, *args):
@@ -28,8 +28,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
     co.start(name)
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
         load = RouterLoad(env.config, threads=2, rate=150, seed=7).start()
         try:
             canary = cutover(env.config, co.store, name, SwitchOptions(only="0.1"))
@@ -48,8 +47,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
-        v = co.verify(name)
-        assert v.equal, v.to_dict()
+        assert_verified(co.verify(name))
     assert stats.rejected == 0
     assert_acked_on_owners(env, load.acked, co)
     with env.conn("source1") as conn:
