@@ -45,11 +45,6 @@ class ApplyStats:
     superseded: int = 0  # partial updates of rows a resumed copy took after them
     rejected: list[tuple[Routed, str]] = field(default_factory=list)
 
-    def add(self, other: "ApplyStats") -> None:
-        self.applied += other.applied
-        self.skipped_stale += other.skipped_stale
-        self.superseded += other.superseded
-        self.rejected += other.rejected
 
 
 VERSION_CTE = (

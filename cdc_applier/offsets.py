@@ -74,8 +74,9 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
 
 
 def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]) -> Lag:
-    admin = KafkaAdmin(config.kafka.bootstrap_servers)
-    return Lag(admin.lag(applier_group(migration), topics), slot_lag(config, streams))
+    with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
+        records = admin.lag(applier_group(migration), topics)
+    return Lag(records, slot_lag(config, streams))
 
 
 def _conn(config: Config, conns: dict[str, psycopg.Connection], cluster: str) -> psycopg.Connection:
@@ -173,10 +174,7 @@ def wait_caught_up(config: Config, migration: str, streams: list[Stream], topics
     positions = mark_positions(config, migration, streams)
     wait_confirmed(config, positions, deadline)
     confirmed = time.monotonic()
-    admin = KafkaAdmin(config.kafka.bootstrap_servers)
-    try:
+    with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
         ends = wait_applied(admin, applier_group(migration), topics, deadline)
-    finally:
-        admin.close()
     return CaughtUp({f"{s.direction}:{s.cluster}": x for s, x in positions.items()}, ends,
                     time.monotonic() - started, confirmed - started)

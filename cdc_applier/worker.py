@@ -236,7 +236,7 @@ class Applier:
                 stream = self.router.stream_of(m.topic())
                 if stream.direction == REVERSE:
                     self.stats.reverse_records += 1
-                if ev.origin and ev.origin.startswith(stream.echo_origin):
+                if self.router.is_echo(ev, stream):
                     self.stats.echoes += 1
                     continue
                 if ev.op == "t":

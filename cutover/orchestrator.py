@@ -122,8 +122,8 @@ class Orchestrator:
 
     # ---- gates -----------------------------------------------------------------------------
     def gates(self, sw: Switch, opts: SwitchOptions) -> list[g.Gate]:
-        admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
-        records = admin.lag(applier_group(sw.migration), sw.drain_topics())
+        with KafkaAdmin(self.config.kafka.bootstrap_servers) as admin:
+            records = admin.lag(applier_group(sw.migration), sw.drain_topics())
         out = [g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
         if sw.kind == CUTOVER:
             if opts.require_verified:

@@ -287,8 +287,8 @@ class DryRunSteps:
         return positions
 
     def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
-        admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
-        behind = admin.lag(applier_group(self.sw.migration), self.sw.drain_topics())
+        with KafkaAdmin(self.config.kafka.bootstrap_servers) as admin:
+            behind = admin.lag(applier_group(self.sw.migration), self.sw.drain_topics())
         for s, x in positions.items():
             with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
                 confirmed = conn.execute("SELECT confirmed_flush_lsn::text FROM pg_replication_slots "

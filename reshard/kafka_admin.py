@@ -40,6 +40,12 @@ class KafkaAdmin:
             self._probe.close()
             self._probe = None
 
+    def __enter__(self) -> "KafkaAdmin":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     def check(self, timeout: float = 5.0) -> None:
         try:
             md = self.admin.list_topics(timeout=timeout)

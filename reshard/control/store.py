@@ -110,14 +110,6 @@ class ControlStore:
             (migration, ACTOR, event, Jsonb(json.loads(json.dumps(detail, default=str)))),
         )
 
-    def audit_log(self, migration: str | None = None, limit: int = 100) -> list[dict]:
-        with self.connect() as conn:
-            return conn.execute(
-                "SELECT id, at, migration, actor, event, detail FROM reshard.audit_log "
-                "WHERE %(m)s::text IS NULL OR migration = %(m)s ORDER BY id DESC LIMIT %(n)s",
-                {"m": migration, "n": limit},
-            ).fetchall()
-
     # ---- shard maps ------------------------------------------------------------
     def register_map(self, m: ShardMap, note: str = "") -> tuple[int, bool]:
         """Store a map version; returns (epoch, created). Re-registering the newest
