@@ -25,10 +25,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from psycopg import errors as pgerr
+
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import ControlStore
-from reshard.errors import BudgetExceeded, MigrationError, WaitTimeout
+from reshard.control.store import ControlStore, Lease
+from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, WaitTimeout
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin
 from reshard.progress import Progress
@@ -41,13 +43,17 @@ DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)
 
 
+FAILPOINT_SLEEP_ENV = "RESHARD_FAILPOINT_SLEEP"  # seconds to stall there (default 120: wait to be killed)
+
+
 def failpoint(step: str, when: str) -> None:
-    """Failure injection for tests: announce the point on stderr and wait to be killed.
+    """Failure injection for tests: announce the point on stderr and stall there (to be
+    killed, or to wake up late like a paused VM).
 
     Only active when RESHARD_FAILPOINT names this step; never set in production."""
     if os.environ.get(FAILPOINT_ENV) == f"{step}:{when}":
         print(f"reshard: failpoint {step}:{when} reached", file=sys.stderr, flush=True)
-        time.sleep(120)
+        time.sleep(float(os.environ.get(FAILPOINT_SLEEP_ENV, "120")))
 
 
 @dataclass
@@ -89,11 +95,18 @@ def _margin(budget: float) -> float:
     return max(0.1, 0.1 * budget)
 
 
+# the steps of the pause that act on clusters or routing: each runs only if this process
+# still holds the migration's lease and the write-pause budget is not spent
+GUARDED = ("drain_position", "drain", "sequences", "flip_from", "flip_to", "activate")
+
+
 class Orchestrator:
-    def __init__(self, config: Config, store: ControlStore, progress: Progress | None = None):
+    def __init__(self, config: Config, store: ControlStore, progress: Progress | None = None,
+                 lease: Lease | None = None):
         self.config = config
         self.store = store
         self.progress = progress or Progress("off")
+        self.lease = lease
         self.finished: tuple[dict, int] | None = None  # an interrupted attempt recover() completed
 
     # ---- what moves ---------------------------------------------------------------------
@@ -142,7 +155,11 @@ class Orchestrator:
     # ---- recovery ----------------------------------------------------------------------------
     def recover(self, migration: str) -> list[str]:
         """Settle attempts a crash left running: finish them if they passed the point of
-        no return, back them out if not. Returns one sentence per attempt settled."""
+        no return, back them out if not. Returns one sentence per attempt settled.
+
+        Called with the migration's lease held: every live attempt holds that lease for
+        its whole run, so an attempt still marked running now belongs to a holder that is
+        gone (or that lost the lease and stops at its next step without acting)."""
         said = []
         for a in self.store.running_attempts(migration):
             if a["kind"] not in (CUTOVER, ROLLBACK):
@@ -183,11 +200,23 @@ class Orchestrator:
         steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
         attempt: int | None = None
+        deadline = float("inf")
+
+        def guard(name: str) -> None:
+            """A process that stalled (GC, a paused VM, a lost network) must not act late:
+            after the fence, every step re-checks the lease and the budget first."""
+            if opts.dry_run or name not in GUARDED:
+                return
+            if self.lease is not None:
+                self.lease.check()
+            if name in ("flip_to", "activate") and time.monotonic() > deadline:
+                raise BudgetExceeded(f"{opts.max_write_pause:.2f}s write-pause budget spent before {name}")
 
         def step(name: str, fn: Callable[..., Any], *args: Any) -> Any:
+            failpoint(name, "before")
+            guard(name)
             if attempt is not None:
                 self.store.step(sw.migration, attempt, name, "started")
-            failpoint(name, "before")
             t = time.monotonic()
             try:
                 out = fn(*args)
@@ -228,7 +257,7 @@ class Orchestrator:
                     raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
                 step("flip_from", steps.flip_from, epoch, deadlines)
                 step("flip_to", steps.flip_to, epoch)
-            except (BudgetExceeded, WaitTimeout) as exc:
+            except (BudgetExceeded, WaitTimeout, pgerr.DeadlockDetected, pgerr.LockNotAvailable) as exc:
                 step("back_out", steps.back_out)
                 result.unfenced_after_ms = round((time.monotonic() - t0) * 1000, 1)
                 if attempt is not None:
@@ -237,6 +266,9 @@ class Orchestrator:
                 result.message = (f"aborted: {exc}; writes were accepted again where they were after "
                                   f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
                 return result
+            except LeaseLost:
+                # another process holds the migration now and settles this attempt: touch nothing
+                raise
             except BaseException as exc:
                 # an unforeseen failure before the point of no return: back out, then report it
                 with contextlib.suppress(Exception):
@@ -276,11 +308,22 @@ def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str
                         message=f"finished the interrupted {kind} (attempt {attempt['attempt']}): epoch {epoch} active")
 
 
+@contextlib.contextmanager
+def _lease(pinned: ControlStore, migration: str, kind: str, opts: SwitchOptions):
+    """The migration's lease on the pinned session (a dry run writes nothing and needs none).
+    Held, it makes ``recover`` safe: a running attempt found now has lost its holder."""
+    if opts.dry_run:
+        yield None
+        return
+    with pinned.lease(migration, kind) as lease:
+        yield lease
+
+
 def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
             progress: Progress | None = None) -> SwitchResult:
     """Recover any interrupted attempt, then cut over the next wave (all of it by default)."""
-    with store.pinned() as pinned:
-        orch = Orchestrator(config, pinned, progress)
+    with store.pinned() as pinned, _lease(pinned, migration, CUTOVER, opts) as lease:
+        orch = Orchestrator(config, pinned, progress, lease)
         recovered = [] if opts.dry_run else orch.recover(migration)
         done = _finished(orch, CUTOVER, migration, recovered)
         if done is not None:
@@ -293,12 +336,13 @@ def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOpt
 def rollback(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
              progress: Progress | None = None) -> SwitchResult:
     """Recover any interrupted attempt, then move every cut-over key back to its source."""
-    with store.pinned() as pinned:
-        orch = Orchestrator(config, pinned, progress)
+    with store.pinned() as pinned, _lease(pinned, migration, ROLLBACK, opts) as lease:
+        orch = Orchestrator(config, pinned, progress, lease)
         recovered = [] if opts.dry_run else orch.recover(migration)
         done = _finished(orch, ROLLBACK, migration, recovered)
         if done is not None:
             return done
+        pinned.migration(migration)  # an unknown name is an error, not "nothing to roll back"
         if not any(w["state"] == "cut" for w in pinned.waves(migration)):
             return SwitchResult(ROLLBACK, migration, DONE, ExitCode.OK, recovered=recovered,
                                 message="nothing is cut over: the sources own every key")

@@ -14,6 +14,7 @@ import threading
 from dataclasses import dataclass
 
 from reshard import shard_schema
+from reshard.catalog import table_info
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
 from reshard.control import states
@@ -22,7 +23,7 @@ from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka_admin import KafkaAdmin
 from reshard.planner import Plan, plan
 from reshard.progress import Progress, Task
-from reshard.shardmap import ShardMap, qualified
+from reshard.shardmap import ShardMap
 from reshard.stack.connect import DEBEZIUM_CLASS
 from reshard.streams import FORWARD, Stream, forward
 from reshard.verify import VerifyReport, verify
@@ -120,10 +121,13 @@ class Coordinator:
             raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
 
     def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2) -> SnapshotReport:
-        with self.store.exclusive(name, "start"):
+        with self.store.lease(name, "start"):
             rec, p = self.record(name)
             if rec.state == states.ABORTED:
                 raise MigrationError(f"migration {name} was aborted; create a new one")
+            if rec.state == states.PLANNED:
+                with self.store.connect() as conn, conn.transaction():
+                    self.store.check_no_overlap(conn, name, p)  # before any slot, connector or row
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             self.check_services()
             units = check_setup(self.config, p)
@@ -232,7 +236,8 @@ class Coordinator:
     def complete(self, name: str, **kw):
         from cutover.complete import complete
 
-        return complete(self.config, self.store, name, progress=self.progress, **kw)
+        with self.store.lease(name, "complete"):
+            return complete(self.config, self.store, name, progress=self.progress, **kw)
 
     # ---- status ---------------------------------------------------------------------
     def status(self, name: str) -> dict:
@@ -290,9 +295,13 @@ class Coordinator:
 
     def teardown(self, name: str, drop_target_rows: bool = True) -> list[str]:
         """Abort: drop what the migration created (streams, its bookkeeping and, by default,
-        the rows it copied to the targets). Sources keep every row. Refused once any
+        the rows it copied or applied to the targets, and only those). Sources keep every row. Refused once any
         wave is cut over (roll back first). Idempotent; returns what it did."""
         rec, p = self.record(name)
+        with self.store.lease(name, "abort"):
+            return self._teardown(name, rec, p, drop_target_rows)
+
+    def _teardown(self, name: str, rec: MigrationRecord, p: Plan, drop_target_rows: bool) -> list[str]:
         if any(w["state"] == "cut" for w in self.store.waves(name)):
             raise MigrationError(f"migration {name} has waves cut over; `reshard rollback {name}` first")
         done = drop_streams(self.config, self.store, name, streams_of(self.store, rec, p), p.tables())
@@ -301,12 +310,14 @@ class Coordinator:
             for move in p.moves:
                 with connect(self.config.cluster(move.target).dsn, f"cluster {move.target}", autocommit=True) as conn:
                     shard_schema.writer_session(conn)
+                    if not conn.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]:
+                        continue  # reshard never wrote on this target
                     for table in sorted(p.new.groups[move.group].tables):
-                        if conn.execute("SELECT to_regclass(%s)", (qualified(table),)).fetchone()[0]:
-                            n = conn.execute(
-                                f"DELETE FROM {qualified(table)} t WHERE {p.predicate_sql(move, table, 't')}"
-                            ).rowcount
-                            done.append(f"deleted {n} copied row(s) of {table} on {move.target}")
+                        info = table_info(conn, table)
+                        if info is not None:
+                            n = shard_schema.delete_written_rows(conn, name, move.id, info,
+                                                                 p.predicate_sql(move, table, "t"))
+                            done.append(f"deleted {n} row(s) of {table} on {move.target} that this migration wrote")
         self.forget_bookkeeping(name, p)
         if rec.state != states.ABORTED:
             self.store.set_state(name, states.ABORTED)

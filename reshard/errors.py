@@ -64,3 +64,15 @@ class BudgetExceeded(ReshardError):
     """The write pause would exceed its budget: the cutover backs out instead."""
 
     exit_code = ExitCode.CUTOVER_ABORTED
+
+
+class Busy(ReshardError):
+    """Another reshard process holds the migration's lease; nothing was done."""
+
+    exit_code = ExitCode.BUSY
+
+
+class LeaseLost(ReshardError):
+    """This process lost the migration's lease mid-command: it stops before acting again."""
+
+    exit_code = ExitCode.BUSY

@@ -19,6 +19,7 @@ class ExitCode(enum.IntEnum):
     UNAVAILABLE = 4
     PAUSED = 5
     TIMEOUT = 6
+    BUSY = 7
     OUTSIDE_WINDOW = 11
     CUTOVER_ABORTED = 12
     GATE_LAG = 20
@@ -36,6 +37,8 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.PAUSED: "the migration stopped itself on input it will not guess about "
     "(schema drift, a row missing for a partial update); nothing was lost: fix it and rerun",
     ExitCode.TIMEOUT: "a bounded wait ran out (e.g. catch-up did not finish within --timeout)",
+    ExitCode.BUSY: "another reshard process holds the migration's lease (start, cutover, rollback, complete "
+    "or abort is running); nothing was done, or this process lost the lease and stopped",
     ExitCode.OUTSIDE_WINDOW: "cutover --window: now is outside the window; nothing was checked or changed",
     ExitCode.CUTOVER_ABORTED: "the cutover (or rollback) aborted, e.g. past --max-write-pause; routing is "
     "unchanged, writes are accepted where they were, streams keep running",

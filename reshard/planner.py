@@ -121,3 +121,28 @@ def plan(old: ShardMap, new: ShardMap) -> Plan:
                     if o != n:
                         moves.append(Move(name, o, n, f"keys owned by {o} in the old map and by {n} in the new"))
     return Plan(old, new, tuple(moves))
+
+
+def overlap(a: Plan, b: Plan) -> str | None:
+    """Why two migrations could move the same key, or None when their moves are disjoint.
+
+    Exact for hash maps that share one bucket count (the moving buckets intersect or
+    not); for any other pair of schemes a group moved by both counts as overlapping,
+    because reshard cannot prove the two key sets disjoint.
+    """
+    reasons = []
+    for name in sorted({m.group for m in a.moves} & {m.group for m in b.moves}):
+        groups = (a.old.groups[name], a.new.groups[name], b.old.groups[name], b.new.groups[name])
+        if all(_same_buckets(groups[0], g) for g in groups[1:]):
+            moving_a = {i for i, (o, n) in enumerate(zip(groups[0].scheme.assignment, groups[1].scheme.assignment))
+                        if o != n}
+            moving_b = {i for i, (o, n) in enumerate(zip(groups[2].scheme.assignment, groups[3].scheme.assignment))
+                        if o != n}
+            both = sorted(moving_a & moving_b)
+            if both:
+                reasons.append(f"group {name}: both move buckets {bucket_ranges_text(both)} "
+                               f"of {groups[0].scheme.buckets}")
+        else:
+            reasons.append(f"group {name}: both move keys of it and its schemes differ, so reshard "
+                           "cannot prove the key sets disjoint")
+    return "; ".join(reasons) or None

@@ -52,3 +52,32 @@ def forget(conn: psycopg.Connection, migration: str) -> list[str]:
         except psycopg.errors.ObjectInUse:
             pass  # an applier still holds it; the next cleanup drops it
     return dropped
+
+
+def pk_text_sql(pk: list[str], alias: str) -> str:
+    """The key's identity in ``reshard.applied_rows.pk``, computed from the row itself, so
+    the applier (which stages typed rows) and teardown always agree on it."""
+    from reshard.shardmap import quote_ident
+
+    return f"jsonb_build_array({', '.join(f'{alias}.{quote_ident(c)}' for c in pk)})::text"
+
+
+def delete_written_rows(conn: psycopg.Connection, migration: str, move_id: str, info, predicate: str) -> int:
+    """Delete, on a target, only the rows this migration wrote there: rows of the move's
+    predicate that its copy committed (up to the copy's committed cursor, or all of the
+    predicate once that unit finished) and rows its applier wrote (per-key positions).
+    Rows that were there before, or that another migration wrote, stay: a refused or
+    aborted migration never deletes a neighbour's data (invariant 8). ``predicate``
+    must refer to the table as ``t``."""
+    from reshard.shardmap import qualified, quote_ident
+
+    pk_cols = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
+    cursor_row = ", ".join(f"(c.cursor->>{i})::{info.column(col).type}" for i, col in enumerate(info.pk))
+    return conn.execute(
+        f"DELETE FROM {qualified(info.name)} t WHERE {predicate} AND ("
+        f"EXISTS (SELECT 1 FROM reshard.copy_cursor c WHERE c.migration = %s AND c.move_id = %s AND c.tbl = %s "
+        f"AND (c.done OR (jsonb_typeof(c.cursor) = 'array' AND ({pk_cols}) <= ({cursor_row})))) "
+        f"OR {pk_text_sql(list(info.pk), 't')} IN (SELECT a.pk FROM reshard.applied_rows a "
+        f"WHERE a.migration = %s AND a.tbl = %s AND NOT a.deleted))",
+        (migration, move_id, info.name, migration, info.name),
+    ).rowcount

@@ -140,3 +140,13 @@ CREATE TABLE IF NOT EXISTS reshard.cutover_steps (
     PRIMARY KEY (migration, attempt, seq),
     FOREIGN KEY (migration, attempt) REFERENCES reshard.cutover_attempts (migration, attempt)
 );
+
+-- Who holds each migration's lease (the lock itself is a session advisory lock, see
+-- ControlStore.lease); rows of holders whose session ended are ignored and overwritten.
+CREATE TABLE IF NOT EXISTS reshard.leases (
+    migration   text PRIMARY KEY,
+    holder      text NOT NULL,
+    purpose     text NOT NULL,
+    backend_pid integer NOT NULL,
+    since       timestamptz NOT NULL DEFAULT now()
+);

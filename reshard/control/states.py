@@ -20,6 +20,7 @@ TRANSITIONS: dict[str, set[str]] = {
 }
 
 ALL = tuple(TRANSITIONS)
+LIVE = (PLANNED, SNAPSHOTTING, STREAMING, CUT_OVER)  # may still create, copy or stream rows
 
 
 def can_move(current: str, new: str) -> bool:

@@ -17,8 +17,8 @@ from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
 from reshard.control import states
-from reshard.errors import ConfigError, MigrationError, Unavailable
-from reshard.planner import Plan, plan
+from reshard.errors import Busy, ConfigError, LeaseLost, MigrationError, Unavailable
+from reshard.planner import Plan, overlap, plan
 from reshard.shardmap import ShardMap, parse_map
 
 ACTOR = f"{socket.gethostname()}:{os.getpid()}"
@@ -176,9 +176,34 @@ class ControlStore:
             ).fetchall()
 
     # ---- migrations ------------------------------------------------------------
+    def _map_in(self, conn: psycopg.Connection, epoch: int) -> ShardMap:
+        row = conn.execute("SELECT body FROM reshard.shard_maps WHERE epoch = %s", (epoch,)).fetchone()
+        if row is None:
+            raise ConfigError(f"no shard map with epoch {epoch}")
+        return parse_map(row["body"], where=f"map epoch {epoch}")
+
+    def check_no_overlap(self, conn: psycopg.Connection, name: str, p: Plan) -> None:
+        """Refuse a migration whose moving keys intersect a live migration's (invariant 8):
+        two migrations copying and streaming the same keys would overwrite each other, and
+        the abort of one would delete the other's rows."""
+        for other in conn.execute(
+            "SELECT name, from_epoch, to_epoch, state FROM reshard.migrations WHERE name <> %s AND state = ANY(%s) "
+            "ORDER BY created_at", (name, list(states.LIVE)),
+        ).fetchall():
+            why = overlap(p, plan(self._map_in(conn, other["from_epoch"]), self._map_in(conn, other["to_epoch"])))
+            if why:
+                raise MigrationError(
+                    f"migration {name} would move keys that migration {other['name']} ({other['state']}) already "
+                    f"moves: {why}. Complete or abort {other['name']} first, or choose a map that moves other keys; "
+                    "nothing was created"
+                )
+
     def create_migration(self, name: str, from_epoch: int, to_epoch: int, p: Plan, settings: dict) -> MigrationRecord:
         moves = [m.to_dict() for m in p.moves]
         with self.connect() as conn, conn.transaction():
+            # one creation at a time: the overlap check and the insert are one decision, and a
+            # concurrent create of the same name waits here, then finds the row instead of failing
+            conn.execute("LOCK TABLE reshard.migrations IN SHARE ROW EXCLUSIVE MODE")
             row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s FOR UPDATE", (name,)).fetchone()
             if row is not None:
                 if (row["from_epoch"], row["to_epoch"]) != (from_epoch, to_epoch):
@@ -187,6 +212,7 @@ class ControlStore:
                         "pick another name"
                     )
                 return self._record(conn, row)
+            self.check_no_overlap(conn, name, p)
             conn.execute(
                 "INSERT INTO reshard.migrations (name, from_epoch, to_epoch, state, moves, settings) "
                 "VALUES (%s, %s, %s, %s, %s, %s)",
@@ -423,19 +449,88 @@ class ControlStore:
                 "ORDER BY id DESC LIMIT 1", (migration,)
             ).fetchone()
 
-    # ---- exclusivity --------------------------------------------------------------
+    # ---- the lease ----------------------------------------------------------------
     @contextmanager
-    def exclusive(self, migration: str, purpose: str) -> Iterator[psycopg.Connection]:
-        """Hold a session advisory lock for (migration, purpose) while the block runs.
+    def lease(self, migration: str, purpose: str) -> Iterator["Lease"]:
+        """Hold the migration's lease while the block runs: one command at a time acts on a
+        migration (start, cutover, rollback, complete, abort), whatever host it runs on.
 
-        The lock dies with the connection, so a SIGKILLed holder never blocks a rerun.
+        The lease is a session advisory lock in the control database, so it dies with its
+        holder's connection: a SIGKILLed holder never blocks a rerun, and a holder whose
+        connection is gone has lost it (``Lease.check`` says so before every step that
+        acts). Taken on a pinned store it lives on the pinned connection, which makes the
+        cutover's activation, committed on that same session, provably the holder's.
+        The holder is recorded in ``reshard.leases`` so a refusal can name it.
         """
-        key = zlib.crc32(f"{migration}/{purpose}".encode()) - (1 << 31)  # into int4 range
-        conn = self.connect(autocommit=True)
+        own = self._pinned is None
+        conn = self.connect(autocommit=True) if own else self._pinned
+        lease = Lease(conn, migration, purpose)
         try:
-            got = conn.execute("SELECT pg_try_advisory_lock(%s::int, %s::int) AS ok", (7, key)).fetchone()["ok"]
-            if not got:
-                raise MigrationError(f"another reshard process is already running {purpose} for migration {migration}")
-            yield conn
+            lease.acquire()
+            yield lease
         finally:
-            conn.close()
+            if own:
+                conn.close()  # ends the session: the lock goes with it
+            else:
+                lease.release()
+
+
+class Lease:
+    """The advisory lock behind ``ControlStore.lease``; see there."""
+
+    NAMESPACE = 7  # first key of reshard's advisory locks on the control database
+
+    def __init__(self, conn: psycopg.Connection, migration: str, purpose: str):
+        self.conn = conn
+        self.migration = migration
+        self.purpose = purpose
+        self.key = zlib.crc32(migration.encode()) - (1 << 31)  # into int4 range
+
+    def _q(self, sql: str, params: tuple = ()) -> dict | None:
+        """One statement on the lease's session, committed at once (the session may be a
+        pinned, non-autocommit connection)."""
+        cur = self.conn.execute(sql, params)
+        row = cur.fetchone() if cur.description else None
+        if not self.conn.autocommit:
+            self.conn.commit()
+        return row
+
+    def acquire(self) -> None:
+        got = self._q("SELECT pg_try_advisory_lock(%s::int, %s::int) AS ok", (self.NAMESPACE, self.key))["ok"]
+        if not got:
+            holder = self._q(
+                "SELECT holder, purpose, since FROM reshard.leases l WHERE migration = %s AND EXISTS ("
+                "SELECT 1 FROM pg_stat_activity a WHERE a.pid = l.backend_pid)", (self.migration,))
+            who = (f"{holder['purpose']} by {holder['holder']} since {holder['since']:%Y-%m-%d %H:%M:%S %Z}"
+                   if holder else "another reshard process")
+            raise Busy(f"migration {self.migration} is busy: {who} holds its lease; {self.purpose} was not started. "
+                       "Wait for it to finish (reshard status shows it); a holder that died releases it at once")
+        self._q(
+            "INSERT INTO reshard.leases (migration, holder, purpose, backend_pid) VALUES (%s, %s, %s, "
+            "pg_backend_pid()) ON CONFLICT (migration) DO UPDATE SET holder = EXCLUDED.holder, "
+            "purpose = EXCLUDED.purpose, backend_pid = EXCLUDED.backend_pid, since = now()",
+            (self.migration, ACTOR, self.purpose))
+
+    def check(self) -> None:
+        """Raise LeaseLost unless this session still holds the lease."""
+        try:
+            held = self._q(
+                "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid() "
+                "AND classid = %s AND objid = %s::int::oid AND objsubid = 2 AND granted) AS held",
+                (self.NAMESPACE, self.key))["held"]
+        except psycopg.Error as exc:
+            raise LeaseLost(f"lost the lease of migration {self.migration}: control database session ended "
+                            f"({type(exc).__name__})") from None
+        if not held:
+            raise LeaseLost(f"lost the lease of migration {self.migration}")
+
+    def release(self) -> None:
+        try:
+            if not self.conn.closed:
+                if self.conn.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+                    self.conn.rollback()
+                self._q("DELETE FROM reshard.leases WHERE migration = %s AND backend_pid = pg_backend_pid()",
+                        (self.migration,))
+                self._q("SELECT pg_advisory_unlock(%s::int, %s::int)", (self.NAMESPACE, self.key))
+        except psycopg.Error:
+            pass  # the session is gone, and the lock with it
