@@ -13,18 +13,23 @@ The rules live in the function body, not in a table the trigger reads: a writer
 blocked behind a rule change takes its table lock, which makes it see the committed
 new function, whereas a table read could use a snapshot taken before the change.
 
-Changing the rules takes a SHARE ROW EXCLUSIVE lock on the cluster's sharded tables:
-it waits for every write in progress to commit (a write that passed the old check
-cannot commit after the change) and holds new writes back until the new rules
-commit; ``lock_timeout`` bounds that wait, and a timeout changes nothing.
+Changing the rules takes a SHARE ROW EXCLUSIVE lock on each sharded table in turn, in a
+transaction per table: it waits for every write in progress on that table to commit (a
+write that passed the old check cannot commit after the change) and holds new writes
+back until the new rules commit. One table at a time, so a fence change can never be
+half of a lock cycle with an application transaction that writes several tables in
+any order (invariant 9); ``lock_timeout`` bounds the whole change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import random
 import re
+import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 import psycopg
 from psycopg import errors as pgerr
@@ -182,40 +187,80 @@ def _present(conn: psycopg.Connection, tables: list[str]) -> list[str]:
     return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (qualified(t),)).fetchone()[0]]
 
 
-def _lock(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int) -> None:
-    conn.execute(f"SET LOCAL lock_timeout = {int(lock_timeout_ms)}")
-    try:
-        conn.execute(f"LOCK TABLE {', '.join(qualified(t) for t in tables)} IN SHARE ROW EXCLUSIVE MODE")
-    except pgerr.LockNotAvailable:
-        raise WaitTimeout(
-            f"writes in progress did not finish within {lock_timeout_ms} ms; the fence was not changed"
-        ) from None
+TRY_LOCK_MS = 200  # one try's wait for a table, far below PostgreSQL's default deadlock_timeout (1 s)
+
+
+@contextmanager
+def _one_table(conn: psycopg.Connection, table: str, give_up: float, changed: list[str]) -> Iterator[None]:
+    """A transaction that holds exactly one table's SHARE ROW EXCLUSIVE lock.
+
+    This is what keeps fence changes out of deadlocks (invariant 9): a transaction that
+    locked one table and then waited for a second could close a cycle with an application
+    transaction that writes them in the other order (seen under a TPC-B-like load, where
+    some writer is always between its two tables). Holding one table at a time, the fence
+    change waits for nobody who waits for it. Each table's change is complete on its own:
+    its writes in progress are waited out and new ones see the new rules; a caller that
+    needs the whole cluster changed (a cutover) acts only after every table is.
+
+    A try waits at most TRY_LOCK_MS; where allowed, this session is also the one that
+    would detect a cycle (deadlock_timeout 10 ms), so an application never sees 40P01
+    from it. Tries repeat after a jittered pause until ``give_up`` (monotonic time).
+    """
+    with conn.transaction():
+        _lock_one(conn, table, give_up, changed)
+        yield
+
+
+def _lock_one(conn: psycopg.Connection, table: str, give_up: float, changed: list[str]) -> None:
+    """The tries of ``_one_table``, each in a savepoint that gives its wait back on failure."""
+    detector = conn.execute("SELECT current_setting('is_superuser') = 'on'").fetchone()[0]
+    tries = 0
+    while True:
+        tries += 1
+        left_ms = int((give_up - time.monotonic()) * 1000)
+        try:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL lock_timeout = {max(1, min(TRY_LOCK_MS, left_ms))}")
+                if detector:
+                    conn.execute("SET LOCAL deadlock_timeout = 10")
+                conn.execute(f"LOCK TABLE {qualified(table)} IN SHARE ROW EXCLUSIVE MODE")
+            return
+        except (pgerr.LockNotAvailable, pgerr.DeadlockDetected):
+            if time.monotonic() >= give_up:
+                done = f"; already changed: {', '.join(changed)}" if changed else "; nothing was changed"
+                raise WaitTimeout(
+                    f"writes in progress kept {table} locked past the lock timeout ({tries} tries){done}"
+                ) from None
+            time.sleep(random.uniform(0.002, 0.015))
 
 
 def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 2000,
             only_before: str | None = None) -> list[str]:
     """Install or replace the fence on every table of the spec present on this cluster.
 
-    Idempotent. ``conn`` must be in autocommit mode; the change is one transaction.
-    With ``only_before`` (a timestamptz), the change is made only if, once the tables are
-    locked, this cluster's clock is still before it; else BudgetExceeded, nothing changed.
+    Idempotent. ``conn`` must be in autocommit mode; each table changes in a transaction
+    of its own (see ``_one_table``), all within ``lock_timeout_ms``. With ``only_before``
+    (a timestamptz), a table changes only if, once it is locked, this cluster's clock is
+    still before it; else BudgetExceeded. A failure leaves the tables before it changed
+    and the rest not: callers back out (cutover) or rerun (the fence command).
     Returns the tables fenced.
     """
-    tables = _present(conn, spec.table_list())
+    tables = sorted(_present(conn, spec.table_list()))
     if not tables:
         return []
-    with conn.transaction():
-        conn.execute(STATE_SQL)
-        _lock(conn, tables, lock_timeout_ms)
-        if only_before is not None:
-            in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
-            if not in_time:
-                raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
-        conn.execute(
-            f"CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
-            f"AS $$ SELECT {int(spec.epoch)}::bigint $$"
-        )
-        for t in tables:
+    conn.execute(STATE_SQL)
+    give_up = time.monotonic() + lock_timeout_ms / 1000
+    changed: list[str] = []
+    for t in tables:
+        with _one_table(conn, t, give_up, changed):
+            if only_before is not None:
+                in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
+                if not in_time:
+                    raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
+            conn.execute(
+                f"CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
+                f"AS $$ SELECT {int(spec.epoch)}::bigint $$"
+            )
             conn.execute(trigger_function_sql(spec, t))
             exists = conn.execute(
                 "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s", (qualified(t), TRIGGER)
@@ -232,23 +277,24 @@ def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 20
                 "mode = EXCLUDED.mode, note = EXCLUDED.note, installed_at = now()",
                 (t, spec.cluster, spec.epoch, spec.mode, spec.note),
             )
+        changed.append(t)
     return tables
 
 
 def remove(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int = 2000) -> list[str]:
-    """Drop the fence from these tables (those that have one). Idempotent."""
-    present = _present(conn, tables)
-    removed = []
-    with conn.transaction():
-        if present:
-            _lock(conn, present, lock_timeout_ms)
-        for t in present:
-            conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {qualified(t)}")
+    """Drop the fence from these tables (those that have one), a table at a time. Idempotent."""
+    present = set(_present(conn, tables))
+    give_up = time.monotonic() + lock_timeout_ms / 1000
+    removed: list[str] = []
+    has_state = conn.execute("SELECT to_regclass('reshard.fence_state')").fetchone()[0]
+    for t in sorted(tables):
+        if t in present:
+            with _one_table(conn, t, give_up, removed):
+                conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {qualified(t)}")
             removed.append(t)
-        for t in tables:
-            conn.execute(f"DROP FUNCTION IF EXISTS reshard.{function_name(t)}()")
-        if conn.execute("SELECT to_regclass('reshard.fence_state')").fetchone()[0]:
-            conn.execute("DELETE FROM reshard.fence_state WHERE tbl = ANY(%s)", (tables,))
+        conn.execute(f"DROP FUNCTION IF EXISTS reshard.{function_name(t)}()")
+        if has_state:
+            conn.execute("DELETE FROM reshard.fence_state WHERE tbl = %s", (t,))
     return removed
 
 
