@@ -1,11 +1,20 @@
-"""Apply change events to one target cluster, idempotently, in one transaction.
+"""Apply change events to one target cluster, idempotently, a batch at a time, in sets.
 
-Each event is one statement. Its first part records the key's change position in
-``reshard.applied_rows`` only if it is newer than the position already there; its
-second part changes the row only if the first did. So an event applied twice, or
-a stale event arriving after a newer one, changes nothing, and the position commits
-with the row it describes. The Kafka offsets the batch covers are recorded in the
-same transaction (``reshard.applied_offsets``).
+A batch is reduced to the newest change per key first (a partial update, which lacks
+its unchanged TOAST columns, borrows them from an older full change of the same key
+in the batch). Each table's share is then shipped with one COPY into a session-local
+staging table and applied by a handful of set-based statements, in one transaction:
+
+1. the per-key position guard: ``reshard.applied_rows`` advances for the keys whose
+   staged change is newer than the position stored, and every other staged change
+   (a replay, a reordered older change) is dropped from the stage;
+2. one DELETE, one INSERT … ON CONFLICT for full rows, one UPDATE per shape of partial
+   rows (which must find their row: a missing one pauses, see below);
+3. the Kafka offsets the batch covers (``reshard.applied_offsets``).
+
+So a change applied twice, or a stale change arriving after a newer one, changes
+nothing, and positions commit with the rows they describe (invariant 2), at a cost of
+a few round trips per table and batch instead of one per event (invariant 10).
 
 Change LSNs order the changes of one key: a second transaction cannot change a row
 before the first one that changed it commits (row locks), so its change comes later
@@ -15,16 +24,19 @@ in the WAL. They do not order changes across keys, and nothing here needs that.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg import sql
 
-from reshard.catalog import Column, TableInfo
+from reshard.catalog import TableInfo
 from reshard.errors import MigrationPaused, SchemaMismatch
-from reshard.shardmap import qualified, quote_ident
+from reshard.shard_schema import pk_text_sql
 from cdc_applier.decode import ChangeEvent
+
+FULL, PARTIAL, DELETE = "u", "p", "d"  # what a staged row does to the target row
 
 
 @dataclass(frozen=True)
@@ -41,50 +53,97 @@ class Routed:
 @dataclass
 class ApplyStats:
     applied: int = 0
-    skipped_stale: int = 0  # replays and reordered older changes: no effect, by design
+    skipped_stale: int = 0  # replays, reordered older changes, changes a newer one in the batch replaced
     superseded: int = 0  # partial updates of rows a resumed copy took after them
     rejected: list[tuple[Routed, str]] = field(default_factory=list)
 
 
+def _hashable(v: Any) -> Any:
+    return v if isinstance(v, (int, str, float, bool, type(None))) else json.dumps(v, sort_keys=True, default=str)
 
-VERSION_CTE = (
-    "WITH v AS (INSERT INTO reshard.applied_rows AS a (migration, tbl, pk, lsn, deleted) "
-    "VALUES (%s, %s, %s, %s, {deleted}) ON CONFLICT (migration, tbl, pk) DO UPDATE "
-    "SET lsn = EXCLUDED.lsn, deleted = EXCLUDED.deleted WHERE a.lsn < EXCLUDED.lsn RETURNING 1)"
-)
+
+def newest_per_key(items: list[Routed], pk_of: dict[str, tuple[str, ...]]) -> tuple[list[Routed], int]:
+    """The batch reduced to the newest change of each (table, key), in arrival order of
+    the survivors; returns them and how many changes they replaced.
+
+    A partial update (unchanged TOAST columns not sent) that follows a full change of
+    the same key in the batch takes those columns from it, so it stays applicable even
+    if the row does not exist on the target yet."""
+    latest: dict[tuple, Routed] = {}
+    for r in items:
+        ev = r.event
+        k = (ev.table, *(_hashable(ev.key.get(c)) for c in pk_of.get(ev.table, ())))
+        prev = latest.get(k)
+        if prev is not None and prev.event.lsn > ev.lsn:
+            continue  # an older change arriving late: the newer one wins
+        if prev is not None and ev.unavailable and ev.row is not None and prev.event.row is not None:
+            carried = {c: prev.event.row[c] for c in ev.unavailable if c in prev.event.row}
+            if carried:
+                ev = replace(ev, row={**ev.row, **carried}, unavailable=ev.unavailable - frozenset(carried))
+                r = replace(r, event=ev)
+        latest.pop(k, None)  # re-insert: survivors keep the order of their newest change
+        latest[k] = r
+    return list(latest.values()), len(items) - len(latest)
 
 
 class TableWriter:
-    """Statements for one table on one target, built once from its catalog entry."""
+    """Staging table and statements for one table on one target, built once per session."""
 
-    def __init__(self, info: TableInfo, migration: str, resumed_lsn: int | None):
+    def __init__(self, conn: psycopg.Connection, info: TableInfo, migration: str, resumed_lsn: int | None,
+                 number: int):
         self.info = info
         self.migration = migration
         self.resumed_lsn = resumed_lsn
         self.cols = {c.name: c for c in info.copyable}
         self.colset = frozenset(self.cols)
+        self.names = list(self.cols)
         self.pk = list(info.pk)
-        self.identity_always = any(c.identity == "a" for c in info.copyable)
-        self._sql: dict[tuple, str] = {}
+        self.stage = sql.Identifier(f"reshard_stage_{number}")
+        self.target = sql.Identifier(*info.name.split(".", 1))
+        self._checked: dict[tuple[str, ...], bool] = {}
+        self._shapes: dict[tuple[str, ...], int] = {}
+        self._update_sql: dict[int, sql.Composed] = {}
+        defs = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
+                                  for c in info.copyable)
+        # session-local, emptied at every commit: a rolled-back batch leaves nothing behind
+        conn.execute(sql.SQL(
+            "CREATE TEMP TABLE IF NOT EXISTS {} (__op \"char\" NOT NULL, __lsn bigint NOT NULL, "
+            "__shape integer NOT NULL, {}) ON COMMIT DELETE ROWS").format(self.stage, defs))
+        self._build()
 
-    def _param(self, col: Column) -> str:
-        return f"%s::{col.base_type}"
+    def _on_pk(self, left: str, right: str) -> sql.Composable:
+        return sql.SQL(" AND ").join(
+            sql.SQL("{}.{} = {}.{}").format(sql.Identifier(left), sql.Identifier(c), sql.Identifier(right),
+                                            sql.Identifier(c)) for c in self.pk)
 
-    def _pk_where(self) -> str:
-        return " AND ".join(f"{quote_ident(c)} = {self._param(self.info.column(c))}" for c in self.pk)
-
-    def pk_text(self, ev: ChangeEvent) -> str:
-        return json.dumps([ev.key.get(c) for c in self.pk], separators=(",", ":"), default=str)
-
-    def value(self, col: Column, v: Any) -> Any:
-        if v is not None and col.base_type == "bytea" and isinstance(v, str):
-            return bytes.fromhex(v[2:] if v.startswith("\\x") else v)
-        if isinstance(v, (dict, list)) and col.base_type in ("json", "jsonb"):
-            return json.dumps(v)
-        return v
+    def _build(self) -> None:
+        cols = sql.SQL(", ").join(map(sql.Identifier, self.names))
+        self.copy_sql = sql.SQL("COPY {} (__op, __lsn, __shape, {}) FROM STDIN").format(self.stage, cols)
+        self.guard_sql = sql.SQL(
+            "WITH v AS (INSERT INTO reshard.applied_rows AS a (migration, tbl, pk, lsn, deleted) "
+            "SELECT %(m)s, %(t)s, {pk}, s.__lsn, s.__op = 'd' FROM {stage} s "
+            "ON CONFLICT (migration, tbl, pk) DO UPDATE SET lsn = EXCLUDED.lsn, deleted = EXCLUDED.deleted "
+            "WHERE a.lsn < EXCLUDED.lsn RETURNING a.pk) "
+            "DELETE FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM v WHERE v.pk = {pk})"
+        ).format(pk=sql.SQL(pk_text_sql(self.pk, "s")), stage=self.stage)
+        self.clear_sql = sql.SQL("DELETE FROM {}").format(self.stage)
+        self.delete_sql = sql.SQL("DELETE FROM {} t USING {} s WHERE s.__op = 'd' AND {}").format(
+            self.target, self.stage, self._on_pk("t", "s"))
+        sets = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
+                for c in self.names if c not in self.pk]
+        override = sql.SQL(" OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in self.info.copyable) else "")
+        self.upsert_sql = sql.SQL(
+            "INSERT INTO {t} ({cols}){override} SELECT {cols} FROM {stage} WHERE __op = 'u' "
+            "ON CONFLICT ({pk}) DO {action}"
+        ).format(t=self.target, cols=cols, override=override, stage=self.stage,
+                 pk=sql.SQL(", ").join(map(sql.Identifier, self.pk)),
+                 action=sql.SQL("UPDATE SET ") + sql.SQL(", ").join(sets) if sets else sql.SQL("NOTHING"))
 
     def check_columns(self, ev: ChangeEvent, source: str, target: str) -> None:
-        if frozenset(ev.columns) != self.colset:
+        ok = self._checked.get(ev.columns)
+        if ok is None:
+            ok = self._checked[ev.columns] = frozenset(ev.columns) == self.colset
+        if not ok:
             extra = sorted(set(ev.columns) - self.colset)
             missing = sorted(self.colset - set(ev.columns))
             raise SchemaMismatch(
@@ -95,55 +154,79 @@ class TableWriter:
                 "Apply the same DDL on the targets, then run the applier again."
             )
 
-    def statement(self, ev: ChangeEvent) -> tuple[str, list[Any], str]:
-        """(sql, params, kind) for one event; kind is 'upsert', 'update' or 'delete'."""
-        head = [self.migration, self.info.name, self.pk_text(ev), ev.lsn]
-        pk_params = [ev.key.get(c) for c in self.pk]
+    def _value(self, name: str, v: Any) -> Any:
+        if v is None:
+            return None
+        base = self.cols[name].base_type
+        if base == "bytea" and isinstance(v, str):
+            return bytes.fromhex(v[2:] if v.startswith("\\x") else v)
+        if base in ("json", "jsonb") and isinstance(v, (dict, list)):
+            return json.dumps(v)
+        return v
+
+    def _shape(self, ev: ChangeEvent) -> int:
+        """Partial updates are grouped by the columns they carry: one UPDATE per shape."""
+        present = tuple(c for c in self.names if c in ev.row and c not in self.pk)  # type: ignore[operator]
+        n = self._shapes.get(present)
+        if n is None:
+            n = self._shapes[present] = len(self._shapes) + 1
+            sets = sql.SQL(", ").join(
+                sql.SQL("{} = s.{}").format(sql.Identifier(c), sql.Identifier(c)) for c in present
+            ) if present else sql.SQL("{} = t.{}").format(sql.Identifier(self.pk[0]), sql.Identifier(self.pk[0]))
+            key = sql.SQL(", ").join(sql.SQL("s.{}").format(sql.Identifier(c)) for c in self.pk)
+            self._update_sql[n] = sql.SQL(
+                "WITH w AS (UPDATE {t} t SET {sets} FROM {stage} s WHERE s.__op = 'p' AND s.__shape = {n} "
+                "AND {on} RETURNING {tkey}) SELECT {key}, s.__lsn FROM {stage} s WHERE s.__op = 'p' "
+                "AND s.__shape = {n} AND NOT EXISTS (SELECT 1 FROM w WHERE {won})"
+            ).format(t=self.target, sets=sets, stage=self.stage, n=sql.Literal(n), on=self._on_pk("t", "s"),
+                     tkey=sql.SQL(", ").join(sql.SQL("t.{}").format(sql.Identifier(c)) for c in self.pk),
+                     key=key, won=self._on_pk("w", "s"))
+        return n
+
+    def staged_row(self, ev: ChangeEvent) -> tuple[list[Any], int]:
+        """(the COPY row, the partial shape or 0) for one change."""
         if ev.op == "d":
-            sql = self._sql.get(("d",))
-            if sql is None:
-                sql = (
-                    VERSION_CTE.format(deleted="true")
-                    + f", w AS (DELETE FROM {qualified(self.info.name)} WHERE {self._pk_where()} "
-                    "AND EXISTS (SELECT 1 FROM v) RETURNING 1) SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM w)"
-                )
-                self._sql[("d",)] = sql
-            return sql, head + pk_params, "delete"
-        assert ev.row is not None
+            vals = {c: ev.key.get(c) for c in self.pk}
+            return [DELETE, ev.lsn, 0, *(self._value(c, vals.get(c)) for c in self.names)], 0
+        row = ev.row or {}
         if not ev.unavailable:
-            names = [c for c in self.cols if c in ev.row]
-            cache_key = ("u", tuple(names))
-            sql = self._sql.get(cache_key)
-            if sql is None:
-                col_list = ", ".join(quote_ident(c) for c in names)
-                values = ", ".join(self._param(self.cols[c]) for c in names)
-                sets = ", ".join(f"{quote_ident(c)} = EXCLUDED.{quote_ident(c)}" for c in names if c not in self.pk)
-                conflict = f"DO UPDATE SET {sets}" if sets else "DO NOTHING"
-                override = " OVERRIDING SYSTEM VALUE" if self.identity_always else ""
-                sql = (
-                    VERSION_CTE.format(deleted="false")
-                    + f", w AS (INSERT INTO {qualified(self.info.name)} ({col_list}){override} "
-                    f"SELECT {values} WHERE EXISTS (SELECT 1 FROM v) "
-                    f"ON CONFLICT ({', '.join(quote_ident(c) for c in self.pk)}) {conflict} RETURNING 1) "
-                    "SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM w)"
-                )
-                self._sql[cache_key] = sql
-            return sql, head + [self.value(self.cols[c], ev.row[c]) for c in names], "upsert"
+            return [FULL, ev.lsn, 0, *(self._value(c, row.get(c)) for c in self.names)], 0
         # unchanged TOAST columns were not sent: update only what was, never the placeholder
-        names = [c for c in self.cols if c in ev.row and c not in self.pk]
-        cache_key = ("p", tuple(names))
-        sql = self._sql.get(cache_key)
-        if sql is None:
-            sets = ", ".join(f"{quote_ident(c)} = {self._param(self.cols[c])}" for c in names) or (
-                f"{quote_ident(self.pk[0])} = {quote_ident(self.pk[0])}"
-            )
-            sql = (
-                VERSION_CTE.format(deleted="false")
-                + f", w AS (UPDATE {qualified(self.info.name)} SET {sets} WHERE {self._pk_where()} "
-                "AND EXISTS (SELECT 1 FROM v) RETURNING 1) SELECT (SELECT count(*) FROM v), (SELECT count(*) FROM w)"
-            )
-            self._sql[cache_key] = sql
-        return sql, head + [self.value(self.cols[c], ev.row[c]) for c in names] + pk_params, "update"
+        shape = self._shape(ev)
+        return [PARTIAL, ev.lsn, shape, *(self._value(c, row.get(c)) for c in self.names)], shape
+
+    def apply(self, cur: psycopg.Cursor, items: list[Routed], stats: ApplyStats, cluster: str) -> None:
+        """Stage and apply ``items`` (at most one per key) inside the caller's transaction."""
+        shapes: set[int] = set()
+        with cur.copy(self.copy_sql) as cp:
+            for r in items:
+                row, shape = self.staged_row(r.event)
+                if shape:
+                    shapes.add(shape)
+                cp.write_row(row)
+        cur.execute(self.guard_sql, {"m": self.migration, "t": self.info.name})
+        stale = cur.rowcount
+        stats.skipped_stale += stale
+        applied = len(items) - stale
+        cur.execute(self.delete_sql)
+        cur.execute(self.upsert_sql)
+        for shape in sorted(shapes):
+            cur.execute(self._update_sql[shape])
+            for *key, lsn in cur.fetchall():
+                if self.resumed_lsn is not None and lsn < self.resumed_lsn:
+                    # the row was copied from a later snapshot that no longer had it: a later
+                    # delete (still to be applied) removed it. See snapshotter/snapshot.py.
+                    stats.superseded += 1
+                    applied -= 1
+                    continue
+                raise MigrationPaused(
+                    f"update of {self.info.name} key {dict(zip(self.pk, key))} (lsn {lsn}) sent only some columns "
+                    f"(unchanged TOAST values were not sent) but the row is missing on {cluster}; reshard will "
+                    "not invent the missing values. Set REPLICA IDENTITY FULL on the source table or re-copy the "
+                    "row, then rerun the applier."
+                )
+        stats.applied += applied
+        cur.execute(self.clear_sql)  # a per-event retry stages again in the same transaction
 
 
 class TargetWriter:
@@ -154,49 +237,39 @@ class TargetWriter:
         self.conn = conn
         self.cluster = cluster
         self.migration = migration
-        self.writers = {t: TableWriter(info, migration, resumed_lsn.get(t)) for t, info in tables.items()}
+        self.writers = {t: TableWriter(conn, info, migration, resumed_lsn.get(t), i)
+                        for i, (t, info) in enumerate(sorted(tables.items()))}
+        self.pk_of = {t: tuple(info.pk) for t, info in tables.items()}
 
     def _run(self, items: list[Routed], stats: ApplyStats) -> None:
-        cur = self.conn.cursor()
+        by_table: dict[str, list[Routed]] = {}
         for r in items:
-            ev = r.event
-            w = self.writers.get(ev.table)
+            w = self.writers.get(r.event.table)
             if w is None:
-                raise SchemaMismatch(f"{ev.table} is not a table of this migration on {self.cluster}")
-            w.check_columns(ev, r.source, self.cluster)
-            sql, params, kind = w.statement(ev)
-            cur.execute(sql, params)
-            versioned, changed = cur.fetchone()
-            if not versioned:
-                stats.skipped_stale += 1
-            elif kind == "update" and not changed:
-                if w.resumed_lsn is not None and ev.lsn < w.resumed_lsn:
-                    # the row was copied from a later snapshot that no longer had it: a later
-                    # delete (still to be applied) removed it. See snapshotter/snapshot.py.
-                    stats.superseded += 1
-                else:
-                    raise MigrationPaused(
-                        f"update of {ev.table} key {ev.key} (lsn {ev.lsn}) sent only some columns "
-                        f"(unchanged TOAST: {', '.join(sorted(ev.unavailable))}) but the row is missing on "
-                        f"{self.cluster}; reshard will not invent the missing values. Set REPLICA IDENTITY FULL "
-                        "on the source table or re-copy the row, then rerun the applier."
-                    )
-            else:
-                stats.applied += 1
+                raise SchemaMismatch(f"{r.event.table} is not a table of this migration on {self.cluster}")
+            w.check_columns(r.event, r.source, self.cluster)
+            by_table.setdefault(r.event.table, []).append(r)
+        cur = self.conn.cursor()
+        for table, rs in by_table.items():
+            survivors, replaced = newest_per_key(rs, self.pk_of)
+            stats.skipped_stale += replaced
+            self.writers[table].apply(cur, survivors, stats, self.cluster)
 
     def _record_offsets(self, offsets: dict[tuple[str, int], int]) -> None:
         if not offsets:
             return
-        self.conn.cursor().executemany(
+        topics, parts, nexts = zip(*((t, p, o) for (t, p), o in offsets.items()))
+        self.conn.execute(
             "INSERT INTO reshard.applied_offsets (migration, topic, kpartition, next_offset, applied_at) "
-            "VALUES (%s, %s, %s, %s, now()) ON CONFLICT (migration, topic, kpartition) DO UPDATE SET "
+            "SELECT %s, t, p, o, now() FROM unnest(%s::text[], %s::int[], %s::bigint[]) AS x(t, p, o) "
+            "ON CONFLICT (migration, topic, kpartition) DO UPDATE SET "
             "next_offset = greatest(reshard.applied_offsets.next_offset, EXCLUDED.next_offset), applied_at = now()",
-            [(self.migration, t, p, o) for (t, p), o in offsets.items()],
+            (self.migration, list(topics), list(parts), list(nexts)),
         )
 
     def apply(self, items: list[Routed], offsets: dict[tuple[str, int], int]) -> ApplyStats:
-        """Apply in order in one transaction. If a row is rejected by the server (a value
-        it cannot take, a constraint), redo the batch event by event so that only the
+        """Apply in one transaction. If a row is rejected by the server (a value it cannot
+        take, a constraint), redo the batch event by event, in order, so that only the
         offending events are set aside (returned in ``rejected``, for the dead-letter topic)."""
         stats = ApplyStats()
         try:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import json
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
+
+import orjson
 
 PLACEHOLDER = "__debezium_unavailable_value"
 _PLACEHOLDER_HEX = PLACEHOLDER.encode().hex()
@@ -99,8 +100,8 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     if value is None:
         return None
     try:
-        doc = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
         raise DecodeError(f"value is not JSON: {exc}") from None
     if not isinstance(doc, dict) or "payload" not in doc or "schema" not in doc:
         raise DecodeError("value is not a Debezium envelope with schema (expected {schema, payload})")
@@ -124,8 +125,8 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     if key is None:
         raise DecodeError(f"{table}: record has no key (a table without a primary key?)")
     try:
-        key_doc = json.loads(key)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        key_doc = orjson.loads(key)
+    except orjson.JSONDecodeError as exc:
         raise DecodeError(f"key is not JSON: {exc}") from None
     if isinstance(key_doc, dict) and "payload" in key_doc and "schema" in key_doc:
         key_doc = key_doc["payload"]
