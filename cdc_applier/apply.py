@@ -39,7 +39,7 @@ from cdc_applier.decode import ChangeEvent
 FULL, PARTIAL, DELETE = "u", "p", "d"  # what a staged row does to the target row
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Routed:
     """An event bound for a target, with the Kafka position it came from."""
 

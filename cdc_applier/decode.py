@@ -9,10 +9,11 @@ raises ``DecodeError`` with the reason; the applier sends it to the dead-letter 
 from __future__ import annotations
 
 import base64
+import binascii
 import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, Callable
 
 import orjson
 
@@ -28,7 +29,7 @@ class DecodeError(ValueError):
     """The record is not a change event reshard can apply; the message says why."""
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # one per record: slots, not frozen, because frozen init is slow
 class ChangeEvent:
     table: str  # "schema.table" on the source
     op: str  # c(reate) u(pdate) d(elete) r(ead) t(runcate)
@@ -57,55 +58,132 @@ def _decimal_from_bytes(raw: str, scale: int) -> Decimal:
     return Decimal(unscaled).scaleb(-scale)
 
 
-def convert(value: Any, schema: dict) -> Any:
-    """One field value, by its Connect schema (type + semantic name)."""
-    if value is None:
-        return None
+def _epoch_plus(unit: str, divisor: int = 1, as_time: bool = False) -> Callable[[Any], Any]:
+    def conv(v: Any) -> Any:
+        t = EPOCH + dt.timedelta(**{unit: int(v) // divisor})
+        return t.time() if as_time else t
+    return conv
+
+
+_BY_NAME: dict[str, Callable[[Any], Any]] = {
+    "io.debezium.time.Date": lambda v: EPOCH_DATE + dt.timedelta(days=int(v)),
+    "io.debezium.time.Timestamp": _epoch_plus("milliseconds"),
+    "io.debezium.time.MicroTimestamp": _epoch_plus("microseconds"),
+    "io.debezium.time.NanoTimestamp": _epoch_plus("microseconds", 1000),
+    "io.debezium.time.Time": _epoch_plus("milliseconds", as_time=True),
+    "io.debezium.time.MicroTime": _epoch_plus("microseconds", as_time=True),
+    "io.debezium.time.NanoTime": _epoch_plus("microseconds", 1000, as_time=True),
+    "io.debezium.data.VariableScaleDecimal": lambda v: _decimal_from_bytes(v["value"], int(v["scale"])),
+}
+
+
+def converter(schema: dict) -> Callable[[Any], Any] | None:
+    """How to turn one field's JSON value into what the target column takes, chosen once
+    per field from its Connect schema (type + semantic name); None when it is as sent."""
     name = schema.get("name")
-    if name == "io.debezium.time.Date":
-        return EPOCH_DATE + dt.timedelta(days=int(value))
-    if name == "io.debezium.time.Timestamp":
-        return EPOCH + dt.timedelta(milliseconds=int(value))
-    if name == "io.debezium.time.MicroTimestamp":
-        return EPOCH + dt.timedelta(microseconds=int(value))
-    if name == "io.debezium.time.NanoTimestamp":
-        return EPOCH + dt.timedelta(microseconds=int(value) // 1000)
-    if name == "io.debezium.time.Time":
-        return (EPOCH + dt.timedelta(milliseconds=int(value))).time()
-    if name == "io.debezium.time.MicroTime":
-        return (EPOCH + dt.timedelta(microseconds=int(value))).time()
-    if name == "io.debezium.time.NanoTime":
-        return (EPOCH + dt.timedelta(microseconds=int(value) // 1000)).time()
+    if name in _BY_NAME:
+        return _BY_NAME[name]
     if name == "org.apache.kafka.connect.data.Decimal":
-        return _decimal_from_bytes(value, int(schema.get("parameters", {}).get("scale", 0)))
-    if name == "io.debezium.data.VariableScaleDecimal":
-        return _decimal_from_bytes(value["value"], int(value["scale"]))
+        scale = int(schema.get("parameters", {}).get("scale", 0))
+        return lambda v: _decimal_from_bytes(v, scale)
     if schema.get("type") == "array":
-        items = schema.get("items", {})
-        return [convert(v, items) for v in value]
-    if schema.get("type") == "bytes" and isinstance(value, str):
-        return base64.b64decode(value)
-    return value
+        item = converter(schema.get("items", {}))
+        return (lambda v: [None if x is None else item(x) for x in v]) if item else None
+    if schema.get("type") == "bytes":
+        return lambda v: base64.b64decode(v) if isinstance(v, str) else v
+    return None
 
 
-def _row_schema(envelope_schema: dict, field: str) -> dict | None:
+@dataclass(frozen=True)
+class _RowPlan:
+    """A row schema, read once: its columns and each column's converter."""
+
+    columns: tuple[str, ...]
+    fields: tuple[tuple[str, Callable[[Any], Any] | None, str], ...]  # name, converter, type for messages
+
+
+def _row_plan(envelope_schema: dict, field: str) -> _RowPlan | None:
     for f in envelope_schema.get("fields", []):
         if f.get("field") == field:
-            return f
+            fields = f.get("fields") or []
+            return _RowPlan(tuple(x["field"] for x in fields),
+                            tuple((x["field"], converter(x), x.get("name") or x.get("type")) for x in fields))
     return None
+
+
+_SCHEMA_HEAD, _PAYLOAD_SEP = b'{"schema":', b',"payload":'
+_PLANS: dict[bytes, dict[str, _RowPlan | None]] = {}  # schema text -> row plans: one entry per table version
+_PLANS_MAX = 512
+_RECENT: list[bytes] = []  # most recently seen schema texts, newest first
+_RECENT_MAX = 8
+
+
+def _plans(schema: dict) -> dict[str, _RowPlan | None]:
+    return {"before": _row_plan(schema, "before"), "after": _row_plan(schema, "after")}
+
+
+def _fast_parse(value: bytes) -> tuple[dict, dict[str, _RowPlan | None]] | None:
+    """(payload, row plans), parsing only the payload when the schema was seen before.
+
+    Kafka Connect's JsonConverter writes ``{"schema":…,"payload":…}`` compactly, and the
+    schema repeats in every record of a table version. The first ``,"payload":`` splits
+    the two exactly when both halves parse (a split inside a string of the schema leaves
+    it unparseable). Anything else returns None and takes the full parse."""
+    if not value.startswith(_SCHEMA_HEAD) or not value.endswith(b"}"):
+        return None
+    for schema_text in _RECENT:  # the schemas of the last tables seen: a prefix compare, no search
+        i = len(_SCHEMA_HEAD) + len(schema_text)
+        if value.startswith(_PAYLOAD_SEP, i) and value.startswith(schema_text, len(_SCHEMA_HEAD)):
+            plans = _PLANS.get(schema_text)
+            payload = _payload(value, i) if plans is not None else None
+            if payload is not None:
+                return payload, plans
+            break
+    i = value.find(_PAYLOAD_SEP)
+    if i < 0:
+        return None
+    schema_text = value[len(_SCHEMA_HEAD):i]
+    plans = _PLANS.get(schema_text)
+    if plans is None:
+        try:
+            schema = orjson.loads(schema_text)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(schema, dict):
+            return None
+        plans = _plans(schema)
+        if len(_PLANS) >= _PLANS_MAX:
+            _PLANS.clear()
+        _PLANS[schema_text] = plans
+    _RECENT.insert(0, schema_text)
+    del _RECENT[_RECENT_MAX:]
+    payload = _payload(value, i)
+    return (payload, plans) if payload is not None else None
+
+
+def _payload(value: bytes, i: int) -> Any:
+    try:
+        return orjson.loads(memoryview(value)[i + len(_PAYLOAD_SEP):-1])
+    except orjson.JSONDecodeError:
+        return None
 
 
 def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
     """Decode one Kafka record. Returns None for records that carry no change (tombstones)."""
     if value is None:
         return None
-    try:
-        doc = orjson.loads(value)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"value is not JSON: {exc}") from None
-    if not isinstance(doc, dict) or "payload" not in doc or "schema" not in doc:
-        raise DecodeError("value is not a Debezium envelope with schema (expected {schema, payload})")
-    payload, schema = doc["payload"], doc["schema"]
+    fast = _fast_parse(value)
+    if fast is not None:
+        payload, plans = fast
+    else:
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError as exc:
+            raise DecodeError(f"value is not JSON: {exc}") from None
+        if not isinstance(doc, dict) or "payload" not in doc or "schema" not in doc:
+            raise DecodeError("value is not a Debezium envelope with schema (expected {schema, payload})")
+        payload, schema = doc["payload"], doc["schema"]
+        plans = _plans(schema) if isinstance(schema, dict) else {}
     if not isinstance(payload, dict):
         raise DecodeError("payload is not an object")
     op = payload.get("op")
@@ -134,26 +212,27 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         raise DecodeError(f"{table}: key {key_doc!r} is not an object of primary-key columns")
 
     field = "before" if op == "d" else "after"
-    row_schema = _row_schema(schema, field)
+    plan = plans.get(field)
     data = payload.get(field)
-    if row_schema is None or not isinstance(data, dict):
+    if plan is None or not isinstance(data, dict):
         raise DecodeError(f"{table}: op {op} without a '{field}' row")
-    fields = row_schema.get("fields") or []
-    columns = tuple(f["field"] for f in fields)
     if op == "d":
-        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, columns, origin)
+        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, plan.columns, origin)
     row: dict[str, Any] = {}
     unavailable = set()
-    for f in fields:
-        name = f["field"]
-        if name not in data:
-            raise DecodeError(f"{table}: column {name} is in the schema but not in the row")
-        v = data[name]
+    for name, conv, kind in plan.fields:
+        try:
+            v = data[name]
+        except KeyError:
+            raise DecodeError(f"{table}: column {name} is in the schema but not in the row") from None
+        if v is None:
+            row[name] = None
+            continue
         if _unavailable(v):
             unavailable.add(name)
             continue
         try:
-            row[name] = convert(v, f)
-        except (TypeError, ValueError, KeyError, ArithmeticError) as exc:
-            raise DecodeError(f"{table}.{name}: cannot convert {v!r} ({f.get('name') or f.get('type')}): {exc}") from None
-    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, columns, origin)
+            row[name] = conv(v) if conv is not None else v
+        except (TypeError, ValueError, KeyError, ArithmeticError, binascii.Error) as exc:
+            raise DecodeError(f"{table}.{name}: cannot convert {v!r} ({kind}): {exc}") from None
+    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, plan.columns, origin)

@@ -14,12 +14,16 @@ from reshard.streams import FORWARD, Stream
 from cdc_applier.decode import ChangeEvent, DecodeError
 
 
+MEMO_KEYS = 1 << 17  # routes remembered (~200 bytes each, ~30 MB at most), then forgotten at once
+
+
 class Router:
     def __init__(self, plan: Plan, streams: list[Stream]):
         self.plan = plan
-        self.tables = set(plan.tables())
+        self.key_columns = {t: plan.new.group_of(t).key_columns(t) for t in plan.tables()}
         self.streams = list(streams)
         self.by_topic: dict[str, tuple[Stream, str]] = {}
+        self._memo: dict[tuple, str | None] = {}  # (direction, cluster, table, key) -> destination
         for s in streams:
             for table in plan.tables():
                 self.by_topic[s.topic(table)] = (s, table)
@@ -41,19 +45,30 @@ class Router:
 
     def target(self, ev: ChangeEvent, stream: Stream) -> str | None:
         """The cluster this change must be applied on, or None when its key does not move."""
-        if ev.table not in self.tables:
+        cols = self.key_columns.get(ev.table)
+        if cols is None:
             raise DecodeError(f"change to {ev.table}, which is not a table of this migration")
-        group = self.plan.new.group_of(ev.table)
-        cols = group.key_columns(ev.table)
         missing = [c for c in cols if c not in ev.key]
         if missing:
             raise DecodeError(f"{ev.table}: record key {ev.key} lacks shard key column(s) {', '.join(missing)}")
-        key = [ev.key[c] for c in cols]
+        key = tuple(ev.key[c] for c in cols)
+        memo_key = (stream.direction, stream.cluster, ev.table, key)
+        try:
+            return self._memo[memo_key]
+        except KeyError:
+            pass
+        except TypeError:  # an unhashable key value: route it without the memo
+            memo_key = None
         try:
             if stream.direction == FORWARD:
-                return self.plan.route(ev.table, stream.cluster, key)
-            old_owner = self.plan.old.owner(ev.table, key)
-            new_owner = self.plan.new.owner(ev.table, key)
-            return old_owner if new_owner == stream.cluster and old_owner != stream.cluster else None
+                dest = self.plan.route(ev.table, stream.cluster, key)
+            else:
+                old_owner, new_owner = self.plan.owners(ev.table, key)
+                dest = old_owner if new_owner == stream.cluster and old_owner != stream.cluster else None
         except ConfigError as exc:
             raise DecodeError(f"{ev.table}: {exc}") from None
+        if memo_key is not None:
+            if len(self._memo) >= MEMO_KEYS:
+                self._memo.clear()
+            self._memo[memo_key] = dest
+        return dest

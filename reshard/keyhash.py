@@ -15,6 +15,7 @@ with ``satisfies_hash_partition`` on 100,000+ random keys per key type.
 
 from __future__ import annotations
 
+import functools
 import uuid as _uuid
 from typing import Sequence
 
@@ -61,13 +62,14 @@ def _mix(a: int, b: int, c: int) -> tuple[int, int, int]:
 
 
 def _final(a: int, b: int, c: int) -> tuple[int, int, int]:
-    c ^= b; c = (c - _rot(b, 14)) & M32
-    a ^= c; a = (a - _rot(c, 11)) & M32
-    b ^= a; b = (b - _rot(a, 25)) & M32
-    c ^= b; c = (c - _rot(b, 16)) & M32
-    a ^= c; a = (a - _rot(c, 4)) & M32
-    b ^= a; b = (b - _rot(a, 14)) & M32
-    c ^= b; c = (c - _rot(b, 24)) & M32
+    # the rotations are written out: this runs once per routed change event
+    c ^= b; c = (c - (((b << 14) | (b >> 18)) & M32)) & M32
+    a ^= c; a = (a - (((c << 11) | (c >> 21)) & M32)) & M32
+    b ^= a; b = (b - (((a << 25) | (a >> 7)) & M32)) & M32
+    c ^= b; c = (c - (((b << 16) | (b >> 16)) & M32)) & M32
+    a ^= c; a = (a - (((c << 4) | (c >> 28)) & M32)) & M32
+    b ^= a; b = (b - (((a << 14) | (a >> 18)) & M32)) & M32
+    c ^= b; c = (c - (((b << 24) | (b >> 8)) & M32)) & M32
     return a, b, c
 
 
@@ -102,8 +104,14 @@ def hash_bytes_extended(data: bytes, seed: int) -> int:
     return (b << 32) | c
 
 
+@functools.lru_cache(maxsize=8)
+def _seeded_uint32(seed: int) -> tuple[int, int, int]:
+    """The lookup3 state of a 4-byte key after seeding: the same for every key."""
+    return _seeded(0x9E3779B9 + 4 + 3923095, seed)
+
+
 def hash_uint32_extended(k: int, seed: int) -> int:
-    a, b, c = _seeded(0x9E3779B9 + 4 + 3923095, seed)
+    a, b, c = _seeded_uint32(seed)
     a = (a + (k & M32)) & M32
     a, b, c = _final(a, b, c)
     return (b << 32) | c

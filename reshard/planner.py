@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 from reshard.errors import ConfigError
-from reshard.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text
+from reshard.keyhash import partition_hash
+from reshard.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text, coerce_key
 
 
 @dataclass(frozen=True)
@@ -61,10 +62,17 @@ class Plan:
             return f"({new_g.scheme.bucket_sql(cols)} <@ {_multirange(buckets)})"
         return f"({old_g.predicate_sql(table, move.source, alias)} AND {new_g.predicate_sql(table, move.target, alias)})"
 
+    def owners(self, table: str, key: Sequence[Any]) -> tuple[str, str]:
+        """(old owner, new owner) of ``key``; between two hash maps the key is hashed once."""
+        og, ng = self.old.group_of(table), self.new.group_of(table)
+        if isinstance(og.scheme, HashScheme) and isinstance(ng.scheme, HashScheme) and og.key_types == ng.key_types:
+            h = partition_hash([coerce_key(v, t) for v, t in zip(key, og.key_types, strict=True)], og.key_types)
+            return og.scheme.assignment[h % og.scheme.buckets], ng.scheme.assignment[h % ng.scheme.buckets]
+        return og.owner(key), ng.owner(key)
+
     def route(self, table: str, source: str, key: Sequence[Any]) -> str | None:
         """The target a change to ``key`` on ``source`` goes to, or None if it does not move."""
-        old_owner = self.old.owner(table, key)
-        new_owner = self.new.owner(table, key)
+        old_owner, new_owner = self.owners(table, key)
         if old_owner != source or new_owner == source:
             return None
         return new_owner

@@ -85,3 +85,25 @@ def test_truncate_is_decoded_for_the_applier_to_refuse():
 def test_malformed_records_say_why(key, value, reason):
     with pytest.raises(DecodeError, match=reason):
         decode(key, value)
+
+
+def compact(value: bytes) -> bytes:
+    """The envelope as Kafka Connect's JsonConverter writes it: no spaces."""
+    return json.dumps(json.loads(value), separators=(",", ":")).encode()
+
+
+def test_compact_envelopes_decode_the_same_through_the_schema_cache():
+    for op, kw in (("u", {"after": ROW}), ("c", {"after": dict(ROW, name=PLACEHOLDER)}),
+                   ("d", {"before": {**{f["field"]: None for f in FIELDS}, "id": 3}})):
+        value = envelope(op, **kw)
+        assert decode(b'{"id":1}', compact(value)) == decode(b'{"id":1}', value)
+        assert decode(b'{"id":1}', compact(value)) == decode(b'{"id":1}', value)  # second time: cached schema
+
+
+def test_a_schema_text_that_looks_like_the_payload_split_still_decodes():
+    doc = json.loads(envelope("u", after=ROW))
+    doc["schema"]["fields"][1]["doc"] = ',"payload":{"op":"d"}'  # escaped in the JSON text: never a split point
+    value = json.dumps(doc, separators=(",", ":")).encode()
+    assert decode(b'{"id":1}', value) == decode(b'{"id":1}', envelope("u", after=ROW))
+    with pytest.raises(DecodeError, match="cannot convert"):
+        decode(b'{"id":1}', compact(envelope("u", after=dict(ROW, d="soon"))))
