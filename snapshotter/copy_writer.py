@@ -59,9 +59,9 @@ def copy_batch(
         with src.cursor().copy(f"COPY ({select}) TO STDOUT", params) as out, tgt.cursor().copy(
             f"COPY {qualified(cursor.table.name)} ({col_list}) FROM STDIN"
         ) as inp:
-            for block in out:
+            for block in out:  # the server sends one CopyData message per row
                 inp.write(block)
-                rows += bytes(block).count(b"\n")  # text COPY escapes newlines in data
+                rows += 1
                 nbytes += len(block)
         tgt.execute(
             "INSERT INTO reshard.copy_cursor (migration, move_id, tbl, cursor, rows_copied, bytes_copied, "

@@ -1,8 +1,8 @@
 """Keyset pagination over a table's primary key, restricted to a move's predicate.
 
-Batches are ``(after, upper]`` in primary-key order. The boundary ``upper`` is found
-first (an index-ordered scan that stops after ``batch_rows`` matching keys), then the
-batch is copied with a range condition. Key values travel as their text form and are
+Batches are ``(after, upper]`` in primary-key order. The boundaries of all batches are
+found first, in one ordered pass over the keys (``uppers``), then each batch is copied
+with a range condition. Key values travel as their text form and are
 cast back to the column types, so any primary-key type and composite keys work, and
 the cursor serializes to plain JSON on the target with the rows it covers.
 """
@@ -38,16 +38,19 @@ class KeysetCursor:
         row, params = self._row(self.after)
         return f" AND ({self._pk}) > {row}", params
 
-    def next_upper(self, conn: psycopg.Connection, batch_rows: int) -> list[str] | None:
-        """The last key of the next batch, or None when fewer than batch_rows remain."""
+    def uppers(self, conn: psycopg.Connection, batch_rows: int) -> list[list[str]]:
+        """The last key of every full batch after the cursor, in key order, from one pass
+        over the primary-key index (the key columns are ordered by the table's own types,
+        never by their text form, which would sort every remaining key per batch)."""
         cond, params = self._after()
-        texts = ", ".join(f"{quote_ident(c)}::text" for c in self.table.pk)
+        cols = ", ".join(f"t.{quote_ident(c)}" for c in self.table.pk)
+        texts = ", ".join(f"k.{quote_ident(c)}::text" for c in self.table.pk)
         sql = (
-            f"SELECT {texts} FROM {qualified(self.table.name)} WHERE {self.predicate}{cond} "
-            f"ORDER BY {self._pk} LIMIT 1 OFFSET %s"
+            f"SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS reshard_n "
+            f"FROM {qualified(self.table.name)} t WHERE {self.predicate}{cond}) k "
+            f"WHERE k.reshard_n %% %s = 0 ORDER BY k.reshard_n"
         )
-        row = conn.execute(sql, [*params, batch_rows - 1]).fetchone()
-        return list(row) if row else None
+        return [list(r) for r in conn.execute(sql, [*params, batch_rows]).fetchall()]
 
     def batch_select(self, upper: list[str] | None, columns: list[str]) -> tuple[str, list[Any]]:
         """SELECT of the rows in (after, upper] (to the end when upper is None)."""

@@ -241,8 +241,7 @@ class Snapshotter:
             import_snapshot(src, snapshot_name)
             kc = KeysetCursor(u.src_info, u.predicate, after=cur["cursor"] if cur else None)
             columns = [col.name for col in u.src_info.copyable]
-            while True:
-                upper = kc.next_upper(src, self.batch_rows)
+            for upper in [*kc.uppers(src, self.batch_rows), None]:
                 res = copy_batch(
                     src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id,
                     snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals,
@@ -256,8 +255,6 @@ class Snapshotter:
                     self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
                     rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
                 )
-                if upper is None:
-                    break
             src.execute("COMMIT")
             with self._lock:
                 report.units_copied += 1
