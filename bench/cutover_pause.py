@@ -20,50 +20,23 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench._common import fresh_databases, stack_config  # noqa: E402
 from cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
 from reshard import fence  # noqa: E402
-from reshard.config import ClusterConfig, state_dir, write_config  # noqa: E402
-from reshard.connect_client import ConnectClient  # noqa: E402
+from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.shardmap import parse_map  # noqa: E402
-from reshard.stack import Stack  # noqa: E402
 from reshard.workload import create_table, seed  # noqa: E402
 from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
 
 DB = "bench_cutover"
 NAME = "benchcut"
-
-
-def fresh_databases(base):
-    """A database of its own on every cluster (and a control database), dropped first."""
-    client = ConnectClient(base.connect.url)
-    for c in client.connectors():
-        if c.startswith(f"reshard-{NAME}-"):
-            client.delete(c)
-    clusters = {}
-    for name, c in base.clusters.items():
-        admin = psycopg.conninfo.make_conninfo(c.dsn, dbname="postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
-                                        (DB,)).fetchall():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{DB}"')
-        dsn = psycopg.conninfo.make_conninfo(c.dsn, dbname=DB)
-        clusters[name] = ClusterConfig(name, dsn, dsn)
-    admin = psycopg.conninfo.make_conninfo(base.control_dsn, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{DB}"')
-    return replace(base, path=None, control_dsn=psycopg.conninfo.make_conninfo(base.control_dsn, dbname=DB),
-                   clusters=clusters)
 
 
 def main() -> None:
@@ -74,10 +47,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    st = Stack(state_dir())
-    if not st.is_up():
-        st.up()
-    config = fresh_databases(st.config())
+    config = fresh_databases(stack_config(), DB, NAME)
     for c in ("source1", "target1", "target2"):
         with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
             create_table(conn)

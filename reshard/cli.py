@@ -21,6 +21,7 @@ from reshard.config import Config, load_config, state_dir
 from reshard.errors import ReshardError
 from reshard.exit_codes import ExitCode, describe
 from reshard.progress import Progress
+from snapshotter.snapshot import DEFAULT_BATCH_ROWS
 
 JSON_VERSION = 1
 
@@ -416,7 +417,8 @@ def fence_status(ctx: Ctx) -> None:
 @click.option("--to", "to_path", required=True, type=click.Path(dir_okay=False), help="The new shard map (YAML).")
 @click.option("--from", "from_path", type=click.Path(dir_okay=False),
               help="Today's map; needed only when no map is active yet.")
-@click.option("--batch-rows", default=20_000, show_default=True, help="Rows per copy batch (one target commit each).")
+@click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, show_default=True,
+              help="Rows per copy batch (one target commit each; a crash redoes at most one batch per unit).")
 @click.option("--copy-workers", default=2, show_default=True, help="Tables/moves copied in parallel.")
 @json_option
 @click.pass_obj

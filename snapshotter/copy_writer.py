@@ -1,12 +1,14 @@
 """Stream one batch of rows from a source snapshot into a target, with its cursor.
 
-Rows flow block by block (``COPY … TO STDOUT`` into ``COPY … FROM STDIN``), never
-whole tables in memory. The batch and the cursor that records it commit in one
+Rows flow in chunks (``COPY … TO STDOUT`` into ``COPY … FROM STDIN``, binary where the
+column types allow), read and written concurrently, never whole tables in memory. The batch and the cursor that records it commit in one
 target transaction: after a crash the target holds whole batches and knows which.
 """
 
 from __future__ import annotations
 
+import queue
+import threading
 from dataclasses import dataclass
 
 import psycopg
@@ -34,6 +36,69 @@ def load_cursor(tgt: psycopg.Connection, migration: str, move_id: str, table: st
     return dict(zip(keys, row))
 
 
+CHUNK_BYTES = 256 << 10  # rows travel from the reader to the writer in chunks this size
+CHUNKS_IN_FLIGHT = 8  # at most this many chunks wait for the target: memory stays flat
+
+
+def _pipe(src: psycopg.Connection, statement: str, params: list, inp: psycopg.Copy) -> int:
+    """Stream ``COPY … TO STDOUT`` on ``src`` into ``inp``; returns the bytes moved.
+
+    The source is read in a thread of its own while this one writes, as a shell pipe
+    between two psql processes would: reading and writing one row at a time in one
+    thread waits for each server in turn (half the speed of the pipe). psycopg releases
+    the GIL while it waits on either server; rows are joined into chunks so the threads
+    exchange a few hundred items per batch, not one per row."""
+    chunks: queue.Queue = queue.Queue(maxsize=CHUNKS_IN_FLIGHT)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            with src.cursor().copy(statement, params) as out:
+                buf = bytearray()
+                for block in out:
+                    buf += block
+                    if len(buf) >= CHUNK_BYTES:
+                        chunks.put(buf)
+                        buf = bytearray()
+                        if stop.is_set():
+                            raise RuntimeError("the target side of the copy failed")
+                chunks.put(buf)
+            chunks.put(None)
+        except BaseException as exc:  # handed to the writer, which raises it
+            chunks.put(exc)
+
+    reader = threading.Thread(target=read, name="reshard-copy-reader", daemon=True)
+    reader.start()
+    nbytes = 0
+    try:
+        while (chunk := chunks.get()) is not None:
+            if isinstance(chunk, BaseException):
+                raise chunk
+            inp.write(chunk)
+            nbytes += len(chunk)
+    finally:
+        stop.set()
+        while reader.is_alive():  # unblock a reader waiting for room, then let it finish
+            try:
+                chunks.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        reader.join()
+    return nbytes
+
+
+def binary_safe(conn: psycopg.Connection, table: str, columns: list[str]) -> bool:
+    """Whether every column's type has a binary send/receive pair, so binary COPY (cheaper
+    for the servers) can carry it. Source and target types are identical (checked before
+    the copy), which is the other condition."""
+    row = conn.execute(
+        "SELECT bool_and(t.typsend <> 0 AND t.typreceive <> 0) FROM pg_attribute a "
+        "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s)",
+        (qualified(table), columns),
+    ).fetchone()
+    return bool(row and row[0])
+
+
 def copy_batch(
     src: psycopg.Connection,
     tgt: psycopg.Connection,
@@ -46,6 +111,7 @@ def copy_batch(
     snapshot_lsn: str,
     resumed_lsn: str | None,
     totals: tuple[int, int],
+    binary: bool = False,
 ) -> BatchResult:
     """Copy (cursor.after, upper] and advance the cursor, atomically on the target.
 
@@ -53,16 +119,13 @@ def copy_batch(
     """
     select, params = cursor.batch_select(upper, columns)
     col_list = ", ".join(quote_ident(c) for c in columns)
-    rows = nbytes = 0
+    fmt = " (FORMAT binary)" if binary else ""
     done = upper is None
     with tgt.transaction():
-        with src.cursor().copy(f"COPY ({select}) TO STDOUT", params) as out, tgt.cursor().copy(
-            f"COPY {qualified(cursor.table.name)} ({col_list}) FROM STDIN"
-        ) as inp:
-            for block in out:  # the server sends one CopyData message per row
-                inp.write(block)
-                rows += 1
-                nbytes += len(block)
+        tcur = tgt.cursor()
+        with tcur.copy(f"COPY {qualified(cursor.table.name)} ({col_list}) FROM STDIN{fmt}") as inp:
+            nbytes = _pipe(src, f"COPY ({select}) TO STDOUT{fmt}", params, inp)
+        rows = tcur.rowcount
         tgt.execute(
             "INSERT INTO reshard.copy_cursor (migration, move_id, tbl, cursor, rows_copied, bytes_copied, "
             "snapshot_lsn, resumed_lsn, done, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "

@@ -32,13 +32,14 @@ from reshard.estimate import move_rows
 from reshard.planner import Move, Plan
 from reshard.progress import Progress
 from reshard.shardmap import qualified
-from snapshotter.copy_writer import copy_batch, load_cursor
+from snapshotter.copy_writer import binary_safe, copy_batch, load_cursor
 from snapshotter.cursor import KeysetCursor
 from reshard.replication import ensure_publication, slot_lsn
 from reshard.streams import forward
 from snapshotter.slot import ExportedSnapshot, import_snapshot
 
-DEFAULT_BATCH_ROWS = 20_000
+DEFAULT_BATCH_ROWS = 100_000  # rows per target commit: a crash redoes at most this many per unit
+PROGRESS_EVERY_S = 1.0  # copy progress mirrored to the control database at most this often
 
 
 @dataclass
@@ -241,20 +242,25 @@ class Snapshotter:
             import_snapshot(src, snapshot_name)
             kc = KeysetCursor(u.src_info, u.predicate, after=cur["cursor"] if cur else None)
             columns = [col.name for col in u.src_info.copyable]
+            binary = binary_safe(src, u.table, columns)
+            reported = 0.0
             for upper in [*kc.uppers(src, self.batch_rows), None]:
                 res = copy_batch(
                     src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id,
-                    snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals,
+                    snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals, binary=binary,
                 )
                 totals = (totals[0] + res.rows, totals[1] + res.bytes)
                 with self._lock:
                     report.rows += res.rows
                     report.bytes += res.bytes
                 task.advance(res.rows)
-                self.store.record_copy(
-                    self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
-                    rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
-                )
+                if upper is None or time.monotonic() - reported >= PROGRESS_EVERY_S:
+                    # status reads this mirror; the cursor on the target is the durable fact
+                    self.store.record_copy(
+                        self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
+                        rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
+                    )
+                    reported = time.monotonic()
             src.execute("COMMIT")
             with self._lock:
                 report.units_copied += 1

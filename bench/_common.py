@@ -1,0 +1,77 @@
+"""What every benchmark needs: the embedded stack, and databases of its own on it."""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reshard.config import ClusterConfig, Config, state_dir  # noqa: E402
+from reshard.connect_client import ConnectClient  # noqa: E402
+from reshard.stack import Stack  # noqa: E402
+
+
+def stack_config() -> Config:
+    """The embedded stack's config, bringing the stack up if it is not running."""
+    st = Stack(state_dir())
+    if not st.is_up():
+        st.up()
+    return st.config()
+
+
+def fresh_databases(base: Config, db: str, migration: str) -> Config:
+    """A database of its own on every cluster (and a control database), dropped first
+    with the migration's connectors and slots."""
+    client = ConnectClient(base.connect.url)
+    for c in client.connectors():
+        if c.startswith(f"reshard-{migration}-"):
+            client.delete(c)
+    clusters = {}
+    for name, c in base.clusters.items():
+        admin = psycopg.conninfo.make_conninfo(c.dsn, dbname="postgres")
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
+                                        (db,)).fetchall():
+                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{db}"')
+        dsn = psycopg.conninfo.make_conninfo(c.dsn, dbname=db)
+        clusters[name] = ClusterConfig(name, dsn, dsn)
+    admin = psycopg.conninfo.make_conninfo(base.control_dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db}"')
+    return replace(base, path=None, control_dsn=psycopg.conninfo.make_conninfo(base.control_dsn, dbname=db),
+                   clusters=clusters)
+
+
+def seed_split(config: Config, rows: int, targets: list[str]) -> tuple[dict, dict]:
+    """The sample table on source1 (``rows`` rows, analyzed) and empty on the targets;
+    returns the demo's (before, after) maps, which move every key to the targets."""
+    from reshard.demo import demo_maps
+    from reshard.workload import TABLE, create_table, seed
+
+    for c in ("source1", *targets):
+        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
+            create_table(conn)
+    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
+        seed(conn, rows)
+        conn.execute(f"VACUUM ANALYZE {TABLE}")
+    return demo_maps(targets)
+
+
+def median(values: list[float]) -> float:
+    return round(statistics.median(values), 1) if values else float("nan")
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load, printed with every result: these machines are noisy."""
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "unknown"

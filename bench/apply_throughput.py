@@ -1,0 +1,158 @@
+"""How fast the applier drains a backlog, against the rate the source wrote it at.
+
+Setup on the embedded stack: accounts seeded on source1 and split to target1/target2
+(every key moves), the copy done, Debezium streaming. Each round, with no applier
+running, pgbench writes a burst of single-row updates on source1 (its own tps is the
+rate the backlog is written at); the benchmark waits for Debezium to confirm the burst
+(the capture rate), then starts N `reshard apply` processes and times how long they take
+to commit every record of the burst. Rounds alternate 1 and 2 workers. Printed: medians
+of each figure and the ratios (drain / write, capture / drain, 2 workers / 1).
+
+    .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 60000] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
+from reshard.config import write_config  # noqa: E402
+from reshard.coordinator import Coordinator  # noqa: E402
+from reshard.kafka_admin import KafkaAdmin  # noqa: E402
+from reshard.shardmap import parse_map  # noqa: E402
+
+DB = "bench_apply"
+NAME = "benchapply"
+TARGETS = ["target1", "target2"]
+
+
+def pgbench_burst(dsn: str, rows: int, updates: int, clients: int, tmp: Path) -> float:
+    """Run the burst; returns pgbench's tps (excluding connection set-up)."""
+    script = tmp / "update.sql"
+    script.write_text(f"\\set id random(1, {rows})\n"
+                      "UPDATE public.accounts SET balance = balance + 1 WHERE id = :id;\n")
+    out = subprocess.run(["pgbench", "-n", "-f", str(script), "-c", str(clients), "-j", str(min(clients, 2)),
+                          "-t", str(updates // clients), dsn], capture_output=True, text=True, check=True).stdout
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if not m:
+        raise SystemExit(f"cannot read pgbench's tps from:\n{out}")
+    return float(m.group(1))
+
+
+def drain(cfg: Path, admin: KafkaAdmin, topics: list[str], workers: int, tmp: Path) -> dict:
+    """Start ``workers`` appliers, time them to the end offsets read now, stop them."""
+    group = applier_group(NAME)
+    ends = admin.end_offsets(topics)
+    start = admin.committed(group, topics)
+    records = sum(e - start.get(tp, 0) for tp, e in ends.items())
+    procs = [subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
+                               "apply", NAME], stdout=subprocess.DEVNULL,
+                              stderr=open(tmp / f"apply{i}.log", "ab")) for i in range(workers)]
+    spawned = time.monotonic()
+    first = None
+    try:
+        while True:
+            done = admin.committed(group, topics)
+            moved = sum(done.get(tp, 0) - start.get(tp, 0) for tp in ends)
+            now = time.monotonic()
+            if first is None and moved > 0:
+                first = now
+            if all(done.get(tp, 0) >= e for tp, e in ends.items()):
+                break
+            if now - spawned > 600:
+                raise SystemExit("the appliers did not drain the burst within 600 s")
+            for p in procs:
+                if p.poll() is not None:
+                    raise SystemExit(f"an applier exited with {p.returncode}: see {tmp}")
+            time.sleep(0.05)
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            p.wait(timeout=60)
+    end = time.monotonic()
+    first = first or end
+    return {"records": records, "events_per_s": round(records / max(end - first, 1e-3)),
+            "events_per_s_with_startup": round(records / max(end - spawned, 1e-3))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3, help="rounds per worker count (alternating)")
+    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--updates", type=int, default=60_000, help="single-row updates per burst")
+    ap.add_argument("--clients", type=int, default=4, help="pgbench clients")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    config = fresh_databases(stack_config(), DB, NAME)
+    before, after = seed_split(config, args.rows, TARGETS)
+    co = Coordinator.open(config)
+    co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
+    co.start(NAME)
+    tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
+    cfg = tmp / "reshard.yaml"
+    write_config(config, cfg)
+    streams, topics = co.streams(NAME)
+    src_dsn = config.cluster("source1").dsn
+    rounds: list[dict] = []
+    try:
+        with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
+            drain(cfg, admin, topics, 1, tmp)  # join the group once and apply the copy-time changes
+            for r in range(args.rounds):
+                for workers in (1, 2) if r % 2 == 0 else (2, 1):
+                    t0 = time.monotonic()
+                    write_tps = pgbench_burst(src_dsn, args.rows, args.updates, args.clients, tmp)
+                    wait_confirmed(config, mark_positions(config, NAME, streams), time.monotonic() + 600)
+                    capture = args.updates / (time.monotonic() - t0)
+                    d = drain(cfg, admin, topics, workers, tmp)
+                    row = {"workers": workers, "write_tps": round(write_tps), "capture_events_per_s": round(capture),
+                           **d, "load": load_average()}
+                    rounds.append(row)
+                    print(f"round {r + 1}, {workers} worker(s): pgbench {write_tps:,.0f} tx/s, Debezium captured "
+                          f"{capture:,.0f} events/s, applier drained {d['records']:,} at {d['events_per_s']:,} "
+                          f"events/s ({d['events_per_s_with_startup']:,} with start-up); load {row['load']}",
+                          file=sys.stderr, flush=True)
+    finally:
+        co.teardown(NAME)
+
+    def med(key: str, workers: int) -> float:
+        return median([x[key] for x in rounds if x["workers"] == workers])
+
+    one, two = med("events_per_s", 1), med("events_per_s", 2)
+    doc = {
+        "benchmark": "apply_throughput", "version": 1, "rounds": args.rounds, "updates_per_burst": args.updates,
+        "pgbench_clients": args.clients, "cpus": os.cpu_count(),
+        "write_tps": med("write_tps", 1), "capture_events_per_s": med("capture_events_per_s", 1),
+        "apply_events_per_s_1_worker": one, "apply_events_per_s_2_workers": two,
+        "ratio_apply_to_write": round(one / med("write_tps", 1), 2),
+        "ratio_capture_to_apply": round(med("capture_events_per_s", 1) / one, 2),
+        "ratio_2_workers_to_1": round(two / one, 2), "all": rounds,
+    }
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"apply throughput, medians of {args.rounds} rounds each ({args.updates:,} single-row updates per burst, "
+          f"{args.clients} pgbench clients, {os.cpu_count()} CPUs)")
+    print(f"  pgbench write rate           {doc['write_tps']:>10,.0f} tx/s")
+    print(f"  Debezium capture rate        {doc['capture_events_per_s']:>10,.0f} events/s")
+    print(f"  applier, 1 worker            {one:>10,.0f} events/s   ratio to the write rate {doc['ratio_apply_to_write']}")
+    print(f"  applier, 2 workers           {two:>10,.0f} events/s   ratio to 1 worker {doc['ratio_2_workers_to_1']}")
+    print(f"  capture / apply (1 worker)   {doc['ratio_capture_to_apply']:>10}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,142 @@
+"""The snapshot copy against a raw COPY pipe doing the same work, in alternating rounds.
+
+Setup on the embedded stack: N accounts on source1, split 1 -> 2 by hash (every row
+moves; each target receives half). Each round runs, in turn:
+
+- reshard: `reshard start` of a fresh migration (slot with exported snapshot, keyset
+  batches committed with their cursors), timed from the first row to the last;
+- raw pipe: for each target, `psql -c "COPY (SELECT … WHERE <the same predicate>) TO
+  STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel.
+
+Targets are emptied between runs. Printed: median rows/s of each and the ratio, with the
+peak RSS of the reshard process.
+
+    .venv/bin/python bench/copy_throughput.py [--rows 1000000] [--rounds 3] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from reshard.config import write_config  # noqa: E402
+from reshard.coordinator import Coordinator  # noqa: E402
+from reshard.planner import plan  # noqa: E402
+from reshard.shardmap import parse_map  # noqa: E402
+from reshard.workload import TABLE  # noqa: E402
+
+DB = "bench_copy"
+NAME = "benchcopy"
+TARGETS = ["target1", "target2"]
+
+
+def empty_targets(config) -> None:
+    for t in TARGETS:
+        with psycopg.connect(config.cluster(t).dsn, autocommit=True) as conn:
+            conn.execute(f"TRUNCATE {TABLE}")
+            if conn.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]:
+                conn.execute("DELETE FROM reshard.copy_cursor")
+                conn.execute("DELETE FROM reshard.applied_rows")
+            conn.execute("CHECKPOINT")
+
+
+def raw_pipe(config, predicates: dict[str, str]) -> float:
+    """Seconds for both halves, piped in parallel through psql."""
+    src = config.cluster("source1").dsn
+    procs = []
+    t0 = time.monotonic()
+    for target, pred in predicates.items():
+        out = f"COPY (SELECT * FROM {TABLE} WHERE {pred}) TO STDOUT"
+        into = f"COPY {TABLE} FROM STDIN"
+        procs.append(subprocess.Popen(
+            'psql -X -q -v ON_ERROR_STOP=1 -d "$SRC" -c "$OUT" | psql -X -q -v ON_ERROR_STOP=1 -d "$DST" -c "$INTO"',
+            shell=True, env={**os.environ, "SRC": src, "DST": config.cluster(target).dsn, "OUT": out, "INTO": into}))
+    for p in procs:
+        if p.wait() != 0:
+            raise SystemExit("the raw COPY pipe failed")
+    return time.monotonic() - t0
+
+
+def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> tuple[float, int, int]:
+    """(copy seconds as reshard measured them, rows, peak RSS in KiB) of `reshard start`."""
+    out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "reshard.cli", "--config", str(cfg),
+                          "--progress", "off", "start", name, "--to", str(maps), "--copy-workers", str(workers),
+                          "--json"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"reshard start failed:\n{out.stderr}")
+    doc = json.loads(out.stdout)
+    rss = int(out.stderr.strip().splitlines()[-1])
+    return doc["seconds"], doc["rows_copied"], rss
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--copy-workers", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    config = fresh_databases(stack_config(), DB, NAME)
+    before, after = seed_split(config, args.rows, TARGETS)
+    tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
+    cfg = tmp / "reshard.yaml"
+    write_config(config, cfg)
+    maps = tmp / "after.yaml"
+    maps.write_text(yaml.safe_dump(after))
+    co = Coordinator.open(config)
+    co.create(f"{NAME}0", parse_map(after, config.clusters), parse_map(before, config.clusters))
+    co.teardown(f"{NAME}0")
+    p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
+    predicates = {m.target: p.predicate_sql(m, TABLE) for m in p.moves}
+    rounds = []
+    for r in range(args.rounds):
+        order = ("reshard", "raw") if r % 2 == 0 else ("raw", "reshard")
+        row: dict = {"round": r + 1}
+        for kind in order:
+            empty_targets(config)
+            if kind == "raw":
+                secs = raw_pipe(config, predicates)
+                row["raw_rows_per_s"] = round(args.rows / secs)
+            else:
+                name = f"{NAME}{r + 1}"
+                secs, rows, rss = reshard_copy(cfg, maps, name, args.copy_workers, tmp)
+                if rows != args.rows:
+                    raise SystemExit(f"reshard copied {rows} rows, expected {args.rows}")
+                row.update(reshard_rows_per_s=round(rows / secs), reshard_peak_rss_mb=round(rss / 1024))
+                co.teardown(name)
+        row["load"] = load_average()
+        rounds.append(row)
+        print(f"round {r + 1}: reshard {row['reshard_rows_per_s']:,} rows/s (peak RSS "
+              f"{row['reshard_peak_rss_mb']} MB), raw COPY pipe {row['raw_rows_per_s']:,} rows/s; load {row['load']}",
+              file=sys.stderr, flush=True)
+    ours, raw = median([x["reshard_rows_per_s"] for x in rounds]), median([x["raw_rows_per_s"] for x in rounds])
+    doc = {"benchmark": "copy_throughput", "version": 1, "rows": args.rows, "rounds": args.rounds,
+           "copy_workers": args.copy_workers, "cpus": os.cpu_count(), "reshard_rows_per_s": ours,
+           "raw_pipe_rows_per_s": raw, "ratio": round(ours / raw, 2),
+           "reshard_peak_rss_mb": max(x["reshard_peak_rss_mb"] for x in rounds), "all": rounds}
+    if args.json:
+        print(json.dumps(doc, indent=2))
+        return
+    print(f"copy of {args.rows:,} rows split 1 -> 2, medians of {args.rounds} alternating rounds "
+          f"({os.cpu_count()} CPUs)")
+    print(f"  reshard start ({args.copy_workers} copy workers)  {ours:>10,.0f} rows/s  "
+          f"peak RSS {doc['reshard_peak_rss_mb']} MB")
+    print(f"  raw COPY pipe (2 halves)        {raw:>10,.0f} rows/s")
+    print(f"  ratio                           {doc['ratio']:>10}")
+
+
+if __name__ == "__main__":
+    main()
