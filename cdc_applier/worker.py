@@ -19,10 +19,12 @@ any of that batch, and records the reason in the control database.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -104,6 +106,15 @@ def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[St
     return out
 
 
+@dataclass
+class _Batch:
+    """A polled batch, decoded and routed: what the apply stage needs."""
+
+    per_dest: dict[tuple[str, str], list[Routed]] = field(default_factory=dict)
+    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+    by_pos: dict[tuple[str, int, int], object] = field(default_factory=dict)
+
+
 class Applier:
     def __init__(self, config: Config, store: ControlStore, rec: MigrationRecord, plan: Plan,
                  *, batch_size: int = 2000, worker_id: str | None = None):
@@ -177,6 +188,20 @@ class Applier:
 
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
             task: Task | None = None) -> ApplierStats:
+        """Two stages: this thread polls, decodes and routes batch N+1 while a helper thread
+        applies batch N and commits its offsets (a worker is otherwise idle while the
+        targets work). Batches are applied and committed in order, at most one in flight,
+        and offsets are committed only after their batch is applied; before partitions are
+        revoked, before streams change and on the way out, the batch in flight finishes
+        and commits first."""
+        inflight: list[Future] = []
+
+        def settle() -> None:
+            # Kafka offsets are committed here, on the polling thread: a synchronous commit from
+            # the helper while this thread runs a rebalance callback would wait for each other
+            while inflight:
+                self._commit(consumer, inflight.pop().result())  # result() re-raises the apply's error
+
         consumer = Consumer(client_conf(self.config.kafka.bootstrap_servers, **{
             "group.id": applier_group(self.rec.name),
             "enable.auto.commit": False,
@@ -185,28 +210,42 @@ class Applier:
             "partition.assignment.strategy": "cooperative-sticky",
             # a worker that dies (SIGKILL, lost host) gives its partitions away within 10 s
             "session.timeout.ms": 10000,
+            # large fetches, bounded: at most ~64 MB waits in the client
+            "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name)
-        consumer.subscribe(self.topics)
+        consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
         last_beat = 0.0
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         try:
             while not stop.is_set():
                 msgs = consumer.consume(self.batch_size, timeout=0.1)
                 if msgs:
-                    self._batch(consumer, dlq, msgs)
+                    batch = self._prepare(dlq, msgs)
+                    settle()
+                    inflight.append(pool.submit(self._finish, dlq, batch))
                     if task is not None:
                         task.update(done=self.stats.records, extra=f"applied {self.stats.applied:,}")
+                elif inflight and inflight[0].done():
+                    settle()
                 now = time.monotonic()
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
                     self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
+                    settle()
                     self._refresh_streams(consumer)
                 if until is not None and not msgs and until():
                     break
+            settle()
         except (MigrationPaused, SchemaMismatch) as exc:
+            with contextlib.suppress(Exception):
+                settle()  # what was decoded before the pause is applied and committed
             self.store.set_error(self.rec.name, f"applier paused: {exc}")
             raise
         finally:
+            with contextlib.suppress(Exception):
+                settle()
+            pool.shutdown(wait=True)
             try:
                 self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
             except ReshardError:
@@ -215,10 +254,10 @@ class Applier:
             self._close_writers()
         return self.stats
 
-    def _batch(self, consumer: Consumer, dlq: DeadLetters, msgs: list) -> None:
-        per_dest: dict[tuple[str, str], list[Routed]] = {}
-        offsets: dict[tuple[str, int], int] = {}
-        by_pos = {}
+    def _prepare(self, dlq: DeadLetters, msgs: list) -> _Batch:
+        """Decode and route a polled batch (records that cannot be decoded or routed go to
+        the dead-letter topic here; the batch's flush covers them)."""
+        b = _Batch()
         for m in msgs:
             err = m.error()
             if err is not None:
@@ -226,8 +265,8 @@ class Applier:
                     continue  # a stream's topics were just dropped (rollback, complete): resubscribe soon
                 raise Unavailable(f"Kafka consumer error: {err}")
             tp = (m.topic(), m.partition())
-            offsets[tp] = m.offset() + 1
-            by_pos[(m.topic(), m.partition(), m.offset())] = m
+            b.offsets[tp] = m.offset() + 1
+            b.by_pos[(m.topic(), m.partition(), m.offset())] = m
             self.stats.records += 1
             try:
                 ev = decode(m.key(), m.value())
@@ -252,22 +291,27 @@ class Applier:
             if dest is None:
                 self.stats.not_moving += 1
                 continue
-            per_dest.setdefault((dest, stream.direction), []).append(
+            b.per_dest.setdefault((dest, stream.direction), []).append(
                 Routed(ev, m.topic(), m.partition(), m.offset(), stream.cluster))
-        for (cluster, direction), items in per_dest.items():
+        return b
+
+    def _finish(self, dlq: DeadLetters, b: _Batch) -> dict[tuple[str, int], int]:
+        """Apply a prepared batch per destination, dead-letter what a target rejected and
+        flush the dead letters; returns the offsets the polling thread may now commit."""
+        for (cluster, direction), items in b.per_dest.items():
             touched = {(r.topic, r.partition) for r in items}
             stats = self._apply_with_retry(cluster, direction, items,
-                                           {tp: o for tp, o in offsets.items() if tp in touched})
+                                           {tp: o for tp, o in b.offsets.items() if tp in touched})
             self.stats.applied += stats.applied
             self.stats.skipped_stale += stats.skipped_stale
             self.stats.superseded += stats.superseded
             for r, reason in stats.rejected:
-                raw = by_pos[(r.topic, r.partition, r.offset)]
+                raw = b.by_pos[(r.topic, r.partition, r.offset)]
                 dlq.send(r.topic, r.partition, r.offset, raw.key(), raw.value(), f"{cluster}: {reason}")
                 self.stats.dead_letters += 1
         dlq.flush()
-        self._commit(consumer, offsets)
         self.stats.batches += 1
+        return b.offsets
 
     def _apply_with_retry(self, cluster: str, direction: str, items: list[Routed], offsets: dict) -> ApplyStats:
         """Transient failures (restart, network) are retried with backoff on fresh

@@ -150,10 +150,10 @@ class Coordinator:
     # ---- apply / wait -------------------------------------------------------------
     def applier(self, name: str, *, batch_size: int = 2000) -> Applier:
         rec, p = self.record(name)
-        if rec.state != states.STREAMING:
+        if rec.state not in (states.STREAMING, states.CUT_OVER):
             raise MigrationError(
-                f"migration {name} is {rec.state}; the applier runs once the copy is done (state streaming). "
-                f"Run `reshard start {name}` first."
+                f"migration {name} is {rec.state}; the applier runs while the migration streams (after the copy, "
+                f"before and after cutover). Run `reshard start {name}` first."
             )
         self.store.set_error(name, None)
         return Applier(self.config, self.store, rec, p, batch_size=batch_size)
