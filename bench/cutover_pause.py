@@ -75,7 +75,8 @@ def main() -> None:
         for r in range(args.rounds):
             before_stall = load.stats.max_stall_ms
             load.stats.max_stall_ms = 0.0
-            cut = cutover(config, co.store, NAME, SwitchOptions(max_write_pause=2.0))
+            # verified once, before the first round (a rollback makes a verification stale)
+            cut = cutover(config, co.store, NAME, SwitchOptions(max_write_pause=2.0, require_verified=r == 0))
             if cut.outcome != DONE:
                 raise SystemExit(f"round {r + 1}: cutover {cut.outcome}: {cut.message}")
             time.sleep(2)

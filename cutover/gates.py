@@ -30,10 +30,13 @@ class Gate:
 
 
 def lag_gate(records: int, max_lag: int, unconfirmed: dict[str, int | None], max_bytes: int) -> Gate:
-    worst = max((v or 0 for v in unconfirmed.values()), default=0)
-    ok = records <= max_lag and worst <= max_bytes
+    missing = sorted(slot for slot, v in unconfirmed.items() if v is None)
+    worst = max((v for v in unconfirmed.values() if v is not None), default=0)
+    ok = records <= max_lag and worst <= max_bytes and not missing
     detail = (f"{records:,} Kafka records not yet applied (limit {max_lag:,}); "
               f"at most {worst:,} bytes of WAL not yet confirmed by Debezium (limit {max_bytes:,})")
+    if missing:  # a dropped slot has no lag: it has lost the stream, which no cutover can drain
+        detail += f"; replication slot(s) {', '.join(missing)} missing: the stream is broken, abort and start again"
     return Gate("lag", ok, {"records": records, "wal_bytes": worst}, {"records": max_lag, "wal_bytes": max_bytes},
                 detail, ExitCode.GATE_LAG)
 
@@ -44,8 +47,15 @@ def verification_gate(store: ControlStore, migration: str) -> Gate:
         return Gate("verified", False, None, "equal", f"no verification yet: run `reshard verify {migration}`",
                     ExitCode.GATE_UNVERIFIED)
     ok = bool(last["detail"].get("equal"))
-    return Gate("verified", ok, {"equal": ok, "at": last["at"].isoformat()}, "equal",
-                f"last verification at {last['at']:%Y-%m-%d %H:%M:%S} {'passed' if ok else 'found differences'}",
+    detail = f"last verification at {last['at']:%Y-%m-%d %H:%M:%S} {'passed' if ok else 'found differences'}"
+    rolled_back = [a["finished_at"] for a in store.attempts(migration)
+                   if a["kind"] == "rollback" and a["state"] == "done" and a["finished_at"]]
+    if ok and rolled_back and max(rolled_back) > last["at"]:
+        # the targets' writes went back to the sources since: it no longer speaks for the data
+        ok = False
+        detail += (f", before the rollback of {max(rolled_back):%Y-%m-%d %H:%M:%S}: run `reshard verify "
+                   f"{migration}` again")
+    return Gate("verified", ok, {"equal": ok, "at": last["at"].isoformat()}, "equal", detail,
                 ExitCode.GATE_UNVERIFIED)
 
 

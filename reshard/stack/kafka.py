@@ -91,7 +91,8 @@ class KafkaBroker:
         log4j = write_log4j(self.home / "log4j2.properties")
         if (self.home / "data" / "meta.properties").is_file():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        # a random id starting with "-" would be read as an option by StorageTool (about 1 in 64)
+        cluster_id = "r" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         proc = subprocess.run(
             java_argv(art, log4j, "256m", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
             capture_output=True, text=True,
