@@ -3,9 +3,9 @@
 Setup on the embedded stack: accounts seeded on source1 and split to target1/target2
 (every key moves), the copy done, Debezium streaming. Each round, with no applier
 running, pgbench writes a burst of single-row updates on source1 (its own tps is the
-rate the backlog is written at); the benchmark waits for Debezium to confirm the burst
-(the capture rate), then starts N `reshard apply` processes and times how long they take
-to commit every record of the burst. Rounds alternate 1 and 2 workers. Printed: medians
+rate the backlog is written at). Debezium is paused during the burst, then timed from
+its resume to the slot confirming the burst (the capture rate). Then N `reshard apply`
+processes are timed until they have committed every record of the burst. Rounds alternate 1 and 2 workers. Printed: medians
 of each figure and the ratios (drain / write, capture / drain, 2 workers / 1).
 
     .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 60000] [--json]
@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
 from cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
 from reshard.config import write_config  # noqa: E402
+from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka_admin import KafkaAdmin  # noqa: E402
 from reshard.shardmap import parse_map  # noqa: E402
@@ -107,6 +108,8 @@ def main() -> None:
     cfg = tmp / "reshard.yaml"
     write_config(config, cfg)
     streams, topics = co.streams(NAME)
+    connect = ConnectClient(config.connect.url)
+    connector = streams[0].connector
     src_dsn = config.cluster("source1").dsn
     rounds: list[dict] = []
     try:
@@ -114,9 +117,13 @@ def main() -> None:
             drain(cfg, admin, topics, 1, tmp)  # join the group once and apply the copy-time changes
             for r in range(args.rounds):
                 for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                    t0 = time.monotonic()
+                    # Debezium paused during the burst: then its capture is timed on its own
+                    connect.pause(connector)
                     write_tps = pgbench_burst(src_dsn, args.rows, args.updates, args.clients, tmp)
-                    wait_confirmed(config, mark_positions(config, NAME, streams), time.monotonic() + 600)
+                    positions = mark_positions(config, NAME, streams)
+                    t0 = time.monotonic()
+                    connect.resume(connector)
+                    wait_confirmed(config, positions, time.monotonic() + 600)
                     capture = args.updates / (time.monotonic() - t0)
                     d = drain(cfg, admin, topics, workers, tmp)
                     row = {"workers": workers, "write_tps": round(write_tps), "capture_events_per_s": round(capture),

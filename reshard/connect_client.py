@@ -55,9 +55,15 @@ class ConnectClient:
         if self.status(name) is None:
             self._call("POST", "/connectors", {"name": name, "config": config, "initial_state": "STOPPED"})
             self._call("DELETE", f"/connectors/{name}/offsets")
-            self._call("PUT", f"/connectors/{name}/resume")
+            self.resume(name)
         else:
             self._call("PUT", f"/connectors/{name}/config", config)
+
+    def pause(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/pause")
+
+    def resume(self, name: str) -> None:
+        self._call("PUT", f"/connectors/{name}/resume")
 
     def config(self, name: str) -> dict[str, str] | None:
         return self._call("GET", f"/connectors/{name}/config")
