@@ -101,8 +101,10 @@ class TableWriter:
         self.stage = sql.Identifier(f"reshard_stage_{number}")
         self.target = sql.Identifier(*info.name.split(".", 1))
         self._checked: dict[tuple[str, ...], bool] = {}
-        self._shapes: dict[tuple[str, ...], int] = {}
+        self._shapes: dict[tuple[str, ...], int] = {}  # partial rows: shapes 1, 2, ...
         self._update_sql: dict[int, sql.Composed] = {}
+        self._full_shapes: dict[tuple[str, ...], int] = {}  # whole rows lacking optional columns: -1, -2, ...
+        self._upsert_sql: dict[int, sql.Composed] = {}
         defs = sql.SQL(", ").join(sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.type))
                                   for c in info.copyable)
         # session-local, emptied at every commit: a rolled-back batch leaves nothing behind
@@ -129,30 +131,41 @@ class TableWriter:
         self.clear_sql = sql.SQL("DELETE FROM {}").format(self.stage)
         self.delete_sql = sql.SQL("DELETE FROM {} t USING {} s WHERE s.__op = 'd' AND {}").format(
             self.target, self.stage, self._on_pk("t", "s"))
+        self._upsert_sql[0] = self._upsert(tuple(self.names), 0)
+
+    def _upsert(self, present: tuple[str, ...], shape: int) -> sql.Composed:
+        cols = sql.SQL(", ").join(map(sql.Identifier, present))
         sets = [sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
-                for c in self.names if c not in self.pk]
-        override = sql.SQL(" OVERRIDING SYSTEM VALUE" if any(c.identity == "a" for c in self.info.copyable) else "")
-        self.upsert_sql = sql.SQL(
-            "INSERT INTO {t} ({cols}){override} SELECT {cols} FROM {stage} WHERE __op = 'u' "
+                for c in present if c not in self.pk]
+        override = sql.SQL(" OVERRIDING SYSTEM VALUE" if any(
+            c.identity == "a" and c.name in present for c in self.info.copyable) else "")
+        return sql.SQL(
+            "INSERT INTO {t} ({cols}){override} SELECT {cols} FROM {stage} WHERE __op = 'u' AND __shape = {n} "
             "ON CONFLICT ({pk}) DO {action}"
-        ).format(t=self.target, cols=cols, override=override, stage=self.stage,
+        ).format(t=self.target, cols=cols, override=override, stage=self.stage, n=sql.Literal(shape),
                  pk=sql.SQL(", ").join(map(sql.Identifier, self.pk)),
                  action=sql.SQL("UPDATE SET ") + sql.SQL(", ").join(sets) if sets else sql.SQL("NOTHING"))
 
     def check_columns(self, ev: ChangeEvent, source: str, target: str) -> None:
+        """Events may lack target columns that are nullable or defaulted (changes decoded
+        before the column was added, as PostgreSQL's logical replication allows); any other
+        difference is schema drift, which pauses the applier naming the side that changed."""
         ok = self._checked.get(ev.columns)
         if ok is None:
-            ok = self._checked[ev.columns] = frozenset(ev.columns) == self.colset
+            present = frozenset(ev.columns)
+            ok = self._checked[ev.columns] = present <= self.colset and all(
+                self.cols[c].optional for c in self.colset - present)
         if not ok:
             extra = sorted(set(ev.columns) - self.colset)
-            missing = sorted(self.colset - set(ev.columns))
-            raise SchemaMismatch(
-                f"schema drift on {ev.table}: the source {source} now has "
-                f"{'extra column(s) ' + ', '.join(extra) if extra else ''}"
-                f"{'; ' if extra and missing else ''}"
-                f"{'no column(s) ' + ', '.join(missing) if missing else ''} compared with {target}. "
-                "Apply the same DDL on the targets, then run the applier again."
-            )
+            required = sorted(c for c in self.colset - set(ev.columns) if not self.cols[c].optional)
+            parts = []
+            if extra:
+                parts.append(f"the source {source} has column(s) {', '.join(extra)} that {target} lacks: "
+                             f"apply the same DDL on {target}")
+            if required:
+                parts.append(f"{target} has NOT NULL column(s) {', '.join(required)} without a default that "
+                             f"changes from {source} do not carry: add them on {source}, or give them a default")
+            raise SchemaMismatch(f"schema drift on {ev.table}: {'; '.join(parts)}; then run the applier again.")
 
     def _value(self, name: str, v: Any) -> Any:
         if v is None:
@@ -183,14 +196,27 @@ class TableWriter:
                      key=key, won=self._on_pk("w", "s"))
         return n
 
+    def _full_shape(self, ev: ChangeEvent) -> int:
+        """Full rows that lack some (optional) columns are inserted without them, so their
+        defaults apply, and update only the columns they carry: one upsert per shape."""
+        if len(ev.columns) == len(self.names):
+            return 0
+        present = tuple(c for c in self.names if c in ev.row)  # type: ignore[operator]
+        n = self._full_shapes.get(present)
+        if n is None:
+            n = self._full_shapes[present] = -(len(self._full_shapes) + 1)
+            self._upsert_sql[n] = self._upsert(present, n)
+        return n
+
     def staged_row(self, ev: ChangeEvent) -> tuple[list[Any], int]:
-        """(the COPY row, the partial shape or 0) for one change."""
+        """(the COPY row, its shape: 0 for whole rows) for one change."""
         if ev.op == "d":
             vals = {c: ev.key.get(c) for c in self.pk}
             return [DELETE, ev.lsn, 0, *(self._value(c, vals.get(c)) for c in self.names)], 0
         row = ev.row or {}
         if not ev.unavailable:
-            return [FULL, ev.lsn, 0, *(self._value(c, row.get(c)) for c in self.names)], 0
+            shape = self._full_shape(ev)
+            return [FULL, ev.lsn, shape, *(self._value(c, row.get(c)) for c in self.names)], shape
         # unchanged TOAST columns were not sent: update only what was, never the placeholder
         shape = self._shape(ev)
         return [PARTIAL, ev.lsn, shape, *(self._value(c, row.get(c)) for c in self.names)], shape
@@ -198,18 +224,22 @@ class TableWriter:
     def apply(self, cur: psycopg.Cursor, items: list[Routed], stats: ApplyStats, cluster: str) -> None:
         """Stage and apply ``items`` (at most one per key) inside the caller's transaction."""
         shapes: set[int] = set()
+        full: set[int] = set()
         with cur.copy(self.copy_sql) as cp:
             for r in items:
                 row, shape = self.staged_row(r.event)
-                if shape:
+                if shape > 0:
                     shapes.add(shape)
+                elif row[0] == FULL:
+                    full.add(shape)
                 cp.write_row(row)
         cur.execute(self.guard_sql, {"m": self.migration, "t": self.info.name})
         stale = cur.rowcount
         stats.skipped_stale += stale
         applied = len(items) - stale
         cur.execute(self.delete_sql)
-        cur.execute(self.upsert_sql)
+        for shape in sorted(full, reverse=True):
+            cur.execute(self._upsert_sql[shape])
         for shape in sorted(shapes):
             cur.execute(self._update_sql[shape])
             for *key, lsn in cur.fetchall():
@@ -277,6 +307,10 @@ class TargetWriter:
                 self._run(items, stats)
                 self._record_offsets(offsets)
             return stats
+        except (pgerr.UndefinedColumn, pgerr.UndefinedTable) as exc:
+            raise SchemaMismatch(f"schema drift on {self.cluster}: its tables changed under the applier "
+                                 f"({str(exc).strip().splitlines()[0]}); apply the same DDL on every cluster of the "
+                                 "migration, then run the applier again") from None
         except (pgerr.DataError, pgerr.IntegrityError):
             pass
         stats = ApplyStats()

@@ -318,9 +318,17 @@ class Applier:
         connections; the batch is the same, and idempotent, so retrying is safe."""
         delay = 0.5
         last: Exception | None = None
+        reread = False
         for _attempt in range(RETRY_LIMIT):
             try:
                 return self._writer(cluster, direction).apply(items, offsets)
+            except SchemaMismatch:
+                if reread:
+                    raise
+                # the target's tables may have changed since this session read them (the same
+                # DDL applied there mid-stream): read them again once before pausing
+                reread = True
+                self._close_writers()
             except (psycopg.OperationalError, Unavailable) as exc:
                 last = exc
                 self._close_writers()

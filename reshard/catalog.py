@@ -24,6 +24,12 @@ class Column:
     not_null: bool
     identity: str  # '' | 'a' (ALWAYS) | 'd' (BY DEFAULT)
     generated: bool
+    has_default: bool = False
+
+    @property
+    def optional(self) -> bool:
+        """A row may omit it: NULL or the default fills it, as in logical replication."""
+        return not self.not_null or self.has_default or bool(self.identity)
 
 
 @dataclass(frozen=True)
@@ -58,7 +64,7 @@ def table_info(conn: psycopg.Connection, table: str) -> TableInfo | None:
     oid = row[0]
     cols = conn.execute(
         "SELECT attname, format_type(atttypid, atttypmod), format_type(atttypid, NULL), attnotnull, "
-        "attidentity::text, attgenerated <> '' "
+        "attidentity::text, attgenerated <> '', atthasdef "
         "FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
         (oid,),
     ).fetchall()
@@ -74,7 +80,7 @@ def table_info(conn: psycopg.Connection, table: str) -> TableInfo | None:
     ).fetchone()
     return TableInfo(
         table,
-        tuple(Column(n, t, bt, nn, ident or "", gen) for n, t, bt, nn, ident, gen in cols),
+        tuple(Column(n, t, bt, nn, ident or "", gen, hd) for n, t, bt, nn, ident, gen, hd in cols),
         tuple(r[0] for r in pk),
         meta[0],
         int(meta[1]),

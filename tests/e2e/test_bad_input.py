@@ -104,3 +104,43 @@ def test_target_column_type_mismatch_is_refused(env):
         conn.execute("ALTER TABLE public.accounts ALTER COLUMN balance TYPE numeric(20,4)")
     with pytest.raises(SetupError, match=r"balance is numeric\(14,2\) on source1 but numeric\(20,4\) on target2"):
         co.start(name)
+
+
+def test_ddl_with_a_backlog_recovers_once_the_targets_have_the_column(env, tmp_path):
+    """Changes decoded before a column existed lack it; PostgreSQL's own logical
+    replication applies them (NULL or the default fills it), and so does reshard."""
+    name = env.migration()
+    co = prepare(env, rows=500, migration=name)
+    co.start(name)
+    with env.conn("source1") as conn:  # a backlog in the old shape, then the DDL, then the new shape
+        conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id <= 100")
+        conn.execute("INSERT INTO public.accounts (id, owner, balance) SELECT g, 'old', 0 FROM generate_series(1001, 1050) g")
+        conn.execute("ALTER TABLE public.accounts ADD COLUMN region text, ADD COLUMN tier int NOT NULL DEFAULT 3")
+        conn.execute("UPDATE public.accounts SET region = 'eu' WHERE id BETWEEN 50 AND 150")
+        conn.execute("INSERT INTO public.accounts (id, owner, balance) SELECT g, 'new', 0 FROM generate_series(2001, 2050) g")
+    cfg = write_config_file(env, tmp_path)
+    proc = subprocess.run(reshard_cmd(cfg, "apply", name), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.PAUSED, proc.stderr
+    assert "the source source1 has column(s) region, tier that target" in proc.stderr, proc.stderr
+    for t in ("target1", "target2"):
+        with env.conn(t) as conn:
+            conn.execute("ALTER TABLE public.accounts ADD COLUMN region text, ADD COLUMN tier int NOT NULL DEFAULT 3")
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+    assert_targets_equal_source(env)
+
+
+def test_a_column_added_mid_stream_is_picked_up_without_a_restart(env):
+    name = env.migration()
+    co = prepare(env, rows=500, migration=name)
+    co.start(name)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)  # the applier's sessions have read the tables
+        for t in ("target1", "target2"):
+            with env.conn(t) as conn:
+                conn.execute("ALTER TABLE public.accounts ADD COLUMN region text")
+        with env.conn("source1") as conn:
+            conn.execute("ALTER TABLE public.accounts ADD COLUMN region text")
+            conn.execute("UPDATE public.accounts SET region = 'us' WHERE id <= 200")
+        co.wait(name, timeout=60)
+    assert_targets_equal_source(env)
