@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -47,6 +48,7 @@ from cdc_applier.offsets import applier_group
 from cdc_applier.route import Router
 
 HEARTBEAT_S = 2.0
+KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
 RETRY_LIMIT = 8
 ORIGIN_POOL = 16  # concurrent writer sessions per direction and cluster
 
@@ -117,12 +119,15 @@ class _Batch:
 
 class Applier:
     def __init__(self, config: Config, store: ControlStore, rec: MigrationRecord, plan: Plan,
-                 *, batch_size: int = 2000, worker_id: str | None = None):
+                 *, batch_size: int = 2000, worker_id: str | None = None, kafka_outage_s: float = KAFKA_OUTAGE_S):
         self.config = config
         self.store = store
         self.rec = rec
         self.plan = plan
         self.batch_size = batch_size
+        self.kafka_outage_s = kafka_outage_s
+        self._kafka_down_since: float | None = None
+        self._kafka_said = False
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
         self.router = Router(plan, streams_of(store, rec, plan))
         self.stats = ApplierStats()
@@ -212,6 +217,7 @@ class Applier:
             "session.timeout.ms": 10000,
             # large fetches, bounded: at most ~64 MB waits in the client
             "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
+            "error_cb": self._on_kafka_error,
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
@@ -232,8 +238,10 @@ class Applier:
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
                     self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
-                    settle()
-                    self._refresh_streams(consumer)
+                    self._ride_out_outage(consumer, now)
+                    if self._kafka_down_since is None:
+                        settle()
+                        self._refresh_streams(consumer)
                 if until is not None and not msgs and until():
                     break
             settle()
@@ -253,6 +261,34 @@ class Applier:
             consumer.close()
             self._close_writers()
         return self.stats
+
+    def _on_kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (runs inside consume): note when Kafka went away."""
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE):
+            if self._kafka_down_since is None:
+                self._kafka_down_since = time.monotonic()
+
+    def _ride_out_outage(self, consumer: Consumer, now: float) -> None:
+        """While Kafka is unreachable: say so once, probe it every heartbeat, resume when it
+        answers, and give up (Unavailable, exit 4) after ``kafka_outage_s``."""
+        if self._kafka_down_since is None:
+            return
+        try:
+            consumer.list_topics(timeout=1.0)
+        except KafkaException:
+            down = now - self._kafka_down_since
+            if not self._kafka_said:
+                print(f"reshard apply: Kafka at {self.config.kafka.bootstrap_servers} is unreachable; waiting for it "
+                      f"(up to {self.kafka_outage_s:.0f}s, --kafka-outage)", file=sys.stderr, flush=True)
+                self._kafka_said = True
+            if down > self.kafka_outage_s:
+                raise Unavailable(f"Kafka at {self.config.kafka.bootstrap_servers} has been unreachable for "
+                                  f"{down:.0f}s; nothing was lost: rerun `reshard apply` once it is back") from None
+            return
+        if self._kafka_said:
+            print(f"reshard apply: Kafka is reachable again after {now - self._kafka_down_since:.0f}s; resuming",
+                  file=sys.stderr, flush=True)
+        self._kafka_down_since, self._kafka_said = None, False
 
     def _prepare(self, dlq: DeadLetters, msgs: list) -> _Batch:
         """Decode and route a polled batch (records that cannot be decoded or routed go to

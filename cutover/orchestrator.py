@@ -242,7 +242,8 @@ class Orchestrator:
                     "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
                     "last": sw.last_wave, "budget_s": opts.max_write_pause})
             budget = opts.max_write_pause
-            self.progress.step(f"fencing writes to the moving keys on {', '.join(sw.from_side)} "
+            self.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
+                               f"on {', '.join(sw.from_side)} "
                                f"(budget {budget:.2f}s)")
             t0 = time.monotonic()
             deadline = t0 + budget

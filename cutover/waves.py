@@ -55,7 +55,8 @@ def remaining(active: ShardMap, final: ShardMap) -> dict[str, list[int]]:
     return out
 
 
-def parse_only(spec: str, left: dict[str, list[int]], move_ids: dict[str, list[int]]) -> dict[str, list[int]]:
+def parse_only(spec: str, left: dict[str, list[int]], move_ids: dict[str, list[int]],
+               buckets: int | None = None) -> dict[str, list[int]]:
     """--only: a fraction ("0.1", "10%"), bucket ranges ("0-511,900"), or move ids.
 
     A fraction takes that share of each group's remaining buckets (at least one);
@@ -84,6 +85,8 @@ def parse_only(spec: str, left: dict[str, list[int]], move_ids: dict[str, list[i
         except ValueError:
             raise ConfigError(f"--only {spec!r}: expected a fraction (0.1, 10%), bucket ranges (0-511) "
                               "or move ids (group:source->target)") from None
+    if buckets is not None and wanted and (min(wanted) < 0 or max(wanted) >= buckets):
+        raise ConfigError(f"--only {spec!r}: buckets are numbered 0-{buckets - 1} in this map")
     picked = {g: [b for b in bs if b in wanted] for g, bs in left.items()}
     picked = {g: b for g, b in picked.items() if b}
     if not picked:
@@ -108,7 +111,7 @@ def next_wave(active: ShardMap, final: ShardMap, only: str | None) -> Wave:
             ag, fg = active.groups[name].scheme, final.groups[name].scheme
             for b in bs:
                 move_ids.setdefault(f"{name}:{ag.assignment[b]}->{fg.assignment[b]}", []).append(b)
-        chosen = parse_only(only, left, move_ids)
+        chosen = parse_only(only, left, move_ids, max(active.groups[g].scheme.buckets for g in left))
     else:
         chosen = left
     groups = {}

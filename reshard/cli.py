@@ -452,9 +452,11 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
 @click.option("--until-caught-up", is_flag=True, help="Stop once every change committed so far is applied.")
 @click.option("--timeout", default=600.0, show_default=True, help="With --until-caught-up: give up after this long.")
 @click.option("--batch-size", default=2000, show_default=True, help="Records per poll and target transaction.")
+@click.option("--kafka-outage", default=300.0, show_default=True,
+              help="Seconds to wait for an unreachable Kafka (saying so once) before exiting with 4.")
 @json_option
 @click.pass_obj
-def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int) -> None:
+def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float) -> None:
     """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
 
     Workers of one migration share a Kafka consumer group: start more to split the
@@ -471,7 +473,7 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     task = progress.task("apply", unit="events")
     try:
         stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
-                         batch_size=batch_size)
+                         batch_size=batch_size, kafka_outage_s=kafka_outage)
         task.close()
     finally:
         progress.stop()

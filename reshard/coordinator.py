@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from reshard import shard_schema
 from reshard.catalog import table_info
@@ -148,7 +149,7 @@ class Coordinator:
             return report
 
     # ---- apply / wait -------------------------------------------------------------
-    def applier(self, name: str, *, batch_size: int = 2000) -> Applier:
+    def applier(self, name: str, *, batch_size: int = 2000, **kw: Any) -> Applier:
         rec, p = self.record(name)
         if rec.state not in (states.STREAMING, states.CUT_OVER):
             raise MigrationError(
@@ -156,13 +157,14 @@ class Coordinator:
                 f"before and after cutover). Run `reshard start {name}` first."
             )
         self.store.set_error(name, None)
-        return Applier(self.config, self.store, rec, p, batch_size=batch_size)
+        return Applier(self.config, self.store, rec, p, batch_size=batch_size, **kw)
 
     def apply(self, name: str, stop: threading.Event, *, until_caught_up: bool = False,
-              timeout: float = 600.0, task: Task | None = None, batch_size: int = 2000) -> ApplierStats:
+              timeout: float = 600.0, task: Task | None = None, batch_size: int = 2000,
+              **applier_kw: Any) -> ApplierStats:
         """Run an applier until ``stop`` is set (or, with until_caught_up, until the
         catch-up proof passes while it runs)."""
-        a = self.applier(name, batch_size=batch_size)
+        a = self.applier(name, batch_size=batch_size, **applier_kw)
         if not until_caught_up:
             return a.run(stop, task=task)
         result: dict = {}

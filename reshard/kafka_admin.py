@@ -7,14 +7,16 @@ the partition's end offset as read *after* the source confirmed the position.
 
 from __future__ import annotations
 
+import functools
 import logging
-from typing import Iterable
+from typing import Any, Callable, Iterable, TypeVar
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from reshard.errors import Unavailable
 
+T = TypeVar("T")
 _quiet = logging.getLogger("reshard.librdkafka")
 _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
@@ -27,6 +29,18 @@ def client_conf(bootstrap: str, **extra: object) -> dict:
     and reshard reports unavailability itself, once, with a clear message.
     """
     return {"bootstrap.servers": bootstrap, "logger": _quiet, **extra}
+
+
+def _reachable(fn: Callable[..., T]) -> Callable[..., T]:
+    """A Kafka error while asking Kafka is reported as Unavailable (exit 4), naming the
+    cluster, never as a traceback (the callers also keep what PostgreSQL knows)."""
+    @functools.wraps(fn)
+    def wrapper(self: "KafkaAdmin", *args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(self, *args, **kwargs)
+        except KafkaException as exc:
+            raise Unavailable(f"Kafka at {self.bootstrap} did not answer ({fn.__name__}): {exc}") from None
+    return wrapper
 
 
 class KafkaAdmin:
@@ -54,6 +68,7 @@ class KafkaAdmin:
         if not md.brokers:
             raise Unavailable(f"Kafka at {self.bootstrap} reports no brokers")
 
+    @_reachable
     def topics(self, timeout: float = 10.0) -> dict[str, int]:
         """Topic name -> partition count."""
         md = self.admin.list_topics(timeout=timeout)
@@ -88,6 +103,7 @@ class KafkaAdmin:
                 if "UNKNOWN_TOPIC" not in str(exc):
                     raise
 
+    @_reachable
     def end_offsets(self, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """High watermark of every partition of ``topics``."""
         parts = self.topics()
@@ -101,6 +117,7 @@ class KafkaAdmin:
                 out[(t, p)] = high
         return out
 
+    @_reachable
     def committed(self, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
         """The group's committed offset per partition (0 where it committed nothing)."""
         parts = self.topics()

@@ -57,3 +57,28 @@ def test_tenant_move_and_scheme_change():
 
 def test_nothing_moves_between_equal_maps():
     assert plan(hmap({"a": "0-4095"}), hmap({"a": "0-4095"})).moves == ()
+
+
+def test_waves_refuse_bucket_ranges_past_the_map():
+    import pytest
+
+    from cutover.waves import parse_only
+    from reshard.errors import ConfigError
+
+    left = {"accounts": [1, 2, 3, 4000]}
+    assert parse_only("0-2", left, {}, 4096) == {"accounts": [1, 2]}
+    with pytest.raises(ConfigError, match="numbered 0-4095"):
+        parse_only("0-99999", left, {}, 4096)
+
+
+def test_overlap_between_migrations_is_exact_for_bucket_maps():
+    from reshard.planner import overlap
+
+    def m(**clusters):
+        return parse_map({"groups": {"accounts": {"key": "bigint", "tables": {"public.accounts": "id"},
+                                                  "hash": {"buckets": 8, "clusters": clusters}}}})
+
+    now = m(source1="0-7")
+    first = plan(now, m(source1="0-3", target1="4-7"))
+    assert overlap(first, plan(now, m(source1="0-5", target2="6-7"))) == "group accounts: both move buckets 6-7 of 8"
+    assert overlap(first, plan(now, m(source1="4-7", target2="0-3"))) is None

@@ -1,0 +1,48 @@
+"""Kafka unreachable: every command says so (exit 4, no traceback) and keeps what
+PostgreSQL knows; the applier waits a bounded time, saying so once, then exits 4."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import time
+from dataclasses import replace
+
+from reshard.config import write_config
+from reshard.exit_codes import ExitCode
+from tests.e2e.helpers import prepare, reshard_cmd
+
+
+def _dead_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_status_wait_and_apply_with_kafka_unreachable(env, tmp_path):
+    name = env.migration()
+    co = prepare(env, rows=200, migration=name)
+    co.start(name)
+    cfg = tmp_path / "reshard.yaml"
+    write_config(replace(env.config, kafka=replace(env.config.kafka, bootstrap_servers=f"127.0.0.1:{_dead_port()}")),
+                 cfg)
+
+    status = subprocess.run(reshard_cmd(cfg, "status", name, "--json"), capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    doc = json.loads(status.stdout)
+    assert doc["state"] == "streaming" and "did not answer" in doc["lag"]["error"], doc["lag"]
+    assert "Traceback" not in status.stderr
+
+    wait = subprocess.run(reshard_cmd(cfg, "wait", name, "--timeout", "20"), capture_output=True, text=True,
+                          timeout=120)
+    assert wait.returncode == ExitCode.UNAVAILABLE, (wait.returncode, wait.stderr)
+    assert "Traceback" not in wait.stderr and "Kafka" in wait.stderr
+
+    started = time.monotonic()
+    apply = subprocess.run(reshard_cmd(cfg, "apply", name, "--kafka-outage", "3"), capture_output=True, text=True,
+                           timeout=120)
+    assert apply.returncode == ExitCode.UNAVAILABLE, (apply.returncode, apply.stderr)
+    assert apply.stderr.count("is unreachable; waiting for it") == 1, apply.stderr
+    assert "nothing was lost" in apply.stderr and "Traceback" not in apply.stderr
+    assert time.monotonic() - started < 60
