@@ -27,7 +27,7 @@ import psycopg
 
 from reshard.config import Config
 from reshard.control.store import connect
-from reshard.errors import WaitTimeout
+from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka_admin import KafkaAdmin
 from reshard.streams import Stream
 
@@ -118,7 +118,11 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
                     "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
                     (x, s.slot),
                 ).fetchone()
-                if ok and ok[0]:
+                if ok is None:
+                    raise MigrationError(
+                        f"replication slot {s.slot} on {s.cluster} is gone: the stream lost its position and "
+                        "cannot prove catch-up; abort this migration and start a new one")
+                if ok[0]:
                     del pending[s]
             if not pending:
                 return

@@ -42,7 +42,11 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """Whether a server could listen on ``port`` now. SO_REUSEADDR as the servers set it:
+    connections lingering in TIME_WAIT after a crash must not make a part's recorded port
+    look taken (it would come back elsewhere, and its dependants would not know)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
             return True
@@ -157,6 +161,12 @@ class Stack:
             broker = KafkaBroker(self.home / "kafka", kafka_port, ctl_port)
             connect_part = state.get("connect") or {}
             connect_alive = self._alive(connect_part)
+            if connect_alive and not kafka_alive and kafka_part.get("port") not in (None, kafka_port):
+                # the broker comes back on another address: a worker pointing at the old one
+                # would retry forever while looking healthy, so it restarts with the new one
+                self.say(f"connect: restarting, Kafka moved from port {kafka_part['port']} to {kafka_port}")
+                stop(self._rec(connect_part))  # type: ignore[arg-type]
+                connect_alive = False
             connect_port = connect_part["port"] if connect_alive else self._port(connect_part.get("port"))
             worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap)
 

@@ -46,3 +46,26 @@ def test_applier_killed_after_cutover_is_replaced_and_rollback_succeeds(env, tmp
                 p.wait(timeout=60)
     assert stats.writes > 100
     assert assert_acked_on_owners(env, load.acked, co) > 50
+
+
+def test_a_slot_dropped_underneath_fails_wait_and_the_lag_gate(env):
+    import pytest
+
+    from cutover.gates import lag_gate, stream_wal_lag
+    from reshard.connect_client import ConnectClient
+    from reshard.errors import MigrationError
+    from reshard.streams import forward
+
+    co, name = setup(env, rows=300, audit=False)
+    co.start(name)
+    stream = forward(name, "source1")
+    client = ConnectClient(env.config.connect.url)
+    client.delete(stream.connector)  # releases the slot, which someone then drops
+    with env.conn("source1") as conn:
+        wait_for(lambda: not conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                          (stream.slot,)).fetchone()[0], 30, "the slot to be released")
+        conn.execute("SELECT pg_drop_replication_slot(%s)", (stream.slot,))
+    with pytest.raises(MigrationError, match=f"replication slot {stream.slot} on source1 is gone"):
+        co.wait(name, timeout=20)
+    gate = lag_gate(0, 1000, stream_wal_lag(env.config, [stream]), 1 << 20)
+    assert not gate.ok and "missing" in gate.detail
