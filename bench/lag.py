@@ -44,6 +44,16 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+def _reporting(fn):
+    """A thread body that prints what killed it (a silent probe would leave no samples)."""
+    def run() -> None:
+        try:
+            fn()
+        except Exception as exc:
+            print(f"{fn.__name__} failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
+    return run
+
+
 def run_rate(config, rate: int, seconds: float, rows: int, tmp: Path, owner: str) -> list[tuple[float, float]]:
     """(seconds since start, lag ms) samples at one pgbench rate."""
     script = tmp / "update.sql"
@@ -66,12 +76,12 @@ def run_rate(config, rate: int, seconds: float, rows: int, tmp: Path, owner: str
             while not stop.is_set():
                 row = conn.execute("SELECT note, extract(epoch FROM clock_timestamp()) FROM public.accounts "
                                    "WHERE id = %s", (PROBE_KEY,)).fetchone()
-                if row and row[0] and row[0] != last:
+                if row and row[0] and row[0] != last and row[0][0].isdigit():  # not the seeded note
                     last = row[0]
                     samples.append((float(row[1]) - started, (float(row[1]) - float(row[0])) * 1000))
                 time.sleep(0.005)
 
-    threads = [threading.Thread(target=f, daemon=True) for f in (probe, poll)]
+    threads = [threading.Thread(target=_reporting(f), daemon=True) for f in (probe, poll)]
     for t in threads:
         t.start()
     bench = subprocess.run(["pgbench", "-n", "-f", str(script), "-c", "4", "-j", "2", "-R", str(rate),
@@ -112,6 +122,8 @@ def main() -> None:
         for rate in (int(r) for r in args.rates.split(",")):
             samples = run_rate(config, rate, args.seconds, args.rows, tmp, owner)
             lags = [ms for _t, ms in samples]
+            if not lags:
+                raise SystemExit(f"no lag sample at {rate} writes/s: the probe row never changed on {owner}")
             results[rate] = {"samples": len(lags), "p50_ms": round(percentile(lags, 0.5), 1),
                              "p99_ms": round(percentile(lags, 0.99), 1), "max_ms": round(max(lags), 1),
                              "load": load_average(), "series": samples}
