@@ -8,7 +8,7 @@ its resume to the slot confirming the burst (the capture rate). Then N `reshard 
 processes are timed until they have committed every record of the burst. Rounds alternate 1 and 2 workers. Printed: medians
 of each figure and the ratios (drain / write, capture / drain, 2 workers / 1).
 
-    .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 60000] [--json]
+    .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 200000] [--json]
 """
 
 from __future__ import annotations
@@ -94,7 +94,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--rounds", type=int, default=3, help="rounds per worker count (alternating)")
     ap.add_argument("--rows", type=int, default=50_000)
-    ap.add_argument("--updates", type=int, default=60_000, help="single-row updates per burst")
+    ap.add_argument("--updates", type=int, default=200_000,
+                    help="single-row updates per burst (large enough that group start-up is not the measure)")
     ap.add_argument("--clients", type=int, default=4, help="pgbench clients")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

@@ -479,7 +479,7 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
         progress.stop()
     doc = {"command": "apply", "migration": name, **stats.to_dict()}
     emit(ctx, doc, lambda: f"{name}: applied {stats.applied:,} of {stats.records:,} records "
-         f"({stats.skipped_stale:,} replays skipped, {stats.dead_letters} dead letters)")
+         f"({stats.skipped_stale:,} stale or superseded, {stats.dead_letters} dead letters)")
 
 
 @cli.command()

@@ -176,7 +176,7 @@ def render(report: dict) -> str:
         f"  rows copied        {c['rows_copied']:,} in {c['seconds']:.1f}s ({c['rows_per_second']:,} rows/s)",
         f"  writes during run  {report['load']['operations']:,} (inserts, updates, deletes, key changes)",
         f"  events applied     {a['applied']:,} of {a['records']:,} records "
-        f"({a['skipped_stale']:,} replays skipped, {a['echoes']:,} echoes skipped, {a['not_moving']:,} not moving, "
+        f"({a['skipped_stale']:,} stale or superseded, {a['echoes']:,} echoes skipped, {a['not_moving']:,} not moving, "
         f"{a['dead_letters']} dead letters)",
         f"  time to catch up   {cu['seconds']:.2f}s after the writes stopped",
         "  verification       " + ("EQUAL" if v["equal"] else "DIFFERENT"),
