@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps system-deps python-deps jvm-deps unit e2e stack-down clean
+.PHONY: demo test deps system-deps python-deps jvm-deps unit e2e chaos stack-down clean
 
 demo: deps
 	$(VENV)/bin/reshard demo
@@ -22,6 +22,10 @@ unit: python-deps
 
 e2e: deps
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
+
+# faults under load (part of `make test` too while it fits CI's time)
+chaos: deps
+	$(VENV)/bin/pytest tests/chaos $(PYTEST_ARGS)
 
 deps: system-deps python-deps jvm-deps
 

@@ -373,6 +373,13 @@ class Applier:
         raise Unavailable(f"cluster {cluster} keeps failing: {last}")
 
     def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit a batch's offsets after its effects committed on the targets.
+
+        A commit Kafka refuses because this member left the group (a broker restart, a
+        long pause: unknown member, stale generation) or cannot take (Kafka unreachable)
+        is not fatal: the batch is applied, and the records it covers come back after the
+        next join and are skipped by their per-key positions. Kafka's absence is handled
+        by the outage rules (``_ride_out_outage``), not by exiting here."""
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
@@ -381,6 +388,15 @@ class Applier:
                 consumer.commit(offsets=tps, asynchronous=False)
                 return
             except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                code = err.code() if isinstance(err, KafkaError) else None
+                if code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
+                            KafkaError.REBALANCE_IN_PROGRESS, KafkaError._STATE):
+                    print(f"reshard apply: Kafka refused an offset commit ({err}); the batch is applied and "
+                          "will be skipped when it comes again after the group rejoins", file=sys.stderr, flush=True)
+                    return
                 if attempt == RETRY_LIMIT - 1:
-                    raise Unavailable(f"cannot commit Kafka offsets: {exc}") from None
+                    if self._kafka_down_since is None:
+                        self._kafka_down_since = time.monotonic()
+                    return
                 time.sleep(0.5)

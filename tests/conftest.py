@@ -1,4 +1,4 @@
-"""End-to-end fixtures: the real embedded stack, started once per session.
+"""End-to-end and chaos fixtures: the real embedded stack, started once per session.
 
 Each test gets its own databases (one per cluster, plus its own control database)
 and its own migration names, so tests share PostgreSQL, Kafka and Connect but no
@@ -27,8 +27,10 @@ _counter = itertools.count(1)
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        if "/e2e/" in str(item.fspath):
+        if "/e2e/" in str(item.fspath) or "/chaos/" in str(item.fspath):
             item.add_marker(pytest.mark.e2e)
+        if "/chaos/" in str(item.fspath):
+            item.add_marker(pytest.mark.chaos)
 
 
 @pytest.fixture(scope="session")
