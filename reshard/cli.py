@@ -437,8 +437,15 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
     try:
         to_map = load_map(to_path, config.clusters)
         from_map = load_map(from_path, config.clusters) if from_path else None
+        existed = name in {m["name"] for m in co.store.migrations()}
         co.create(name, to_map, from_map)
-        report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers)
+        try:
+            report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers)
+        except ReshardError:
+            # a migration this command created and whose checks failed leaves nothing behind
+            if not existed and co.store.forget_planned(name):
+                click.echo(f"reshard: migration {name} was not kept: nothing was created for it", err=True)
+            raise
     finally:
         progress.stop()
     doc = {"command": "start", "migration": name, **report.to_dict()}

@@ -231,6 +231,23 @@ class ControlStore:
             row["error"], row["created_at"], row["updated_at"], sources,
         )
 
+    def forget_planned(self, name: str) -> bool:
+        """Delete a migration that is still ``planned`` and has nothing on any cluster (a
+        ``start`` whose checks failed), so a corrected rerun starts clean. Returns whether
+        it was deleted; the audit log keeps that it existed."""
+        with self.connect() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT 1 FROM reshard.migrations m WHERE name = %s AND state = %s AND NOT EXISTS ("
+                "SELECT 1 FROM reshard.migration_sources s WHERE s.migration = m.name) FOR UPDATE",
+                (name, states.PLANNED)).fetchone()
+            if row is None:
+                return False
+            for table in ("copy_progress", "cutover_steps", "cutover_attempts", "waves", "reverse_streams"):
+                conn.execute(f"DELETE FROM reshard.{table} WHERE migration = %s", (name,))
+            conn.execute("DELETE FROM reshard.migrations WHERE name = %s", (name,))
+            self.audit(conn, name, "migration.forgotten", reason="start failed before creating anything")
+            return True
+
     def migration(self, name: str) -> MigrationRecord:
         with self.connect() as conn:
             row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s", (name,)).fetchone()

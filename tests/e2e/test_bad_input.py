@@ -144,3 +144,23 @@ def test_a_column_added_mid_stream_is_picked_up_without_a_restart(env):
             conn.execute("UPDATE public.accounts SET region = 'us' WHERE id <= 200")
         co.wait(name, timeout=60)
     assert_targets_equal_source(env)
+
+
+def test_a_start_whose_checks_fail_leaves_no_planned_migration(env, tmp_path):
+    import yaml
+
+    for c in ("source1", "target1", "target2"):
+        with env.conn(c) as conn:
+            conn.execute("CREATE TABLE public.events (id bigint NOT NULL, body text)")  # no primary key
+    group = {"key": "bigint", "tables": {"public.events": "id"}}
+    (tmp_path / "before.yaml").write_text(yaml.safe_dump(
+        {"groups": {"e": {**group, "hash": {"buckets": 4, "modulo": ["source1"] * 4}}}}))
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(
+        {"groups": {"e": {**group, "hash": {"buckets": 4, "modulo": ["target1", "target2"] * 2}}}}))
+    cfg = write_config_file(env, tmp_path)
+    name = env.migration()
+    run = subprocess.run(reshard_cmd(cfg, "start", name, "--to", str(tmp_path / "after.yaml"), "--from",
+                                     str(tmp_path / "before.yaml")), capture_output=True, text=True, timeout=120)
+    assert run.returncode == ExitCode.BAD_INPUT, run.stderr
+    assert "has no primary key" in run.stderr and "was not kept" in run.stderr
+    assert name not in {m["name"] for m in Coordinator.open(env.config).store.migrations()}
