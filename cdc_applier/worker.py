@@ -194,8 +194,8 @@ class Applier:
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
             task: Task | None = None) -> ApplierStats:
         """Two stages: this thread polls, decodes and routes batch N+1 while a helper thread
-        applies batch N and commits its offsets (a worker is otherwise idle while the
-        targets work). Batches are applied and committed in order, at most one in flight,
+        applies batch N (a worker is otherwise idle while the targets work); this thread
+        then commits batch N's offsets. Batches are applied and committed in order, at most one in flight,
         and offsets are committed only after their batch is applied; before partitions are
         revoked, before streams change and on the way out, the batch in flight finishes
         and commits first."""

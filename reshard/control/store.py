@@ -137,10 +137,7 @@ class ControlStore:
 
     def get_map(self, epoch: int) -> ShardMap:
         with self.connect() as conn:
-            row = conn.execute("SELECT body FROM reshard.shard_maps WHERE epoch = %s", (epoch,)).fetchone()
-        if row is None:
-            raise ConfigError(f"no shard map with epoch {epoch}")
-        return parse_map(row["body"], where=f"map epoch {epoch}")
+            return self._map_in(conn, epoch)
 
     def active_epoch(self) -> int | None:
         with self.connect() as conn:
