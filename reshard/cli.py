@@ -125,7 +125,7 @@ def _status_table(parts: list[dict]) -> str:
     for p in parts:
         state = "healthy" if p["healthy"] else ("unhealthy" if p["running"] else "stopped")
         lines.append(f"{p['name']:<10} {p['kind']:<9} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state:<9} "
-                     f"{p['endpoint']}")
+                     f"{p['endpoint']}" + (f"  ({p['problem']})" if p.get("problem") else ""))
     return "\n".join(lines)
 
 
@@ -133,7 +133,10 @@ def _status_table(parts: list[dict]) -> str:
 @json_option
 @click.pass_obj
 def stack_status(ctx: Ctx) -> None:
-    """Each part with its pid, port and health. Exit 4 unless all are healthy."""
+    """Each part with its pid, port and health. Exit 4 unless all are healthy.
+
+    Health includes reachability: Connect is healthy only while the broker it was
+    started with is the recorded one and answers."""
     parts = [p.to_dict() for p in _stack(ctx).status()]
     emit(ctx, {"command": "stack status", "parts": parts},
          lambda: _status_table(parts) if parts else "no embedded stack here; run `reshard stack up`")

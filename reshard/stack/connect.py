@@ -71,6 +71,16 @@ class ConnectWorker:
         with urllib.request.urlopen(f"{self.url}/connector-plugins", timeout=timeout) as resp:
             return [p["class"] for p in json.load(resp)]
 
+    def configured_bootstrap(self) -> str | None:
+        """The broker address the running worker was started with (its properties file)."""
+        try:
+            for line in (self.home / "connect.properties").read_text().splitlines():
+                if line.startswith("bootstrap.servers="):
+                    return line.split("=", 1)[1].strip()
+        except OSError:
+            return None
+        return None
+
     def healthy(self) -> bool:
         try:
             if DEBEZIUM_CLASS not in self.plugins():

@@ -63,6 +63,7 @@ class PartStatus:
     running: bool
     healthy: bool
     log: str | None
+    problem: str | None = None  # why a running part is not healthy, when known
 
     @property
     def endpoint(self) -> str:
@@ -259,18 +260,32 @@ class Stack:
                 c = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]))
                 out.append(PartStatus(name, "postgres", part["port"], rec.pid if rec else None,
                                       alive, alive and c.healthy(), part.get("log")))
+            broker_ok, bootstrap = False, None
             if state.get("kafka"):
                 part = state["kafka"]
                 rec, alive = self._rec(part), self._alive(part)
                 broker = KafkaBroker(self.home / "kafka", part["port"], part["controller_port"])
+                broker_ok, bootstrap = alive and broker.healthy(), broker.bootstrap
                 out.append(PartStatus("kafka", "kafka", part["port"], rec.pid if rec else None,
-                                      alive, alive and broker.healthy(), part.get("log")))
+                                      alive, broker_ok, part.get("log")))
             if state.get("connect"):
                 part = state["connect"]
                 rec, alive = self._rec(part), self._alive(part)
                 worker = ConnectWorker(self.home / "connect", part["port"], "")
+                healthy = alive and worker.healthy()
+                problem = None
+                if alive:
+                    # a worker answers its REST API while retrying a broker it cannot reach,
+                    # so it is healthy only if the broker it was started with is this one and up
+                    points_at = worker.configured_bootstrap()
+                    if points_at != bootstrap:
+                        problem = f"points at Kafka {points_at}, but the broker is at {bootstrap}; run `stack up`"
+                    elif not broker_ok:
+                        problem = f"cannot reach Kafka at {bootstrap}"
+                    elif not healthy:
+                        problem = "REST API not answering or the Debezium plugin not loaded"
                 out.append(PartStatus("connect", "connect", part["port"], rec.pid if rec else None,
-                                      alive, alive and worker.healthy(), part.get("log")))
+                                      alive, healthy and problem is None, part.get("log"), problem))
             return out
 
     def config(self) -> Config:

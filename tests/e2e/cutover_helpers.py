@@ -7,6 +7,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 
 import psycopg
@@ -63,22 +64,25 @@ def setup(env, rows: int = 5_000, audit: bool = True) -> tuple[Coordinator, str]
 @dataclass
 class LoadStats:
     writes: int = 0
-    rejected: int = 0
+    rejected: int = 0  # refused by a fence past the router's bound: not acknowledged
+    failed: Counter = field(default_factory=Counter)  # other errors by SQLSTATE (a shard down): not acknowledged
     max_stall_ms: float = 0.0  # the longest single write, retries included
     stalls: list = field(default_factory=list)
 
 
 class RouterLoad:
     """Threads writing through routers: each thread owns the keys k = i (mod threads),
-    so the last acknowledged value of every key is known exactly."""
+    so the last acknowledged value of every key is known exactly. Subclasses change
+    what one write does (``write_one``) and what is remembered of it (``acked_one``)."""
 
     def __init__(self, config, threads: int = 4, rate: float = 400.0, keyspace: int = 8000, seed: int = 0,
-                 wait_switching: float | None = 3.0):
+                 wait_switching: float | None = 3.0, max_seconds: float = 600.0):
         self.config = config
         self.n = threads
         self.interval = threads / rate if rate else 0.0
         self.keyspace = keyspace
         self.seed = seed
+        self.max_seconds = max_seconds
         self.acked: dict[int, str] = {}
         self.stats = LoadStats()
         self._lock = threading.Lock()
@@ -86,27 +90,39 @@ class RouterLoad:
         self._threads: list[threading.Thread] = []
         self.routers = [Router.from_config(config, wait_switching=wait_switching) for _ in range(2)]
 
+    def write_one(self, router: Router, k: int, v: str, n: int) -> None:
+        router.write("public.accounts", [k], lambda conn: conn.execute(
+            "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, 0) "
+            "ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner", (k, v)))
+
+    def acked_one(self, k: int, v: str) -> None:
+        """Called with the lock held, once the write committed."""
+        self.acked[k] = v
+
     def _run(self, i: int) -> None:
         rng = random.Random(self.seed * 100 + i)
         router = self.routers[i % len(self.routers)]
         n = 0
-        next_at = time.monotonic()
-        while not self._stop.is_set():
+        started = next_at = time.monotonic()
+        while not self._stop.is_set() and time.monotonic() - started < self.max_seconds:
             k = rng.randrange(self.keyspace // self.n) * self.n + i + 1
             v = f"t{i}-{n}"
             n += 1
             t = time.monotonic()
             try:
-                router.write("public.accounts", [k], lambda conn, k=k, v=v: conn.execute(
-                    "INSERT INTO accounts (id, owner, balance) VALUES (%s, %s, 0) "
-                    "ON CONFLICT (id) DO UPDATE SET owner = EXCLUDED.owner", (k, v)))
+                self.write_one(router, k, v, n)
             except FenceRejected:
                 with self._lock:
                     self.stats.rejected += 1
                 continue
+            except psycopg.Error as exc:  # a shard down, a connection cut: not acknowledged
+                with self._lock:
+                    self.stats.failed[exc.sqlstate or type(exc).__name__] += 1
+                self._stop.wait(0.2)
+                continue
             ms = (time.monotonic() - t) * 1000
             with self._lock:
-                self.acked[k] = v
+                self.acked_one(k, v)
                 self.stats.writes += 1
                 if ms > self.stats.max_stall_ms:
                     self.stats.max_stall_ms = ms

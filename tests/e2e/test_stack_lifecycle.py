@@ -2,8 +2,10 @@
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from reshard.stack.process import ProcessRecord, is_running
@@ -37,6 +39,21 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
             p["name"]: (p["port"], True) for p in first["parts"]}
         recorded = _records(home)
         assert len(recorded) == 5 and all(is_running(r) for r in recorded.values())
+
+        # the broker killed (by its recorded pid): Connect still answers its REST API, but it
+        # cannot reach Kafka, and status says so (exit 4) instead of calling it healthy
+        os.kill(recorded["kafka"].pid, signal.SIGKILL)
+        _wait(lambda: not is_running(recorded["kafka"]))
+        broken = run(home, "stack", "status", "--json", check=False)
+        assert broken.returncode == 4
+        by_name = {p["name"]: p for p in json.loads(broken.stdout)["parts"]}
+        assert not by_name["kafka"]["running"]
+        assert by_name["connect"]["running"] and not by_name["connect"]["healthy"]
+        assert "cannot reach Kafka" in by_name["connect"]["problem"]
+        assert "cannot reach Kafka" in run(home, "stack", "status", check=False).stdout
+        back = json.loads(run(home, "stack", "up", "--sources", "1", "--targets", "1", "--json").stdout)
+        assert back["started"] == ["kafka"] and all(p["healthy"] for p in back["parts"])
+        recorded = _records(home)
     finally:
         down = json.loads(run(home, "stack", "down", "--json").stdout)
     assert set(down["stopped"]) == set(first["started"])
@@ -49,6 +66,13 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     pg_data = (home / "pg").resolve()
     purged = json.loads(run(home, "stack", "down", "--purge", "--json").stdout)
     assert purged["stopped"] == [] and not home.exists() and not pg_data.exists()
+
+
+def _wait(predicate, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
 
 
 def _records(home: Path) -> dict[str, ProcessRecord]:
