@@ -3,8 +3,9 @@
 Setup on the embedded stack: N accounts on source1, split 1 -> 2 by hash (every row
 moves; each target receives half). Each round runs, in turn:
 
-- reshard: `reshard start` of a fresh migration (slot with exported snapshot, keyset
-  batches committed with their cursors), timed from the first row to the last;
+- reshard: `reshard start --throttle off` of a fresh migration (slot with exported
+  snapshot, keyset batches committed with their cursors), timed from the first row to
+  the last (the pipe has no throttle either; bench/copy_impact.py measures the throttle);
 - raw pipe: for each target, `psql -c "COPY (SELECT … WHERE <the same predicate>) TO
   STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel.
 
@@ -73,12 +74,29 @@ def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> t
     """(copy seconds as reshard measured them, rows, peak RSS in KiB) of `reshard start`."""
     out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "reshard.cli", "--config", str(cfg),
                           "--progress", "off", "start", name, "--to", str(maps), "--copy-workers", str(workers),
-                          "--json"], capture_output=True, text=True)
+                          "--throttle", "off", "--json"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"reshard start failed:\n{out.stderr}")
     doc = json.loads(out.stdout)
     rss = int(out.stderr.strip().splitlines()[-1])
     return doc["seconds"], doc["rows_copied"], rss
+
+
+def setup(db: str, name: str, rows: int):
+    """Fresh databases, ``rows`` accounts on source1 to split 1 -> 2, a config file and the
+    target map on disk; a throwaway migration activates today's map. Returns
+    (config, config path, map path, coordinator, before map, after map)."""
+    config = fresh_databases(stack_config(), db, name)
+    before, after = seed_split(config, rows, TARGETS)
+    tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
+    cfg = tmp / "reshard.yaml"
+    write_config(config, cfg)
+    maps = tmp / "after.yaml"
+    maps.write_text(yaml.safe_dump(after))
+    co = Coordinator.open(config)
+    co.create(f"{name}0", parse_map(after, config.clusters), parse_map(before, config.clusters))
+    co.teardown(f"{name}0")
+    return config, cfg, maps, co, before, after
 
 
 def main() -> None:
@@ -89,16 +107,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(), DB, NAME)
-    before, after = seed_split(config, args.rows, TARGETS)
-    tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
-    cfg = tmp / "reshard.yaml"
-    write_config(config, cfg)
-    maps = tmp / "after.yaml"
-    maps.write_text(yaml.safe_dump(after))
-    co = Coordinator.open(config)
-    co.create(f"{NAME}0", parse_map(after, config.clusters), parse_map(before, config.clusters))
-    co.teardown(f"{NAME}0")
+    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows)
+    tmp = cfg.parent
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     predicates = {m.target: p.predicate_sql(m, TABLE) for m in p.moves}
     rounds = []

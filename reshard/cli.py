@@ -423,14 +423,30 @@ def fence_status(ctx: Ctx) -> None:
 @click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, show_default=True,
               help="Rows per copy batch (one target commit each; a crash redoes at most one batch per unit).")
 @click.option("--copy-workers", default=2, show_default=True, help="Tables/moves copied in parallel.")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=None,
+              help="Cap the copy at this many rows/s per source (all its copy workers together).")
+@click.option("--max-bytes-per-second", type=click.FloatRange(min=1024), default=None,
+              help="Cap the copy at this many bytes/s of COPY data per source.")
+@click.option("--throttle", type=click.Choice(["adaptive", "off"]), default="adaptive", show_default=True,
+              help="adaptive: slow the copy while the source answers a probe query more than "
+                   "--throttle-tolerance slower than before the copy, or a physical replica of it lags "
+                   "more than 10 s. off: only the fixed caps, if any.")
+@click.option("--throttle-tolerance", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
+              help="How much slower (as a share) the source's probe may get before the copy slows down.")
 @json_option
 @click.pass_obj
-def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int) -> None:
+def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int,
+          max_rows_per_second: float | None, max_bytes_per_second: float | None, throttle: str,
+          throttle_tolerance: float) -> None:
     """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
 
     Safe to rerun at any point: a rerun continues the copy from the targets'
     committed cursors and re-asserts the connector. After it, run `reshard apply NAME`.
+
+    The copy is throttled so that the application on the source keeps its latency:
+    progress and `reshard status` show the limit in force and why.
     """
+    from snapshotter.throttle import ThrottleSettings
     from reshard.coordinator import Coordinator
     from reshard.shardmap import load_map
 
@@ -443,7 +459,8 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
         existed = name in {m["name"] for m in co.store.migrations()}
         co.create(name, to_map, from_map)
         try:
-            report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers)
+            report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers, throttle=ThrottleSettings(
+                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance))
         except ReshardError:
             # a migration this command created and whose checks failed leaves nothing behind
             if not existed and co.store.forget_planned(name):
@@ -540,7 +557,8 @@ def _status_human(d: dict) -> str:
         lines.append(f"  move {m['id']}: {m['keys']}")
     for c in d["copy"]:
         est = f"/{c['rows_estimate']:,}" if c.get("rows_estimate") else ""
-        lines.append(f"  copy {c['move_id']} {c['tbl']}: {c['rows_copied']:,}{est} rows{' done' if c['done'] else ''}")
+        state = " done" if c["done"] else (f" ({c['throttle']})" if c.get("throttle") else "")
+        lines.append(f"  copy {c['move_id']} {c['tbl']}: {c['rows_copied']:,}{est} rows{state}")
     for s in d["streams"]:
         way = "forward from" if s["direction"] == "fwd" else "reverse from"
         lines.append(f"  stream {way} {s['cluster']}: slot {s['slot']} from {s['from_lsn']}, connector "

@@ -34,6 +34,7 @@ from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
 from cdc_applier.route import Router
 from cdc_applier.worker import Applier, ApplierStats, streams_of
 from snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
+from snapshotter.throttle import ThrottleSettings
 
 
 @dataclass
@@ -121,7 +122,8 @@ class Coordinator:
         if DEBEZIUM_CLASS not in client.plugins():
             raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
 
-    def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2) -> SnapshotReport:
+    def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2,
+              throttle: ThrottleSettings = ThrottleSettings()) -> SnapshotReport:
         with self.store.lease(name, "start"):
             rec, p = self.record(name)
             if rec.state == states.ABORTED:
@@ -144,7 +146,7 @@ class Coordinator:
                 self.progress.step(f"{source}: Debezium connector {stream.connector} running on slot {stream.slot}")
 
             report = Snapshotter(self.config, self.store, rec, p, self.progress,
-                                 batch_rows=batch_rows, workers=copy_workers).run(units, on_slot)
+                                 batch_rows=batch_rows, workers=copy_workers, throttle=throttle).run(units, on_slot)
             self.store.set_state(name, states.STREAMING, **report.to_dict())
             return report
 

@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 
 from reshard.shardmap import qualified, quote_ident
 from snapshotter.cursor import KeysetCursor
+from snapshotter.throttle import CopyThrottle
 
 
 @dataclass
@@ -40,14 +41,16 @@ CHUNK_BYTES = 256 << 10  # rows travel from the reader to the writer in chunks t
 CHUNKS_IN_FLIGHT = 8  # at most this many chunks wait for the target: memory stays flat
 
 
-def _pipe(src: psycopg.Connection, statement: str, params: list, inp: psycopg.Copy) -> int:
+def _pipe(src: psycopg.Connection, statement: str, params: list, inp: psycopg.Copy,
+          throttle: CopyThrottle | None = None) -> int:
     """Stream ``COPY … TO STDOUT`` on ``src`` into ``inp``; returns the bytes moved.
 
     The source is read in a thread of its own while this one writes, as a shell pipe
     between two psql processes would: reading and writing one row at a time in one
     thread waits for each server in turn (half the speed of the pipe). psycopg releases
     the GIL while it waits on either server; rows are joined into chunks so the threads
-    exchange a few hundred items per batch, not one per row."""
+    exchange a few hundred items per batch, not one per row. The throttle, if any, is
+    asked before each chunk goes to the target (the reader then waits on a full queue)."""
     chunks: queue.Queue = queue.Queue(maxsize=CHUNKS_IN_FLIGHT)
     stop = threading.Event()
 
@@ -74,6 +77,8 @@ def _pipe(src: psycopg.Connection, statement: str, params: list, inp: psycopg.Co
         while (chunk := chunks.get()) is not None:
             if isinstance(chunk, BaseException):
                 raise chunk
+            if throttle is not None:
+                throttle.take(len(chunk))
             inp.write(chunk)
             nbytes += len(chunk)
     finally:
@@ -112,6 +117,7 @@ def copy_batch(
     resumed_lsn: str | None,
     totals: tuple[int, int],
     binary: bool = False,
+    throttle: CopyThrottle | None = None,
 ) -> BatchResult:
     """Copy (cursor.after, upper] and advance the cursor, atomically on the target.
 
@@ -124,7 +130,7 @@ def copy_batch(
     with tgt.transaction():
         tcur = tgt.cursor()
         with tcur.copy(f"COPY {qualified(cursor.table.name)} ({col_list}) FROM STDIN{fmt}") as inp:
-            nbytes = _pipe(src, f"COPY ({select}) TO STDOUT{fmt}", params, inp)
+            nbytes = _pipe(src, f"COPY ({select}) TO STDOUT{fmt}", params, inp, throttle)
         rows = tcur.rowcount
         tgt.execute(
             "INSERT INTO reshard.copy_cursor (migration, move_id, tbl, cursor, rows_copied, bytes_copied, "
@@ -139,4 +145,6 @@ def copy_batch(
         )
     if upper is not None:
         cursor.after = upper
+    if throttle is not None:
+        throttle.landed(rows, nbytes)
     return BatchResult(rows, nbytes)

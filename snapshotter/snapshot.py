@@ -37,6 +37,7 @@ from snapshotter.cursor import KeysetCursor
 from reshard.replication import ensure_publication, slot_lsn
 from reshard.streams import forward
 from snapshotter.slot import ExportedSnapshot, import_snapshot
+from snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 
 DEFAULT_BATCH_ROWS = 100_000  # rows per target commit: a crash redoes at most this many per unit
 PROGRESS_EVERY_S = 1.0  # copy progress mirrored to the control database at most this often
@@ -60,6 +61,7 @@ class SnapshotReport:
     units_already_done: int = 0
     resumed: bool = False
     consistent_lsn: dict[str, str] = field(default_factory=dict)
+    throttle: dict[str, dict] = field(default_factory=dict)  # per source: the limit at the end, time held back
 
     @property
     def rows_per_second(self) -> float:
@@ -70,7 +72,7 @@ class SnapshotReport:
             "rows_copied": self.rows, "bytes_copied": self.bytes, "seconds": round(self.seconds, 3),
             "rows_per_second": round(self.rows_per_second), "units_copied": self.units_copied,
             "units_already_done": self.units_already_done, "resumed": self.resumed,
-            "consistent_lsn": self.consistent_lsn,
+            "consistent_lsn": self.consistent_lsn, "throttle": self.throttle,
         }
 
 
@@ -118,6 +120,7 @@ class Snapshotter:
         *,
         batch_rows: int = DEFAULT_BATCH_ROWS,
         workers: int = 2,
+        throttle: ThrottleSettings = ThrottleSettings(),
     ):
         self.config = config
         self.store = store
@@ -126,6 +129,8 @@ class Snapshotter:
         self.progress = progress
         self.batch_rows = batch_rows
         self.workers = workers
+        self.throttle_settings = throttle
+        self.throttle: CopyThrottle | None = None
         self._lock = threading.Lock()
 
     def run(self, units: dict[str, list[CopyUnit]], on_slot: Callable[[str, str], None]) -> SnapshotReport:
@@ -201,6 +206,16 @@ class Snapshotter:
                 self.store.audit(conn, self.rec.name, "copy.resumed", cluster=source, snapshot_lsn=snap.lsn,
                                  pending=[f"{u.move.id}/{u.table}" for u in pending])
             self.progress.step(f"{source}: resuming {len(pending)} unfinished copy unit(s) from a fresh snapshot at {snap.lsn}")
+        # the source's probe baseline is taken now, before this source's copy loads it
+        def show(text: str) -> None:
+            task.update(extra="" if text == UNTHROTTLED else f"({text})")
+
+        self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=lambda text: (
+            show(text), self.progress.step(f"{source}: copy {text}")))
+        if self.throttle_settings.max_rows_per_s:
+            with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
+                self.throttle.hint_width(conn, sorted({qualified(u.table) for u in pending}))
+        show(self.throttle.describe())
         try:
             with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
                 futures = [
@@ -210,6 +225,8 @@ class Snapshotter:
                 for f in futures:
                     f.result()
         finally:
+            self.throttle.close()
+            report.throttle[source] = self.throttle.summary()
             snap.close()
 
     def _unit_done(self, u: CopyUnit) -> bool:
@@ -248,6 +265,7 @@ class Snapshotter:
                 res = copy_batch(
                     src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id,
                     snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals, binary=binary,
+                    throttle=self.throttle,
                 )
                 totals = (totals[0] + res.rows, totals[1] + res.bytes)
                 with self._lock:
@@ -259,6 +277,7 @@ class Snapshotter:
                     self.store.record_copy(
                         self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
                         rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
+                        throttle=None if upper is None or self.throttle is None else self.throttle.describe(),
                     )
                     reported = time.monotonic()
             src.execute("COMMIT")

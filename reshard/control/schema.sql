@@ -62,6 +62,8 @@ CREATE TABLE IF NOT EXISTS reshard.copy_progress (
     updated_at   timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (migration, move_id, tbl)
 );
+-- what limits the copy now ("unthrottled", or the limit and why); NULL once done
+ALTER TABLE reshard.copy_progress ADD COLUMN IF NOT EXISTS throttle text;
 
 -- Live workers (appliers) report here every few seconds, for status.
 CREATE TABLE IF NOT EXISTS reshard.workers (

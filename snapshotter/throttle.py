@@ -1,0 +1,202 @@
+"""Bandwidth control for the snapshot copy: a fixed ceiling and an adaptive one.
+
+The copy competes with the application for the source's CPU and disks. A fixed limit
+(rows/s or bytes/s) caps it. The adaptive throttle (as gh-ost and Vitess throttle on
+replica lag) watches the source while the copy runs and slows the copy when the
+source gets slower: a probe query's latency against the latency measured before the
+copy began, and the replay lag of the source's own physical replicas. It backs off
+multiplicatively and recovers gradually, so it settles near the rate at which the
+source starts to suffer, and lifts itself once the source is healthy at full speed.
+
+Every copy thread shares one throttle and asks it before handing a chunk of COPY data
+to the target. A rows/s limit is converted to bytes with the row width measured so far.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import psycopg
+
+LOOK_EVERY_S = 0.5  # how often the adaptive throttle looks at the source
+PROBES = 5  # probe queries per look; their median is the look's latency
+BACKOFF = 0.6  # the adaptive limit is multiplied by this on a look where the source suffers
+RECOVER = 1.15  # ... and by this on a healthy one
+FLOOR_BYTES_S = 512 << 10  # never slower than this: the copy always progresses
+BASELINE_LOOKS = 4  # looks before the copy starts, for the probe's baseline
+PROBE_SLACK_MS = 0.2  # below this much slower, a sub-millisecond probe is noise, not suffering
+
+
+UNTHROTTLED = "unthrottled"
+
+
+@dataclass(frozen=True)
+class ThrottleSettings:
+    max_rows_per_s: float | None = None
+    max_bytes_per_s: float | None = None
+    adaptive: bool = True
+    latency_tolerance: float = 0.2  # slow down when the probe is this much slower than before the copy
+    max_replica_lag_s: float = 10.0  # ... or when a physical replica of the source lags more
+
+
+class CopyThrottle:
+    """A token bucket over bytes, shared by the copy threads."""
+
+    def __init__(self, settings: ThrottleSettings, probe_dsn: str | None = None,
+                 on_change: Callable[[str], None] | None = None, *,
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None):
+        self.settings = settings
+        self.on_change = on_change or (lambda _text: None)
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._rows = self._bytes = 0
+        self.width_hint = 100.0  # bytes a row, until a batch measured it (see ``hint_width``)
+        self._allowance = 0.0
+        self._last = clock()
+        self._sent: list[tuple[float, int]] = []  # (when, bytes) over the last two seconds
+        self._adaptive: float | None = None  # bytes/s the adaptive throttle allows; None: no limit
+        self.reason = ""
+        self.baseline_ms: float | None = None
+        self.latency_ms: float | None = None
+        self.waited_s = 0.0
+        self._stop = threading.Event()
+        self._sleep = sleep or self._stop.wait
+        self._watcher: threading.Thread | None = None
+        self._conn: psycopg.Connection | None = None
+        if settings.adaptive and probe_dsn:
+            self._conn = psycopg.connect(probe_dsn, autocommit=True, connect_timeout=5,
+                                         application_name="reshard-copy-throttle")
+            self.baseline_ms = statistics.median(self._probe() for _ in range(BASELINE_LOOKS))
+            self._watcher = threading.Thread(target=self._watch, name="reshard-copy-throttle", daemon=True)
+            self._watcher.start()
+
+    # ---- what holds now ---------------------------------------------------------------------
+    def _fixed(self) -> float | None:
+        s, limits = self.settings, []
+        if s.max_bytes_per_s:
+            limits.append(float(s.max_bytes_per_s))
+        if s.max_rows_per_s:
+            width = self._bytes / self._rows if self._rows else self.width_hint
+            limits.append(s.max_rows_per_s * width)
+        return min(limits) if limits else None
+
+    def limit(self) -> float | None:
+        """Bytes/s allowed now (None: unlimited)."""
+        fixed, adaptive = self._fixed(), self._adaptive
+        if fixed is None or adaptive is None:
+            return adaptive if fixed is None else fixed
+        return min(fixed, adaptive)
+
+    def describe(self) -> str:
+        """One phrase for progress and status: the limit and why."""
+        limit = self.limit()
+        if limit is None:
+            return UNTHROTTLED
+        why = self.reason if self._adaptive is not None and self._adaptive <= (self._fixed() or limit) else (
+            f"--max-rows-per-second {self.settings.max_rows_per_s:g}" if self.settings.max_rows_per_s
+            else f"--max-bytes-per-second {self.settings.max_bytes_per_s:g}")
+        return f"throttled to {limit / (1 << 20):.1f} MiB/s: {why}"
+
+    def summary(self) -> dict:
+        limit = self.limit()
+        return {"limit_bytes_per_s": round(limit) if limit else None, "state": self.describe(),
+                "probe_baseline_ms": self.baseline_ms and round(self.baseline_ms, 2),
+                "probe_ms": self.latency_ms and round(self.latency_ms, 2), "waited_s": round(self.waited_s, 1)}
+
+    # ---- the bucket ---------------------------------------------------------------------------
+    def take(self, nbytes: int) -> None:
+        """Return once ``nbytes`` may go to the target under the current limit."""
+        while True:
+            with self._lock:
+                now = self._clock()
+                limit = self.limit()
+                wait = 0.0
+                if limit is not None:
+                    # at most a second's worth saves up: an idle spell is not a burst to come
+                    self._allowance = min(limit, self._allowance + (now - self._last) * limit)
+                    if self._allowance <= 0:
+                        wait = min(1.0, (nbytes - self._allowance) / limit)
+                    else:
+                        self._allowance -= nbytes  # may go negative: the next chunk waits it off
+                self._last = now
+                if not wait:
+                    self._sent = [(t, n) for t, n in self._sent if now - t <= 2.0] + [(now, nbytes)]
+                    return
+            self.waited_s += wait
+            self._sleep(wait)
+
+    def hint_width(self, conn: psycopg.Connection, tables: list[str]) -> None:
+        """The tables' bytes a row from the catalog (heap and TOAST over the estimated rows):
+        the first batch's rows/s limit is about right before any batch measured it."""
+        row = conn.execute("SELECT sum(pg_table_size(c.oid))::float8 / greatest(sum(c.reltuples), 1) "
+                           "FROM pg_class c WHERE c.oid = ANY(%s::regclass[])", (tables,)).fetchone()
+        if row and row[0]:
+            self.width_hint = float(row[0])
+
+    def landed(self, rows: int, nbytes: int) -> None:
+        """A batch committed: its row width converts a rows/s limit to bytes."""
+        with self._lock:
+            self._rows += rows
+            self._bytes += nbytes
+
+    def _recent_rate(self) -> float:
+        now = self._clock()
+        with self._lock:
+            return sum(n for t, n in self._sent if now - t <= 2.0) / 2.0
+
+    # ---- the adaptive part ----------------------------------------------------------------------
+    def _probe(self) -> float:
+        assert self._conn is not None
+        samples = []
+        for _ in range(PROBES):
+            t = time.perf_counter()
+            self._conn.execute("SELECT count(*) FROM pg_stat_activity")
+            samples.append((time.perf_counter() - t) * 1000)
+        return statistics.median(samples)
+
+    def _replica_lag_s(self) -> float:
+        assert self._conn is not None
+        row = self._conn.execute(
+            "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) FROM pg_stat_replication "
+            "WHERE application_name NOT LIKE 'reshard%%'").fetchone()
+        return float(row[0] or 0) if row else 0.0
+
+    def _watch(self) -> None:
+        while not self._stop.wait(LOOK_EVERY_S):
+            try:
+                latency, lag = self._probe(), self._replica_lag_s()
+            except psycopg.Error:
+                continue  # a source that went away fails the copy itself, with its own message
+            self.look(latency, lag)
+
+    def look(self, latency: float, lag: float) -> None:
+        """One look at the source: back off if it suffers, recover if not."""
+        s = self.settings
+        self.latency_ms = latency
+        base = self.baseline_ms or latency
+        before = self.describe()
+        suffering = None
+        if latency > base * (1 + s.latency_tolerance) + PROBE_SLACK_MS:
+            suffering = f"source probe {latency:.1f} ms vs {base:.1f} ms before the copy"
+        elif lag > s.max_replica_lag_s:
+            suffering = f"a physical replica of the source lags {lag:.0f} s"
+        if suffering:
+            self.reason = f"adaptive, {suffering}"
+            self._adaptive = max(FLOOR_BYTES_S, (self._adaptive or self._recent_rate()) * BACKOFF)
+        elif self._adaptive is not None:
+            self._adaptive *= RECOVER
+            if self._adaptive > 2 * max(self._recent_rate(), FLOOR_BYTES_S):
+                self._adaptive = None  # it no longer binds: the source keeps up at full speed
+        if self.describe() != before:
+            self.on_change(self.describe())
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)
+        if self._conn is not None:
+            self._conn.close()

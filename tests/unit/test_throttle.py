@@ -1,0 +1,79 @@
+"""The copy throttle's arithmetic, on a simulated clock (no server, no real sleeping)."""
+
+from snapshotter.throttle import BACKOFF, FLOOR_BYTES_S, CopyThrottle, ThrottleSettings
+
+
+class Clock:
+    def __init__(self):
+        self.now = 100.0
+        self.slept = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+        self.slept += s
+
+
+def throttle(clock: Clock, **settings) -> CopyThrottle:
+    return CopyThrottle(ThrottleSettings(adaptive=False, **settings), clock=clock, sleep=clock.sleep)
+
+
+def test_without_limits_nothing_waits():
+    clock = Clock()
+    t = throttle(clock)
+    for _ in range(100):
+        t.take(1 << 20)
+    assert clock.slept == 0 and t.limit() is None and t.describe() == "unthrottled"
+
+
+def test_a_bytes_limit_holds_the_average_rate():
+    clock = Clock()
+    t = throttle(clock, max_bytes_per_s=100_000)
+    for _ in range(50):
+        t.take(20_000)  # 1,000,000 bytes at 100,000 B/s: about 10 s, the first second's worth free
+    assert 8.5 <= clock.slept <= 10.5, clock.slept
+    assert "throttled to 0.1 MiB/s: --max-bytes-per-second 100000" == t.describe()
+
+
+def test_a_rows_limit_uses_the_measured_row_width():
+    clock = Clock()
+    t = throttle(clock, max_rows_per_s=1000)
+    t.landed(rows=10_000, nbytes=2_000_000)  # 200 bytes a row
+    assert t.limit() == 200_000
+    t.landed(rows=10_000, nbytes=0)  # the average over everything copied so far
+    assert t.limit() == 100_000
+
+
+def test_the_adaptive_limit_backs_off_recovers_and_lifts():
+    clock = Clock()
+    changes = []
+    t = CopyThrottle(ThrottleSettings(), on_change=changes.append, clock=clock, sleep=clock.sleep)
+    t.baseline_ms = 1.0
+    for _ in range(40):  # 40 chunks of 1 MiB in two seconds: 20 MiB/s flowing
+        t.take(1 << 20)
+        clock.now += 0.05
+    t.look(latency=3.0, lag=0.0)  # the source is slower than before the copy: back off
+    first = t.limit()
+    assert first is not None and first < 20 * (1 << 20) * BACKOFF * 1.1
+    assert "adaptive, source probe 3.0 ms vs 1.0 ms" in t.describe() and changes
+    for _ in range(30):
+        t.look(latency=3.0, lag=0.0)
+    assert t.limit() == FLOOR_BYTES_S  # never below the floor: the copy always progresses
+    t.look(latency=1.1, lag=0.0)  # within the tolerance: recover gradually
+    assert FLOOR_BYTES_S < t.limit() < 2 * FLOOR_BYTES_S
+    clock.now += 10  # nothing flowed lately: the limit no longer binds and is lifted
+    for _ in range(10):
+        t.look(latency=1.0, lag=0.0)
+    assert t.limit() is None and t.describe() == "unthrottled"
+    t.look(latency=1.0, lag=30.0)  # a replica lagging is the other signal
+    assert "a physical replica of the source lags 30 s" in t.describe()
+
+
+def test_the_fixed_cap_still_holds_under_a_looser_adaptive_limit():
+    clock = Clock()
+    t = CopyThrottle(ThrottleSettings(max_bytes_per_s=FLOOR_BYTES_S), clock=clock, sleep=clock.sleep)
+    t.baseline_ms = 1.0
+    t.look(latency=5.0, lag=0.0)
+    assert t.limit() == FLOOR_BYTES_S
