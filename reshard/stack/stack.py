@@ -186,27 +186,33 @@ class Stack:
             with ThreadPoolExecutor(max_workers=4) as pool:
                 pg_futures = [pool.submit(start_pg, n) for n in to_start]
                 kafka_rec = None
-                if not kafka_alive:
-                    assert art is not None
-                    self.say(f"kafka: starting broker on 127.0.0.1:{kafka_port}")
-                    broker.init(art)
-                    kafka_rec = broker.start(art)
-                    state["kafka"] = {"port": kafka_port, "controller_port": ctl_port,
-                                      "log": str(broker.log), "process": kafka_rec.to_dict()}
-                    self._save(state)
-                else:
-                    state["kafka"] = kafka_part
-                    running.append("kafka")
                 errors = []
-                for fut in pg_futures:
-                    try:
-                        name, rec = fut.result()
-                        state["clusters"][name]["process"] = rec.to_dict()
-                        started.append(name)
-                        self.say(f"postgres {name}: ready on 127.0.0.1:{clusters[name].port}")
-                    except StackError as exc:
-                        errors.append(str(exc))
-                self._save(state)
+                try:
+                    if not kafka_alive:
+                        assert art is not None
+                        self.say(f"kafka: starting broker on 127.0.0.1:{kafka_port}")
+                        broker.init(art)
+                        kafka_rec = broker.start(art)
+                        state["kafka"] = {"port": kafka_port, "controller_port": ctl_port,
+                                          "log": str(broker.log), "process": kafka_rec.to_dict()}
+                        self._save(state)
+                    else:
+                        state["kafka"] = kafka_part
+                        running.append("kafka")
+                except StackError as exc:
+                    errors.append(f"kafka: {exc}")
+                finally:
+                    # whatever happened to the broker, the servers started beside it are
+                    # recorded, so that `stack down` stops them (never orphaned)
+                    for fut in pg_futures:
+                        try:
+                            name, rec = fut.result()
+                            state["clusters"][name]["process"] = rec.to_dict()
+                            started.append(name)
+                            self.say(f"postgres {name}: ready on 127.0.0.1:{clusters[name].port}")
+                        except StackError as exc:
+                            errors.append(str(exc))
+                    self._save(state)
                 if errors:
                     raise StackError("\n".join(errors))
             if kafka_rec is not None:

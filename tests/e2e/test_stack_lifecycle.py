@@ -78,5 +78,31 @@ def _wait(predicate, timeout: float = 30.0) -> None:
 def _records(home: Path) -> dict[str, ProcessRecord]:
     """The (pid, start time) identities `stack up` recorded, by part name."""
     state = json.loads((home / "stack.json").read_text())
-    parts = {**state["clusters"], "kafka": state["kafka"], "connect": state["connect"]}
+    parts = {**state["clusters"], "kafka": state.get("kafka"), "connect": state.get("connect")}
     return {n: ProcessRecord.from_dict(p["process"]) for n, p in parts.items() if p and p.get("process")}
+
+
+def test_a_broker_that_fails_to_start_leaves_no_postgres_orphaned(tmp_path, monkeypatch):
+    """The PostgreSQL servers start beside the broker; when the broker's start fails (here:
+    its storage format, made to fail), they are still recorded, and `down` stops them."""
+    from reshard.errors import StackError
+    from reshard.stack import Stack
+    from reshard.stack.kafka import KafkaBroker
+
+    def broken_init(self, art):
+        raise StackError("kafka-storage format failed (injected)")
+
+    monkeypatch.setattr(KafkaBroker, "init", broken_init)
+    home = tmp_path / "half-stack"
+    st = Stack(home, say=lambda m: None)
+    try:
+        try:
+            st.up(sources=1, targets=1)
+            raise AssertionError("up should have failed")
+        except StackError as exc:
+            assert "injected" in str(exc)
+        pg = {n: r for n, r in _records(home).items() if n not in ("kafka", "connect")}
+        assert set(pg) == {"control", "source1", "target1"} and all(is_running(r) for r in pg.values())
+    finally:
+        st.down()
+    assert not any(is_running(r) for r in pg.values())
