@@ -179,6 +179,8 @@ class Orchestrator:
                 else:
                     steps.back_out()
                     self.store.finish_attempt(migration, a["attempt"], "backed_out", {"recovered": "backed out"})
+                    with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
+                        steps.quiet_reverse()
                     said.append(f"{a['kind']} attempt {a['attempt']} had not activated epoch {plan['epoch']}: "
                                 f"backed it out (epoch {plan['active_epoch']} enforced everywhere again)")
             finally:
@@ -263,6 +265,8 @@ class Orchestrator:
                 result.unfenced_after_ms = round((time.monotonic() - t0) * 1000, 1)
                 if attempt is not None:
                     self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
+                with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
+                    step("quiet_reverse", steps.quiet_reverse)
                 result.outcome, result.exit_code = ABORTED, ExitCode.CUTOVER_ABORTED
                 result.message = (f"aborted: {exc}; writes were accepted again where they were after "
                                   f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
@@ -277,6 +281,8 @@ class Orchestrator:
                 with contextlib.suppress(Exception):
                     if attempt is not None:
                         self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
+                with contextlib.suppress(Exception):
+                    step("quiet_reverse", steps.quiet_reverse)
                 raise
             step("activate", steps.activate, epoch, round((time.monotonic() - t0) * 1000, 1), result.drain_ms or 0)
             result.pause_ms = round((time.monotonic() - t0) * 1000, 1)

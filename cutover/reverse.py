@@ -5,14 +5,21 @@ The stream is prepared before the target accepts its first write: publication, s
 the Debezium connector and its topics. The running appliers notice the new stream in
 the control database and apply it to the sources, skipping the forward applier's own
 writes by their replication origin.
+
+Until a wave is cut over, a target takes no application writes, so everything its
+reverse stream would carry is an echo of the forward applier. PostgreSQL 15's pgoutput
+cannot filter by origin, so instead a cutover attempt that backs out stops its reverse
+connectors (``quiet``), and the next attempt moves their slots past the echoes before
+resuming them: no change travels through Kafka twice while the migration streams.
 """
 
 from __future__ import annotations
 
 from reshard import shard_schema
 from reshard.config import Config
+from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
-from reshard.replication import create_slot, ensure_publication
+from reshard.replication import advance_slot, create_slot, ensure_publication
 from reshard.streams import Stream, reverse
 from cdc_applier.connector import ensure_connector
 
@@ -23,18 +30,39 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
     existing = {r["cluster"]: r for r in store.reverse_streams(migration)}
     generation = existing[target]["generation"] if target in existing else store.next_generation(migration)
     stream = reverse(migration, target, generation)
+    client = ConnectClient(config.connect.url)
+    out: dict = {"cluster": target, "slot": stream.slot, "connector": stream.connector}
     with connect(config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
         shard_schema.install(conn)
         conn.execute("INSERT INTO reshard.heartbeat (migration) VALUES (%s) ON CONFLICT (migration) DO NOTHING",
                      (migration,))
         ensure_publication(conn, stream.publication, tables)
         start = create_slot(conn, stream.slot)
+        if target in existing and client.stopped(stream.connector):
+            # quieted by an attempt that backed out: the WAL since holds only echoes
+            out["resumed_at"], out["echo_bytes_skipped"] = advance_slot(conn, stream.slot)
+            client.resume(stream.connector)
     if target in existing:
         start = existing[target]["start_lsn"]
     topics = ensure_connector(config, stream, tables)
     store.record_reverse(migration, target, stream.slot, stream.publication, start, stream.connector, topics,
                          generation)
-    return {"cluster": target, "slot": stream.slot, "start_lsn": start, "connector": stream.connector}
+    return {**out, "start_lsn": start}
+
+
+def quiet(config: Config, store: ControlStore, migration: str) -> list[str]:
+    """Stop the reverse connectors while no wave is cut over (their targets take no
+    application writes, so all they would carry is echoes). Returns the ones stopped."""
+    if any(w["state"] == "cut" for w in store.waves(migration)):
+        return []
+    client = ConnectClient(config.connect.url)
+    stopped = []
+    for s in streams(store, migration):
+        if client.status(s.connector) is not None and not client.stopped(s.connector):
+            # without stored offsets, Debezium resumes from the slot's position (see prepare)
+            client.stop(s.connector, forget_offsets=True)
+            stopped.append(s.connector)
+    return stopped
 
 
 def streams(store: ControlStore, migration: str) -> list[Stream]:

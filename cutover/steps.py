@@ -93,6 +93,7 @@ class CutoverSteps(Protocol):
     def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict: ...
     def after_flip(self) -> dict: ...
     def back_out(self) -> dict: ...
+    def quiet_reverse(self) -> dict: ...
 
 
 class LiveSteps:
@@ -231,6 +232,13 @@ class LiveSteps:
                                     max(self.lock_timeout_ms, 2000))
         return {"restored_epoch": sw.active_epoch, "clusters": list(done)}
 
+    def quiet_reverse(self) -> dict:
+        """After a cutover backed out (and the fences are restored): stop the reverse streams
+        until the next attempt, which skips their echoes (see cutover.reverse)."""
+        if self.sw.kind != CUTOVER:
+            return {}
+        return {"stopped": reverse_streams.quiet(self.config, self.store, self.sw.migration)}
+
 
 class DryRunSteps:
     """Reads what a real run would read; writes nothing; says what it would do."""
@@ -330,5 +338,8 @@ class DryRunSteps:
 
     def back_out(self) -> dict:
         self._say(f"(on failure before the point of no return: restore the fence of epoch {self.sw.active_epoch} "
-                  f"on {', '.join(self.sw.clusters)})")
+                  f"on {', '.join(self.sw.clusters)}, then stop the reverse connectors until the next attempt)")
+        return {}
+
+    def quiet_reverse(self) -> dict:
         return {}

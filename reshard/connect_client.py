@@ -59,6 +59,25 @@ class ConnectClient:
         else:
             self._call("PUT", f"/connectors/{name}/config", config)
 
+    def stop(self, name: str, timeout: float = 30.0, forget_offsets: bool = False) -> None:
+        """Stop the connector's tasks (state STOPPED: its config stays, its slot is released);
+        with ``forget_offsets`` also delete its stored source offsets, so that on ``resume``
+        Debezium starts from its slot's confirmed position."""
+        self._call("PUT", f"/connectors/{name}/stop")
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            st = self.status(name) or {}
+            if st.get("connector", {}).get("state") == "STOPPED" and not st.get("tasks"):
+                break
+            time.sleep(0.2)
+        else:
+            raise WaitTimeout(f"connector {name} did not stop within {timeout:.0f}s")
+        if forget_offsets:
+            self._call("DELETE", f"/connectors/{name}/offsets")
+
+    def stopped(self, name: str) -> bool:
+        return ((self.status(name) or {}).get("connector") or {}).get("state") == "STOPPED"
+
     def pause(self, name: str) -> None:
         self._call("PUT", f"/connectors/{name}/pause")
 
@@ -80,14 +99,7 @@ class ConnectClient:
         """
         if self.status(name) is None:
             return False
-        self._call("PUT", f"/connectors/{name}/stop")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            st = self.status(name) or {}
-            if st.get("connector", {}).get("state") == "STOPPED" and not st.get("tasks"):
-                break
-            time.sleep(0.2)
-        self._call("DELETE", f"/connectors/{name}/offsets")
+        self.stop(name, timeout, forget_offsets=True)
         self._call("DELETE", f"/connectors/{name}")
         return True
 

@@ -202,7 +202,12 @@ class Coordinator:
         if rec.state not in (states.STREAMING, states.CUT_OVER):
             raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming")
         streams, topics = self.streams(name)
-        return wait_caught_up(self.config, name, streams, topics, timeout)
+        # reverse streams stopped by a cutover attempt that backed out carry nothing but
+        # echoes (no wave is cut): there is nothing of theirs to catch up with
+        client = ConnectClient(self.config.connect.url)
+        live = [s for s in streams if s.direction == FORWARD or not client.stopped(s.connector)]
+        topics = [t for t in topics if any(t.startswith(f"{s.prefix}.") for s in live)]
+        return wait_caught_up(self.config, name, live, topics, timeout)
 
     def lag(self, name: str) -> Lag:
         streams, topics = self.streams(name)

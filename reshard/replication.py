@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import psycopg
 
+from reshard.errors import MigrationError
 from reshard.shardmap import qualified
 
 HEARTBEAT_TABLE = "reshard.heartbeat"
@@ -45,6 +46,24 @@ def create_slot(conn: psycopg.Connection, slot: str) -> str:
     return conn.execute(
         "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
     ).fetchone()[0]
+
+
+def advance_slot(conn: psycopg.Connection, slot: str, wait_s: float = 30.0) -> tuple[str, int]:
+    """Move the slot's confirmed position to the current WAL position, once its consumer let
+    go of it; returns (the new position, bytes skipped). Only for WAL known to hold nothing
+    the stream must carry."""
+    import time
+
+    deadline = time.monotonic() + wait_s
+    while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
+        if time.monotonic() > deadline:
+            raise MigrationError(f"replication slot {slot} is still in use after {wait_s:.0f}s")
+        time.sleep(0.1)
+    before = slot_lsn(conn, slot)
+    end = conn.execute("SELECT end_lsn::text FROM pg_replication_slot_advance(%s, pg_current_wal_lsn())",
+                       (slot,)).fetchone()[0]
+    skipped = conn.execute("SELECT pg_wal_lsn_diff(%s::pg_lsn, %s::pg_lsn)::bigint", (end, before)).fetchone()[0]
+    return end, int(skipped or 0)
 
 
 def drop_slot(conn: psycopg.Connection, slot: str, wait_s: float = 10.0) -> bool:

@@ -2,13 +2,17 @@
 
 import time
 
+from cutover import reverse as reverse_streams
 from cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
+from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.exit_codes import ExitCode
+from reshard.kafka_admin import KafkaAdmin
+from reshard.router import Router
 from tests.e2e.cutover_helpers import (
     RouterLoad, acceptors, assert_acked_on_owners, assert_no_stale_writes, moving_keys, setup,
 )
-from tests.e2e.helpers import assert_verified, ApplierThread
+from tests.e2e.helpers import ApplierThread, applied_count, assert_verified
 
 
 def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale_owner(env):
@@ -73,7 +77,7 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
     assert assert_no_stale_writes(env, co) > 100
 
 
-def test_budget_exceeded_aborts_and_sources_take_writes_again_within_it(env):
+def test_budget_exceeded_aborts_quiets_the_reverse_streams_and_the_next_attempt_skips_their_echoes(env):
     co, name = setup(env)
     co.start(name)
     with ApplierThread(co, name):
@@ -96,3 +100,29 @@ def test_budget_exceeded_aborts_and_sources_take_writes_again_within_it(env):
     for k in moving_keys(5):
         assert acceptors(env, k) == ["source1"]
     assert took < 10
+    # the attempt backed out with its reverse streams prepared: they are stopped, so the
+    # forward applier's writes on the targets (all echoes) do not travel through Kafka again
+    client = ConnectClient(env.config.connect.url)
+    rev = reverse_streams.streams(co.store, name)
+    assert rev and all(client.stopped(s.connector) for s in rev)
+    rev_topics = [s.topic(t) for s in rev for t in ("public.accounts",)]
+    with KafkaAdmin(env.config.kafka.bootstrap_servers) as admin:
+        quiet_ends = admin.end_offsets(rev_topics)
+        with ApplierThread(co, name):
+            co.wait(name, timeout=60)  # the load's forward changes, applied to the targets
+            assert applied_count(env, name) > 100
+            assert admin.end_offsets(rev_topics) == quiet_ends, "echoes were produced"
+            # the next attempt moves the reverse slots past those echoes, then resumes them
+            again = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=3))
+            assert again.outcome == DONE, again.message
+            assert all(not client.stopped(s.connector) for s in rev)
+            assert admin.end_offsets(rev_topics) == quiet_ends, "the resumed streams replayed echoes"
+            # and they carry the targets' own writes back to the source
+            k = moving_keys(1)[0]
+            with Router.from_config(env.config) as router:
+                router.write("public.accounts", [k], lambda c: c.execute(
+                    "UPDATE accounts SET owner = 'after-resume' WHERE id = %s", (k,)))
+            co.wait(name, timeout=60)
+        assert sum(admin.end_offsets(rev_topics).values()) > sum(quiet_ends.values())
+    with env.conn("source1") as conn:
+        assert conn.execute("SELECT owner FROM accounts WHERE id = %s", (k,)).fetchone()[0] == "after-resume"
