@@ -272,6 +272,8 @@ class Snapshotter:
                     report.rows += res.rows
                     report.bytes += res.bytes
                 task.advance(res.rows)
+                if self.throttle is not None and self.throttle.limit() is not None:
+                    task.update(extra=f"({self.throttle.describe()})")
                 if upper is None or time.monotonic() - reported >= PROGRESS_EVERY_S:
                     # status reads this mirror; the cursor on the target is the durable fact
                     self.store.record_copy(

@@ -4,9 +4,11 @@ The copy competes with the application for the source's CPU and disks. A fixed l
 (rows/s or bytes/s) caps it. The adaptive throttle (as gh-ost and Vitess throttle on
 replica lag) watches the source while the copy runs and slows the copy when the
 source gets slower: a probe query's latency against the latency measured before the
-copy began, and the replay lag of the source's own physical replicas. It backs off
-multiplicatively and recovers gradually, so it settles near the rate at which the
-source starts to suffer, and lifts itself once the source is healthy at full speed.
+copy began, and the replay lag of the source's own physical replicas. It starts slow
+(a copy shorter than its first looks must not hit the source at full speed either),
+grows while the source stays healthy, backs off multiplicatively when it suffers, and
+so settles near the rate at which the source starts to suffer; it lifts itself once
+the copy cannot use what it allows.
 
 Every copy thread shares one throttle and asks it before handing a chunk of COPY data
 to the target. A rows/s limit is converted to bytes with the row width measured so far.
@@ -27,6 +29,7 @@ PROBES = 5  # probe queries per look; their median is the look's latency
 BACKOFF = 0.6  # the adaptive limit is multiplied by this on a look where the source suffers
 RECOVER = 1.15  # ... and by this on a healthy one
 FLOOR_BYTES_S = 512 << 10  # never slower than this: the copy always progresses
+START_BYTES_S = 4 << 20  # the adaptive limit starts here and grows while the source stays healthy
 BASELINE_LOOKS = 4  # looks before the copy starts, for the probe's baseline
 PROBE_SLACK_MS = 0.2  # below this much slower, a sub-millisecond probe is noise, not suffering
 
@@ -58,6 +61,7 @@ class CopyThrottle:
         self._allowance = 0.0
         self._last = clock()
         self._sent: list[tuple[float, int]] = []  # (when, bytes) over the last two seconds
+        self._flowing_since: float | None = None  # the first chunk's time
         self._adaptive: float | None = None  # bytes/s the adaptive throttle allows; None: no limit
         self.reason = ""
         self.baseline_ms: float | None = None
@@ -71,6 +75,8 @@ class CopyThrottle:
             self._conn = psycopg.connect(probe_dsn, autocommit=True, connect_timeout=5,
                                          application_name="reshard-copy-throttle")
             self.baseline_ms = statistics.median(self._probe() for _ in range(BASELINE_LOOKS))
+            self._adaptive = float(START_BYTES_S)
+            self.reason = "adaptive, starting slow"
             self._watcher = threading.Thread(target=self._watch, name="reshard-copy-throttle", daemon=True)
             self._watcher.start()
 
@@ -125,6 +131,8 @@ class CopyThrottle:
                 self._last = now
                 if not wait:
                     self._sent = [(t, n) for t, n in self._sent if now - t <= 2.0] + [(now, nbytes)]
+                    if self._flowing_since is None:
+                        self._flowing_since = now
                     return
             self.waited_s += wait
             self._sleep(wait)
@@ -178,7 +186,7 @@ class CopyThrottle:
         s = self.settings
         self.latency_ms = latency
         base = self.baseline_ms or latency
-        before = self.describe()
+        before = (self.reason, self.limit() is None)
         suffering = None
         if latency > base * (1 + s.latency_tolerance) + PROBE_SLACK_MS:
             suffering = f"source probe {latency:.1f} ms vs {base:.1f} ms before the copy"
@@ -188,10 +196,12 @@ class CopyThrottle:
             self.reason = f"adaptive, {suffering}"
             self._adaptive = max(FLOOR_BYTES_S, (self._adaptive or self._recent_rate()) * BACKOFF)
         elif self._adaptive is not None:
+            self.reason = "adaptive, source healthy: growing"
             self._adaptive *= RECOVER
-            if self._adaptive > 2 * max(self._recent_rate(), FLOOR_BYTES_S):
-                self._adaptive = None  # it no longer binds: the source keeps up at full speed
-        if self.describe() != before:
+            flowing = self._flowing_since is not None and self._clock() - self._flowing_since >= 2.0
+            if flowing and self._adaptive > 2 * max(self._recent_rate(), FLOOR_BYTES_S):
+                self._adaptive = None  # it no longer binds: the copy cannot use more
+        if (self.reason, self.limit() is None) != before:  # said once per change of reason, not per look
             self.on_change(self.describe())
 
     def close(self) -> None:
