@@ -1,12 +1,17 @@
-"""How fast the applier drains a backlog, against the rate the source wrote it at.
+"""How fast the applier drains a backlog, against the rate the source wrote it at and
+against the Debezium JDBC sink connector draining the same records.
 
 Setup on the embedded stack: accounts seeded on source1 and split to target1/target2
 (every key moves), the copy done, Debezium streaming. Each round, with no applier
 running, pgbench writes a burst of single-row updates on source1 (its own tps is the
 rate the backlog is written at). Debezium is paused during the burst, then timed from
-its resume to the slot confirming the burst (the capture rate). Then N `reshard apply`
-processes are timed until they have committed every record of the burst. Rounds alternate 1 and 2 workers. Printed: medians
-of each figure and the ratios (drain / write, capture / drain, 2 workers / 1).
+its resume to the slot confirming the burst (the capture rate). Then, in alternating
+order, N `reshard apply` processes are timed until they have committed every record of
+the burst, and the Debezium JDBC sink (the newest on Maven Central, on the same Connect
+worker, N tasks, upsert by the value's primary key, batch 2000 like the applier's) is
+timed draining the same records of the same topic into the same table in a database
+of its own on target1. Rounds alternate 1 and 2 workers. Printed: medians of each
+figure and the ratios (drain / write, capture / drain, 2 workers / 1, reshard / JDBC sink).
 
     .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 200000] [--json]
 """
@@ -24,6 +29,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import psycopg
+from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -33,7 +40,9 @@ from reshard.config import write_config  # noqa: E402
 from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka_admin import KafkaAdmin  # noqa: E402
+from reshard.kafka_admin import client_conf  # noqa: E402
 from reshard.shardmap import parse_map  # noqa: E402
+from reshard.workload import create_table, seed  # noqa: E402
 
 DB = "bench_apply"
 NAME = "benchapply"
@@ -53,41 +62,113 @@ def pgbench_burst(dsn: str, rows: int, updates: int, clients: int, tmp: Path) ->
     return float(m.group(1))
 
 
+JDBC_DB = "bench_jdbc"
+JDBC_CLASS = "io.debezium.connector.jdbc.JdbcSinkConnector"
+
+
+def jdbc_target(config, rows: int) -> str:
+    """A database of its own on target1 holding every account, as the JDBC sink's target."""
+    admin = psycopg.conninfo.make_conninfo(config.cluster("target1").dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{JDBC_DB}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{JDBC_DB}"')
+    dsn = psycopg.conninfo.make_conninfo(config.cluster("target1").dsn, dbname=JDBC_DB)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        create_table(conn)
+        seed(conn, rows)
+    return dsn
+
+
+def jdbc_sink_config(dsn: str, topic: str, tasks: int) -> dict[str, str]:
+    c = psycopg.conninfo.conninfo_to_dict(dsn)
+    return {
+        "connector.class": JDBC_CLASS, "tasks.max": str(tasks), "topics": topic,
+        # decimals arrive as strings (decimal.handling.mode=string): let the server cast them
+        "connection.url": f"jdbc:postgresql://{c.get('host', '127.0.0.1')}:{c.get('port', 5432)}/{JDBC_DB}"
+                          "?stringtype=unspecified",
+        "connection.username": str(c.get("user", "postgres")), "connection.password": str(c.get("password", "")),
+        "insert.mode": "upsert", "primary.key.mode": "record_value", "primary.key.fields": "id",
+        "delete.enabled": "false", "schema.evolution": "none", "collection.name.format": "accounts",
+        "batch.size": "2000", "consumer.override.max.poll.records": "2000",
+        "key.converter": "org.apache.kafka.connect.json.JsonConverter", "key.converter.schemas.enable": "false",
+        "value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "true",
+        "errors.tolerance": "none",
+    }
+
+
+def commit_offsets(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
+    """Place a (new) consumer group at ``offsets``, so a sink starts at the burst."""
+    consumer = Consumer({**client_conf(bootstrap), "group.id": group, "enable.auto.commit": False})
+    try:
+        consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+    finally:
+        consumer.close()
+
+
+def wait_group(admin: KafkaAdmin, group: str, topics: list[str], start: dict, ends: dict, alive) -> dict:
+    """Time ``group`` from its first committed progress to the end offsets ``ends``."""
+    records = sum(e - start.get(tp, 0) for tp, e in ends.items())
+    spawned = time.monotonic()
+    first = None
+    while True:
+        done = admin.committed(group, topics)
+        now = time.monotonic()
+        if first is None and sum(done.get(tp, 0) - start.get(tp, 0) for tp in ends) > 0:
+            first = now
+        if all(done.get(tp, 0) >= e for tp, e in ends.items()):
+            break
+        if now - spawned > 600:
+            raise SystemExit(f"{group} did not drain the burst within 600 s")
+        alive()
+        time.sleep(0.05)
+    end = time.monotonic()
+    first = first or end
+    return {"records": records, "events_per_s": round(records / max(end - first, 1e-3)),
+            "events_per_s_with_startup": round(records / max(end - spawned, 1e-3))}
+
+
+def jdbc_drain(config, connect: ConnectClient, admin: KafkaAdmin, dsn: str, topic: str, tasks: int,
+               start: dict, label: str) -> dict:
+    """A fresh JDBC sink connector placed at the burst's start, timed to its end."""
+    name = f"bench-jdbc-sink-{label}"
+    group = f"connect-{name}"
+    ends = admin.end_offsets([topic])
+    commit_offsets(config.kafka.bootstrap_servers, group, {tp: start.get(tp, 0) for tp in ends})
+    connect.put(name, jdbc_sink_config(dsn, topic, tasks))
+
+    def alive() -> None:
+        st = connect.status(name) or {}
+        failed = [t for t in st.get("tasks", []) if t.get("state") == "FAILED"]
+        if failed:
+            raise SystemExit(f"the JDBC sink failed: {failed[0].get('trace', '')[:2000]}")
+
+    try:
+        return wait_group(admin, group, [topic], start, ends, alive)
+    finally:
+        connect.delete(name)
+
+
 def drain(cfg: Path, admin: KafkaAdmin, topics: list[str], workers: int, tmp: Path) -> dict:
     """Start ``workers`` appliers, time them to the end offsets read now, stop them."""
     group = applier_group(NAME)
     ends = admin.end_offsets(topics)
     start = admin.committed(group, topics)
-    records = sum(e - start.get(tp, 0) for tp, e in ends.items())
     procs = [subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
                                "apply", NAME], stdout=subprocess.DEVNULL,
                               stderr=open(tmp / f"apply{i}.log", "ab")) for i in range(workers)]
-    spawned = time.monotonic()
-    first = None
+
+    def alive() -> None:
+        for p in procs:
+            if p.poll() is not None:
+                raise SystemExit(f"an applier exited with {p.returncode}: see {tmp}")
+
     try:
-        while True:
-            done = admin.committed(group, topics)
-            moved = sum(done.get(tp, 0) - start.get(tp, 0) for tp in ends)
-            now = time.monotonic()
-            if first is None and moved > 0:
-                first = now
-            if all(done.get(tp, 0) >= e for tp, e in ends.items()):
-                break
-            if now - spawned > 600:
-                raise SystemExit("the appliers did not drain the burst within 600 s")
-            for p in procs:
-                if p.poll() is not None:
-                    raise SystemExit(f"an applier exited with {p.returncode}: see {tmp}")
-            time.sleep(0.05)
+        return wait_group(admin, group, topics, start, ends, alive)
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)
         for p in procs:
             p.wait(timeout=60)
-    end = time.monotonic()
-    first = first or end
-    return {"records": records, "events_per_s": round(records / max(end - first, 1e-3)),
-            "events_per_s_with_startup": round(records / max(end - spawned, 1e-3))}
 
 
 def main() -> None:
@@ -97,6 +178,7 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=200_000,
                     help="single-row updates per burst (large enough that group start-up is not the measure)")
     ap.add_argument("--clients", type=int, default=4, help="pgbench clients")
+    ap.add_argument("--no-jdbc", action="store_true", help="skip the Debezium JDBC sink comparison")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -111,6 +193,8 @@ def main() -> None:
     streams, topics = co.streams(NAME)
     connect = ConnectClient(config.connect.url)
     connector = streams[0].connector
+    topic = next(t for t in topics if t.endswith(".accounts"))
+    jdbc_dsn = "" if args.no_jdbc else jdbc_target(config, args.rows)
     src_dsn = config.cluster("source1").dsn
     rounds: list[dict] = []
     try:
@@ -126,13 +210,21 @@ def main() -> None:
                     connect.resume(connector)
                     wait_confirmed(config, positions, time.monotonic() + 600)
                     capture = args.updates / (time.monotonic() - t0)
-                    d = drain(cfg, admin, topics, workers, tmp)
+                    start = admin.committed(applier_group(NAME), [topic])  # where this burst begins
+                    jdbc: dict = {}
+                    for kind in ("reshard", "jdbc") if (r + workers) % 2 else ("jdbc", "reshard"):
+                        if kind == "reshard":
+                            d = drain(cfg, admin, topics, workers, tmp)
+                        elif not args.no_jdbc:
+                            jdbc = jdbc_drain(config, connect, admin, jdbc_dsn, topic, workers, start,
+                                              f"{r + 1}-{workers}")
                     row = {"workers": workers, "write_tps": round(write_tps), "capture_events_per_s": round(capture),
-                           **d, "load": load_average()}
+                           **d, "jdbc_events_per_s": jdbc.get("events_per_s"), "load": load_average()}
                     rounds.append(row)
                     print(f"round {r + 1}, {workers} worker(s): pgbench {write_tps:,.0f} tx/s, Debezium captured "
                           f"{capture:,.0f} events/s, applier drained {d['records']:,} at {d['events_per_s']:,} "
-                          f"events/s ({d['events_per_s_with_startup']:,} with start-up); load {row['load']}",
+                          f"events/s ({d['events_per_s_with_startup']:,} with start-up), JDBC sink "
+                          f"{row['jdbc_events_per_s'] or '-'} events/s; load {row['load']}",
                           file=sys.stderr, flush=True)
     finally:
         co.teardown(NAME)
@@ -150,6 +242,10 @@ def main() -> None:
         "ratio_capture_to_apply": round(med("capture_events_per_s", 1) / one, 2),
         "ratio_2_workers_to_1": round(two / one, 2), "all": rounds,
     }
+    if not args.no_jdbc:
+        j1, j2 = med("jdbc_events_per_s", 1), med("jdbc_events_per_s", 2)
+        doc.update(jdbc_sink_events_per_s_1_task=j1, jdbc_sink_events_per_s_2_tasks=j2,
+                   ratio_apply_to_jdbc_sink=round(one / j1, 2), ratio_apply_to_jdbc_sink_2=round(two / j2, 2))
     if args.json:
         print(json.dumps(doc, indent=2))
         return
@@ -160,6 +256,11 @@ def main() -> None:
     print(f"  applier, 1 worker            {one:>10,.0f} events/s   ratio to the write rate {doc['ratio_apply_to_write']}")
     print(f"  applier, 2 workers           {two:>10,.0f} events/s   ratio to 1 worker {doc['ratio_2_workers_to_1']}")
     print(f"  capture / apply (1 worker)   {doc['ratio_capture_to_apply']:>10}")
+    if not args.no_jdbc:
+        print(f"  Debezium JDBC sink, 1 task   {doc['jdbc_sink_events_per_s_1_task']:>10,.0f} events/s   "
+              f"applier / sink {doc['ratio_apply_to_jdbc_sink']}")
+        print(f"  Debezium JDBC sink, 2 tasks  {doc['jdbc_sink_events_per_s_2_tasks']:>10,.0f} events/s   "
+              f"applier / sink {doc['ratio_apply_to_jdbc_sink_2']}")
 
 
 if __name__ == "__main__":
