@@ -10,8 +10,10 @@ order, N `reshard apply` processes are timed until they have committed every rec
 the burst, and the Debezium JDBC sink (the newest on Maven Central, on the same Connect
 worker, N tasks, upsert by the value's primary key, batch 2000 like the applier's) is
 timed draining the same records of the same topic into the same table in a database
-of its own on target1. Rounds alternate 1 and 2 workers. Printed: medians of each
-figure and the ratios (drain / write, capture / drain, 2 workers / 1, reshard / JDBC sink).
+of its own on target1. Rounds alternate 1 and 2 workers. Then one transaction inserts 300,000 rows
+and the same is timed with one worker. Printed: medians of each figure and the ratios
+(drain / write, capture / drain, 2 workers / 1, reshard / JDBC sink), and the big
+transaction's rates.
 
     .venv/bin/python bench/apply_throughput.py [--rounds 3] [--updates 200000] [--json]
 """
@@ -148,6 +150,18 @@ def jdbc_drain(config, connect: ConnectClient, admin: KafkaAdmin, dsn: str, topi
         connect.delete(name)
 
 
+def big_transaction(dsn: str, rows: int) -> float:
+    """One transaction inserting ``rows`` new accounts (keys above every existing one);
+    returns its rows/s."""
+    with psycopg.connect(dsn) as conn:
+        first = conn.execute("SELECT coalesce(max(id), 0) + 1 FROM public.accounts").fetchone()[0]
+        t0 = time.monotonic()
+        conn.execute("INSERT INTO public.accounts (id, owner, balance) SELECT g, 'bulk-' || g, 0 "
+                     "FROM generate_series(%s::bigint, %s::bigint) g", (first, first + rows - 1))
+        conn.commit()
+        return rows / (time.monotonic() - t0)
+
+
 def drain(cfg: Path, admin: KafkaAdmin, topics: list[str], workers: int, tmp: Path) -> dict:
     """Start ``workers`` appliers, time them to the end offsets read now, stop them."""
     group = applier_group(NAME)
@@ -179,6 +193,8 @@ def main() -> None:
                     help="single-row updates per burst (large enough that group start-up is not the measure)")
     ap.add_argument("--clients", type=int, default=4, help="pgbench clients")
     ap.add_argument("--no-jdbc", action="store_true", help="skip the Debezium JDBC sink comparison")
+    ap.add_argument("--big-tx", type=int, default=300_000,
+                    help="then one transaction inserting this many rows, drained by one worker (0: skip)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -200,37 +216,44 @@ def main() -> None:
     try:
         with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
             drain(cfg, admin, topics, 1, tmp)  # join the group once and apply the copy-time changes
+
+            def burst(shape: str, write, events: int, workers: int, label: str, reshard_first: bool) -> None:
+                # Debezium paused while the source writes: then its capture is timed on its own
+                connect.pause(connector)
+                write_tps = write()
+                positions = mark_positions(config, NAME, streams)
+                t0 = time.monotonic()
+                connect.resume(connector)
+                wait_confirmed(config, positions, time.monotonic() + 600)
+                capture = events / (time.monotonic() - t0)
+                start = admin.committed(applier_group(NAME), [topic])  # where this burst begins
+                jdbc: dict = {}
+                for kind in ("reshard", "jdbc") if reshard_first else ("jdbc", "reshard"):
+                    if kind == "reshard":
+                        d = drain(cfg, admin, topics, workers, tmp)
+                    elif not args.no_jdbc:
+                        jdbc = jdbc_drain(config, connect, admin, jdbc_dsn, topic, workers, start, label)
+                row = {"shape": shape, "workers": workers, "write_tps": round(write_tps),
+                       "capture_events_per_s": round(capture), **d, "jdbc_events_per_s": jdbc.get("events_per_s"),
+                       "load": load_average()}
+                rounds.append(row)
+                print(f"{label}, {shape}, {workers} worker(s): written at {write_tps:,.0f} rows/s, Debezium captured "
+                      f"{capture:,.0f} events/s, applier drained {d['records']:,} at {d['events_per_s']:,} "
+                      f"events/s ({d['events_per_s_with_startup']:,} with start-up), JDBC sink "
+                      f"{row['jdbc_events_per_s'] or '-'} events/s; load {row['load']}", file=sys.stderr, flush=True)
+
             for r in range(args.rounds):
                 for workers in (1, 2) if r % 2 == 0 else (2, 1):
-                    # Debezium paused during the burst: then its capture is timed on its own
-                    connect.pause(connector)
-                    write_tps = pgbench_burst(src_dsn, args.rows, args.updates, args.clients, tmp)
-                    positions = mark_positions(config, NAME, streams)
-                    t0 = time.monotonic()
-                    connect.resume(connector)
-                    wait_confirmed(config, positions, time.monotonic() + 600)
-                    capture = args.updates / (time.monotonic() - t0)
-                    start = admin.committed(applier_group(NAME), [topic])  # where this burst begins
-                    jdbc: dict = {}
-                    for kind in ("reshard", "jdbc") if (r + workers) % 2 else ("jdbc", "reshard"):
-                        if kind == "reshard":
-                            d = drain(cfg, admin, topics, workers, tmp)
-                        elif not args.no_jdbc:
-                            jdbc = jdbc_drain(config, connect, admin, jdbc_dsn, topic, workers, start,
-                                              f"{r + 1}-{workers}")
-                    row = {"workers": workers, "write_tps": round(write_tps), "capture_events_per_s": round(capture),
-                           **d, "jdbc_events_per_s": jdbc.get("events_per_s"), "load": load_average()}
-                    rounds.append(row)
-                    print(f"round {r + 1}, {workers} worker(s): pgbench {write_tps:,.0f} tx/s, Debezium captured "
-                          f"{capture:,.0f} events/s, applier drained {d['records']:,} at {d['events_per_s']:,} "
-                          f"events/s ({d['events_per_s_with_startup']:,} with start-up), JDBC sink "
-                          f"{row['jdbc_events_per_s'] or '-'} events/s; load {row['load']}",
-                          file=sys.stderr, flush=True)
+                    burst("single-row", lambda: pgbench_burst(src_dsn, args.rows, args.updates, args.clients, tmp),
+                          args.updates, workers, f"round{r + 1}-{workers}", (r + workers) % 2 == 1)
+            if args.big_tx:
+                burst("one transaction", lambda: big_transaction(src_dsn, args.big_tx), args.big_tx, 1, "big",
+                      True)
     finally:
         co.teardown(NAME)
 
     def med(key: str, workers: int) -> float:
-        return median([x[key] for x in rounds if x["workers"] == workers])
+        return median([x[key] for x in rounds if x["workers"] == workers and x["shape"] == "single-row"])
 
     one, two = med("events_per_s", 1), med("events_per_s", 2)
     doc = {
@@ -246,6 +269,11 @@ def main() -> None:
         j1, j2 = med("jdbc_events_per_s", 1), med("jdbc_events_per_s", 2)
         doc.update(jdbc_sink_events_per_s_1_task=j1, jdbc_sink_events_per_s_2_tasks=j2,
                    ratio_apply_to_jdbc_sink=round(one / j1, 2), ratio_apply_to_jdbc_sink_2=round(two / j2, 2))
+    big = next((x for x in rounds if x["shape"] == "one transaction"), None)
+    if big:
+        doc["one_transaction"] = {"rows": args.big_tx, "apply_events_per_s": big["events_per_s"],
+                                  "jdbc_sink_events_per_s": big["jdbc_events_per_s"],
+                                  "capture_events_per_s": big["capture_events_per_s"]}
     if args.json:
         print(json.dumps(doc, indent=2))
         return
@@ -256,6 +284,10 @@ def main() -> None:
     print(f"  applier, 1 worker            {one:>10,.0f} events/s   ratio to the write rate {doc['ratio_apply_to_write']}")
     print(f"  applier, 2 workers           {two:>10,.0f} events/s   ratio to 1 worker {doc['ratio_2_workers_to_1']}")
     print(f"  capture / apply (1 worker)   {doc['ratio_capture_to_apply']:>10}")
+    if big:
+        b = doc["one_transaction"]
+        print(f"  one {args.big_tx:,}-row transaction: Debezium {b['capture_events_per_s']:,} events/s, applier "
+              f"{b['apply_events_per_s']:,} events/s, JDBC sink {b['jdbc_sink_events_per_s'] or '-'} events/s")
     if not args.no_jdbc:
         print(f"  Debezium JDBC sink, 1 task   {doc['jdbc_sink_events_per_s_1_task']:>10,.0f} events/s   "
               f"applier / sink {doc['ratio_apply_to_jdbc_sink']}")

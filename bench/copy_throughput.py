@@ -7,7 +7,10 @@ moves; each target receives half). Each round runs, in turn:
   snapshot, keyset batches committed with their cursors), timed from the first row to
   the last (the pipe has no throttle either; bench/copy_impact.py measures the throttle);
 - raw pipe: for each target, `psql -c "COPY (SELECT … WHERE <the same predicate>) TO
-  STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel.
+  STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel;
+- pgcopydb (Debian's, if installed: `apt-get install pgcopydb`): `pgcopydb copy
+  table-data` of the whole table into target1. It cannot filter rows, so its work
+  differs: the same rows, one destination instead of two.
 
 Targets are emptied between runs. Printed: median rows/s of each and the ratio, with the
 peak RSS of the reshard process.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -70,6 +74,25 @@ def raw_pipe(config, predicates: dict[str, str]) -> float:
     return time.monotonic() - t0
 
 
+def uri(dsn: str) -> str:
+    c = psycopg.conninfo.conninfo_to_dict(dsn)
+    return f"postgresql://{c.get('user', 'postgres')}@{c.get('host', '127.0.0.1')}:{c.get('port', 5432)}/{c['dbname']}"
+
+
+def pgcopydb(config, workdir: Path) -> float:
+    """Seconds for `pgcopydb copy table-data` of the whole table into target1."""
+    filters = workdir / "filters.ini"
+    filters.write_text(f"[include-only-table]\n{TABLE}\n")
+    shutil.rmtree(workdir / "pgcopydb", ignore_errors=True)
+    t0 = time.monotonic()
+    out = subprocess.run(["pgcopydb", "copy", "table-data", "--source", uri(config.cluster("source1").dsn),
+                          "--target", uri(config.cluster("target1").dsn), "--dir", str(workdir / "pgcopydb"),
+                          "--filters", str(filters), "--table-jobs", "2"], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise SystemExit(f"pgcopydb failed:\n{out.stderr[-3000:]}")
+    return time.monotonic() - t0
+
+
 def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> tuple[float, int, int]:
     """(copy seconds as reshard measured them, rows, peak RSS in KiB) of `reshard start`."""
     out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "reshard.cli", "--config", str(cfg),
@@ -112,14 +135,17 @@ def main() -> None:
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     predicates = {m.target: p.predicate_sql(m, TABLE) for m in p.moves}
     rounds = []
+    kinds = ["reshard", "raw"] + (["pgcopydb"] if shutil.which("pgcopydb") else [])
     for r in range(args.rounds):
-        order = ("reshard", "raw") if r % 2 == 0 else ("raw", "reshard")
+        order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         row: dict = {"round": r + 1}
         for kind in order:
             empty_targets(config)
             if kind == "raw":
                 secs = raw_pipe(config, predicates)
                 row["raw_rows_per_s"] = round(args.rows / secs)
+            elif kind == "pgcopydb":
+                row["pgcopydb_rows_per_s"] = round(args.rows / pgcopydb(config, tmp))
             else:
                 name = f"{NAME}{r + 1}"
                 secs, rows, rss = reshard_copy(cfg, maps, name, args.copy_workers, tmp)
@@ -130,13 +156,17 @@ def main() -> None:
         row["load"] = load_average()
         rounds.append(row)
         print(f"round {r + 1}: reshard {row['reshard_rows_per_s']:,} rows/s (peak RSS "
-              f"{row['reshard_peak_rss_mb']} MB), raw COPY pipe {row['raw_rows_per_s']:,} rows/s; load {row['load']}",
+              f"{row['reshard_peak_rss_mb']} MB), raw COPY pipe {row['raw_rows_per_s']:,} rows/s, pgcopydb "
+              f"{row.get('pgcopydb_rows_per_s', '-')} rows/s; load {row['load']}",
               file=sys.stderr, flush=True)
     ours, raw = median([x["reshard_rows_per_s"] for x in rounds]), median([x["raw_rows_per_s"] for x in rounds])
     doc = {"benchmark": "copy_throughput", "version": 1, "rows": args.rows, "rounds": args.rounds,
            "copy_workers": args.copy_workers, "cpus": os.cpu_count(), "reshard_rows_per_s": ours,
            "raw_pipe_rows_per_s": raw, "ratio": round(ours / raw, 2),
            "reshard_peak_rss_mb": max(x["reshard_peak_rss_mb"] for x in rounds), "all": rounds}
+    if "pgcopydb" in kinds:
+        doc["pgcopydb_rows_per_s"] = median([x["pgcopydb_rows_per_s"] for x in rounds])
+        doc["ratio_to_pgcopydb"] = round(ours / doc["pgcopydb_rows_per_s"], 2)
     if args.json:
         print(json.dumps(doc, indent=2))
         return
@@ -146,6 +176,9 @@ def main() -> None:
           f"peak RSS {doc['reshard_peak_rss_mb']} MB")
     print(f"  raw COPY pipe (2 halves)        {raw:>10,.0f} rows/s")
     print(f"  ratio                           {doc['ratio']:>10}")
+    if "pgcopydb" in kinds:
+        print(f"  pgcopydb (whole table, 1 target){doc['pgcopydb_rows_per_s']:>10,.0f} rows/s   "
+              f"reshard / pgcopydb {doc['ratio_to_pgcopydb']}")
 
 
 if __name__ == "__main__":
