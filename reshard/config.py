@@ -64,6 +64,7 @@ class KafkaConfig:
     bootstrap_servers: str
     partitions: int = 4
     replication_factor: int = 1
+    schema_registry_url: str | None = None  # Confluent-compatible API (the embedded stack's Apicurio)
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ class Config:
                 "bootstrap_servers": self.kafka.bootstrap_servers,
                 "partitions": self.kafka.partitions,
                 "replication_factor": self.kafka.replication_factor,
+                **({"schema_registry_url": self.kafka.schema_registry_url} if self.kafka.schema_registry_url else {}),
             },
             "connect": {"url": self.connect.url},
             **self.extra,
@@ -144,9 +146,12 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
             bootstrap_servers=str(_req(k, "bootstrap_servers", f"{where}: kafka")),
             partitions=int(k.get("partitions", 4)),
             replication_factor=int(k.get("replication_factor", 1)),
+            schema_registry_url=str(k["schema_registry_url"]).rstrip("/") if k.get("schema_registry_url") else None,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: kafka: {exc}") from None
+    if kafka.schema_registry_url and not kafka.schema_registry_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{where}: kafka.schema_registry_url must start with http:// or https://")
     if kafka.partitions < 1 or kafka.replication_factor < 1:
         raise ConfigError(f"{where}: kafka.partitions and kafka.replication_factor must be >= 1")
     c = _req(data, "connect", where)

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import subprocess
+import tarfile
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +38,10 @@ class JvmArtifacts:
     def plugin_path(self) -> Path:
         return self.root / "plugins"
 
+    @property
+    def registry_jar(self) -> Path:
+        return next((self.root / "registry").glob("apicurio-registry-app-*-runner.jar"))
+
 
 def cache_dir() -> Path:
     env = os.environ.get(CACHE_ENV)
@@ -44,6 +51,39 @@ def cache_dir() -> Path:
 def artifacts_dir(pom: Path = POM) -> Path:
     digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
     return cache_dir() / "jvm" / digest
+
+
+CENTRAL = "https://repo1.maven.org/maven2"
+
+
+def fetch_registry(pom: Path, into: Path) -> None:
+    """Apicurio Registry's runner jar and lib/, from Maven Central, SHA-1 checked, unpacked.
+    (Its parent POM is missing from Central, so Maven refuses to resolve it.)"""
+    m = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom.read_text())
+    if m is None:
+        raise StackError(f"{pom} pins no apicurio.version")
+    version = m.group(1)
+    name = f"apicurio-registry-app-{version}-all.tar.gz"
+    url = f"{CENTRAL}/io/apicurio/apicurio-registry-app/{version}/{name}"
+    archive = cache_dir() / "downloads" / name
+    try:
+        if not archive.is_file():
+            archive.parent.mkdir(parents=True, exist_ok=True)
+            partial = archive.with_suffix(".part")
+            with urllib.request.urlopen(url, timeout=60) as resp, open(partial, "wb") as out:
+                shutil.copyfileobj(resp, out)
+            with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
+                expected = resp.read().decode().split()[0].strip()
+            actual = hashlib.sha1(partial.read_bytes()).hexdigest()
+            if actual != expected:
+                partial.unlink()
+                raise StackError(f"{url}: SHA-1 {actual} does not match Maven Central's {expected}")
+            partial.rename(archive)
+    except OSError as exc:
+        raise StackError(f"cannot fetch the schema registry from Maven Central ({url}): {exc}") from None
+    into.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive) as tar:
+        tar.extractall(into, filter="data")
 
 
 def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifacts:
@@ -69,9 +109,10 @@ def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifac
         )
     if proc.returncode != 0:
         raise StackError(f"Maven could not fetch the JVM artifacts (exit {proc.returncode}); see {log}")
+    fetch_registry(pom, target / "registry")
     if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
         (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
-    ):
+    ) or not any((target / "registry").glob("apicurio-registry-app-*-runner.jar")):
         raise StackError(f"Maven finished but the expected jars are missing under {target}; see {log}")
     (target / COMPLETE_MARKER).write_text("ok\n")
     return JvmArtifacts(target)

@@ -1,10 +1,11 @@
-"""The embedded stack: PostgreSQL clusters, a Kafka broker and a Connect worker on loopback.
+"""The embedded stack: PostgreSQL clusters, a Kafka broker, a Connect worker and a schema
+registry (Apicurio, stored in the control PostgreSQL) on loopback.
 
 ``up`` is idempotent: parts already running (same pid *and* start time as recorded)
 are reported, not started twice; parts that are down are started again on their old
 ports and data, so a migration in progress survives a ``down``/``up``. ``down`` stops
 exactly the processes ``up`` recorded, Connect first so it flushes its offsets, then
-Kafka, then the databases. Everything lives under the state directory (``.reshard/``
+the registry and Kafka, then the databases. Everything lives under the state directory (``.reshard/``
 or ``$RESHARD_HOME``): data, logs, ``stack.json`` and the ``reshard.yaml`` it writes.
 """
 
@@ -28,6 +29,7 @@ from reshard.stack.connect import ConnectWorker
 from reshard.stack.kafka import KafkaBroker
 from reshard.stack.postgres import PostgresCluster, data_root
 from reshard.stack.process import ProcessRecord, is_running, stop
+from reshard.stack.registry import REGISTRY_DB, SchemaRegistry
 
 CONTROL = "control"
 APP_DB = "app"
@@ -57,7 +59,7 @@ def port_free(port: int) -> bool:
 @dataclass
 class PartStatus:
     name: str
-    kind: str  # postgres | kafka | connect
+    kind: str  # postgres | kafka | connect | registry
     port: int | None
     pid: int | None
     running: bool
@@ -73,6 +75,7 @@ class PartStatus:
             "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{CONTROL_DB if self.name == CONTROL else APP_DB}",
             "kafka": f"127.0.0.1:{self.port}",
             "connect": f"http://127.0.0.1:{self.port}",
+            "registry": f"http://127.0.0.1:{self.port}/apis/ccompat/v7",
         }[self.kind]
 
     def to_dict(self) -> dict:
@@ -114,7 +117,7 @@ class Stack:
             if state.get("version") != STATE_VERSION:
                 raise StackError(f"{self.state_path} has an unknown format version {state.get('version')}")
             return state
-        return {"version": STATE_VERSION, "clusters": {}, "kafka": None, "connect": None}
+        return {"version": STATE_VERSION, "clusters": {}, "kafka": None, "connect": None, "registry": None}
 
     def _save(self, state: dict) -> None:
         tmp = self.state_path.with_suffix(".tmp")
@@ -171,8 +174,15 @@ class Stack:
             connect_port = connect_part["port"] if connect_alive else self._port(connect_part.get("port"))
             worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap)
 
+            registry_part = state.get("registry") or {}
+            registry_alive = self._alive(registry_part)
+            if registry_alive and registry_part.get("pg_port") != clusters[CONTROL].port:
+                # its storage came back on another port: restart it pointing there
+                self.say(f"registry: restarting, the control PostgreSQL moved to port {clusters[CONTROL].port}")
+                stop(self._rec(registry_part))  # type: ignore[arg-type]
+                registry_alive = False
             art = None
-            if not (kafka_alive and connect_alive):
+            if not (kafka_alive and connect_alive and registry_alive):
                 self.say("JVM artifacts: resolving the pinned Kafka, Connect and Debezium jars (cached after the first time)")
                 art = ensure_jvm_artifacts()
 
@@ -232,6 +242,22 @@ class Stack:
             else:
                 state["connect"] = connect_part
                 running.append("connect")
+            if not registry_alive:
+                assert art is not None
+                clusters[CONTROL].ensure_database(REGISTRY_DB)
+                registry = SchemaRegistry(self.home / "registry", self._port(registry_part.get("port")),
+                                          clusters[CONTROL].port)
+                self.say(f"registry: starting Apicurio on {registry.url}")
+                rec = registry.start(art)
+                state["registry"] = {"port": registry.port, "pg_port": registry.pg_port, "log": str(registry.log),
+                                     "process": rec.to_dict()}
+                self._save(state)
+                registry.wait_ready(rec)
+                started.append("registry")
+                self.say(f"registry: ready on {registry.url}, schemas stored in the control PostgreSQL")
+            else:
+                state["registry"] = registry_part
+                running.append("registry")
 
             for name, c in clusters.items():
                 c.ensure_database(CONTROL_DB if name == CONTROL else APP_DB)
@@ -252,7 +278,9 @@ class Stack:
             path=self.home / "reshard.yaml",
             control_dsn=f"host=127.0.0.1 port={control['port']} user=postgres dbname={CONTROL_DB}",
             clusters=clusters,
-            kafka=KafkaConfig(f"127.0.0.1:{state['kafka']['port']}", partitions=4, replication_factor=1),
+            kafka=KafkaConfig(f"127.0.0.1:{state['kafka']['port']}", partitions=4, replication_factor=1,
+                              schema_registry_url=(f"http://127.0.0.1:{state['registry']['port']}/apis/ccompat/v7"
+                                                   if state.get("registry") else None)),
             connect=ConnectConfig(f"http://127.0.0.1:{state['connect']['port']}"),
         )
 
@@ -292,6 +320,12 @@ class Stack:
                         problem = "REST API not answering or the Debezium plugin not loaded"
                 out.append(PartStatus("connect", "connect", part["port"], rec.pid if rec else None,
                                       alive, healthy and problem is None, part.get("log"), problem))
+            if state.get("registry"):
+                part = state["registry"]
+                rec, alive = self._rec(part), self._alive(part)
+                registry = SchemaRegistry(self.home / "registry", part["port"], 0)
+                out.append(PartStatus("registry", "registry", part["port"], rec.pid if rec else None,
+                                      alive, alive and registry.healthy(), part.get("log")))
             return out
 
     def config(self) -> Config:
@@ -328,6 +362,8 @@ class Stack:
             order: list[tuple[str, dict, int]] = []
             if state.get("connect"):
                 order.append(("connect", state["connect"], signal.SIGTERM))
+            if state.get("registry"):
+                order.append(("registry", state["registry"], signal.SIGTERM))
             if state.get("kafka"):
                 order.append(("kafka", state["kafka"], signal.SIGTERM))
             # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit

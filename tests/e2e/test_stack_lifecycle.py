@@ -6,7 +6,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
+
+import yaml
 
 from reshard.stack.process import ProcessRecord, is_running
 
@@ -25,7 +28,7 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     home = tmp_path / "own-stack"
     try:
         first = json.loads(run(home, "stack", "up", "--sources", "1", "--targets", "1", "--json").stdout)
-        assert set(first["started"]) == {"control", "source1", "target1", "kafka", "connect"}
+        assert set(first["started"]) == {"control", "source1", "target1", "kafka", "connect", "registry"}
         assert (home / "reshard.yaml").is_file()
         assert all(p["healthy"] for p in first["parts"])
 
@@ -38,7 +41,18 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
         assert {p["name"]: (p["port"], p["healthy"]) for p in status["parts"]} == {
             p["name"]: (p["port"], True) for p in first["parts"]}
         recorded = _records(home)
-        assert len(recorded) == 5 and all(is_running(r) for r in recorded.values())
+        assert len(recorded) == 6 and all(is_running(r) for r in recorded.values())
+
+        # the registry keeps its schemas in the control PostgreSQL: an id survives a SIGKILL
+        url = yaml.safe_load((home / "reshard.yaml").read_text())["kafka"]["schema_registry_url"]
+        schema = json.dumps({"type": "record", "name": "Probe", "fields": [{"name": "id", "type": "long"}]})
+        sid = _http(f"{url}/subjects/probe-value/versions", {"schema": schema})["id"]
+        os.kill(recorded["registry"].pid, signal.SIGKILL)
+        _wait(lambda: not is_running(recorded["registry"]))
+        assert json.loads(run(home, "stack", "up", "--sources", "1", "--targets", "1", "--json").stdout)[
+            "started"] == ["registry"]
+        assert json.loads(_http(f"{url}/schemas/ids/{sid}")["schema"]) == json.loads(schema)
+        recorded = _records(home)
 
         # the broker killed (by its recorded pid): Connect still answers its REST API, but it
         # cannot reach Kafka, and status says so (exit 4) instead of calling it healthy
@@ -68,6 +82,14 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     assert purged["stopped"] == [] and not home.exists() and not pg_data.exists()
 
 
+def _http(url: str, body: dict | None = None) -> dict:
+    req = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                 method="GET" if body is None else "POST",
+                                 headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        return json.load(resp)
+
+
 def _wait(predicate, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
@@ -78,7 +100,7 @@ def _wait(predicate, timeout: float = 30.0) -> None:
 def _records(home: Path) -> dict[str, ProcessRecord]:
     """The (pid, start time) identities `stack up` recorded, by part name."""
     state = json.loads((home / "stack.json").read_text())
-    parts = {**state["clusters"], "kafka": state.get("kafka"), "connect": state.get("connect")}
+    parts = {**state["clusters"], **{k: state.get(k) for k in ("kafka", "connect", "registry")}}
     return {n: ProcessRecord.from_dict(p["process"]) for n, p in parts.items() if p and p.get("process")}
 
 
@@ -101,7 +123,7 @@ def test_a_broker_that_fails_to_start_leaves_no_postgres_orphaned(tmp_path, monk
             raise AssertionError("up should have failed")
         except StackError as exc:
             assert "injected" in str(exc)
-        pg = {n: r for n, r in _records(home).items() if n not in ("kafka", "connect")}
+        pg = {n: r for n, r in _records(home).items() if n not in ("kafka", "connect", "registry")}
         assert set(pg) == {"control", "source1", "target1"} and all(is_running(r) for r in pg.values())
     finally:
         st.down()

@@ -18,6 +18,10 @@ def test_parse_roundtrip():
     assert c.connect.url == "http://127.0.0.1:8083"
     assert c.kafka.partitions == 8
     assert parse_config(c.to_dict()).to_dict() == c.to_dict()
+    assert c.kafka.schema_registry_url is None and "schema_registry_url" not in c.to_dict()["kafka"]
+    with_registry = parse_config({**GOOD, "kafka": {**GOOD["kafka"], "schema_registry_url": "http://r:8080/apis/ccompat/v7/"}})
+    assert with_registry.kafka.schema_registry_url == "http://r:8080/apis/ccompat/v7"
+    assert parse_config(with_registry.to_dict()) == with_registry
 
 
 @pytest.mark.parametrize("mutate,message", [
@@ -26,6 +30,7 @@ def test_parse_roundtrip():
     (lambda d: d["clusters"].update({"Bad-Name": {"dsn": "host=x"}}), "cluster name 'Bad-Name' is invalid"),
     (lambda d: d["kafka"].update(partitions=0), "must be >= 1"),
     (lambda d: d["connect"].update(url="127.0.0.1:8083"), "must start with http"),
+    (lambda d: d["kafka"].update(schema_registry_url="127.0.0.1:8081"), "schema_registry_url must start with http"),
 ])
 def test_bad_config_names_the_key(mutate, message):
     import copy

@@ -1,0 +1,2 @@
+-- the schema registry's storage, beside reshard's control database
+CREATE DATABASE registry;
