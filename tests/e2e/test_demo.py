@@ -13,7 +13,9 @@ def test_demo_reports_a_verified_migration_and_the_tables_match_row_for_row(env,
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(proc.stdout)
     assert report["ok"] is True and report["verify"]["equal"] is True
-    assert report["copy"]["rows_copied"] >= 20_000 and report["copy"]["rows_per_second"] > 0
+    # the load starts before the copy's snapshot (writes before, during and after it), so its
+    # deletes and inserts may already have changed the 20,000 rows a little when it is taken
+    assert 19_000 <= report["copy"]["rows_copied"] <= 21_000 and report["copy"]["rows_per_second"] > 0
     assert report["apply"]["applied"] > 100 and report["load"]["operations"] > 100
     assert report["catch_up"]["seconds"] < 60
     assert "copy:" in proc.stderr  # progress went to stderr, the JSON alone to stdout
