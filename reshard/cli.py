@@ -8,7 +8,9 @@ the exit code documented in reshard/exit_codes.py.
 
 from __future__ import annotations
 
+import faulthandler
 import json
+import os
 import signal
 import sys
 import threading
@@ -474,6 +476,9 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
         + (" (resumed)" if report.resumed else "") + f"; streaming. Next: reshard apply {name}"))
 
 
+STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, `reshard apply` exits within this long, graceful or not
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--until-caught-up", is_flag=True, help="Stop once every change committed so far is applied.")
@@ -488,6 +493,8 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
 
     Workers of one migration share a Kafka consumer group: start more to split the
     partitions. Killing a worker at any moment loses nothing and applies nothing twice.
+    After SIGINT/SIGTERM it finishes and commits the batch in flight, and exits within
+    30 s in any case.
     Exit 5 when it paused on input it will not guess about (reason in `reshard status`).
     """
     from reshard.coordinator import Coordinator
@@ -495,8 +502,29 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     progress = ctx.progress()
     co = Coordinator.open(ctx.config(), progress)
     stop = threading.Event()
+
+    def stop_within_grace(*_: object) -> None:
+        """Stop gracefully (finish and commit the batch in flight); a worker that has not
+        stopped STOP_GRACE_S later exits anyway, printing its threads' stacks. Nothing is
+        lost: offsets are committed only after their batch is applied, and a replay of
+        what follows them has no second effect."""
+        if stop.is_set():
+            return
+        stop.set()
+
+        def force() -> None:
+            print(f"reshard apply: did not stop within {STOP_GRACE_S:.0f}s of the signal; exiting now "
+                  "(nothing is lost: uncommitted records are applied again, idempotently). Stacks:",
+                  file=sys.stderr, flush=True)
+            faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+            os._exit(ExitCode.OK)
+
+        timer = threading.Timer(STOP_GRACE_S, force)
+        timer.daemon = True
+        timer.start()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, stop_within_grace)
     task = progress.task("apply", unit="events")
     try:
         stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
