@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from reshard.errors import StackError
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.kafka import java_argv, write_log4j
-from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 
@@ -91,13 +89,5 @@ class ConnectWorker:
             return False
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 180.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not is_running(rec):
-                raise StackError(f"Kafka Connect exited while starting:\n{tail(self.log)}")
-            if self.healthy():
-                return
-            time.sleep(0.5)
-        raise StackError(
-            f"Kafka Connect did not list the Debezium plugin ({DEBEZIUM_CLASS}) within {timeout:.0f}s:\n{tail(self.log)}"
-        )
+        wait_healthy(rec, self.healthy, self.log, "Kafka Connect",
+                     f"Kafka Connect did not list the Debezium plugin ({DEBEZIUM_CLASS})", timeout)

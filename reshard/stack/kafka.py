@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import subprocess
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +13,7 @@ from confluent_kafka.admin import AdminClient
 from reshard.errors import StackError
 from reshard.kafka_admin import client_conf
 from reshard.stack.artifacts import JvmArtifacts
-from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 
 LOG4J2 = """\
 status = warn
@@ -112,11 +111,5 @@ class KafkaBroker:
             return False
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not is_running(rec):
-                raise StackError(f"Kafka exited while starting:\n{tail(self.log)}")
-            if self.healthy(timeout=2.0):
-                return
-            time.sleep(0.5)
-        raise StackError(f"Kafka broker not answering metadata requests after {timeout:.0f}s:\n{tail(self.log)}")
+        wait_healthy(rec, lambda: self.healthy(timeout=2.0), self.log, "Kafka",
+                     "Kafka broker not answering metadata requests", timeout)

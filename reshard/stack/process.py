@@ -15,6 +15,9 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
+
+from reshard.errors import StackError
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,20 @@ def stop(rec: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 30.0) -
                 break
             time.sleep(0.05)
     return True
+
+
+def wait_healthy(rec: ProcessRecord, healthy: Callable[[], bool], log: Path, what: str, not_ready: str,
+                 timeout: float) -> None:
+    """Poll ``healthy`` until it holds; fail with the log's tail if the process exits first
+    ("<what> exited while starting") or ``timeout`` passes ("<not_ready> within N s")."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not is_running(rec):
+            raise StackError(f"{what} exited while starting:\n{tail(log)}")
+        if healthy():
+            return
+        time.sleep(0.5)
+    raise StackError(f"{not_ready} within {timeout:.0f}s:\n{tail(log)}")
 
 
 def tail(path: str | Path, lines: int = 30) -> str:

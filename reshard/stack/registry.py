@@ -8,15 +8,13 @@ Confluent-compatible API (``/apis/ccompat/v7``); it is ready when that API answe
 from __future__ import annotations
 
 import json
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from reshard.errors import StackError
 from reshard.stack.artifacts import JvmArtifacts
-from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 
 REGISTRY_DB = "registry"
 CCOMPAT = "/apis/ccompat/v7"
@@ -59,11 +57,5 @@ class SchemaRegistry:
             return False
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 120.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not is_running(rec):
-                raise StackError(f"the schema registry exited while starting:\n{tail(self.log)}")
-            if self.healthy():
-                return
-            time.sleep(0.5)
-        raise StackError(f"the schema registry's API did not answer within {timeout:.0f}s:\n{tail(self.log)}")
+        wait_healthy(rec, self.healthy, self.log, "the schema registry", "the schema registry's API did not answer",
+                     timeout)
