@@ -21,6 +21,7 @@ transaction's rates.
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 import json
 import os
 import re
@@ -38,7 +39,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
 from cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
-from reshard.config import write_config  # noqa: E402
+from cdc_applier.connector import converters  # noqa: E402
+from reshard.config import FORMATS, write_config  # noqa: E402
 from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka_admin import KafkaAdmin  # noqa: E402
@@ -81,7 +83,9 @@ def jdbc_target(config, rows: int) -> str:
     return dsn
 
 
-def jdbc_sink_config(dsn: str, topic: str, tasks: int) -> dict[str, str]:
+def jdbc_sink_config(config, dsn: str, topic: str, tasks: int) -> dict[str, str]:
+    """The sink reads the topic with the converter Debezium wrote it with (Avro: the same
+    Apicurio converter, deserializing by schema id)."""
     c = psycopg.conninfo.conninfo_to_dict(dsn)
     return {
         "connector.class": JDBC_CLASS, "tasks.max": str(tasks), "topics": topic,
@@ -95,6 +99,7 @@ def jdbc_sink_config(dsn: str, topic: str, tasks: int) -> dict[str, str]:
         "key.converter": "org.apache.kafka.connect.json.JsonConverter", "key.converter.schemas.enable": "false",
         "value.converter": "org.apache.kafka.connect.json.JsonConverter", "value.converter.schemas.enable": "true",
         "errors.tolerance": "none",
+        **converters(config),
     }
 
 
@@ -136,7 +141,7 @@ def jdbc_drain(config, connect: ConnectClient, admin: KafkaAdmin, dsn: str, topi
     group = f"connect-{name}"
     ends = admin.end_offsets([topic])
     commit_offsets(config.kafka.bootstrap_servers, group, {tp: start.get(tp, 0) for tp in ends})
-    connect.put(name, jdbc_sink_config(dsn, topic, tasks))
+    connect.put(name, jdbc_sink_config(config, dsn, topic, tasks))
 
     def alive() -> None:
         st = connect.status(name) or {}
@@ -195,10 +200,14 @@ def main() -> None:
     ap.add_argument("--no-jdbc", action="store_true", help="skip the Debezium JDBC sink comparison")
     ap.add_argument("--big-tx", type=int, default=300_000,
                     help="then one transaction inserting this many rows, drained by one worker (0: skip)")
+    ap.add_argument("--format", choices=FORMATS, default=None,
+                    help="how Debezium encodes the events (default: reshard.yaml's kafka.format, avro)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     config = fresh_databases(stack_config(), DB, NAME)
+    if args.format:
+        config = replace(config, kafka=replace(config.kafka, format=args.format))
     before, after = seed_split(config, args.rows, TARGETS)
     co = Coordinator.open(config)
     co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
@@ -257,7 +266,7 @@ def main() -> None:
 
     one, two = med("events_per_s", 1), med("events_per_s", 2)
     doc = {
-        "benchmark": "apply_throughput", "version": 1, "rounds": args.rounds, "updates_per_burst": args.updates,
+        "benchmark": "apply_throughput", "version": 1, "format": config.kafka.format, "rounds": args.rounds, "updates_per_burst": args.updates,
         "pgbench_clients": args.clients, "cpus": os.cpu_count(),
         "write_tps": med("write_tps", 1), "capture_events_per_s": med("capture_events_per_s", 1),
         "apply_events_per_s_1_worker": one, "apply_events_per_s_2_workers": two,
@@ -277,8 +286,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"apply throughput, medians of {args.rounds} rounds each ({args.updates:,} single-row updates per burst, "
-          f"{args.clients} pgbench clients, {os.cpu_count()} CPUs)")
+    print(f"apply throughput, {config.kafka.format} events, medians of {args.rounds} rounds each "
+          f"({args.updates:,} single-row updates per burst, {args.clients} pgbench clients, {os.cpu_count()} CPUs)")
     print(f"  pgbench write rate           {doc['write_tps']:>10,.0f} tx/s")
     print(f"  Debezium capture rate        {doc['capture_events_per_s']:>10,.0f} events/s")
     print(f"  applier, 1 worker            {one:>10,.0f} events/s   ratio to the write rate {doc['ratio_apply_to_write']}")

@@ -19,6 +19,26 @@ from reshard.streams import Stream
 
 TEMPLATE = REPO_ROOT / "connectors" / "debezium-postgres.json"
 HEARTBEAT_MS = 50
+AVRO_CONVERTER = "io.apicurio.registry.utils.converter.AvroConverter"
+
+
+def converters(config: Config) -> dict[str, str]:
+    """How the connector encodes keys and values. JSON: the template's JsonConverter.
+    Avro: Apicurio's converter, registering each table version's schema (subject
+    ``<topic>-key`` / ``<topic>-value``) and writing the Confluent wire format (magic
+    byte, 4-byte content id), which reshard and any Confluent-compatible consumer read."""
+    if config.kafka.format != "avro":
+        return {}
+    out: dict[str, str] = {}
+    for side in ("key", "value"):
+        out[f"{side}.converter"] = AVRO_CONVERTER
+        out[f"{side}.converter.apicurio.registry.url"] = config.kafka.apicurio_url
+        out[f"{side}.converter.apicurio.registry.auto-register"] = "true"
+        # one self-contained schema per table version, not a schema with references to its
+        # named parts: any Avro reader can use it as it is (and Apicurio 3.0.9 fails to store
+        # the envelope's twice-used Value record as two references)
+        out[f"{side}.converter.apicurio.registry.dereference-schema"] = "true"
+    return out
 
 
 def render(config: Config, stream: Stream, tables: list[str], template: Path = TEMPLATE) -> dict[str, str]:
@@ -37,7 +57,11 @@ def render(config: Config, stream: Stream, tables: list[str], template: Path = T
         "heartbeat_prefix": "reshard-heartbeat",
     }
     raw = json.loads(template.read_text())
-    return {k: Template(str(v)).substitute(values) for k, v in raw.items() if not k.startswith("__")}
+    out = {k: Template(str(v)).substitute(values) for k, v in raw.items() if not k.startswith("__")}
+    avro = converters(config)
+    if avro:  # the template's JSON converter settings do not apply to another converter
+        out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
+    return {**out, **avro}
 
 
 def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bool = True) -> list[str]:

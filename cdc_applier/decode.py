@@ -1,4 +1,10 @@
-"""Debezium change events (JSON with schemas) -> ``ChangeEvent`` values reshard can apply.
+"""Debezium change events -> ``ChangeEvent`` values reshard can apply.
+
+Two encodings, told apart by their first byte: Avro in the Confluent wire format (magic
+byte 0 and a schema id, see ``cdc_applier.avro``), the default, and JSON with schemas
+(``{"schema":…,"payload":…}``) for clusters without a registry. Both reach the same
+payload (before/after/source/op) and the same row plans, so everything after decoding is
+identical whatever the topic's encoding.
 
 Values are converted by their Connect schema's semantic type (dates as days, times
 and timestamps as epoch units, decimals as strings, ...), so what reaches the target
@@ -16,6 +22,8 @@ from decimal import Decimal
 from typing import Any, Callable
 
 import orjson
+
+from cdc_applier import avro
 
 PLACEHOLDER = "__debezium_unavailable_value"
 _PLACEHOLDER_HEX = PLACEHOLDER.encode().hex()
@@ -53,8 +61,8 @@ def _unavailable(value: Any) -> bool:
     return False
 
 
-def _decimal_from_bytes(raw: str, scale: int) -> Decimal:
-    unscaled = int.from_bytes(base64.b64decode(raw), "big", signed=True)
+def _decimal_from_bytes(raw: str | bytes, scale: int) -> Decimal:
+    unscaled = int.from_bytes(base64.b64decode(raw) if isinstance(raw, str) else raw, "big", signed=True)
     return Decimal(unscaled).scaleb(-scale)
 
 
@@ -75,6 +83,7 @@ _BY_NAME: dict[str, Callable[[Any], Any]] = {
     "io.debezium.time.NanoTime": _epoch_plus("microseconds", 1000, as_time=True),
     "io.debezium.data.VariableScaleDecimal": lambda v: _decimal_from_bytes(v["value"], int(v["scale"])),
 }
+
 
 
 def converter(schema: dict) -> Callable[[Any], Any] | None:
@@ -109,6 +118,101 @@ def _row_plan(envelope_schema: dict, field: str) -> _RowPlan | None:
             return _RowPlan(tuple(x["field"] for x in fields),
                             tuple((x["field"], converter(x), x.get("name") or x.get("type")) for x in fields))
     return None
+
+
+def avro_converter(schema: Any) -> Callable[[Any], Any] | None:
+    """The same choice for an Avro field type that Debezium's Connect schema became (the
+    Apicurio converter keeps the semantic name as ``connect.name``; Avro logical types are
+    already converted by fastavro)."""
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        schema = branches[0] if len(branches) == 1 else None
+    if not isinstance(schema, dict):
+        return None
+    name = schema.get("connect.name")
+    if name in _BY_NAME:
+        return _BY_NAME[name]
+    if name == "org.apache.kafka.connect.data.Decimal" and "logicalType" not in schema:
+        scale = int((schema.get("connect.parameters") or {}).get("scale", 0))
+        return lambda v: _decimal_from_bytes(v, scale)
+    if schema.get("type") == "array":
+        item = avro_converter(schema.get("items"))
+        return (lambda v: [None if x is None else item(x) for x in v]) if item else None
+    return None
+
+
+def _avro_kind(schema: Any) -> str:
+    if isinstance(schema, list):
+        schema = next((b for b in schema if b != "null"), schema)
+    if isinstance(schema, dict):
+        return str(schema.get("connect.name") or schema.get("logicalType") or schema.get("type"))
+    return str(schema)
+
+
+def _avro_records(schema: Any, into: dict[str, dict], namespace: str = "") -> None:
+    """Every named record of a schema document by its full name (Avro refers to a record
+    a second time by name, as ``after`` does to ``before``'s ``Value``)."""
+    if isinstance(schema, list):
+        for b in schema:
+            _avro_records(b, into, namespace)
+    elif isinstance(schema, dict):
+        if schema.get("type") == "record":
+            ns = schema.get("namespace", namespace)
+            name = schema["name"]
+            into[name if "." in name else f"{ns}.{name}" if ns else name] = schema
+            for f in schema.get("fields", []):
+                _avro_records(f["type"], into, ns)
+        elif schema.get("type") in ("array", "map"):
+            _avro_records(schema.get("items") or schema.get("values"), into, namespace)
+
+
+def _avro_plans(doc: dict) -> dict[str, _RowPlan | None]:
+    records: dict[str, dict] = {}
+    _avro_records(doc, records, doc.get("namespace", ""))
+    plans: dict[str, _RowPlan | None] = {}
+    for field in ("before", "after"):
+        plans[field] = None
+        for f in doc.get("fields", []):
+            if f.get("name") != field:
+                continue
+            branches = f["type"] if isinstance(f["type"], list) else [f["type"]]
+            ns = doc.get("namespace", "")
+            row = next((records.get(b) or records.get(f"{ns}.{b}") if isinstance(b, str) else b
+                        for b in branches if b != "null"), None)
+            if isinstance(row, dict) and row.get("type") == "record":
+                fields = row.get("fields", [])
+                plans[field] = _RowPlan(tuple(x["name"] for x in fields),
+                                        tuple((x["name"], avro_converter(x["type"]), _avro_kind(x["type"]))
+                                              for x in fields))
+    return plans
+
+
+_AVRO_PLANS: dict[tuple[str, int], dict[str, _RowPlan | None]] = {}  # (registry, schema id) -> row plans
+
+
+def _avro_record(data: bytes, schemas: avro.WriterSchemas | None, what: str) -> tuple[Any, int]:
+    sid = avro.schema_id(data)
+    if sid is None:
+        raise DecodeError(f"{what} is neither JSON nor Avro in the Confluent wire format")
+    if schemas is None:
+        raise DecodeError(f"{what} is Avro (schema id {sid}) but no kafka.schema_registry_url is configured "
+                          "to read its schema")
+    try:
+        return avro.read(data, schemas.parsed(sid)), sid
+    except avro.UnknownSchema as exc:
+        raise DecodeError(f"{what}: {exc}") from None
+    except (ValueError, EOFError, IndexError, TypeError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"{what} does not decode with its writer schema {sid}: {exc!r}") from None
+
+
+def _avro_envelope(value: bytes, schemas: avro.WriterSchemas | None) -> tuple[Any, dict[str, _RowPlan | None]]:
+    payload, sid = _avro_record(value, schemas, "value")
+    assert schemas is not None
+    plans = _AVRO_PLANS.get((schemas.url, sid))
+    if plans is None:
+        raw = schemas.raw(sid)
+        plans = _AVRO_PLANS[(schemas.url, sid)] = _avro_plans(raw) if isinstance(raw, dict) else {}
+    return payload, plans
 
 
 _SCHEMA_HEAD, _PAYLOAD_SEP = b'{"schema":', b',"payload":'
@@ -168,22 +272,42 @@ def _payload(value: bytes, i: int) -> Any:
         return None
 
 
-def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
-    """Decode one Kafka record. Returns None for records that carry no change (tombstones)."""
-    if value is None:
-        return None
+def _json_envelope(value: bytes) -> tuple[Any, dict[str, _RowPlan | None]]:
     fast = _fast_parse(value)
     if fast is not None:
-        payload, plans = fast
+        return fast
+    try:
+        doc = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"value is not JSON: {exc}") from None
+    if not isinstance(doc, dict) or "payload" not in doc or "schema" not in doc:
+        raise DecodeError("value is not a Debezium envelope with schema (expected {schema, payload})")
+    schema = doc["schema"]
+    return doc["payload"], (_plans(schema) if isinstance(schema, dict) else {})
+
+
+def _key_doc(key: bytes, schemas: avro.WriterSchemas | None) -> Any:
+    if key[:1] == b"\x00":
+        return _avro_record(key, schemas, "key")[0]
+    try:
+        doc = orjson.loads(key)
+    except orjson.JSONDecodeError as exc:
+        raise DecodeError(f"key is not JSON: {exc}") from None
+    if isinstance(doc, dict) and "payload" in doc and "schema" in doc:
+        return doc["payload"]
+    return doc
+
+
+def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas | None = None) -> ChangeEvent | None:
+    """Decode one Kafka record (Avro when it starts with the wire format's magic byte, read
+    with ``schemas``; JSON otherwise). Returns None for records that carry no change
+    (tombstones)."""
+    if value is None:
+        return None
+    if value[:1] == b"\x00":
+        payload, plans = _avro_envelope(value, schemas)
     else:
-        try:
-            doc = orjson.loads(value)
-        except orjson.JSONDecodeError as exc:
-            raise DecodeError(f"value is not JSON: {exc}") from None
-        if not isinstance(doc, dict) or "payload" not in doc or "schema" not in doc:
-            raise DecodeError("value is not a Debezium envelope with schema (expected {schema, payload})")
-        payload, schema = doc["payload"], doc["schema"]
-        plans = _plans(schema) if isinstance(schema, dict) else {}
+        payload, plans = _json_envelope(value)
     if not isinstance(payload, dict):
         raise DecodeError("payload is not an object")
     op = payload.get("op")
@@ -202,12 +326,7 @@ def decode(key: bytes | None, value: bytes | None) -> ChangeEvent | None:
         return ChangeEvent(table, op, {}, None, frozenset(), lsn, (), origin)
     if key is None:
         raise DecodeError(f"{table}: record has no key (a table without a primary key?)")
-    try:
-        key_doc = orjson.loads(key)
-    except orjson.JSONDecodeError as exc:
-        raise DecodeError(f"key is not JSON: {exc}") from None
-    if isinstance(key_doc, dict) and "payload" in key_doc and "schema" in key_doc:
-        key_doc = key_doc["payload"]
+    key_doc = _key_doc(key, schemas)
     if not isinstance(key_doc, dict) or not key_doc:
         raise DecodeError(f"{table}: key {key_doc!r} is not an object of primary-key columns")
 

@@ -42,6 +42,7 @@ from reshard.planner import Plan
 from reshard.progress import Task
 from reshard.streams import FORWARD, REVERSE, Stream, forward, reverse
 from cdc_applier.apply import ApplyStats, Routed, TargetWriter
+from cdc_applier.avro import WriterSchemas
 from cdc_applier.decode import DecodeError, decode
 from cdc_applier.dlq import DeadLetters
 from cdc_applier.offsets import applier_group
@@ -132,6 +133,9 @@ class Applier:
         self.router = Router(plan, streams_of(store, rec, plan))
         self.stats = ApplierStats()
         self.writers: dict[tuple[str, str], TargetWriter] = {}
+        # JSON topics need no registry; Avro ones are read with writer schemas fetched once per id
+        url = config.kafka.schema_registry_url
+        self.schemas = WriterSchemas(url) if url else None
 
     @property
     def topics(self) -> list[str]:
@@ -305,7 +309,7 @@ class Applier:
             b.by_pos[(m.topic(), m.partition(), m.offset())] = m
             self.stats.records += 1
             try:
-                ev = decode(m.key(), m.value())
+                ev = decode(m.key(), m.value(), self.schemas)
                 if ev is None:
                     continue
                 stream = self.router.stream_of(m.topic())

@@ -59,12 +59,22 @@ class ClusterConfig:
         return make_conninfo(self.dsn, replication="database")
 
 
+FORMATS = ("avro", "json")
+
+
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str
     partitions: int = 4
     replication_factor: int = 1
     schema_registry_url: str | None = None  # Confluent-compatible API (the embedded stack's Apicurio)
+    format: str = "avro"  # how Debezium encodes change events: avro (needs the registry) | json
+
+    @property
+    def apicurio_url(self) -> str:
+        """The registry's own API (v3), which the Apicurio converter on Connect talks to."""
+        assert self.schema_registry_url is not None
+        return self.schema_registry_url.rsplit("/apis/", 1)[0] + "/apis/registry/v3"
 
 
 @dataclass(frozen=True)
@@ -103,6 +113,7 @@ class Config:
                 "partitions": self.kafka.partitions,
                 "replication_factor": self.kafka.replication_factor,
                 **({"schema_registry_url": self.kafka.schema_registry_url} if self.kafka.schema_registry_url else {}),
+                "format": self.kafka.format,
             },
             "connect": {"url": self.connect.url},
             **self.extra,
@@ -147,11 +158,21 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
             partitions=int(k.get("partitions", 4)),
             replication_factor=int(k.get("replication_factor", 1)),
             schema_registry_url=str(k["schema_registry_url"]).rstrip("/") if k.get("schema_registry_url") else None,
+            format=str(k.get("format", FORMATS[0])),
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: kafka: {exc}") from None
     if kafka.schema_registry_url and not kafka.schema_registry_url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: kafka.schema_registry_url must start with http:// or https://")
+    if kafka.format not in FORMATS:
+        raise ConfigError(f"{where}: kafka.format must be one of {', '.join(FORMATS)}, got {kafka.format!r}")
+    if kafka.format == "avro" and not kafka.schema_registry_url:
+        raise ConfigError(f"{where}: kafka.format avro (the default) needs kafka.schema_registry_url, the "
+                          "registry's Confluent-compatible API; set kafka.format: json for a cluster without one")
+    if kafka.format == "avro" and "/apis/ccompat/" not in kafka.schema_registry_url:  # type: ignore[operator]
+        raise ConfigError(f"{where}: kafka.schema_registry_url must be an Apicurio Registry's Confluent-compatible "
+                          f"API (…/apis/ccompat/v7), got {kafka.schema_registry_url!r}: Debezium writes Avro "
+                          "through the Apicurio converter")
     if kafka.partitions < 1 or kafka.replication_factor < 1:
         raise ConfigError(f"{where}: kafka.partitions and kafka.replication_factor must be >= 1")
     c = _req(data, "connect", where)

@@ -1,4 +1,4 @@
-"""Fetch the pinned JVM parts (Kafka, Kafka Connect, Debezium) once, into a cache.
+"""Fetch the pinned JVM parts (Kafka, Kafka Connect, Debezium, Apicurio) once, into a cache.
 
 ``connectors/pom.xml`` pins the versions; Maven resolves them from Maven Central into
 ``$RESHARD_CACHE/jvm/<hash of the pom>/`` (default ``~/.cache/reshard``). The hash in
@@ -49,41 +49,68 @@ def cache_dir() -> Path:
 
 
 def artifacts_dir(pom: Path = POM) -> Path:
-    digest = hashlib.sha256(pom.read_bytes()).hexdigest()[:12]
-    return cache_dir() / "jvm" / digest
+    """The cache directory of one artifact set: named by a hash of the POMs that pin it."""
+    h = hashlib.sha256(pom.read_bytes())
+    for module in sorted(pom.parent.glob("*/pom.xml")):
+        h.update(module.read_bytes())
+    return cache_dir() / "jvm" / h.hexdigest()[:12]
 
 
 CENTRAL = "https://repo1.maven.org/maven2"
+# The converter's own jars, at the registry's version: Maven cannot resolve them (see the POMs)
+CONVERTER_JARS = (
+    "apicurio-registry-utils-converter", "apicurio-registry-avro-serde-kafka",
+    "apicurio-registry-serde-kafka-common", "apicurio-registry-serde-common-avro",
+    "apicurio-registry-serde-common", "apicurio-registry-schema-resolver", "apicurio-registry-common",
+)
 
 
-def fetch_registry(pom: Path, into: Path) -> None:
-    """Apicurio Registry's runner jar and lib/, from Maven Central, SHA-1 checked, unpacked.
-    (Its parent POM is missing from Central, so Maven refuses to resolve it.)"""
+def _apicurio_version(pom: Path) -> str:
     m = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom.read_text())
     if m is None:
         raise StackError(f"{pom} pins no apicurio.version")
-    version = m.group(1)
-    name = f"apicurio-registry-app-{version}-all.tar.gz"
-    url = f"{CENTRAL}/io/apicurio/apicurio-registry-app/{version}/{name}"
-    archive = cache_dir() / "downloads" / name
+    return m.group(1)
+
+
+def fetch_central(group: str, artifact: str, version: str, suffix: str = ".jar") -> Path:
+    """One file from Maven Central, SHA-1 checked against Central's, cached in the download
+    directory (the same file is never fetched twice)."""
+    name = f"{artifact}-{version}{suffix}"
+    url = f"{CENTRAL}/{group.replace('.', '/')}/{artifact}/{version}/{name}"
+    path = cache_dir() / "downloads" / name
+    if path.is_file():
+        return path
     try:
-        if not archive.is_file():
-            archive.parent.mkdir(parents=True, exist_ok=True)
-            partial = archive.with_suffix(".part")
-            with urllib.request.urlopen(url, timeout=60) as resp, open(partial, "wb") as out:
-                shutil.copyfileobj(resp, out)
-            with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
-                expected = resp.read().decode().split()[0].strip()
-            actual = hashlib.sha1(partial.read_bytes()).hexdigest()
-            if actual != expected:
-                partial.unlink()
-                raise StackError(f"{url}: SHA-1 {actual} does not match Maven Central's {expected}")
-            partial.rename(archive)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(name + ".part")
+        with urllib.request.urlopen(url, timeout=60) as resp, open(partial, "wb") as out:
+            shutil.copyfileobj(resp, out)
+        with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
+            expected = resp.read().decode().split()[0].strip()
     except OSError as exc:
-        raise StackError(f"cannot fetch the schema registry from Maven Central ({url}): {exc}") from None
+        raise StackError(f"cannot fetch {url} from Maven Central: {exc}") from None
+    actual = hashlib.sha1(partial.read_bytes()).hexdigest()
+    if actual != expected:
+        partial.unlink()
+        raise StackError(f"{url}: SHA-1 {actual} does not match Maven Central's {expected}")
+    partial.rename(path)
+    return path
+
+
+def fetch_registry(pom: Path, into: Path) -> None:
+    """Apicurio Registry's runner jar and lib/, unpacked."""
+    archive = fetch_central("io.apicurio", "apicurio-registry-app", _apicurio_version(pom), "-all.tar.gz")
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
+
+
+def fetch_converter(pom: Path, into: Path) -> None:
+    """The Apicurio converter's io.apicurio jars, beside the libraries Maven put there."""
+    into.mkdir(parents=True, exist_ok=True)
+    version = _apicurio_version(pom)
+    for artifact in CONVERTER_JARS:
+        shutil.copyfile(fetch_central("io.apicurio", artifact, version), into / f"{artifact}-{version}.jar")
 
 
 def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifacts:
@@ -110,9 +137,12 @@ def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifac
     if proc.returncode != 0:
         raise StackError(f"Maven could not fetch the JVM artifacts (exit {proc.returncode}); see {log}")
     fetch_registry(pom, target / "registry")
+    fetch_converter(pom, target / "plugins" / "apicurio-converter")
     if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
         (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
-    ) or not any((target / "registry").glob("apicurio-registry-app-*-runner.jar")):
+    ) or not any((target / "registry").glob("apicurio-registry-app-*-runner.jar")) or not any(
+        (target / "plugins").glob("apicurio-converter/apicurio-registry-java-sdk-*.jar")
+    ):
         raise StackError(f"Maven finished but the expected jars are missing under {target}; see {log}")
     (target / COMPLETE_MARKER).write_text("ok\n")
     return JvmArtifacts(target)

@@ -3,6 +3,7 @@
 import json
 import subprocess
 import time
+import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, Producer
@@ -135,6 +136,8 @@ def test_a_column_added_mid_stream_is_picked_up_without_a_restart(env):
     co = prepare(env, rows=500, migration=name)
     co.start(name)
     with ApplierThread(co, name):
+        with env.conn("source1") as conn:  # a change in the table's first version
+            conn.execute("UPDATE public.accounts SET balance = 7 WHERE id <= 10")
         co.wait(name, timeout=60)  # the applier's sessions have read the tables
         for t in ("target1", "target2"):
             with env.conn(t) as conn:
@@ -144,6 +147,10 @@ def test_a_column_added_mid_stream_is_picked_up_without_a_restart(env):
             conn.execute("UPDATE public.accounts SET region = 'us' WHERE id <= 200")
         co.wait(name, timeout=60)
     assert_targets_equal_source(env)
+    # the change events after the ALTER carry a new writer schema, which the running applier read
+    subject = f"{forward(name, 'source1').topic('public.accounts')}-value"
+    with urllib.request.urlopen(f"{env.config.kafka.schema_registry_url}/subjects/{subject}/versions") as r:
+        assert len(json.load(r)) == 2
 
 
 def test_a_start_whose_checks_fail_leaves_no_planned_migration(env, tmp_path):

@@ -6,7 +6,8 @@ from reshard.errors import ConfigError
 GOOD = {
     "control": {"dsn": "host=127.0.0.1 port=5432 dbname=reshard user=postgres"},
     "clusters": {"source1": {"dsn": "host=127.0.0.1 port=5433 dbname=app", "connect_dsn": "host=pg1 dbname=app"}},
-    "kafka": {"bootstrap_servers": "127.0.0.1:9092", "partitions": 8},
+    "kafka": {"bootstrap_servers": "127.0.0.1:9092", "partitions": 8,
+              "schema_registry_url": "http://r:8080/apis/ccompat/v7/"},
     "connect": {"url": "http://127.0.0.1:8083/"},
 }
 
@@ -18,10 +19,11 @@ def test_parse_roundtrip():
     assert c.connect.url == "http://127.0.0.1:8083"
     assert c.kafka.partitions == 8
     assert parse_config(c.to_dict()).to_dict() == c.to_dict()
-    assert c.kafka.schema_registry_url is None and "schema_registry_url" not in c.to_dict()["kafka"]
-    with_registry = parse_config({**GOOD, "kafka": {**GOOD["kafka"], "schema_registry_url": "http://r:8080/apis/ccompat/v7/"}})
-    assert with_registry.kafka.schema_registry_url == "http://r:8080/apis/ccompat/v7"
-    assert parse_config(with_registry.to_dict()) == with_registry
+    assert c.kafka.format == "avro" and c.kafka.schema_registry_url == "http://r:8080/apis/ccompat/v7"
+    assert c.kafka.apicurio_url == "http://r:8080/apis/registry/v3"
+    json_only = parse_config({**GOOD, "kafka": {"bootstrap_servers": "k:9092", "format": "json"}})
+    assert json_only.kafka.schema_registry_url is None and "schema_registry_url" not in json_only.to_dict()["kafka"]
+    assert parse_config(json_only.to_dict()) == json_only
 
 
 @pytest.mark.parametrize("mutate,message", [
@@ -31,6 +33,9 @@ def test_parse_roundtrip():
     (lambda d: d["kafka"].update(partitions=0), "must be >= 1"),
     (lambda d: d["connect"].update(url="127.0.0.1:8083"), "must start with http"),
     (lambda d: d["kafka"].update(schema_registry_url="127.0.0.1:8081"), "schema_registry_url must start with http"),
+    (lambda d: d["kafka"].pop("schema_registry_url"), "kafka.format avro .the default. needs kafka.schema_registry_url"),
+    (lambda d: d["kafka"].update(format="protobuf"), "kafka.format must be one of avro, json"),
+    (lambda d: d["kafka"].update(schema_registry_url="http://r:8081"), "Confluent-compatible API"),
 ])
 def test_bad_config_names_the_key(mutate, message):
     import copy
