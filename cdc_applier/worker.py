@@ -37,6 +37,7 @@ from reshard.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
+from reshard.events import EventRelay
 from reshard.kafka_admin import client_conf
 from reshard.planner import Plan
 from reshard.progress import Task
@@ -136,6 +137,8 @@ class Applier:
         # JSON topics need no registry; Avro ones are read with writer schemas fetched once per id
         url = config.kafka.schema_registry_url
         self.schemas = WriterSchemas(url) if url else None
+        self._relay: EventRelay | None = None
+        self._relay_said = False
 
     @property
     def topics(self) -> list[str]:
@@ -223,7 +226,7 @@ class Applier:
             "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
             "error_cb": self._on_kafka_error,
         }))
-        dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name)
+        dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
         last_beat = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
@@ -243,6 +246,7 @@ class Applier:
                     last_beat = now
                     self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
                     self._ride_out_outage(consumer, now)
+                    self._relay_events()
                     if self._kafka_down_since is None:
                         settle()
                         self._refresh_streams(consumer)
@@ -265,6 +269,23 @@ class Applier:
             consumer.close()
             self._close_writers()
         return self.stats
+
+    def _relay_events(self) -> None:
+        """Publish the control database's new audit entries to ``reshard.events`` (see
+        reshard/events.py); a failure is said once and retried next heartbeat: the
+        events wait in the audit log, and applying never waits on them."""
+        if not self.config.kafka.schema_registry_url or self._kafka_down_since is not None:
+            return
+        try:
+            if self._relay is None:
+                self._relay = EventRelay(self.config, self.store)
+            self._relay.publish()
+            self._relay_said = False
+        except (ReshardError, KafkaException, psycopg.Error) as exc:
+            if not self._relay_said:
+                print(f"reshard apply: cannot publish migration events yet ({exc}); retrying", file=sys.stderr,
+                      flush=True)
+                self._relay_said = True
 
     def _on_kafka_error(self, err: KafkaError) -> None:
         """librdkafka's error callback (runs inside consume): note when Kafka went away."""
@@ -347,7 +368,8 @@ class Applier:
             self.stats.superseded += stats.superseded
             for r, reason in stats.rejected:
                 raw = b.by_pos[(r.topic, r.partition, r.offset)]
-                dlq.send(r.topic, r.partition, r.offset, raw.key(), raw.value(), f"{cluster}: {reason}")
+                dlq.send(r.topic, r.partition, r.offset, raw.key(), raw.value(), f"{cluster}: {reason}",
+                         lsn=r.event.lsn, cluster=cluster)
                 self.stats.dead_letters += 1
         dlq.flush()
         self.stats.batches += 1

@@ -198,6 +198,7 @@ class Orchestrator:
             if failed and not opts.dry_run:
                 result.outcome, result.exit_code = GATES, failed[0].code
                 result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
+                self.store.record_event(sw.migration, "gates.failed", kind=sw.kind, gates=result.gates)
                 return result
         steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)

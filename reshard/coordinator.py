@@ -207,7 +207,9 @@ class Coordinator:
         client = ConnectClient(self.config.connect.url)
         live = [s for s in streams if s.direction == FORWARD or not client.stopped(s.connector)]
         topics = [t for t in topics if any(t.startswith(f"{s.prefix}.") for s in live)]
-        return wait_caught_up(self.config, name, live, topics, timeout)
+        proof = wait_caught_up(self.config, name, live, topics, timeout)
+        self.store.record_event(name, "catchup.proved", **proof.to_dict())
+        return proof
 
     def lag(self, name: str) -> Lag:
         streams, topics = self.streams(name)

@@ -87,6 +87,14 @@ CREATE TABLE IF NOT EXISTS reshard.audit_log (
 );
 CREATE INDEX IF NOT EXISTS audit_log_migration ON reshard.audit_log (migration, id);
 
+-- The audit log is also the outbox of the `reshard.events` topic: a relay publishes the
+-- rows after last_id and advances it in one transaction, holding the row's lock so that
+-- one relay at a time publishes (reshard/events.py).
+CREATE TABLE IF NOT EXISTS reshard.event_relay (
+    topic   text PRIMARY KEY,
+    last_id bigint NOT NULL DEFAULT 0
+);
+
 -- After cutover: one reverse stream per target cluster (target -> sources), so that
 -- rollback stays possible. start_lsn is taken before the target accepts a write.
 CREATE TABLE IF NOT EXISTS reshard.reverse_streams (

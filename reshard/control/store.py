@@ -110,6 +110,29 @@ class ControlStore:
             (migration, ACTOR, event, Jsonb(json.loads(json.dumps(detail, default=str)))),
         )
 
+    def record_event(self, migration: str | None, event: str, **detail: Any) -> None:
+        """An audit row (and so a `reshard.events` record) on a connection of its own."""
+        with self.connect() as conn:
+            self.audit(conn, migration, event, **detail)
+
+    # ---- the events outbox ------------------------------------------------------
+    def claim_relay(self, conn: psycopg.Connection, topic: str) -> int | None:
+        """Inside the caller's transaction: lock the relay cursor of ``topic`` and return the
+        last audit id published, or None when another relay holds it right now."""
+        conn.execute("INSERT INTO reshard.event_relay (topic) VALUES (%s) ON CONFLICT DO NOTHING", (topic,))
+        row = conn.execute("SELECT last_id FROM reshard.event_relay WHERE topic = %s FOR UPDATE SKIP LOCKED",
+                           (topic,)).fetchone()
+        return None if row is None else row["last_id"]
+
+    def audit_after(self, conn: psycopg.Connection, after_id: int, limit: int) -> list[dict]:
+        return conn.execute(
+            "SELECT id, at, migration, actor, event, detail FROM reshard.audit_log WHERE id > %s ORDER BY id LIMIT %s",
+            (after_id, limit),
+        ).fetchall()
+
+    def advance_relay(self, conn: psycopg.Connection, topic: str, last_id: int) -> None:
+        conn.execute("UPDATE reshard.event_relay SET last_id = %s WHERE topic = %s", (last_id, topic))
+
     # ---- shard maps ------------------------------------------------------------
     def register_map(self, m: ShardMap, note: str = "") -> tuple[int, bool]:
         """Store a map version; returns (epoch, created). Re-registering the newest
@@ -307,13 +330,14 @@ class ControlStore:
         cols = ["migration", "move_id", "tbl", *fields, "updated_at"]
         vals = [migration, move_id, tbl, *fields.values()]
         updates = ", ".join([f"{k} = EXCLUDED.{k}" for k in fields] + ["updated_at = now()"])
-        with self.connect() as conn:
+        with self.connect() as conn, conn.transaction():
             conn.execute(
                 f"INSERT INTO reshard.copy_progress ({', '.join(cols)}) "
                 f"VALUES ({', '.join(['%s'] * len(vals))}, now()) "
                 f"ON CONFLICT (migration, move_id, tbl) DO UPDATE SET {updates}",
                 vals,
             )
+            self.audit(conn, migration, "copy.checkpoint", move=move_id, table=tbl, **fields)
 
     def copy_progress(self, migration: str) -> list[dict]:
         with self.connect() as conn:
@@ -414,6 +438,13 @@ class ControlStore:
                 (migration, attempt, step),
             ).fetchone()
             payload = Jsonb(json.loads(json.dumps(detail, default=str)))
+            if status != "started":
+                took = conn.execute(
+                    "SELECT extract(epoch FROM now() - started_at)::float8 AS s FROM reshard.cutover_steps "
+                    "WHERE migration = %s AND attempt = %s AND step = %s", (migration, attempt, step),
+                ).fetchone()
+                self.audit(conn, migration, f"step.{status}", **{
+                    **detail, "attempt": attempt, "step": step, "seconds": round(took["s"], 4) if took else 0.0})
             if row is None:
                 seq = conn.execute(
                     "SELECT coalesce(max(seq), 0) + 1 AS n FROM reshard.cutover_steps "
