@@ -43,6 +43,7 @@ class WriterSchemas:
         self._raw: dict[int, dict] = {}
         self._lock = threading.Lock()
         self.fetches = 0
+        self.derived: dict[tuple[str, int], Any] = {}  # what decoders compute once per schema id
 
     def raw(self, schema_id: int) -> dict:
         """The schema as the registry holds it (a JSON document)."""
@@ -57,7 +58,7 @@ class WriterSchemas:
             if schema_id not in self._parsed:
                 doc = self._fetch(schema_id)
                 self._raw[schema_id] = doc
-                self._parsed[schema_id] = fastavro.parse_schema(doc, _write_hint=False)
+                self._parsed[schema_id] = fastavro.parse_schema(doc)
             return self._parsed[schema_id]
 
     def _fetch(self, schema_id: int) -> dict:

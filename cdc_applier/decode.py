@@ -187,9 +187,6 @@ def _avro_plans(doc: dict) -> dict[str, _RowPlan | None]:
     return plans
 
 
-_AVRO_PLANS: dict[tuple[str, int], dict[str, _RowPlan | None]] = {}  # (registry, schema id) -> row plans
-
-
 def _avro_record(data: bytes, schemas: avro.WriterSchemas | None, what: str) -> tuple[Any, int]:
     sid = avro.schema_id(data)
     if sid is None:
@@ -208,10 +205,10 @@ def _avro_record(data: bytes, schemas: avro.WriterSchemas | None, what: str) -> 
 def _avro_envelope(value: bytes, schemas: avro.WriterSchemas | None) -> tuple[Any, dict[str, _RowPlan | None]]:
     payload, sid = _avro_record(value, schemas, "value")
     assert schemas is not None
-    plans = _AVRO_PLANS.get((schemas.url, sid))
+    plans = schemas.derived.get(("plans", sid))
     if plans is None:
         raw = schemas.raw(sid)
-        plans = _AVRO_PLANS[(schemas.url, sid)] = _avro_plans(raw) if isinstance(raw, dict) else {}
+        plans = schemas.derived[("plans", sid)] = _avro_plans(raw) if isinstance(raw, dict) else {}
     return payload, plans
 
 
@@ -286,8 +283,22 @@ def _json_envelope(value: bytes) -> tuple[Any, dict[str, _RowPlan | None]]:
     return doc["payload"], (_plans(schema) if isinstance(schema, dict) else {})
 
 
-def _key_doc(key: bytes, schemas: avro.WriterSchemas | None) -> Any:
+def _key_doc(key: bytes, schemas: avro.WriterSchemas | None, row: Any) -> Any:
     if key[:1] == b"\x00":
+        # The key's columns are in the row the event carries (``before`` of a delete): take
+        # them from there instead of decoding the key (half of an event's Avro decoding)
+        sid = avro.schema_id(key)
+        if sid is not None and schemas is not None and isinstance(row, dict):
+            fields = schemas.derived.get(("key", sid))
+            if fields is None:
+                try:
+                    doc = schemas.raw(sid)
+                except avro.UnknownSchema as exc:
+                    raise DecodeError(f"key: {exc}") from None
+                fields = schemas.derived[("key", sid)] = tuple(
+                    f["name"] for f in doc.get("fields", [])) if isinstance(doc, dict) else ()
+            if fields and all(row.get(f) is not None for f in fields):
+                return {f: row[f] for f in fields}
         return _avro_record(key, schemas, "key")[0]
     try:
         doc = orjson.loads(key)
@@ -326,7 +337,7 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
         return ChangeEvent(table, op, {}, None, frozenset(), lsn, (), origin)
     if key is None:
         raise DecodeError(f"{table}: record has no key (a table without a primary key?)")
-    key_doc = _key_doc(key, schemas)
+    key_doc = _key_doc(key, schemas, payload.get("before" if op == "d" else "after"))
     if not isinstance(key_doc, dict) or not key_doc:
         raise DecodeError(f"{table}: key {key_doc!r} is not an object of primary-key columns")
 

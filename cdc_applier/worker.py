@@ -52,6 +52,7 @@ from cdc_applier.route import Router
 HEARTBEAT_S = 2.0
 KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
 RETRY_LIMIT = 8
+CLOSE_TIMEOUT_S = 10.0
 ORIGIN_POOL = 16  # concurrent writer sessions per direction and cluster
 
 
@@ -266,9 +267,23 @@ class Applier:
                 self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
             except ReshardError:
                 pass
-            consumer.close()
+            self._leave_group(consumer)
             self._close_writers()
         return self.stats
+
+    @staticmethod
+    def _leave_group(consumer: Consumer, timeout: float = CLOSE_TIMEOUT_S) -> None:
+        """Close the consumer (leave the group at once, so its partitions move now), but
+        never wait on it for long: a close was seen to block after a rollback deleted topics
+        the consumer was subscribed to. Every applied batch is already committed; a member
+        that does not leave cleanly is dropped by the group after ``session.timeout.ms``."""
+        t = threading.Thread(target=consumer.close, name="reshard-consumer-close", daemon=True)
+        t.start()
+        t.join(timeout)
+        if t.is_alive():
+            print(f"reshard apply: the Kafka consumer did not close within {timeout:.0f}s; leaving it to the "
+                  "group's session timeout (nothing is lost: every applied batch is committed)",
+                  file=sys.stderr, flush=True)
 
     def _relay_events(self) -> None:
         """Publish the control database's new audit entries to ``reshard.events`` (see

@@ -69,12 +69,15 @@ class KafkaConfig:
     replication_factor: int = 1
     schema_registry_url: str | None = None  # Confluent-compatible API (the embedded stack's Apicurio)
     format: str = "avro"  # how Debezium encodes change events: avro (needs the registry) | json
+    # the registry as the Connect workers reach it, when not as reshard does (containers)
+    connect_schema_registry_url: str | None = None
 
     @property
     def apicurio_url(self) -> str:
-        """The registry's own API (v3), which the Apicurio converter on Connect talks to."""
-        assert self.schema_registry_url is not None
-        return self.schema_registry_url.rsplit("/apis/", 1)[0] + "/apis/registry/v3"
+        """The registry's own API (v3), as the Apicurio converter on Connect reaches it."""
+        url = self.connect_schema_registry_url or self.schema_registry_url
+        assert url is not None
+        return url.rsplit("/apis/", 1)[0] + "/apis/registry/v3"
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,8 @@ class Config:
                 "replication_factor": self.kafka.replication_factor,
                 **({"schema_registry_url": self.kafka.schema_registry_url} if self.kafka.schema_registry_url else {}),
                 "format": self.kafka.format,
+                **({"connect_schema_registry_url": self.kafka.connect_schema_registry_url}
+                   if self.kafka.connect_schema_registry_url else {}),
             },
             "connect": {"url": self.connect.url},
             **self.extra,
@@ -159,6 +164,8 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
             replication_factor=int(k.get("replication_factor", 1)),
             schema_registry_url=str(k["schema_registry_url"]).rstrip("/") if k.get("schema_registry_url") else None,
             format=str(k.get("format", FORMATS[0])),
+            connect_schema_registry_url=str(k["connect_schema_registry_url"]).rstrip("/")
+            if k.get("connect_schema_registry_url") else None,
         )
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{where}: kafka: {exc}") from None
@@ -169,10 +176,11 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     if kafka.format == "avro" and not kafka.schema_registry_url:
         raise ConfigError(f"{where}: kafka.format avro (the default) needs kafka.schema_registry_url, the "
                           "registry's Confluent-compatible API; set kafka.format: json for a cluster without one")
-    if kafka.format == "avro" and "/apis/ccompat/" not in kafka.schema_registry_url:  # type: ignore[operator]
-        raise ConfigError(f"{where}: kafka.schema_registry_url must be an Apicurio Registry's Confluent-compatible "
-                          f"API (…/apis/ccompat/v7), got {kafka.schema_registry_url!r}: Debezium writes Avro "
-                          "through the Apicurio converter")
+    for key in ("schema_registry_url", "connect_schema_registry_url"):
+        url = getattr(kafka, key)
+        if kafka.format == "avro" and url and "/apis/ccompat/" not in url:
+            raise ConfigError(f"{where}: kafka.{key} must be an Apicurio Registry's Confluent-compatible API "
+                              f"(…/apis/ccompat/v7), got {url!r}: Debezium writes Avro through the Apicurio converter")
     if kafka.partitions < 1 or kafka.replication_factor < 1:
         raise ConfigError(f"{where}: kafka.partitions and kafka.replication_factor must be >= 1")
     c = _req(data, "connect", where)

@@ -21,6 +21,9 @@ def test_parse_roundtrip():
     assert parse_config(c.to_dict()).to_dict() == c.to_dict()
     assert c.kafka.format == "avro" and c.kafka.schema_registry_url == "http://r:8080/apis/ccompat/v7"
     assert c.kafka.apicurio_url == "http://r:8080/apis/registry/v3"
+    inside = parse_config({**GOOD, "kafka": {**GOOD["kafka"], "connect_schema_registry_url": "http://registry:8080/apis/ccompat/v7"}})
+    assert inside.kafka.apicurio_url == "http://registry:8080/apis/registry/v3"
+    assert parse_config(inside.to_dict()) == inside
     json_only = parse_config({**GOOD, "kafka": {"bootstrap_servers": "k:9092", "format": "json"}})
     assert json_only.kafka.schema_registry_url is None and "schema_registry_url" not in json_only.to_dict()["kafka"]
     assert parse_config(json_only.to_dict()) == json_only
