@@ -47,6 +47,7 @@ class ChangeEvent:
     lsn: int  # the change's WAL position; increases per key in commit order
     columns: tuple[str, ...]  # the columns the source table had when this change was decoded
     origin: str | None = None  # the replication origin of the transaction (reshard's own writers set one)
+    ts_ms: int | None = None  # when the transaction committed on the source (Debezium's source.ts_ms)
 
     @property
     def is_delete(self) -> bool:
@@ -333,8 +334,9 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
     except (TypeError, ValueError):
         raise DecodeError(f"source.lsn {source['lsn']!r} is not an integer") from None
     origin = source.get("origin") or None
+    ts_ms = source.get("ts_ms")
     if op == "t":
-        return ChangeEvent(table, op, {}, None, frozenset(), lsn, (), origin)
+        return ChangeEvent(table, op, {}, None, frozenset(), lsn, (), origin, ts_ms)
     if key is None:
         raise DecodeError(f"{table}: record has no key (a table without a primary key?)")
     key_doc = _key_doc(key, schemas, payload.get("before" if op == "d" else "after"))
@@ -347,7 +349,7 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
     if plan is None or not isinstance(data, dict):
         raise DecodeError(f"{table}: op {op} without a '{field}' row")
     if op == "d":
-        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, plan.columns, origin)
+        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, plan.columns, origin, ts_ms)
     row: dict[str, Any] = {}
     unavailable = set()
     for name, conv, kind in plan.fields:
@@ -365,4 +367,4 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
             row[name] = conv(v) if conv is not None else v
         except (TypeError, ValueError, KeyError, ArithmeticError, binascii.Error) as exc:
             raise DecodeError(f"{table}.{name}: cannot convert {v!r} ({kind}): {exc}") from None
-    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, plan.columns, origin)
+    return ChangeEvent(table, op, key_doc, row, frozenset(unavailable), lsn, plan.columns, origin, ts_ms)

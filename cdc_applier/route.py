@@ -32,6 +32,11 @@ class Router:
     def topics(self) -> list[str]:
         return sorted(self.by_topic)
 
+    def label_of(self, topic: str) -> str:
+        """The stream's label in metrics (``fwd:source1``), or ``unknown``."""
+        found = self.by_topic.get(topic)
+        return f"{found[0].direction}:{found[0].cluster}" if found else "unknown"
+
     def stream_of(self, topic: str) -> Stream:
         try:
             return self.by_topic[topic][0]

@@ -46,6 +46,8 @@ from cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from cdc_applier.avro import WriterSchemas
 from cdc_applier.decode import DecodeError, decode
 from cdc_applier.dlq import DeadLetters
+from cdc_applier import metrics
+from cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from cdc_applier.offsets import applier_group
 from cdc_applier.route import Router
 
@@ -118,6 +120,10 @@ class _Batch:
     per_dest: dict[tuple[str, str], list[Routed]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     by_pos: dict[tuple[str, int, int], object] = field(default_factory=dict)
+    read: dict[str, int] = field(default_factory=dict)  # records per stream label, for the metrics
+    newest_ms: dict[str, int] = field(default_factory=dict)  # newest source commit time per stream label
+    echoes: int = 0
+    not_moving: int = 0
 
 
 class Applier:
@@ -139,6 +145,7 @@ class Applier:
         url = config.kafka.schema_registry_url
         self.schemas = WriterSchemas(url) if url else None
         self._relay: EventRelay | None = None
+        self.metrics = WorkerMetrics(rec.name, self.worker_id)
         self._relay_said = False
 
     @property
@@ -226,14 +233,19 @@ class Applier:
             # large fetches, bounded: at most ~64 MB waits in the client
             "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
             "error_cb": self._on_kafka_error,
+            "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.kafka_stats,
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
         last_beat = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
+        self.store.prune_workers(self.rec.name)
+        self.metrics.running(True)
         try:
             while not stop.is_set():
                 msgs = consumer.consume(self.batch_size, timeout=0.1)
+                if not msgs and not inflight:
+                    self.metrics.idle()
                 if msgs:
                     batch = self._prepare(dlq, msgs)
                     settle()
@@ -245,7 +257,7 @@ class Applier:
                 now = time.monotonic()
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
-                    self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
+                    self.store.heartbeat(self.rec.name, self.worker_id, "applier", self._beat())
                     self._ride_out_outage(consumer, now)
                     self._relay_events()
                     if self._kafka_down_since is None:
@@ -260,11 +272,12 @@ class Applier:
             self.store.set_error(self.rec.name, f"applier paused: {exc}")
             raise
         finally:
+            self.metrics.running(False)
             with contextlib.suppress(Exception):
                 settle()
             pool.shutdown(wait=True)
             try:
-                self.store.heartbeat(self.rec.name, self.worker_id, "applier", self.stats.to_dict())
+                self.store.worker_stopped(self.rec.name, self.worker_id, self._beat())
             except ReshardError:
                 pass
             self._leave_group(consumer)
@@ -284,6 +297,9 @@ class Applier:
             print(f"reshard apply: the Kafka consumer did not close within {timeout:.0f}s; leaving it to the "
                   "group's session timeout (nothing is lost: every applied batch is committed)",
                   file=sys.stderr, flush=True)
+
+    def _beat(self) -> dict:
+        return {**self.stats.to_dict(), "metrics_port": metrics.served_port}
 
     def _relay_events(self) -> None:
         """Publish the control database's new audit entries to ``reshard.events`` (see
@@ -344,6 +360,8 @@ class Applier:
             b.offsets[tp] = m.offset() + 1
             b.by_pos[(m.topic(), m.partition(), m.offset())] = m
             self.stats.records += 1
+            label = self.router.label_of(m.topic())
+            b.read[label] = b.read.get(label, 0) + 1
             try:
                 ev = decode(m.key(), m.value(), self.schemas)
                 if ev is None:
@@ -351,8 +369,11 @@ class Applier:
                 stream = self.router.stream_of(m.topic())
                 if stream.direction == REVERSE:
                     self.stats.reverse_records += 1
+                if ev.ts_ms is not None and ev.ts_ms > b.newest_ms.get(label, 0):
+                    b.newest_ms[label] = ev.ts_ms
                 if self.router.is_echo(ev, stream):
                     self.stats.echoes += 1
+                    b.echoes += 1
                     continue
                 if ev.op == "t":
                     raise MigrationPaused(
@@ -363,9 +384,11 @@ class Applier:
             except DecodeError as exc:
                 dlq.send(m.topic(), m.partition(), m.offset(), m.key(), m.value(), str(exc))
                 self.stats.dead_letters += 1
+                self.metrics.dead_letter()
                 continue
             if dest is None:
                 self.stats.not_moving += 1
+                b.not_moving += 1
                 continue
             b.per_dest.setdefault((dest, stream.direction), []).append(
                 Routed(ev, m.topic(), m.partition(), m.offset(), stream.cluster))
@@ -374,6 +397,7 @@ class Applier:
     def _finish(self, dlq: DeadLetters, b: _Batch) -> dict[tuple[str, int], int]:
         """Apply a prepared batch per destination, dead-letter what a target rejected and
         flush the dead letters; returns the offsets the polling thread may now commit."""
+        started = time.monotonic()
         for (cluster, direction), items in b.per_dest.items():
             touched = {(r.topic, r.partition) for r in items}
             stats = self._apply_with_retry(cluster, direction, items,
@@ -381,13 +405,21 @@ class Applier:
             self.stats.applied += stats.applied
             self.stats.skipped_stale += stats.skipped_stale
             self.stats.superseded += stats.superseded
+            self.metrics.applied(cluster, stats.applied)
+            self.metrics.skipped("stale", stats.skipped_stale + stats.superseded)
             for r, reason in stats.rejected:
                 raw = b.by_pos[(r.topic, r.partition, r.offset)]
                 dlq.send(r.topic, r.partition, r.offset, raw.key(), raw.value(), f"{cluster}: {reason}",
                          lsn=r.event.lsn, cluster=cluster)
                 self.stats.dead_letters += 1
+                self.metrics.dead_letter()
         dlq.flush()
         self.stats.batches += 1
+        for label, n in b.read.items():
+            self.metrics.read(label, n)
+        self.metrics.skipped("echo", b.echoes)
+        self.metrics.skipped("not_moving", b.not_moving)
+        self.metrics.batch(time.monotonic() - started, b.newest_ms)
         return b.offsets
 
     def _apply_with_retry(self, cluster: str, direction: str, items: list[Routed], offsets: dict) -> ApplyStats:

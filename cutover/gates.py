@@ -78,7 +78,8 @@ def reverse_gate(config: Config, targets: list[str], existing: set[str]) -> Gate
 
 
 def applier_gate(store: ControlStore, migration: str) -> Gate:
-    fresh = [w for w in store.workers(migration) if w["kind"] == "applier" and float(w["idle_s"]) < APPLIER_FRESH_S]
+    fresh = [w for w in store.workers(migration) if w["kind"] == "applier" and w["stopped_at"] is None
+             and float(w["idle_s"]) < APPLIER_FRESH_S]
     ok = bool(fresh)
     return Gate("applier", ok, len(fresh), ">= 1 worker reporting in the last 10 s",
                 f"{len(fresh)} applier worker(s) running" if ok else

@@ -477,6 +477,7 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
 
 
 STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, `reshard apply` exits within this long, graceful or not
+METRICS_PORT, METRICS_PORTS = 9710, 20  # `reshard apply`'s Prometheus endpoint: the default and the range tried
 
 
 @cli.command()
@@ -486,9 +487,14 @@ STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, `reshard apply` exits within this l
 @click.option("--batch-size", default=2000, show_default=True, help="Records per poll and target transaction.")
 @click.option("--kafka-outage", default=300.0, show_default=True,
               help="Seconds to wait for an unreachable Kafka (saying so once) before exiting with 4.")
+@click.option("--metrics-port", type=int, default=None,
+              help=f"Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: do not serve). Default "
+                   f"{METRICS_PORT}, or the next free port up to {METRICS_PORT + METRICS_PORTS - 1} when other "
+                   "workers on this host hold it (the port is printed and shown in `reshard status`).")
 @json_option
 @click.pass_obj
-def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float) -> None:
+def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
+          metrics_port: int) -> None:
     """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
 
     Workers of one migration share a Kafka consumer group: start more to split the
@@ -499,8 +505,25 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     """
     from reshard.coordinator import Coordinator
 
+    from cdc_applier.metrics import serve
+    from reshard.errors import ConfigError
+
     progress = ctx.progress()
     co = Coordinator.open(ctx.config(), progress)
+    candidates = [metrics_port] if metrics_port is not None else range(METRICS_PORT, METRICS_PORT + METRICS_PORTS)
+    served = None
+    for port in candidates:
+        try:
+            serve(port)
+            served = port
+            break
+        except OSError as exc:
+            reason = exc.strerror
+    if served is None:
+        raise ConfigError(f"cannot serve metrics on 127.0.0.1:{'/'.join(map(str, candidates))} ({reason}): pass "
+                          "--metrics-port with a free port, or 0")
+    if served:
+        print(f"reshard apply: metrics on http://127.0.0.1:{served}/metrics", file=sys.stderr, flush=True)
     stop = threading.Event()
 
     def stop_within_grace(*_: object) -> None:
@@ -605,9 +628,11 @@ def _status_human(d: dict) -> str:
                          f"{s['retained_bytes'] or 0:,} bytes of WAL retained")
     for w in d["workers"]:
         st = w["stats"]
-        seen = "running" if w["idle_s"] < 10 else f"stopped or stuck: last report {w['idle_s']:.0f}s ago"
+        seen = ("stopped" if w["stopped_at"] is not None else "running" if w["idle_s"] < 10
+                else f"stopped or stuck: last report {w['idle_s']:.0f}s ago")
         lines.append(f"  worker {w['worker']} ({seen}): {st.get('applied', 0):,} applied, "
-                     f"{st.get('dead_letters', 0)} dead letters")
+                     f"{st.get('dead_letters', 0)} dead letters"
+                     + (f", metrics on :{st['metrics_port']}" if st.get("metrics_port") else ""))
     return "\n".join(lines)
 
 

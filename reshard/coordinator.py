@@ -261,7 +261,7 @@ class Coordinator:
         ]
         out["workers"] = [
             {**w, "started_at": w["started_at"].isoformat(), "last_seen": w["last_seen"].isoformat(),
-             "idle_s": float(w["idle_s"])}
+             "stopped_at": w["stopped_at"].isoformat() if w["stopped_at"] else None, "idle_s": float(w["idle_s"])}
             for w in self.store.workers(name)
         ]
         client = ConnectClient(self.config.connect.url)

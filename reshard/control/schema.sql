@@ -76,6 +76,8 @@ CREATE TABLE IF NOT EXISTS reshard.workers (
     stats      jsonb NOT NULL DEFAULT '{}',
     PRIMARY KEY (migration, worker)
 );
+-- set when a worker stops cleanly (SIGTERM/SIGINT): it stops counting as live at once
+ALTER TABLE reshard.workers ADD COLUMN IF NOT EXISTS stopped_at timestamptz;
 
 CREATE TABLE IF NOT EXISTS reshard.audit_log (
     id        bigserial PRIMARY KEY,

@@ -350,16 +350,31 @@ class ControlStore:
             conn.execute(
                 "INSERT INTO reshard.workers (migration, worker, kind, pid, stats) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (migration, worker) DO UPDATE SET last_seen = now(), stats = EXCLUDED.stats, "
-                "pid = EXCLUDED.pid",
+                "pid = EXCLUDED.pid, stopped_at = NULL",
                 (migration, worker, kind, os.getpid(), Jsonb(stats)),
             )
 
-    def workers(self, migration: str) -> list[dict]:
+    def worker_stopped(self, migration: str, worker: str, stats: dict) -> None:
+        """A worker that stops cleanly says so: it is no longer live from this moment."""
+        with self.connect() as conn:
+            conn.execute("UPDATE reshard.workers SET stopped_at = now(), last_seen = now(), stats = %s "
+                         "WHERE migration = %s AND worker = %s", (Jsonb(stats), migration, worker))
+
+    def prune_workers(self, migration: str, keep_s: float = 3600.0) -> int:
+        """Forget workers of the migration that stopped, or stopped reporting, over ``keep_s`` ago."""
         with self.connect() as conn:
             return conn.execute(
-                "SELECT worker, kind, pid, started_at, last_seen, stats, "
-                "extract(epoch FROM now() - last_seen) AS idle_s FROM reshard.workers WHERE migration = %s "
-                "ORDER BY worker",
+                "DELETE FROM reshard.workers WHERE migration = %s AND last_seen < now() - make_interval(secs => %s)",
+                (migration, keep_s)).rowcount
+
+    def workers(self, migration: str) -> list[dict]:
+        """Every recorded worker; ``live`` when it reported in the last 10 s and did not stop."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT worker, kind, pid, started_at, last_seen, stopped_at, stats, "
+                "extract(epoch FROM now() - last_seen) AS idle_s, "
+                "(stopped_at IS NULL AND last_seen > now() - interval '10 seconds') AS live "
+                "FROM reshard.workers WHERE migration = %s ORDER BY worker",
                 (migration,),
             ).fetchall()
 
