@@ -83,7 +83,8 @@ def test_budget_exceeded_aborts_quiets_the_reverse_streams_and_the_next_attempt_
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
         assert_verified(co.verify(name))
-    # the applier just stopped (its last report is fresh, so the gate passes): the drain cannot finish
+    # a worker that reports in but applies nothing (stuck): the gate passes, the drain cannot finish
+    co.store.heartbeat(name, "stuck-applier", "applier", {})
     load = RouterLoad(env.config, threads=2, rate=200, seed=3).start()
     try:
         time.sleep(1.0)
