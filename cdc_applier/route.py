@@ -27,6 +27,7 @@ class Router:
         for s in streams:
             for table in plan.tables():
                 self.by_topic[s.topic(table)] = (s, table)
+        self._labels = {topic: f"{s.direction}:{s.cluster}" for topic, (s, _) in self.by_topic.items()}
 
     @property
     def topics(self) -> list[str]:
@@ -34,8 +35,7 @@ class Router:
 
     def label_of(self, topic: str) -> str:
         """The stream's label in metrics (``fwd:source1``), or ``unknown``."""
-        found = self.by_topic.get(topic)
-        return f"{found[0].direction}:{found[0].cluster}" if found else "unknown"
+        return self._labels.get(topic, "unknown")
 
     def stream_of(self, topic: str) -> Stream:
         try:

@@ -449,17 +449,14 @@ class ControlStore:
         """Record a step as started, done or failed (one row per step and attempt)."""
         with self.connect() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT seq FROM reshard.cutover_steps WHERE migration = %s AND attempt = %s AND step = %s",
+                "SELECT seq, extract(epoch FROM now() - started_at)::float8 AS took FROM reshard.cutover_steps "
+                "WHERE migration = %s AND attempt = %s AND step = %s",
                 (migration, attempt, step),
             ).fetchone()
             payload = Jsonb(json.loads(json.dumps(detail, default=str)))
             if status != "started":
-                took = conn.execute(
-                    "SELECT extract(epoch FROM now() - started_at)::float8 AS s FROM reshard.cutover_steps "
-                    "WHERE migration = %s AND attempt = %s AND step = %s", (migration, attempt, step),
-                ).fetchone()
                 self.audit(conn, migration, f"step.{status}", **{
-                    **detail, "attempt": attempt, "step": step, "seconds": round(took["s"], 4) if took else 0.0})
+                    **detail, "attempt": attempt, "step": step, "seconds": round(row["took"], 4) if row else 0.0})
             if row is None:
                 seq = conn.execute(
                     "SELECT coalesce(max(seq), 0) + 1 AS n FROM reshard.cutover_steps "
