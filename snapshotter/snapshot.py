@@ -56,7 +56,8 @@ class CopyUnit:
 class SnapshotReport:
     rows: int = 0
     bytes: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole snapshot step: publication, slot, connector, copy
+    copy_seconds: float = 0.0  # rows moving only: first batch started to last batch committed
     units_copied: int = 0
     units_already_done: int = 0
     resumed: bool = False
@@ -67,10 +68,15 @@ class SnapshotReport:
     def rows_per_second(self) -> float:
         return self.rows / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def copy_rows_per_second(self) -> float:
+        return self.rows / self.copy_seconds if self.copy_seconds > 0 else 0.0
+
     def to_dict(self) -> dict:
         return {
             "rows_copied": self.rows, "bytes_copied": self.bytes, "seconds": round(self.seconds, 3),
-            "rows_per_second": round(self.rows_per_second), "units_copied": self.units_copied,
+            "rows_per_second": round(self.rows_per_second), "copy_seconds": round(self.copy_seconds, 3),
+            "copy_rows_per_second": round(self.copy_rows_per_second), "units_copied": self.units_copied,
             "units_already_done": self.units_already_done, "resumed": self.resumed,
             "consistent_lsn": self.consistent_lsn, "throttle": self.throttle,
         }
@@ -216,6 +222,7 @@ class Snapshotter:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({qualified(u.table) for u in pending}))
         show(self.throttle.describe())
+        copy_started = time.monotonic()
         try:
             with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
                 futures = [
@@ -224,6 +231,7 @@ class Snapshotter:
                 ]
                 for f in futures:
                     f.result()
+            report.copy_seconds += time.monotonic() - copy_started
         finally:
             self.throttle.close()
             report.throttle[source] = self.throttle.summary()
