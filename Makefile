@@ -9,18 +9,18 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps system-deps python-deps jvm-deps unit e2e chaos stack-down clean
+.PHONY: demo test deps system-deps python-deps jvm-deps monitoring-deps unit e2e chaos stack-down clean
 
 demo: deps
 	$(VENV)/bin/reshard demo
 
-test: deps
+test: deps monitoring-deps
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-unit: python-deps
+unit: python-deps monitoring-deps
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)
 
-e2e: deps
+e2e: deps monitoring-deps
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
 # faults under load (part of `make test` too while it fits CI's time)
@@ -43,6 +43,10 @@ $(STAMP): pyproject.toml
 # the pinned Kafka / Connect / Debezium jars, via Maven, cached in ~/.cache/reshard
 jvm-deps: python-deps
 	@$(PY) -m reshard.stack.artifacts
+
+# Prometheus and promtool (Debian's package, unpacked into the cache) for the monitoring tests
+monitoring-deps:
+	@bash scripts/fetch-prometheus.sh
 
 stack-down:
 	-$(VENV)/bin/reshard stack down

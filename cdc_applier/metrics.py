@@ -19,6 +19,7 @@ STATS_INTERVAL_MS = 5000
 RECORDS = Counter("reshard_applier_records", "Kafka records read by this worker", ["migration", "stream"])
 APPLIED = Counter("reshard_applier_events_applied", "Change events applied, by destination cluster",
                   ["migration", "cluster"])
+SKIP_REASONS = ("stale", "echo", "not_moving")
 SKIPPED = Counter("reshard_applier_events_skipped", "Records that changed nothing, by why: stale (a replay or a "
                   "newer change in the batch), echo (the other direction's own write), not_moving (a key that "
                   "stays where it is)", ["migration", "reason"])
@@ -53,6 +54,10 @@ class WorkerMetrics:
         self.migration = migration
         self.worker = worker
         self._lagging: set[str] = set()
+        # series that exist from the start at 0, so rate() and increase() see their first change
+        for reason in SKIP_REASONS:
+            SKIPPED.labels(migration, reason)
+        DEAD_LETTERS.labels(migration)
 
     def running(self, up: bool) -> None:
         UP.labels(self.migration, self.worker).set(1 if up else 0)

@@ -478,6 +478,7 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
 
 STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, `reshard apply` exits within this long, graceful or not
 METRICS_PORT, METRICS_PORTS = 9710, 20  # `reshard apply`'s Prometheus endpoint: the default and the range tried
+EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
 
 
 @cli.command()
@@ -558,6 +559,41 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     doc = {"command": "apply", "migration": name, **stats.to_dict()}
     emit(ctx, doc, lambda: f"{name}: applied {stats.applied:,} of {stats.records:,} records "
          f"({stats.skipped_stale:,} stale or superseded, {stats.dead_letters} dead letters)")
+
+
+@cli.command()
+@click.argument("names", nargs=-1)
+@click.option("--port", default=EXPORTER_PORT, show_default=True, help="Serve /metrics on this port.")
+@click.option("--address", default="127.0.0.1", show_default=True,
+              help="Address to serve on (0.0.0.0 for a Prometheus on another host).")
+@click.option("--interval", default=5.0, show_default=True,
+              help="Seconds between refreshes; a scrape returns the latest refresh at once.")
+@click.pass_obj
+def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval: float) -> None:
+    """Serve migration-level Prometheus metrics until interrupted (SIGINT/SIGTERM).
+
+    For NAMES, or every live migration (not completed or aborted) when none are given:
+    state, copy progress, live appliers, slot WAL retained and unconfirmed, connector
+    and task states, consumer lag per partition, dead letters, fences on every cluster,
+    cutover and rollback write pauses, the last verification. Read from the control
+    database, the clusters, Kafka and Connect every --interval seconds; a part that
+    cannot be reached is left out and counted in reshard_exporter_errors_total. The
+    applier workers serve their own metrics (see `reshard apply --metrics-port`).
+    """
+    from reshard import exporter as exp
+    from reshard.coordinator import Coordinator
+
+    co = Coordinator.open(ctx.config())
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        exp.run(co, stop, port=port, address=address, interval=interval, migrations=list(names) or None)
+    except OSError as exc:
+        from reshard.errors import ConfigError
+
+        raise ConfigError(f"cannot serve metrics on {address}:{port} ({exc.strerror}): pass a free --port")
+    print("reshard exporter: stopped", file=sys.stderr)
 
 
 @cli.command()

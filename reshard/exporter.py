@@ -1,0 +1,249 @@
+"""Migration-level Prometheus metrics: what a migration is, where the workers say what they do.
+
+Every ``reshard apply`` worker exports its own work (cdc_applier/metrics.py). This module
+exports the facts no single worker owns, read from where they live: states, copy
+progress, live workers, cutover write pauses and the last verification from the control
+database; slots from the source clusters; fences from every cluster; connector and task
+states from Kafka Connect; consumer lag per partition and dead letters from Kafka.
+
+They are gathered by a background refresh every few seconds, so a scrape never waits on
+a cluster. A part that cannot be reached is counted in
+``reshard_exporter_errors_total{part}`` and its metrics are left out of that refresh, never
+reported as zero: an alert on a missing series stays quiet, one on a zero would lie.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from cdc_applier.dlq import dlq_topic
+from cdc_applier.offsets import applier_group, slot_lag
+from reshard import fence
+from reshard.connect_client import ConnectClient
+from reshard.control import states
+from reshard.control.store import connect
+from reshard.kafka_admin import KafkaAdmin
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INTERVAL_S = 5.0
+CONNECTOR_STATES = ("RUNNING", "PAUSED", "STOPPED", "FAILED", "UNASSIGNED", "RESTARTING", "MISSING")
+PAUSE_BUCKETS_S = (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+
+ERRORS = Counter("reshard_exporter_errors", "Refreshes in which a part could not be read (its metrics were left "
+                 "out)", ["part"])
+PARTS = ("control", "streams", "fences")
+for _part in PARTS:  # every part's series exists from the start at 0
+    ERRORS.labels(_part)
+REFRESH_SECONDS = Gauge("reshard_exporter_refresh_seconds", "How long the last refresh took")
+LAST_REFRESH = Gauge("reshard_exporter_last_refresh_timestamp_seconds", "When the last refresh finished")
+
+
+@dataclass
+class Families:
+    """The metric families of one refresh, created on first use."""
+
+    by_name: dict[str, Metric] = field(default_factory=dict)
+
+    def gauge(self, name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+        return self.by_name.setdefault(name, GaugeMetricFamily(name, doc, labels=labels))  # type: ignore[return-value]
+
+    def counter(self, name: str, doc: str, labels: list[str]) -> CounterMetricFamily:
+        return self.by_name.setdefault(name, CounterMetricFamily(name, doc, labels=labels))  # type: ignore[return-value]
+
+    def histogram(self, name: str, doc: str, labels: list[str]) -> HistogramMetricFamily:
+        return self.by_name.setdefault(name, HistogramMetricFamily(name, doc, labels=labels))  # type: ignore[return-value]
+
+
+def _ts(value) -> float | None:
+    return value.timestamp() if value is not None else None
+
+
+def pause_histogram(pauses: Iterable[float]) -> tuple[list[tuple[str, float]], float]:
+    """Cumulative Prometheus buckets and the sum of write pauses (seconds)."""
+    pauses = list(pauses)
+    buckets = [(str(b), float(sum(1 for p in pauses if p <= b))) for b in PAUSE_BUCKETS_S]
+    buckets.append(("+Inf", float(len(pauses))))
+    return buckets, float(sum(pauses))
+
+
+class MigrationCollector(Collector):
+    """Serves the latest refresh; ``refresh()`` builds the next one."""
+
+    def __init__(self, coordinator, migrations: list[str] | None = None):
+        self.co = coordinator
+        self.only = migrations
+        self._latest: list[Metric] = []
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            yield from self._latest
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # families vary with the migrations: collected on scrape only
+
+    # ---- one refresh ------------------------------------------------------------------------------
+    def refresh(self) -> None:
+        t0 = time.monotonic()
+        f = Families()
+        names = self._migrations(f)
+        for name in names:
+            self._part(f"control:{name}", lambda: self._control(f, name))
+            self._part(f"streams:{name}", lambda: self._streams(f, name))
+        self._part("fences", lambda: self._fences(f))
+        with self._lock:
+            self._latest = list(f.by_name.values())
+        REFRESH_SECONDS.set(time.monotonic() - t0)
+        LAST_REFRESH.set(time.time())
+
+    def _part(self, part: str, read) -> None:
+        try:
+            read()
+        except Exception as exc:  # one part down must not stop the others
+            ERRORS.labels(part.split(":")[0]).inc()
+            log.warning("exporter: could not read %s: %s", part, exc)
+
+    def _migrations(self, f: Families) -> list[str]:
+        try:
+            rows = self.co.store.migrations()
+        except Exception as exc:
+            ERRORS.labels("control").inc()
+            log.warning("exporter: could not read the control database: %s", exc)
+            return []
+        state = f.gauge("reshard_migration_state", "1 for the migration's current state (one series per state)",
+                        ["migration", "state"])
+        names = []
+        for r in rows:
+            live = r["state"] in states.LIVE
+            if (self.only and r["name"] not in self.only) or (not self.only and not live):
+                continue
+            names.append(r["name"])
+            for s in states.ALL:
+                state.add_metric([r["name"], s], 1.0 if s == r["state"] else 0.0)
+        return names
+
+    def _control(self, f: Families, name: str) -> None:
+        store = self.co.store
+        rows = f.counter("reshard_copy_rows_copied", "Rows the snapshot copy committed on the target",
+                         ["migration", "move", "table"])
+        nbytes = f.counter("reshard_copy_bytes_copied", "COPY bytes the snapshot copy committed on the target",
+                           ["migration", "move", "table"])
+        est = f.gauge("reshard_copy_rows_estimated", "Rows the copy expects to move (planner statistics: an "
+                      "estimate)", ["migration", "move", "table"])
+        done = f.gauge("reshard_copy_done", "1 once the unit's last batch committed", ["migration", "move", "table"])
+        moved = f.gauge("reshard_copy_last_progress_timestamp_seconds", "When the unit last committed a batch",
+                        ["migration", "move", "table"])
+        for c in store.copy_progress(name):
+            labels = [name, c["move_id"], c["tbl"]]
+            rows.add_metric(labels, float(c["rows_copied"] or 0))
+            nbytes.add_metric(labels, float(c["bytes_copied"] or 0))
+            est.add_metric(labels, float(c["rows_estimate"] or 0))
+            done.add_metric(labels, 1.0 if c["done"] else 0.0)
+            if c.get("updated_at") is not None:
+                moved.add_metric(labels, _ts(c["updated_at"]))
+        live = f.gauge("reshard_appliers_live", "Applier workers whose heartbeat is fresh and which have not "
+                       "stopped", ["migration"])
+        seen = f.gauge("reshard_applier_last_seen_timestamp_seconds", "A worker's last heartbeat",
+                       ["migration", "worker"])
+        workers = store.workers(name)
+        live.add_metric([name], float(sum(1 for w in workers if w["live"] and w["kind"] == "applier")))
+        for w in workers:
+            if w["stopped_at"] is None:
+                seen.add_metric([name, w["worker"]], _ts(w["last_seen"]))
+        pause = f.histogram("reshard_write_pause_seconds", "Write pause of each finished cutover or rollback "
+                            "(fence up to routing flipped)", ["migration", "kind"])
+        by_kind: dict[str, list[float]] = {"cutover": [], "rollback": []}
+        for a in store.attempts(name):
+            ms = (a["result"] or {}).get("pause_ms")
+            if a["kind"] in by_kind and a["state"] == "done" and ms is not None:
+                by_kind[a["kind"]].append(float(ms) / 1000.0)
+        for kind, pauses in by_kind.items():
+            buckets, total = pause_histogram(pauses)
+            pause.add_metric([name, kind], buckets, total)
+        last = store.last_verification(name)
+        if last is not None:
+            f.gauge("reshard_verification_equal", "1 if the last `reshard verify` found sources and targets equal",
+                    ["migration"]).add_metric([name], 1.0 if last["detail"].get("equal") else 0.0)
+            f.gauge("reshard_verification_timestamp_seconds", "When the last verification ran",
+                    ["migration"]).add_metric([name], _ts(last["at"]))
+
+    def _streams(self, f: Families, name: str) -> None:
+        streams, topics = self.co.streams(name)
+        retained = f.gauge("reshard_slot_wal_retained_bytes", "WAL the stream's slot keeps on its cluster",
+                           ["migration", "stream", "cluster", "slot"])
+        unconfirmed = f.gauge("reshard_slot_unconfirmed_bytes", "WAL written after the slot's confirmed position",
+                              ["migration", "stream", "cluster", "slot"])
+        active = f.gauge("reshard_slot_active", "1 while a connector streams from the slot",
+                         ["migration", "stream", "cluster", "slot"])
+        for s in slot_lag(self.co.config, streams):
+            labels = [name, s.stream, s.cluster, s.slot]
+            if s.retained_bytes is not None:
+                retained.add_metric(labels, float(s.retained_bytes))
+                unconfirmed.add_metric(labels, float(s.lag_bytes or 0))
+            active.add_metric(labels, 1.0 if s.active else 0.0)
+        client = ConnectClient(self.co.config.connect.url, timeout=5.0)
+        cstate = f.gauge("reshard_connector_state", "1 for the connector's current state (one series per state)",
+                         ["migration", "stream", "connector", "state"])
+        tstate = f.gauge("reshard_connector_tasks", "The connector's tasks in each state",
+                         ["migration", "stream", "connector", "state"])
+        for s in streams:
+            st = client.status(s.connector) or {}
+            current = st.get("connector", {}).get("state", "MISSING")
+            tasks = [t.get("state") for t in st.get("tasks", [])]
+            labels = [name, f"{s.direction}:{s.cluster}", s.connector]
+            for state in CONNECTOR_STATES:
+                cstate.add_metric([*labels, state], 1.0 if state == current else 0.0)
+                tstate.add_metric([*labels, state], float(tasks.count(state)))
+        with KafkaAdmin(self.co.config.kafka.bootstrap_servers) as admin:
+            ends = admin.end_offsets([*topics, dlq_topic(name)])
+            done = admin.committed(applier_group(name), topics)
+        lag = f.gauge("reshard_consumer_lag_records", "Records in the partition after the appliers' committed "
+                      "offset", ["migration", "topic", "partition"])
+        for (topic, part), end in sorted(ends.items()):
+            if topic != dlq_topic(name):
+                lag.add_metric([name, topic, str(part)], float(max(0, end - done.get((topic, part), 0))))
+        f.counter("reshard_dead_letters", "Records in the migration's dead-letter topic",
+                  ["migration"]).add_metric([name], float(sum(e for (t, _p), e in ends.items()
+                                                              if t == dlq_topic(name))))
+
+    def _fences(self, f: Families) -> None:
+        mode = f.gauge("reshard_fence_mode", "1 for each table's installed fence mode on a cluster (steady, "
+                       "switching: the write pause, fenced)", ["cluster", "table", "mode", "epoch"])
+        since = f.gauge("reshard_fence_installed_timestamp_seconds", "When the table's current fence was "
+                        "installed", ["cluster", "table", "mode"])
+        for c in self.co.config.clusters.values():
+            try:
+                with connect(c.dsn, f"cluster {c.name}", autocommit=True) as conn:
+                    rows = fence.state(conn)
+            except Exception as exc:
+                ERRORS.labels("fences").inc()
+                log.warning("exporter: could not read fences on %s: %s", c.name, exc)
+                continue
+            for r in rows:
+                if r["active"]:
+                    mode.add_metric([c.name, r["table"], r["mode"], str(r["epoch"])], 1.0)
+                    since.add_metric([c.name, r["table"], r["mode"]], _ts(r["installed_at"]))
+
+
+def run(coordinator, stop: threading.Event, *, port: int, address: str = "127.0.0.1",
+        interval: float = DEFAULT_INTERVAL_S, migrations: list[str] | None = None) -> None:
+    """Serve ``/metrics`` on ``address:port`` and refresh every ``interval`` seconds until ``stop``."""
+    collector = MigrationCollector(coordinator, migrations)
+    collector.refresh()
+    REGISTRY.register(collector)
+    start_http_server(port, addr=address)
+    log.info("exporter: serving http://%s:%d/metrics, refreshing every %.1fs", address, port, interval)
+    try:
+        while not stop.wait(interval):
+            collector.refresh()
+    finally:
+        REGISTRY.unregister(collector)
