@@ -53,7 +53,7 @@ class WorkerMetrics:
     def __init__(self, migration: str, worker: str):
         self.migration = migration
         self.worker = worker
-        self._lagging: set[str] = set()
+        self._lagging: dict[str, float] = {}  # stream -> lag in seconds of its newest applied change
         # series that exist from the start at 0, so rate() and increase() see their first change
         for reason in SKIP_REASONS:
             SKIPPED.labels(migration, reason)
@@ -82,14 +82,19 @@ class WorkerMetrics:
         now = time.time()
         LAST_BATCH.labels(self.migration).set(now)
         for stream, ms in newest_commit_ms.items():
-            LAG_SECONDS.labels(self.migration, stream).set(max(0.0, now - ms / 1000.0))
-            self._lagging.add(stream)
+            lag = max(0.0, now - ms / 1000.0)
+            LAG_SECONDS.labels(self.migration, stream).set(lag)
+            self._lagging[stream] = lag
 
     def idle(self) -> None:
         """A poll found nothing to read: this worker's partitions are drained."""
         for stream in self._lagging:
             LAG_SECONDS.labels(self.migration, stream).set(0.0)
-        self._lagging.clear()
+            self._lagging[stream] = 0.0
+
+    def max_lag_s(self) -> float | None:
+        """The largest lag this worker last measured (None before its first batch)."""
+        return max(self._lagging.values()) if self._lagging else None
 
     def kafka_stats(self, raw: str) -> None:
         """librdkafka's statistics callback: consumer lag per assigned partition."""

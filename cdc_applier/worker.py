@@ -20,9 +20,9 @@ any of that batch, and records the reason in the control database.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -39,6 +39,7 @@ from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
 from reshard.events import EventRelay
 from reshard.kafka_admin import client_conf
+from reshard.logs import bind
 from reshard.planner import Plan
 from reshard.progress import Task
 from reshard.streams import FORWARD, REVERSE, Stream, forward, reverse
@@ -50,6 +51,9 @@ from cdc_applier import metrics
 from cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from cdc_applier.offsets import applier_group
 from cdc_applier.route import Router
+
+log = logging.getLogger("cdc_applier.worker")
+SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
 
 HEARTBEAT_S = 2.0
 KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
@@ -126,6 +130,39 @@ class _Batch:
     not_moving: int = 0
 
 
+class _Summary:
+    """What a worker says every SUMMARY_EVERY_S: its rate since the last line and its lag,
+    or that it is idle and since when; and, once, when a busy spell ends."""
+
+    def __init__(self, stats: ApplierStats):
+        self.stats = stats
+        self.at = time.monotonic()
+        self.applied, self.records = stats.applied, stats.records
+        self.idle_since: float | None = None
+
+    def idle(self) -> None:
+        if self.idle_since is None:
+            self.idle_since = time.monotonic()
+            if self.stats.records:
+                log.info("caught up: nothing to read (%d events applied so far)", self.stats.applied)
+
+    def maybe_say(self, lag_s: float | None) -> None:
+        now = time.monotonic()
+        if now - self.at < SUMMARY_EVERY_S:
+            return
+        span, applied, records = now - self.at, self.stats.applied - self.applied, self.stats.records - self.records
+        if records:
+            self.idle_since = None
+            log.info("applied %d events from %d records in %.0fs (%.0f events/s), lag %s", applied, records, span,
+                     applied / span, "unknown" if lag_s is None else f"{lag_s:.1f}s",
+                     extra={"fields": {"events_applied": applied, "records": records, "seconds": round(span, 1),
+                                       "events_per_s": round(applied / span, 1), "lag_s": lag_s}})
+        elif self.idle_since is not None:
+            log.info("idle for %.0fs: nothing to read", now - self.idle_since,
+                     extra={"fields": {"idle_s": round(now - self.idle_since, 1)}})
+        self.at, self.applied, self.records = now, self.stats.applied, self.stats.records
+
+
 class Applier:
     def __init__(self, config: Config, store: ControlStore, rec: MigrationRecord, plan: Plan,
                  *, batch_size: int = 2000, worker_id: str | None = None, kafka_outage_s: float = KAFKA_OUTAGE_S):
@@ -147,6 +184,7 @@ class Applier:
         self._relay: EventRelay | None = None
         self.metrics = WorkerMetrics(rec.name, self.worker_id)
         self._relay_said = False
+        bind(migration=rec.name, worker=self.worker_id)
 
     @property
     def topics(self) -> list[str]:
@@ -241,11 +279,16 @@ class Applier:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)
         self.metrics.running(True)
+        log.info("started: consumer group %s, %d topic(s), batches of up to %d records", applier_group(self.rec.name),
+                 len(self.topics), self.batch_size)
+        summary = _Summary(self.stats)
         try:
             while not stop.is_set():
                 msgs = consumer.consume(self.batch_size, timeout=0.1)
                 if not msgs and not inflight:
                     self.metrics.idle()
+                    summary.idle()
+                summary.maybe_say(self.metrics.max_lag_s())
                 if msgs:
                     batch = self._prepare(dlq, msgs)
                     settle()
@@ -270,6 +313,7 @@ class Applier:
             with contextlib.suppress(Exception):
                 settle()  # what was decoded before the pause is applied and committed
             self.store.set_error(self.rec.name, f"applier paused: {exc}")
+            log.error("paused: %s", exc)
             raise
         finally:
             self.metrics.running(False)
@@ -282,6 +326,8 @@ class Applier:
                 pass
             self._leave_group(consumer)
             self._close_writers()
+            log.info("stopped: %d events applied from %d records, %d dead letters", self.stats.applied,
+                     self.stats.records, self.stats.dead_letters)
         return self.stats
 
     @staticmethod
@@ -294,9 +340,8 @@ class Applier:
         t.start()
         t.join(timeout)
         if t.is_alive():
-            print(f"reshard apply: the Kafka consumer did not close within {timeout:.0f}s; leaving it to the "
-                  "group's session timeout (nothing is lost: every applied batch is committed)",
-                  file=sys.stderr, flush=True)
+            log.warning("the Kafka consumer did not close within %.0fs; leaving it to the group's session timeout "
+                        "(nothing is lost: every applied batch is committed)", timeout)
 
     def _beat(self) -> dict:
         return {**self.stats.to_dict(), "metrics_port": metrics.served_port}
@@ -314,8 +359,7 @@ class Applier:
             self._relay_said = False
         except (ReshardError, KafkaException, psycopg.Error) as exc:
             if not self._relay_said:
-                print(f"reshard apply: cannot publish migration events yet ({exc}); retrying", file=sys.stderr,
-                      flush=True)
+                log.warning("cannot publish migration events yet (%s); retrying", exc)
                 self._relay_said = True
 
     def _on_kafka_error(self, err: KafkaError) -> None:
@@ -334,16 +378,15 @@ class Applier:
         except KafkaException:
             down = now - self._kafka_down_since
             if not self._kafka_said:
-                print(f"reshard apply: Kafka at {self.config.kafka.bootstrap_servers} is unreachable; waiting for it "
-                      f"(up to {self.kafka_outage_s:.0f}s, --kafka-outage)", file=sys.stderr, flush=True)
+                log.warning("Kafka at %s is unreachable; waiting for it (up to %.0fs, --kafka-outage)",
+                            self.config.kafka.bootstrap_servers, self.kafka_outage_s)
                 self._kafka_said = True
             if down > self.kafka_outage_s:
                 raise Unavailable(f"Kafka at {self.config.kafka.bootstrap_servers} has been unreachable for "
                                   f"{down:.0f}s; nothing was lost: rerun `reshard apply` once it is back") from None
             return
         if self._kafka_said:
-            print(f"reshard apply: Kafka is reachable again after {now - self._kafka_down_since:.0f}s; resuming",
-                  file=sys.stderr, flush=True)
+            log.warning("Kafka is reachable again after %.0fs; resuming", now - self._kafka_down_since)
         self._kafka_down_since, self._kafka_said = None, False
 
     def _prepare(self, dlq: DeadLetters, msgs: list) -> _Batch:
@@ -465,8 +508,8 @@ class Applier:
                 code = err.code() if isinstance(err, KafkaError) else None
                 if code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
                             KafkaError.REBALANCE_IN_PROGRESS, KafkaError._STATE):
-                    print(f"reshard apply: Kafka refused an offset commit ({err}); the batch is applied and "
-                          "will be skipped when it comes again after the group rejoins", file=sys.stderr, flush=True)
+                    log.warning("Kafka refused an offset commit (%s); the batch is applied and will be skipped "
+                                "when it comes again after the group rejoins", err)
                     return
                 if attempt == RETRY_LIMIT - 1:
                     if self._kafka_down_since is None:

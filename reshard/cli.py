@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import logging
 import os
 import signal
 import sys
@@ -22,6 +23,8 @@ from reshard import __version__
 from reshard.config import Config, load_config, state_dir
 from reshard.errors import ReshardError
 from reshard.exit_codes import ExitCode, describe
+from reshard.logs import FORMATS, LEVELS, bind
+from reshard.logs import configure as configure_logging
 from reshard.progress import Progress
 from snapshotter.snapshot import DEFAULT_BATCH_ROWS
 
@@ -29,9 +32,10 @@ JSON_VERSION = 1
 
 
 class Ctx:
-    def __init__(self, config_path: str | None, progress_mode: str):
+    def __init__(self, config_path: str | None, progress_mode: str, log_format: str = "text"):
         self.config_path = config_path
-        self.progress_mode = progress_mode
+        # with JSON logs, progress goes through the log too: stderr holds only JSON lines
+        self.progress_mode = "log" if log_format == "json" and progress_mode != "off" else progress_mode
         self.json = False
 
     def config(self) -> Config:
@@ -67,8 +71,14 @@ EPILOG = "Exit codes:\n\n\b\n" + describe()
               help="reshard.yaml to use (default: ./reshard.yaml, then the embedded stack's).")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "rich", "plain", "off"]), default="auto",
               show_default=True, help="Progress on stderr: live bars on a terminal, plain lines in logs, or none.")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True, envvar="RESHARD_LOG_LEVEL",
+              help="Log lines on stderr from this level up (reshard's own; other libraries: warnings and up).")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              envvar="RESHARD_LOG_FORMAT",
+              help="text, or json: one object per line with migration, worker, stream and step fields (progress "
+                   "then goes through the log too). Passwords and secrets are never written.")
 @click.pass_context
-def cli(ctx: click.Context, config_path: str | None, progress_mode: str) -> None:
+def cli(ctx: click.Context, config_path: str | None, progress_mode: str, log_level: str, log_format: str) -> None:
     """Online resharding for live PostgreSQL: snapshot, Debezium CDC over Kafka, idempotent apply.
 
     \b
@@ -82,7 +92,8 @@ def cli(ctx: click.Context, config_path: str | None, progress_mode: str) -> None
       reshard wait NAME       # returns once the targets hold every committed change
       reshard verify NAME
     """
-    ctx.obj = Ctx(config_path, progress_mode)
+    configure_logging(log_level, log_format)
+    ctx.obj = Ctx(config_path, progress_mode, log_format)
 
 
 # ---- stack ------------------------------------------------------------------------
@@ -524,7 +535,7 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
         raise ConfigError(f"cannot serve metrics on 127.0.0.1:{'/'.join(map(str, candidates))} ({reason}): pass "
                           "--metrics-port with a free port, or 0")
     if served:
-        print(f"reshard apply: metrics on http://127.0.0.1:{served}/metrics", file=sys.stderr, flush=True)
+        logging.getLogger("cdc_applier.worker").info("metrics on http://127.0.0.1:%d/metrics", served)
     stop = threading.Event()
 
     def stop_within_grace(*_: object) -> None:

@@ -22,6 +22,7 @@ from reshard.control import states
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka_admin import KafkaAdmin
+from reshard.logs import bind
 from reshard.planner import Plan, plan
 from reshard.progress import Progress, Task
 from reshard.shardmap import ShardMap
@@ -112,6 +113,7 @@ class Coordinator:
         return epoch, created, initial
 
     def record(self, name: str) -> tuple[MigrationRecord, Plan]:
+        bind(migration=name)
         rec = self.store.migration(name)
         return rec, self.store.plan_of(rec)
 

@@ -2,11 +2,14 @@
 
 On a terminal: live bars with rate and ETA (rich). Elsewhere (CI logs, cron mail):
 one plain line per task every few seconds and at the end, with the same figures.
-``off`` prints nothing. Tasks may be advanced from several threads.
+``log`` sends the same lines through the ``logging`` module instead (with
+``--log-format json``: one JSON object each, figures as fields). ``off`` prints
+nothing. Tasks may be advanced from several threads.
 """
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 import time
@@ -23,6 +26,7 @@ from rich.progress import (
 )
 
 PLAIN_INTERVAL = 3.0
+log = logging.getLogger("reshard.progress")
 
 
 def human_rate(n: float, unit: str) -> str:
@@ -125,7 +129,9 @@ class Progress:
         """A one-line note: a phase starting, a fact worth seeing."""
         if self.mode == "off":
             return
-        if self._rich is not None:
+        if self.mode == "log":
+            log.info(message)
+        elif self._rich is not None:
             self._rich.console.print(f"[cyan]==>[/cyan] {message}")
         else:
             with self._lock:
@@ -147,8 +153,7 @@ class Progress:
         now = time.monotonic()
         if now - t._last_print >= PLAIN_INTERVAL:
             t._last_print = now
-            with self._lock:
-                print(t.line(), file=self.stream, flush=True)
+            self._say(t, t.line())
 
     def _close(self, t: Task) -> None:
         if self.mode == "off":
@@ -157,8 +162,16 @@ class Progress:
             self._rich.update(t._rich_id, completed=t.done, total=t.total or t.done,
                               rate=human_rate(t.rate, t.unit), extra=t.extra)
             return
+        self._say(t, t.line() + " - done", done=True)
+
+    def _say(self, t: Task, line: str, done: bool = False) -> None:
+        if self.mode == "log":
+            log.info(line, extra={"task": t.label, "fields": {
+                "done": t.done, "total": t.total, "unit": t.unit, "rate_per_s": round(t.rate, 1),
+                "eta_s": None if t.eta is None else round(t.eta, 1), "finished": done}})
+            return
         with self._lock:
-            print(t.line() + " - done", file=self.stream, flush=True)
+            print(line, file=self.stream, flush=True)
 
     def stop(self) -> None:
         if self._rich is not None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import zlib
@@ -23,6 +24,7 @@ from reshard.shardmap import ShardMap, parse_map
 
 ACTOR = f"{socket.gethostname()}:{os.getpid()}"
 MAP_CHANNEL = "reshard_map"  # NOTIFY channel: payload is the newly active epoch
+log = logging.getLogger("reshard.control")
 
 
 @dataclass
@@ -474,6 +476,11 @@ class ControlStore:
                     "WHERE migration = %s AND attempt = %s AND seq = %s",
                     (status, payload, status, migration, attempt, row["seq"]),
                 )
+        took = f" after {row['took']:.3f}s" if row and status != "started" else ""
+        log.log(logging.WARNING if status == "failed" else logging.INFO, "step %s %s%s", step, status, took,
+                extra={"migration": migration, "attempt": attempt, "step": step,
+                       "fields": {"status": status, **({"seconds": round(row["took"], 4)} if took else {}),
+                                  **json.loads(json.dumps(detail, default=str))}})
 
     def steps(self, migration: str, attempt: int) -> dict[str, dict]:
         with self.connect() as conn:

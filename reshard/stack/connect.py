@@ -38,7 +38,7 @@ class ConnectWorker:
 
     def init(self, art: JvmArtifacts) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
-        write_log4j(self.home / "log4j2.properties")
+        write_log4j(self.home / "log4j2.properties", self.log)
         (self.home / "connect.properties").write_text("\n".join([
             f"bootstrap.servers={self.bootstrap}",
             "group.id=reshard-connect",
@@ -63,7 +63,7 @@ class ConnectWorker:
     def start(self, art: JvmArtifacts) -> ProcessRecord:
         argv = java_argv(art, self.home / "log4j2.properties", "1g",
                          "org.apache.kafka.connect.cli.ConnectDistributed", str(self.home / "connect.properties"))
-        return spawn(argv, self.log, cwd=self.home)
+        return spawn(argv, self.log.with_suffix(".out"), cwd=self.home)
 
     def plugins(self, timeout: float = 3.0) -> list[str]:
         with urllib.request.urlopen(f"{self.url}/connector-plugins", timeout=timeout) as resp:

@@ -17,25 +17,40 @@ from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 
 LOG4J2 = """\
 status = warn
-appender.out.type = Console
-appender.out.name = OUT
-appender.out.layout.type = PatternLayout
-appender.out.layout.pattern = [%d] %p %m (%c)%n
+appender.file.type = RollingFile
+appender.file.name = FILE
+appender.file.fileName = {log}
+appender.file.filePattern = {log}.%i
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.policies.type = Policies
+appender.file.policies.size.type = SizeBasedTriggeringPolicy
+appender.file.policies.size.size = {max_mb}MB
+appender.file.strategy.type = DefaultRolloverStrategy
+appender.file.strategy.max = {keep}
 rootLogger.level = INFO
-rootLogger.appenderRef.out.ref = OUT
+rootLogger.appenderRef.file.ref = FILE
 logger.kafka.name = kafka
 logger.kafka.level = WARN
 logger.apache.name = org.apache.kafka
 logger.apache.level = WARN
 logger.connect.name = org.apache.kafka.connect
 logger.connect.level = INFO
+logger.sourcetask.name = org.apache.kafka.connect.runtime.WorkerSourceTask
+logger.sourcetask.level = WARN
+logger.rest.name = org.apache.kafka.connect.runtime.rest.RestServer
+logger.rest.level = WARN
 logger.debezium.name = io.debezium
 logger.debezium.level = INFO
 """
+LOG_MAX_MB, LOG_KEEP = 10, 5  # each JVM's log rolls at 10 MB, keeping 5 old files: at most 60 MB
 
 
-def write_log4j(path: Path) -> Path:
-    path.write_text(LOG4J2)
+def write_log4j(path: Path, log: Path) -> Path:
+    """log4j2 settings: the JVM's log in ``log``, rolled by size, without the chatty loggers
+    (Connect's per-commit "Committing offsets" lines, every 50 ms per task, and its REST
+    access log). The process's own stdout and stderr (a JVM crash) go beside it, ``.out``."""
+    path.write_text(LOG4J2.format(log=log, max_mb=LOG_MAX_MB, keep=LOG_KEEP))
     return path
 
 
@@ -87,7 +102,7 @@ class KafkaBroker:
         self.home.mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
         props.write_text(self._properties())
-        log4j = write_log4j(self.home / "log4j2.properties")
+        log4j = write_log4j(self.home / "log4j2.properties", self.log)
         if (self.home / "data" / "meta.properties").is_file():
             return
         # a random id starting with "-" would be read as an option by StorageTool (about 1 in 64)
@@ -101,7 +116,7 @@ class KafkaBroker:
 
     def start(self, art: JvmArtifacts) -> ProcessRecord:
         argv = java_argv(art, self.home / "log4j2.properties", "768m", "kafka.Kafka", str(self.home / "server.properties"))
-        return spawn(argv, self.log, cwd=self.home)
+        return spawn(argv, self.log.with_suffix(".out"), cwd=self.home)
 
     def healthy(self, timeout: float = 3.0) -> bool:
         try:

@@ -136,13 +136,19 @@ def wait_healthy(rec: ProcessRecord, healthy: Callable[[], bool], log: Path, wha
     """Poll ``healthy`` until it holds; fail with the log's tail if the process exits first
     ("<what> exited while starting") or ``timeout`` passes ("<not_ready> within N s")."""
     deadline = time.monotonic() + timeout
+
+    def tails() -> str:  # a JVM's own output (a crash before its logging starts) is beside its log
+        out = Path(log).with_suffix(".out")
+        extra = tail(out) if out != Path(log) and out.exists() and out.stat().st_size else ""
+        return tail(log) + (f"\n{out.name}:\n{extra}" if extra else "")
+
     while time.monotonic() < deadline:
         if not is_running(rec):
-            raise StackError(f"{what} exited while starting:\n{tail(log)}")
+            raise StackError(f"{what} exited while starting:\n{tails()}")
         if healthy():
             return
         time.sleep(0.5)
-    raise StackError(f"{not_ready} within {timeout:.0f}s:\n{tail(log)}")
+    raise StackError(f"{not_ready} within {timeout:.0f}s:\n{tails()}")
 
 
 def tail(path: str | Path, lines: int = 30) -> str:
