@@ -92,6 +92,10 @@ class WorkerMetrics:
             LAG_SECONDS.labels(self.migration, stream).set(0.0)
             self._lagging[stream] = 0.0
 
+    def lag_s(self) -> dict[str, float]:
+        """Stream -> the lag this worker last measured on it (0 once its partitions are drained)."""
+        return {k: round(v, 3) for k, v in self._lagging.items()}
+
     def max_lag_s(self) -> float | None:
         """The largest lag this worker last measured (None before its first batch)."""
         return max(self._lagging.values()) if self._lagging else None

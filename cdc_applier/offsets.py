@@ -21,7 +21,7 @@ X could still be in flight to another partition.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import psycopg
 
@@ -50,9 +50,10 @@ class StreamLag:
 class Lag:
     records: int  # Kafka records not yet applied
     streams: list[StreamLag] = field(default_factory=list)
+    topics: dict[str, int] = field(default_factory=dict)  # records not yet applied, per topic
 
     def to_dict(self) -> dict:
-        return {"records": self.records, "streams": [s.__dict__ for s in self.streams]}
+        return asdict(self)
 
 
 def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
@@ -73,10 +74,20 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
     return out
 
 
-def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]) -> Lag:
+def topic_lag(config: Config, migration: str, topics: list[str]) -> dict[str, int]:
+    """Records after the appliers' committed offsets, per topic (Kafka only)."""
     with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
-        records = admin.lag(applier_group(migration), topics)
-    return Lag(records, slot_lag(config, streams))
+        ends = admin.end_offsets(topics)
+        done = admin.committed(applier_group(migration), topics)
+    out = {t: 0 for t in topics}
+    for (t, p), end in ends.items():
+        out[t] += max(0, end - done.get((t, p), 0))
+    return out
+
+
+def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]) -> Lag:
+    per_topic = topic_lag(config, migration, topics)
+    return Lag(sum(per_topic.values()), slot_lag(config, streams), per_topic)
 
 
 def _conn(config: Config, conns: dict[str, psycopg.Connection], cluster: str) -> psycopg.Connection:

@@ -25,6 +25,7 @@ import os
 import socket
 import threading
 import time
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
@@ -56,6 +57,7 @@ log = logging.getLogger("cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
 
 HEARTBEAT_S = 2.0
+RATE_WINDOW_S = 10.0  # the "current" apply rate a worker reports is over about this long
 KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
 RETRY_LIMIT = 8
 CLOSE_TIMEOUT_S = 10.0
@@ -185,6 +187,7 @@ class Applier:
         self.metrics = WorkerMetrics(rec.name, self.worker_id)
         self._relay_said = False
         bind(migration=rec.name, worker=self.worker_id)
+        self._beats: deque[tuple[float, int]] = deque()  # (when, events applied) at each heartbeat
 
     @property
     def topics(self) -> list[str]:
@@ -344,7 +347,17 @@ class Applier:
                         "(nothing is lost: every applied batch is committed)", timeout)
 
     def _beat(self) -> dict:
-        return {**self.stats.to_dict(), "metrics_port": metrics.served_port}
+        """The heartbeat's stats: lifetime totals, and what `reshard status` shows as current:
+        events applied per second over the last RATE_WINDOW_S and the lag per stream."""
+        now = time.monotonic()
+        self._beats.append((now, self.stats.applied))
+        while len(self._beats) > 2 and now - self._beats[1][0] >= RATE_WINDOW_S:
+            self._beats.popleft()
+        (t0, a0) = self._beats[0]
+        recent = (self.stats.applied - a0) / (now - t0) if now - t0 > 0.5 else None
+        return {**self.stats.to_dict(), "metrics_port": metrics.served_port,
+                "recent_events_per_second": None if recent is None else round(recent, 1),
+                "lag_seconds": self.metrics.lag_s()}
 
     def _relay_events(self) -> None:
         """Publish the control database's new audit entries to ``reshard.events`` (see

@@ -622,18 +622,27 @@ def wait(ctx: Ctx, name: str, timeout: float) -> None:
 
     res = Coordinator.open(ctx.config()).wait(name, timeout=timeout)
     emit(ctx, {"command": "wait", "migration": name, **res.to_dict()},
-         lambda: f"{name}: caught up in {res.seconds:.2f}s (positions {res.positions})")
+         lambda: f"{name}: caught up in {res.seconds:.2f}s (" + ", ".join(
+             f"{stream} confirmed at {lsn}" for stream, lsn in res.positions.items()) + ")")
 
 
 @cli.command()
 @click.argument("name", required=False)
+@click.option("--watch", is_flag=True, help="Refresh until Ctrl-C: a live view on a terminal; with --json, one "
+              "document per line.")
+@click.option("--interval", default=1.0, show_default=True, help="Seconds between --watch refreshes.")
 @json_option
 @click.pass_obj
-def status(ctx: Ctx, name: str | None) -> None:
+def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
     """A migration's state, copy progress, connectors, applier workers, lag and slot WAL.
 
-    Without NAME: the list of migrations.
+    Lag is shown in Kafka records (read from Kafka) and in seconds (the workers' own
+    measure: source commit to applied); --watch adds the current rates and ETAs, from
+    two successive readings. Without NAME: the list of migrations. Exit 4 when Kafka,
+    Connect or a cluster could not be reached: what could be read is still shown, and
+    the document's "unreachable" names what was not.
     """
+    from reshard import status_view
     from reshard.coordinator import Coordinator
 
     co = Coordinator.open(ctx.config())
@@ -643,44 +652,14 @@ def status(ctx: Ctx, name: str | None) -> None:
             f"{r['name']:<26} {r['state']:<13} epochs {r['from_epoch']} -> {r['to_epoch']}" for r in rows
         ) or "no migrations")
         return
+    if watch:
+        status_view.watch(lambda: {"version": JSON_VERSION, "command": "status", **co.status(name)}, interval,
+                          as_json=ctx.json)
+        return
     doc = co.status(name)
-    emit(ctx, {"command": "status", **doc}, lambda: _status_human(doc))
-
-
-def _status_human(d: dict) -> str:
-    lines = [f"migration {d['name']}: {d['state']}  (map epoch {d['from_epoch']} -> {d['to_epoch']})"]
-    if d.get("error"):
-        lines.append(f"  error: {d['error']}")
-    for m in d["moves"]:
-        lines.append(f"  move {m['id']}: {m['keys']}")
-    for c in d["copy"]:
-        est = f"/{c['rows_estimate']:,}" if c.get("rows_estimate") else ""
-        state = " done" if c["done"] else (f" ({c['throttle']})" if c.get("throttle") else "")
-        lines.append(f"  copy {c['move_id']} {c['tbl']}: {c['rows_copied']:,}{est} rows{state}")
-    for s in d["streams"]:
-        way = "forward from" if s["direction"] == "fwd" else "reverse from"
-        lines.append(f"  stream {way} {s['cluster']}: slot {s['slot']} from {s['from_lsn']}, connector "
-                     f"{s['connector']} {s['state']} {s['tasks']}")
-    for w in d.get("waves", []):
-        pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
-        lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")
-    if d.get("last_attempt"):
-        a = d["last_attempt"]
-        lines.append(f"  last {a['kind']} (attempt {a['attempt']}): {a['state']}")
-    lag = d.get("lag") or {}
-    if "records" in lag:
-        lines.append(f"  lag: {lag['records']:,} Kafka records not yet applied")
-        for s in lag["streams"]:
-            lines.append(f"  slot {s['slot']}: {s['lag_bytes'] or 0:,} bytes unconfirmed, "
-                         f"{s['retained_bytes'] or 0:,} bytes of WAL retained")
-    for w in d["workers"]:
-        st = w["stats"]
-        seen = ("stopped" if w["stopped_at"] is not None else "running" if w["idle_s"] < 10
-                else f"stopped or stuck: last report {w['idle_s']:.0f}s ago")
-        lines.append(f"  worker {w['worker']} ({seen}): {st.get('applied', 0):,} applied, "
-                     f"{st.get('dead_letters', 0)} dead letters"
-                     + (f", metrics on :{st['metrics_port']}" if st.get("metrics_port") else ""))
-    return "\n".join(lines)
+    emit(ctx, {"command": "status", **doc}, lambda: status_view.human(doc))
+    if doc.get("unreachable"):
+        raise SystemExit(ExitCode.UNAVAILABLE)
 
 
 @cli.command()

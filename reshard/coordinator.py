@@ -31,11 +31,13 @@ from reshard.streams import FORWARD, Stream, forward
 from reshard.verify import VerifyReport, verify
 from cdc_applier.connector import drop_streams, ensure_connector
 from cdc_applier.dlq import dlq_topic
-from cdc_applier.offsets import CaughtUp, Lag, lag, wait_caught_up
+from cdc_applier.offsets import CaughtUp, Lag, lag, slot_lag, topic_lag, wait_caught_up
 from cdc_applier.route import Router
 from cdc_applier.worker import Applier, ApplierStats, streams_of
 from snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
 from snapshotter.throttle import ThrottleSettings
+
+STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
 
 
 @dataclass
@@ -266,17 +268,24 @@ class Coordinator:
              "stopped_at": w["stopped_at"].isoformat() if w["stopped_at"] else None, "idle_s": float(w["idle_s"])}
             for w in self.store.workers(name)
         ]
-        client = ConnectClient(self.config.connect.url)
+        # every part is asked separately: one that cannot be reached is named in
+        # "unreachable" and the rest is still shown (the CLI then exits 4)
+        unreachable: dict[str, str] = {}
+        client = ConnectClient(self.config.connect.url, timeout=STATUS_TIMEOUT_S)
         starts = {("fwd", r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
         starts.update({("rev", r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(name)})
-        streams = []
-        for st in streams_of(self.store, rec, p):
-            try:
-                cs = client.status(st.connector)
-            except Unavailable:
-                cs = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
+        live = streams_of(self.store, rec, p)
+        shown, streams = [], []
+        for st in live:
             if st.direction == FORWARD and (st.direction, st.cluster) not in starts:
                 continue  # the snapshot has not created this source's slot yet
+            cs: dict | None = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
+            if "connect" not in unreachable:
+                try:
+                    cs = client.status(st.connector)
+                except Unavailable as exc:
+                    unreachable["connect"] = str(exc)
+            shown.append(st)
             streams.append({
                 "direction": st.direction, "cluster": st.cluster, "slot": st.slot, "connector": st.connector,
                 "from_lsn": starts.get((st.direction, st.cluster)),
@@ -293,10 +302,21 @@ class Coordinator:
                                 "finished_at": attempts[-1]["finished_at"].isoformat()
                                 if attempts[-1]["finished_at"] else None} if attempts else None)
         if streams:
+            slots = []
+            for st in shown:
+                try:
+                    slots += [s.__dict__ for s in slot_lag(self.config, [st])]
+                except Unavailable as exc:
+                    unreachable[f"cluster {st.cluster}"] = str(exc)
+            out["lag"] = {"streams": slots}
             try:
-                out["lag"] = self.lag(name).to_dict()
+                per_topic = topic_lag(self.config, name, Router(p, live).topics)
+                out["lag"].update(records=sum(per_topic.values()), topics=per_topic)
             except Unavailable as exc:
-                out["lag"] = {"error": str(exc)}
+                unreachable["kafka"] = str(exc)
+                out["lag"]["error"] = str(exc)
+        out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
+        out["unreachable"] = unreachable
         return out
 
     # ---- teardown -------------------------------------------------------------------

@@ -109,6 +109,11 @@ def _cleanup(config: Config, name: str) -> None:
                 time.sleep(0.1)
             for slot, _active in rows:
                 conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+            # replication origins are cluster-wide and outlive the database: without this a
+            # long session exhausts max_replication_slots (origin progress uses those slots)
+            for (origin,) in conn.execute("SELECT roname FROM pg_replication_origin WHERE roname LIKE %s "
+                                          "OR roname LIKE %s", (f"reshard_fwd_{name}%", f"reshard_rev_{name}%")).fetchall():
+                conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     with psycopg.connect(_admin_dsn(config.control_dsn), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -506,6 +506,15 @@ class ControlStore:
                 "WHERE migration = %s ORDER BY attempt", (migration,)
             ).fetchall()
 
+    def recent_events(self, migration: str, limit: int) -> list[dict]:
+        """The migration's newest audit entries, oldest first."""
+        with self.connect() as conn:
+            rows = conn.execute(
+                "SELECT id, at, event, detail FROM reshard.audit_log WHERE migration = %s ORDER BY id DESC LIMIT %s",
+                (migration, limit),
+            ).fetchall()
+        return rows[::-1]
+
     def last_verification(self, migration: str) -> dict | None:
         with self.connect() as conn:
             return conn.execute(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import random
 import shutil
 import signal
 import socket
@@ -37,8 +38,25 @@ CONTROL_DB = "reshard"
 STATE_VERSION = 1
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+def _ephemeral_low(default: int = 32768) -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return default
+
+
+def free_port(rng: random.Random = random.SystemRandom()) -> int:
+    """A free port below the kernel's ephemeral range. A port the kernel hands out for
+    bind(0) comes from that range, which outgoing connections also draw their source
+    ports from: in the seconds a JVM takes to listen on it, a client connection took it
+    once ("Address already in use" in Connect's REST server). Below the range only a
+    listener can hold a port, and ``port_free`` sees listeners."""
+    low = max(1025, _ephemeral_low())
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        if port_free(port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:  # a crowded machine: the kernel's choice
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 

@@ -4,21 +4,19 @@ worker stopped with SIGTERM stops counting as live at once."""
 from __future__ import annotations
 
 import signal
-import socket
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from cutover.gates import applier_gate
 from reshard.control.store import ControlStore
+from reshard.stack.stack import free_port
 
 from tests.e2e.helpers import prepare, spawn, wait_for, write_config_file
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 def _scrape(port: int, migration: str) -> dict[tuple, float]:

@@ -28,11 +28,18 @@ def test_status_wait_and_apply_with_kafka_unreachable(env, tmp_path):
     write_config(replace(env.config, kafka=replace(env.config.kafka, bootstrap_servers=f"127.0.0.1:{_dead_port()}")),
                  cfg)
 
+    started = time.monotonic()
     status = subprocess.run(reshard_cmd(cfg, "status", name, "--json"), capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0, status.stderr
+    assert status.returncode == ExitCode.UNAVAILABLE, status.stderr  # and still says everything else it knows
     doc = json.loads(status.stdout)
     assert doc["state"] == "streaming" and "did not answer" in doc["lag"]["error"], doc["lag"]
+    assert set(doc["unreachable"]) == {"kafka"} and doc["streams"][0]["state"] == "RUNNING"
+    assert doc["lag"]["streams"][0]["retained_bytes"] is not None  # the slot, read from PostgreSQL
+    assert doc["copy"] and doc["events"]
     assert "Traceback" not in status.stderr
+    human = subprocess.run(reshard_cmd(cfg, "status", name), capture_output=True, text=True, timeout=120)
+    assert human.returncode == ExitCode.UNAVAILABLE and "could not reach kafka" in human.stdout, human.stdout
+    assert time.monotonic() - started < 60
 
     wait = subprocess.run(reshard_cmd(cfg, "wait", name, "--timeout", "20"), capture_output=True, text=True,
                           timeout=120)

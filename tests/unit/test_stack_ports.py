@@ -28,3 +28,12 @@ def test_a_port_with_a_connection_in_time_wait_is_still_free():
         plain.close()
     assert lingering
     assert port_free(port)
+
+
+def test_new_ports_are_below_the_ephemeral_range_where_client_connections_cannot_take_them():
+    from reshard.stack.stack import _ephemeral_low, free_port
+
+    low = _ephemeral_low()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 <= p < low and port_free(p) for p in ports)
+    assert len(ports) > 1  # chosen at random: two stacks starting together do not race for one port
