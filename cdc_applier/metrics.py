@@ -53,6 +53,7 @@ class WorkerMetrics:
     def __init__(self, migration: str, worker: str):
         self.migration = migration
         self.worker = worker
+        self._partition_lag: dict[tuple[str, str], int] = {}
         self._lagging: dict[str, float] = {}  # stream -> lag in seconds of its newest applied change
         # series that exist from the start at 0, so rate() and increase() see their first change
         for reason in SKIP_REASONS:
@@ -111,3 +112,9 @@ class WorkerMetrics:
                 lag = p.get("consumer_lag", -1)
                 if part != "-1" and lag is not None and lag >= 0:
                     PARTITION_LAG.labels(self.migration, topic, part).set(lag)
+                    self._partition_lag[(topic, part)] = lag
+
+    def records_lag(self) -> int | None:
+        """Records after this worker's position in its partitions, at librdkafka's last
+        statistics (None before the first)."""
+        return sum(self._partition_lag.values()) if self._partition_lag else None

@@ -20,6 +20,7 @@ X could still be in flight to another partition.
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import asdict, dataclass, field
 
@@ -35,6 +36,9 @@ from reshard.streams import Stream
 def applier_group(migration: str) -> str:
     return f"reshard-{migration}-applier"
 
+
+log = logging.getLogger("cdc_applier.offsets")
+SAY_EVERY_S = 5.0  # a wait says what it waits for this often
 
 @dataclass
 class StreamLag:
@@ -153,11 +157,17 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
 def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: float) -> dict[tuple[str, int], int]:
     """Step 3: the applier's committed offsets reach the end offsets read now."""
     ends = admin.end_offsets(topics)
+    said = time.monotonic()
     while True:
         done = admin.committed(group, topics)
         behind = {tp: end for tp, end in ends.items() if done.get(tp, 0) < end}
         if not behind:
             return ends
+        if time.monotonic() - said >= SAY_EVERY_S:
+            said = time.monotonic()
+            log.info("waiting for the appliers (group %s) to reach the end offsets read at the start: %d record(s) "
+                     "behind on %d partition(s), %.0fs left", group, sum(e - done.get(tp, 0) for tp, e in behind.items()),
+                     len(behind), max(0.0, deadline - said))
         if time.monotonic() > deadline:
             left = sum(end - done.get(tp, 0) for tp, end in behind.items())
             raise WaitTimeout(f"the applier is still {left} record(s) behind; is it running? (reshard status)")

@@ -57,6 +57,7 @@ log = logging.getLogger("cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
 
 HEARTBEAT_S = 2.0
+SAMPLE_EVERY_S = 10.0  # a worker records what it measured for `reshard report` this often (at heartbeats)
 RATE_WINDOW_S = 10.0  # the "current" apply rate a worker reports is over about this long
 KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
 RETRY_LIMIT = 8
@@ -167,13 +168,15 @@ class _Summary:
 
 class Applier:
     def __init__(self, config: Config, store: ControlStore, rec: MigrationRecord, plan: Plan,
-                 *, batch_size: int = 2000, worker_id: str | None = None, kafka_outage_s: float = KAFKA_OUTAGE_S):
+                 *, batch_size: int = 2000, worker_id: str | None = None, kafka_outage_s: float = KAFKA_OUTAGE_S,
+                 sample_every_s: float = SAMPLE_EVERY_S):
         self.config = config
         self.store = store
         self.rec = rec
         self.plan = plan
         self.batch_size = batch_size
         self.kafka_outage_s = kafka_outage_s
+        self.sample_every_s = sample_every_s
         self._kafka_down_since: float | None = None
         self._kafka_said = False
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
@@ -278,7 +281,7 @@ class Applier:
         }))
         dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
-        last_beat = 0.0
+        last_beat = last_sample = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)
         self.metrics.running(True)
@@ -304,6 +307,11 @@ class Applier:
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
                     self.store.heartbeat(self.rec.name, self.worker_id, "applier", self._beat())
+                    if now - last_sample >= self.sample_every_s:
+                        last_sample = now
+                        self.store.record_sample(self.rec.name, self.worker_id, self.stats.records,
+                                                 self.stats.applied, self.metrics.max_lag_s(),
+                                                 self.metrics.records_lag())
                     self._ride_out_outage(consumer, now)
                     self._relay_events()
                     if self._kafka_down_since is None:

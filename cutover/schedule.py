@@ -56,17 +56,27 @@ def parse_window(spec: str, tz: str = "local") -> Window:
     return Window(dtime(h1, m1), dtime(h2, m2), tz)
 
 
-def wait_for_gates(check, timeout: float, window: Window | None = None, interval: float = 2.0):
+def wait_for_gates(check, timeout: float, window: Window | None = None, interval: float = 2.0,
+                   say=None, say_every: float = 10.0):
     """Call ``check()`` (-> list of gates) until all pass, ``timeout`` passes, or the window
-    closes. Returns the last gates."""
+    closes. Returns the last gates. ``say`` hears what is waited for, with the failing
+    gates' current values, when they change and at least every ``say_every`` seconds."""
     deadline = time.monotonic() + timeout
+    said, said_at = "", 0.0
     while True:
         gates = check()
         if all(g.ok for g in gates):
+            if said and say:
+                say("gates met: " + "; ".join(f"{g.name}: {g.detail}" for g in gates))
             return gates
         left = deadline - time.monotonic()
         if window is not None:
             left = min(left, window.seconds_left())
         if left <= 0:
             return gates
+        if say:
+            now_failing = "; ".join(f"{g.name}: {g.detail}" for g in gates if not g.ok)
+            if now_failing != said or time.monotonic() - said_at >= say_every:
+                say(f"waiting for the gates ({left:.0f}s left): {now_failing}")
+                said, said_at = now_failing, time.monotonic()
         time.sleep(min(interval, left))

@@ -15,6 +15,8 @@ import os
 import signal
 import sys
 import threading
+from datetime import datetime, timezone
+from decimal import Decimal
 from typing import Any, Callable
 
 import click
@@ -23,6 +25,7 @@ from reshard import __version__
 from reshard.config import Config, load_config, state_dir
 from reshard.errors import ReshardError
 from reshard.exit_codes import ExitCode, describe
+from reshard.json_schemas import check_if_asked
 from reshard.logs import FORMATS, LEVELS, bind
 from reshard.logs import configure as configure_logging
 from reshard.progress import Progress
@@ -45,9 +48,33 @@ class Ctx:
         return Progress(self.progress_mode)
 
 
+def _json_value(o: Any) -> Any:
+    if isinstance(o, datetime):
+        return o.isoformat()
+    if isinstance(o, Decimal):
+        return float(o)
+    return str(o)
+
+
+def envelope(doc: dict[str, Any]) -> dict[str, Any]:
+    """Every --json document starts the same way: ``version`` (of this layout), ``command``,
+    ``migration`` (null for commands about no single migration), ``generated_at`` (ISO 8601,
+    UTC); times inside are ISO 8601 too. Each command's document is described by
+    schemas/cli/<command>.schema.json."""
+    rest = {k: v for k, v in doc.items() if k not in ("version", "command", "migration")}
+    return {"version": JSON_VERSION, "command": doc["command"], "migration": doc.get("migration"),
+            "generated_at": datetime.now(timezone.utc).isoformat(), **rest}
+
+
+def dumps(doc: dict[str, Any], indent: int | None = 2) -> str:
+    text = json.dumps(envelope(doc), default=_json_value, indent=indent)
+    check_if_asked(text)
+    return text
+
+
 def emit(ctx: Ctx, doc: dict[str, Any], human: Callable[[], str]) -> None:
     if ctx.json:
-        click.echo(json.dumps({"version": JSON_VERSION, **doc}, default=str, indent=2))
+        click.echo(dumps(doc))
     else:
         click.echo(human())
 
@@ -172,6 +199,29 @@ def stack_down(ctx: Ctx, purge: bool) -> None:
          + (f"\nremoved: {', '.join(removed)}" if removed else ""))
 
 
+@stack.command("consumer-groups", context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+@click.pass_obj
+def stack_consumer_groups(ctx: Ctx, args: tuple[str, ...]) -> None:
+    """Kafka's own kafka-consumer-groups against the stack's broker (or the configured one).
+
+    Arguments go to the tool as they are; --bootstrap-server is added. The appliers of
+    migration NAME are the group reshard-NAME-applier, for example:
+
+    \b
+      reshard stack consumer-groups --describe --group reshard-NAME-applier
+    """
+    import subprocess
+
+    from reshard.stack.artifacts import ensure_jvm_artifacts
+
+    art = ensure_jvm_artifacts()
+    bootstrap = ctx.config().kafka.bootstrap_servers
+    argv = ["java", "-Xmx256m", "-cp", art.classpath, "org.apache.kafka.tools.consumer.group.ConsumerGroupCommand",
+            "--bootstrap-server", bootstrap, *args]
+    sys.exit(subprocess.run(argv).returncode)
+
+
 # ---- demo ---------------------------------------------------------------------------
 
 @cli.command()
@@ -183,31 +233,37 @@ def stack_down(ctx: Ctx, purge: bool) -> None:
 @click.option("--timeout", default=180.0, show_default=True, help="Give up catching up after this many seconds.")
 @click.option("--cutover", "with_cutover", is_flag=True,
               help="Write through the router, verify under load and cut over while writing; report the write pause.")
+@click.option("--cleanup", is_flag=True,
+              help="Remove the migration at the end (connectors, slots, copied rows) instead of leaving it streaming.")
 @json_option
 @click.pass_obj
 def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: str | None, timeout: float,
-         with_cutover: bool) -> None:
+         with_cutover: bool, cleanup: bool) -> None:
     """Run a verified live migration on the embedded stack (started if needed).
 
     Splits source1 into the targets by key hash while a writer keeps changing the
     source; prints rows copied, copy rate, events applied, time to catch up and
     the verification result. Exit 0 when the targets equal the source, 1 if not.
+    The migration is left streaming for you to look at (`reshard status NAME`): its
+    connector runs and its slot keeps WAL until it is removed, as the report says how;
+    --cleanup removes it at once, and the next demo removes earlier ones.
     """
     from reshard.demo import render, run_demo
     from reshard.stack import Stack
 
     home = state_dir()
     if ctx.config_path is None:
-        st = Stack(home, say=None if ctx.json else (lambda m: click.echo(f"==> {m}", err=True)))
+        progress = ctx.progress()
+        st = Stack(home, say=None if ctx.json else progress.step)
         if not st.is_up():
             st.up()
         config = st.config()
     else:
         config = ctx.config()
-    progress = ctx.progress()
+        progress = ctx.progress()
     try:
         report = run_demo(config, progress, rows=rows, write_rate=write_rate, stream_seconds=stream_seconds,
-                          name=name, timeout=timeout, cutover=with_cutover)
+                          name=name, timeout=timeout, cutover=with_cutover, cleanup=cleanup)
     finally:
         progress.stop()
     emit(ctx, report, lambda: render(report))
@@ -344,9 +400,15 @@ def _plan_human(p, est, from_epoch, show_sql: bool) -> str:
                      f"{_size(e.bytes):>11}  {e.move.summary}")
         if show_sql:
             lines.append(f"      {e.predicate}")
-    if est.fraction is not None:
+    if est.fraction is not None and not est.unanalyzed:
         lines.append(f"moves {100 * est.fraction:.1f}% of the data: {_size(est.moving_bytes)} of "
                      f"{_size(est.total_bytes)}, {est.moving_rows:,} of {est.total_rows:,} rows")
+    elif est.fraction is not None:
+        lines.append(f"moves about {100 * est.fraction:.1f}% of the rows ({est.moving_rows:,} of {est.total_rows:,}, "
+                     "guessed from table sizes)")
+    if est.unanalyzed:
+        lines.append(f"statistics missing for {', '.join(est.unanalyzed)} (never analyzed): rows are guessed from its "
+                     "size and bytes are unknown; run ANALYZE on it for a real estimate")
     if est.missing:
         lines.append(f"no statistics for: {', '.join(est.missing)} (table missing there)")
     return "\n".join(lines)
@@ -503,10 +565,12 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
               help=f"Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: do not serve). Default "
                    f"{METRICS_PORT}, or the next free port up to {METRICS_PORT + METRICS_PORTS - 1} when other "
                    "workers on this host hold it (the port is printed and shown in `reshard status`).")
+@click.option("--sample-interval", default=10.0, show_default=True, type=click.FloatRange(min=2.0),
+              help="Seconds between the samples (totals, lag) this worker records for `reshard report`.")
 @json_option
 @click.pass_obj
 def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
-          metrics_port: int) -> None:
+          metrics_port: int, sample_interval: float) -> None:
     """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
 
     Workers of one migration share a Kafka consumer group: start more to split the
@@ -563,7 +627,7 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     task = progress.task("apply", unit="events")
     try:
         stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
-                         batch_size=batch_size, kafka_outage_s=kafka_outage)
+                         batch_size=batch_size, kafka_outage_s=kafka_outage, sample_every_s=sample_interval)
         task.close()
     finally:
         progress.stop()
@@ -653,13 +717,38 @@ def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
         ) or "no migrations")
         return
     if watch:
-        status_view.watch(lambda: {"version": JSON_VERSION, "command": "status", **co.status(name)}, interval,
-                          as_json=ctx.json)
+        status_view.watch(lambda: {"command": "status", **co.status(name)}, interval,
+                          dump=(lambda doc: dumps(doc, indent=None)) if ctx.json else None)
         return
     doc = co.status(name)
     emit(ctx, {"command": "status", **doc}, lambda: status_view.human(doc))
     if doc.get("unreachable"):
         raise SystemExit(ExitCode.UNAVAILABLE)
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
+              help="Where to write the PNG (default: NAME.png).")
+@json_option
+@click.pass_obj
+def report(ctx: Ctx, name: str, out_path: str | None) -> None:
+    """Plot a migration's apply rate and lag (seconds, records) over its life into a PNG.
+
+    From the samples its appliers recorded while they ran (every --sample-interval
+    seconds), cutovers and rollbacks marked. Needs matplotlib (pip install 'reshard[report]').
+    """
+    from pathlib import Path
+
+    from reshard.coordinator import Coordinator
+    from reshard.report import write_png
+
+    co = Coordinator.open(ctx.config())
+    co.record(name)
+    done = write_png(co.store, name, Path(out_path or f"{name}.png"))
+    emit(ctx, {"command": "report", "migration": name, **done},
+         lambda: f"{name}: wrote {done['path']} ({done['samples']} samples from {done['workers']} worker(s), "
+                 f"{done['from'][:19]} to {done['to'][:19]})")
 
 
 @cli.command()
@@ -790,7 +879,7 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
         if wait_for_gates > 0 and not dry_run:
             orch = Orchestrator(config, store, progress)
             sw = orch.cutover_switch(name, only)
-            gates = wait_gates(lambda: orch.gates(sw, opts), wait_for_gates, win)
+            gates = wait_gates(lambda: orch.gates(sw, opts), wait_for_gates, win, say=progress.step)
             if not all(gt.ok for gt in gates):
                 failed = [gt for gt in gates if not gt.ok]
                 doc = {"command": "cutover", "migration": name, "outcome": GATES,

@@ -258,9 +258,12 @@ class Coordinator:
     def status(self, name: str) -> dict:
         rec, p = self.record(name)
         out = rec.to_dict()
+        out["migration"] = out.pop("name")
         out["plan"] = {"sources": p.sources(), "targets": p.targets(), "tables": p.tables()}
         out["copy"] = [
-            {k: (str(v) if k in ("snapshot_lsn", "updated_at") else v) for k, v in row.items() if k != "migration"}
+            {("table" if k == "tbl" else k): (v.isoformat() if k == "updated_at" and v is not None
+                                              else str(v) if k == "snapshot_lsn" and v is not None else v)
+             for k, v in row.items() if k != "migration"}
             for row in self.store.copy_progress(name)
         ]
         out["workers"] = [

@@ -32,7 +32,6 @@ from reshard.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
 from reshard.workload import TABLE, Workload, create_table, seed
 
 SOURCE = "source1"
-REPORT_VERSION = 1
 
 
 def demo_maps(targets: list[str]) -> tuple[dict, dict]:
@@ -50,6 +49,29 @@ def demo_maps(targets: list[str]) -> tuple[dict, dict]:
     return before, after
 
 
+def removal(co: Coordinator, name: str) -> str:
+    """The command that removes a demo migration, in its state."""
+    if any(w["state"] == "cut" for w in co.store.waves(name)):
+        return f"reshard complete {name} --keep-source-data --drop-fences --yes"
+    return f"reshard abort {name} --yes"
+
+
+def remove(co: Coordinator, name: str) -> None:
+    """What ``removal`` says: drop the demo migration's streams, slots and bookkeeping."""
+    if any(w["state"] == "cut" for w in co.store.waves(name)):
+        co.complete(name, keep_source_data=True, drop_fences=True)  # drops both streams
+    else:
+        co.teardown(name)
+
+
+def left_running(co: Coordinator, name: str) -> dict:
+    """What the demo leaves behind on purpose (a streaming migration to look at) and how to
+    remove it: its connectors run and its slots keep WAL on the sources until then."""
+    streams, _ = co.streams(name)
+    return {"state": co.store.migration(name).state, "connectors": [s.connector for s in streams],
+            "slots": [{"cluster": s.cluster, "slot": s.slot} for s in streams], "remove_with": removal(co, name)}
+
+
 def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
     """Tear down earlier demo migrations, make ``before`` the active map again, and
     recreate the sample table everywhere (which also drops its fence triggers)."""
@@ -57,10 +79,7 @@ def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
     for m in co.store.migrations():
         if not m["settings"].get("demo") or m["state"] in (states.ABORTED, states.COMPLETED):
             continue
-        if any(w["state"] == "cut" for w in co.store.waves(m["name"])):
-            co.complete(m["name"], keep_source_data=True, drop_fences=True)  # drops both streams
-        else:
-            co.teardown(m["name"])
+        remove(co, m["name"])
         done.append(m["name"])
     active = co.store.active()
     if active is not None and active[1].digest() != before.digest():
@@ -75,7 +94,7 @@ def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
 
 def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_rate: float = 200.0,
              stream_seconds: float = 10.0, name: str | None = None, timeout: float = 180.0,
-             cutover: bool = False) -> dict:
+             cutover: bool = False, cleanup: bool = False) -> dict:
     if SOURCE not in config.clusters:
         raise ConfigError(f"the demo needs a cluster named {SOURCE} (the embedded stack has one)")
     targets = sorted(c for c in config.clusters if c.startswith("target"))
@@ -83,7 +102,7 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
         raise ConfigError("the demo needs at least one cluster named target1, target2, ...")
     name = name or "demo_" + datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
     co = Coordinator.open(config, progress)
-    report: dict = {"reshard": "demo", "version": REPORT_VERSION, "migration": name,
+    report: dict = {"command": "demo", "migration": name,
                     "source": SOURCE, "targets": targets}
 
     progress.step(f"preparing {TABLE} on {SOURCE} with {rows:,} rows (and an empty copy on {', '.join(targets)})")
@@ -150,6 +169,12 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
     v = co.verify(name)
     report["verify"] = v.to_dict()
     report["ok"] = v.equal
+    if cleanup:
+        progress.step(f"removing {name} (--cleanup): its connectors, slots and copied rows")
+        remove(co, name)
+        report["left_running"] = None
+    else:
+        report["left_running"] = left_running(co, name)
     return report
 
 
@@ -186,6 +211,12 @@ def render(report: dict) -> str:
         lines.insert(-1, f"  cutover            {cut['outcome']}" + (
             f": write pause {cut['pause_ms']:.0f} ms (drain {cut['drain_ms']:.0f} ms), epoch {cut['epoch']} active"
             if cut.get("pause_ms") is not None else ""))
+    left = report.get("left_running")
+    if left:
+        slots = ", ".join(f"{x['slot']} on {x['cluster']}" for x in left["slots"])
+        lines.append(f"  left running       migration {report['migration']} ({left['state']}): connector(s) "
+                     f"{', '.join(left['connectors'])} stream, slot(s) {slots} keep WAL until removed")
+        lines.append(f"  remove it with     {left['remove_with']}  (the next `reshard demo` removes it too)")
     for ch in v["checks"]:
         lines.append(
             f"    {ch['target']:<10} {ch['target_rows']:>9,} rows  checksum {ch['target_checksum'][:18]:<18} "

@@ -116,7 +116,8 @@ class PlanEstimate:
     moves: list[MoveEstimate] = field(default_factory=list)
     total_rows: int = 0
     total_bytes: int = 0
-    missing: list[str] = field(default_factory=list)  # "cluster/table" without statistics
+    missing: list[str] = field(default_factory=list)  # "cluster/table" that does not exist there
+    unanalyzed: list[str] = field(default_factory=list)  # "cluster/table" never analyzed: rows guessed from pages
 
     @property
     def moving_rows(self) -> int:
@@ -128,8 +129,9 @@ class PlanEstimate:
 
     @property
     def fraction(self) -> float | None:
-        """Share of the moving groups' data that moves (bytes, or rows if sizes are unknown)."""
-        if self.total_bytes > 0:
+        """Share of the moving groups' data that moves (bytes, or rows if sizes are unknown
+        or a table was never analyzed: its bytes per row are unknown, its rows guessed)."""
+        if self.total_bytes > 0 and not self.unanalyzed:
             return self.moving_bytes / self.total_bytes
         if self.total_rows > 0:
             return self.moving_rows / self.total_rows
@@ -138,7 +140,8 @@ class PlanEstimate:
     def to_dict(self) -> dict:
         return {"moves": [m.to_dict() for m in self.moves], "total_rows": self.total_rows,
                 "total_bytes": self.total_bytes, "moving_rows": self.moving_rows,
-                "moving_bytes": self.moving_bytes, "fraction": self.fraction, "missing": self.missing}
+                "moving_bytes": self.moving_bytes, "fraction": self.fraction, "missing": self.missing,
+                "unanalyzed": self.unanalyzed}
 
 
 def estimate_plan(config: Config, p: Plan) -> PlanEstimate:
@@ -156,6 +159,8 @@ def estimate_plan(config: Config, p: Plan) -> PlanEstimate:
                     if info is None:
                         out.missing.append(f"{cluster}/{table}")
                         continue
+                    if info.est_rows <= 0:
+                        out.unanalyzed.append(f"{cluster}/{table}")
                     rows = table_rows(conn, info)
                     out.total_rows += rows
                     out.total_bytes += info.est_bytes

@@ -9,7 +9,6 @@ the remaining work over the rate measured between two readings, and is labelled 
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -41,9 +40,9 @@ def rates(prev: dict | None, cur: dict, seconds: float) -> Rates | None:
     if prev is None or seconds <= 0:
         return None
     r = Rates(seconds)
-    before = {(c["move_id"], c["tbl"]): c["rows_copied"] for c in prev.get("copy", [])}
+    before = {(c["move_id"], c["table"]): c["rows_copied"] for c in prev.get("copy", [])}
     for c in cur.get("copy", []):
-        key = (c["move_id"], c["tbl"])
+        key = (c["move_id"], c["table"])
         if key in before:
             r.copy_rows_per_s[key] = (c["rows_copied"] - before[key]) / seconds
     a, b = (prev.get("lag") or {}).get("records"), (cur.get("lag") or {}).get("records")
@@ -54,7 +53,7 @@ def rates(prev: dict | None, cur: dict, seconds: float) -> Rates | None:
 
 def _copy_line(c: dict, r: Rates | None) -> str:
     done, est = c["rows_copied"], c.get("rows_estimate") or 0
-    head = f"  copy {c['move_id']} {c['tbl']}: "
+    head = f"  copy {c['move_id']} {c['table']}: "
     if c["done"]:
         return head + f"{done:,} rows, done" + (f" (estimated {est:,})" if est else "")
     if est:
@@ -62,7 +61,7 @@ def _copy_line(c: dict, r: Rates | None) -> str:
         body = f"{done:,} of about {est:,} rows ({pct}%, the total is an estimate)"
     else:
         body = f"{done:,} rows"
-    rate = r.copy_rows_per_s.get((c["move_id"], c["tbl"])) if r else None
+    rate = r.copy_rows_per_s.get((c["move_id"], c["table"])) if r else None
     if rate:
         left = max(0, est - done) / rate if est and rate > 0 else None
         body += f", {rate:,.0f} rows/s" + (f", ETA ~{human_seconds(left)}" if left is not None else "")
@@ -89,7 +88,7 @@ def _event_line(e: dict) -> str:
 
 
 def human(d: dict, r: Rates | None = None) -> str:
-    lines = [f"migration {d['name']}: {d['state']}  (map epoch {d['from_epoch']} -> {d['to_epoch']})"]
+    lines = [f"migration {d['migration']}: {d['state']}  (map epoch {d['from_epoch']} -> {d['to_epoch']})"]
     if d.get("error"):
         lines.append(f"  error: {d['error']}")
     for part, why in (d.get("unreachable") or {}).items():
@@ -138,16 +137,17 @@ def human(d: dict, r: Rates | None = None) -> str:
     return "\n".join(lines)
 
 
-def watch(read: Callable[[], dict], interval: float, *, as_json: bool, console=None) -> None:
+def watch(read: Callable[[], dict], interval: float, *, dump: Callable[[dict], str] | None = None,
+          console=None) -> None:
     """Read and show the status every ``interval`` seconds until Ctrl-C: a live view on a
-    terminal (rich), or one compact JSON document per line with ``as_json``."""
+    terminal (rich), or one JSON document per line, as ``dump`` writes it."""
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
 
     prev, prev_t = None, 0.0
     console = console or Console(stderr=False)
-    live = None if as_json else Live(console=console, auto_refresh=False, transient=False)
+    live = None if dump else Live(console=console, auto_refresh=False, transient=False)
     try:
         if live is not None:
             live.start()
@@ -155,8 +155,8 @@ def watch(read: Callable[[], dict], interval: float, *, as_json: bool, console=N
             t = time.monotonic()
             doc = read()
             r = rates(prev, doc, t - prev_t)
-            if as_json:
-                print(json.dumps(doc, default=str), flush=True)
+            if dump is not None:
+                print(dump(doc), flush=True)
             else:
                 head = f"{time.strftime('%H:%M:%S')}  every {interval:g}s, Ctrl-C to stop\n"
                 live.update(Text(head + human(doc, r)), refresh=True)

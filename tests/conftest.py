@@ -23,6 +23,8 @@ from reshard.connect_client import ConnectClient
 from reshard.stack import Stack
 
 _counter = itertools.count(1)
+# every --json document a command prints in a test is checked against schemas/cli first
+os.environ.setdefault("RESHARD_CHECK_JSON_SCHEMAS", "1")
 
 
 def pytest_collection_modifyitems(items):

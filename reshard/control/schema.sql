@@ -79,6 +79,20 @@ CREATE TABLE IF NOT EXISTS reshard.workers (
 -- set when a worker stops cleanly (SIGTERM/SIGINT): it stops counting as live at once
 ALTER TABLE reshard.workers ADD COLUMN IF NOT EXISTS stopped_at timestamptz;
 
+-- What each applier measured, every few seconds while it ran: the history `reshard report`
+-- plots (apply rate from successive totals, lag in seconds and records). Small: one row per
+-- worker per sample interval (10 s by default), kept with the migration's other records.
+CREATE TABLE IF NOT EXISTS reshard.apply_samples (
+    migration    text NOT NULL,
+    worker       text NOT NULL,
+    at           timestamptz NOT NULL DEFAULT now(),
+    records      bigint NOT NULL,
+    applied      bigint NOT NULL,
+    lag_seconds  double precision,
+    lag_records  bigint,
+    PRIMARY KEY (migration, worker, at)
+);
+
 CREATE TABLE IF NOT EXISTS reshard.audit_log (
     id        bigserial PRIMARY KEY,
     at        timestamptz NOT NULL DEFAULT now(),

@@ -356,6 +356,23 @@ class ControlStore:
                 (migration, worker, kind, os.getpid(), Jsonb(stats)),
             )
 
+    def record_sample(self, migration: str, worker: str, records: int, applied: int, lag_seconds: float | None,
+                      lag_records: int | None) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.apply_samples (migration, worker, records, applied, lag_seconds, lag_records) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (migration, worker, records, applied, lag_seconds, lag_records),
+            )
+
+    def samples(self, migration: str) -> list[dict]:
+        """Every applier sample of the migration, oldest first."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT worker, at, records, applied, lag_seconds, lag_records FROM reshard.apply_samples "
+                "WHERE migration = %s ORDER BY at, worker", (migration,),
+            ).fetchall()
+
     def worker_stopped(self, migration: str, worker: str, stats: dict) -> None:
         """A worker that stops cleanly says so: it is no longer live from this moment."""
         with self.connect() as conn:

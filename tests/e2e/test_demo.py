@@ -3,6 +3,7 @@
 import json
 import subprocess
 
+from reshard.connect_client import ConnectClient
 from tests.e2e.helpers import assert_targets_equal_source, reshard_cmd, write_config_file
 
 
@@ -20,6 +21,9 @@ def test_demo_reports_a_verified_migration_and_the_tables_match_row_for_row(env,
     assert report["catch_up"]["seconds"] < 60
     assert "copy:" in proc.stderr  # progress went to stderr, the JSON alone to stdout
     assert assert_targets_equal_source(env) > 20_000
+    left = report["left_running"]  # said, with the way to remove it
+    assert left["state"] == "streaming" and left["connectors"] and left["slots"]
+    assert left["remove_with"] == f"reshard abort {env.migration()} --yes"
 
 
 def test_demo_with_cutover_cuts_over_under_the_load_and_still_verifies(env, tmp_path):
@@ -31,8 +35,12 @@ def test_demo_with_cutover_cuts_over_under_the_load_and_still_verifies(env, tmp_
     report = json.loads(proc.stdout)
     assert report["cutover"]["outcome"] == "done" and report["cutover"]["pause_ms"] < 2000
     assert report["ok"] is True and report["load"]["errors"] == 0
-    # a second run starts clean from the cut-over one
+    assert report["left_running"]["remove_with"].startswith(f"reshard complete {env.migration('a')} ")
+    # a second run starts clean from the cut-over one; with --cleanup it leaves nothing running
     again = subprocess.run(reshard_cmd(cfg, "demo", "--rows", "5000", "--stream-seconds", "2", "--name",
-                                       env.migration("b"), "--json"), capture_output=True, text=True, timeout=600)
+                                       env.migration("b"), "--cleanup", "--json"), capture_output=True, text=True,
+                           timeout=600)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert json.loads(again.stdout)["reset"] == [env.migration("a")]
+    second = json.loads(again.stdout)
+    assert second["reset"] == [env.migration("a")] and second["left_running"] is None
+    assert not [c for c in ConnectClient(env.config.connect.url).connectors() if env.migration("b") in c]

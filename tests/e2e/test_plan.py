@@ -1,6 +1,7 @@
 """`reshard plan` on real tables and real statistics."""
 
 import json
+import re
 import subprocess
 from dataclasses import replace
 from pathlib import Path
@@ -36,7 +37,7 @@ def shards(env):
             conn.execute(f'DROP DATABASE IF EXISTS "{c.params()["dbname"]}" WITH (FORCE)')
 
 
-def place(config, m, rows=40_000):
+def place(config, m, rows=40_000, analyze=True):
     """accounts 1..rows and two orders each, each row on the shard that owns it in map m."""
     group = m.groups["accounts"]
     for name, c in config.clusters.items():
@@ -50,8 +51,9 @@ def place(config, m, rows=40_000):
             conn.execute(f"INSERT INTO accounts SELECT g, 'owner ' || g, repeat('x', 50) "
                          f"FROM generate_series(1, {rows}) g WHERE {owned}")
             conn.execute("INSERT INTO orders SELECT a.id, n, n * 1.5 FROM accounts a, generate_series(1, 2) n")
-            conn.execute("ANALYZE accounts")
-            conn.execute("ANALYZE orders")
+            if analyze:
+                conn.execute("ANALYZE accounts")
+                conn.execute("ANALYZE orders")
 
 
 def run_plan(config, tmp_path, *args):
@@ -102,3 +104,15 @@ def test_tenant_move_and_range_to_hash_are_estimated_by_the_server(shards, tmp_p
     out = run_plan(shards, tmp_path, "--from", str(f / "d0.yaml"), "--to", str(f / "d1.yaml"))
     by = {m["table"]: m["rows"] for m in out["estimate"]["moves"]}
     assert by["public.accounts"] == 1 and by["public.orders"] in (1, 2, 3)
+
+
+def test_tables_never_analyzed_are_named_instead_of_a_zero_share(shards, tmp_path):
+    place(shards, load_map(MAPS / "four-shards.yaml"), rows=8_000, analyze=False)
+    path = tmp_path / "reshard.yaml"
+    write_config(shards, path)
+    proc = subprocess.run(reshard_cmd(path, "plan", "--from", str(MAPS / "four-shards.yaml"), "--to",
+                                      str(MAPS / "five-shards.yaml")), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "statistics missing for shard1/public.accounts" in proc.stdout and "run ANALYZE" in proc.stdout
+    assert "moves 0.0%" not in proc.stdout, proc.stdout
+    assert re.search(r"moves about (1[5-9]|2[0-5])\.\d% of the rows", proc.stdout), proc.stdout  # a fifth, guessed

@@ -1,6 +1,8 @@
 """`reshard status` on the real stack: a migration streaming with a live worker reads as
 sentences with lag in records and seconds and the worker's current rate; `--watch --json`
-streams one document per refresh until interrupted."""
+streams one document per refresh until interrupted; Kafka's own kafka-consumer-groups
+(shipped with the stack) describes the appliers' group; `reshard report` plots what the
+worker recorded."""
 
 import json
 import signal
@@ -15,7 +17,7 @@ def test_status_once_and_watched(env, tmp_path):
     co = prepare(env, rows=2000, migration=name)
     co.start(name)
     cfg = write_config_file(env, tmp_path)
-    worker = spawn(cfg, tmp_path / "apply.log", "apply", name, "--metrics-port", "0")
+    worker = spawn(cfg, tmp_path / "apply.log", "apply", name, "--metrics-port", "0", "--sample-interval", "2")
     try:
         with env.conn("source1") as conn:
             conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id <= 1500")
@@ -31,6 +33,11 @@ def test_status_once_and_watched(env, tmp_path):
         assert "(running): " in text and "events/s now" in text and "last events:" in text
         assert "rows, done" in text and "[" not in text and "{" not in text  # no Python reprs
 
+        groups = subprocess.run(reshard_cmd(cfg, "stack", "consumer-groups", "--describe", "--group",
+                                            f"reshard-{name}-applier"), capture_output=True, text=True, timeout=120)
+        assert groups.returncode == 0, groups.stderr
+        assert f"reshard.{name}.fwd.source1.public.accounts" in groups.stdout and "LAG" in groups.stdout
+
         watch = subprocess.Popen(reshard_cmd(cfg, "status", name, "--watch", "--json", "--interval", "0.5"),
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(4)
@@ -39,7 +46,16 @@ def test_status_once_and_watched(env, tmp_path):
         assert watch.returncode == 0, err
         docs = [json.loads(line) for line in out.splitlines()]
         assert len(docs) >= 2, out
-        assert all(d["command"] == "status" and d["name"] == name and d["lag"]["records"] == 0 for d in docs)
+        assert all(d["command"] == "status" and d["migration"] == name and d["lag"]["records"] == 0 for d in docs)
+
+        # the worker recorded samples as it ran: a PNG of its rate and lag
+        png = tmp_path / "life.png"
+        made = subprocess.run(reshard_cmd(cfg, "report", name, "--out", str(png), "--json"), capture_output=True,
+                              text=True, timeout=120)
+        assert made.returncode == 0, made.stderr
+        doc = json.loads(made.stdout)
+        assert doc["samples"] >= 2 and doc["workers"] == 1 and doc["max_events_per_second"] > 0
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
     finally:
         worker.terminate()
         worker.wait(timeout=40)

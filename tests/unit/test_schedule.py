@@ -33,3 +33,24 @@ def test_wait_for_gates_returns_once_all_pass_or_times_out():
     answers = iter([[G(False)], [G(False)], [G(True)]])
     assert wait_for_gates(lambda: next(answers), timeout=5, interval=0.01)[0].ok
     assert not wait_for_gates(lambda: [G(False)], timeout=0.05, interval=0.01)[0].ok
+
+
+def test_waiting_for_gates_says_what_it_waits_for_and_when_it_is_met():
+    from dataclasses import dataclass
+
+    @dataclass
+    class Gate:
+        name: str
+        ok: bool
+        detail: str
+
+    readings = iter([[Gate("lag", False, "5,000 records behind (max 1,000)")],
+                     [Gate("lag", False, "5,000 records behind (max 1,000)")],
+                     [Gate("lag", False, "2,000 records behind (max 1,000)")],
+                     [Gate("lag", True, "200 records behind (max 1,000)")]])
+    said: list[str] = []
+    gates = wait_for_gates(lambda: next(readings), 60, interval=0.0, say=said.append)
+    assert gates[0].ok
+    assert said == ["waiting for the gates (60s left): lag: 5,000 records behind (max 1,000)",
+                    "waiting for the gates (60s left): lag: 2,000 records behind (max 1,000)",
+                    "gates met: lag: 200 records behind (max 1,000)"]

@@ -6,9 +6,9 @@ from reshard.status_view import human, human_bytes, rates
 
 def _doc(copied: int, done: bool = False, lag_records: int = 500) -> dict:
     return {
-        "name": "m1", "state": "streaming", "from_epoch": 1, "to_epoch": 2, "error": None, "unreachable": {},
+        "migration": "m1", "state": "streaming", "from_epoch": 1, "to_epoch": 2, "error": None, "unreachable": {},
         "moves": [{"id": "m-1", "keys": "buckets 0-2047 source1 -> target1"}],
-        "copy": [{"move_id": "m-1", "tbl": "public.accounts", "rows_copied": copied, "rows_estimate": 20000,
+        "copy": [{"move_id": "m-1", "table": "public.accounts", "rows_copied": copied, "rows_estimate": 20000,
                   "done": done, "throttle": None}],
         "streams": [{"direction": "fwd", "cluster": "source1", "slot": "s1", "connector": "c1", "from_lsn": "0/1",
                      "state": "RUNNING", "tasks": ["RUNNING"]}],
