@@ -26,10 +26,10 @@ import psycopg
 
 LOOK_EVERY_S = 0.5  # how often the adaptive throttle looks at the source
 PROBES = 5  # probe queries per look; their median is the look's latency
-BACKOFF = 0.6  # the adaptive limit is multiplied by this on a look where the source suffers
-RECOVER = 1.15  # ... and by this on a healthy one
+BACKOFF = 0.5  # the adaptive limit is multiplied by this on a look where the source suffers
+RECOVER = 1.1  # ... and by this on a healthy one
 FLOOR_BYTES_S = 512 << 10  # never slower than this: the copy always progresses
-START_BYTES_S = 4 << 20  # the adaptive limit starts here and grows while the source stays healthy
+START_BYTES_S = 1 << 20  # the adaptive limit starts here and grows while the source stays healthy
 BASELINE_LOOKS = 4  # looks before the copy starts, for the probe's baseline
 PROBE_SLACK_MS = 0.2  # below this much slower, a sub-millisecond probe is noise, not suffering
 
