@@ -211,12 +211,6 @@ def render(report: dict) -> str:
         lines.insert(-1, f"  cutover            {cut['outcome']}" + (
             f": write pause {cut['pause_ms']:.0f} ms (drain {cut['drain_ms']:.0f} ms), epoch {cut['epoch']} active"
             if cut.get("pause_ms") is not None else ""))
-    left = report.get("left_running")
-    if left:
-        slots = ", ".join(f"{x['slot']} on {x['cluster']}" for x in left["slots"])
-        lines.append(f"  left running       migration {report['migration']} ({left['state']}): connector(s) "
-                     f"{', '.join(left['connectors'])} stream, slot(s) {slots} keep WAL until removed")
-        lines.append(f"  remove it with     {left['remove_with']}  (the next `reshard demo` removes it too)")
     for ch in v["checks"]:
         lines.append(
             f"    {ch['target']:<10} {ch['target_rows']:>9,} rows  checksum {ch['target_checksum'][:18]:<18} "
@@ -224,4 +218,11 @@ def render(report: dict) -> str:
         )
         for d in ch["differences"][:5]:
             lines.append(f"      key {d['key']}: {d['problem']}")
+    left = report.get("left_running")
+    if left:
+        slots = ", ".join(f"{x['slot']} on {x['cluster']}" for x in left["slots"])
+        many = "s" if len(left["slots"]) > 1 else ""
+        lines.append(f"  left running       migration {report['migration']} ({left['state']}): connector{many} "
+                     f"{', '.join(left['connectors'])}, slot{many} {slots} (keeping WAL until removed)")
+        lines.append(f"  remove it with     {left['remove_with']}  (the next `reshard demo` removes it too)")
     return "\n".join(lines)
