@@ -39,11 +39,11 @@ UP = Gauge("reshard_applier_up", "1 while this worker runs its loop", ["migratio
 served_port = 0  # where this process serves /metrics (0: nowhere); workers report it in their heartbeat
 
 
-def serve(port: int) -> None:
-    """Serve ``/metrics`` on 127.0.0.1:``port`` from a daemon thread (0: do not serve)."""
+def serve(port: int, address: str = "127.0.0.1") -> None:
+    """Serve ``/metrics`` on ``address``:``port`` from a daemon thread (0: do not serve)."""
     global served_port
     if port:
-        start_http_server(port, addr="127.0.0.1")
+        start_http_server(port, addr=address)
         served_port = port
 
 

@@ -565,12 +565,14 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
               help=f"Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: do not serve). Default "
                    f"{METRICS_PORT}, or the next free port up to {METRICS_PORT + METRICS_PORTS - 1} when other "
                    "workers on this host hold it (the port is printed and shown in `reshard status`).")
+@click.option("--metrics-address", default="127.0.0.1", show_default=True,
+              help="Address to serve metrics on (0.0.0.0 for a Prometheus on another host).")
 @click.option("--sample-interval", default=10.0, show_default=True, type=click.FloatRange(min=2.0),
               help="Seconds between the samples (totals, lag) this worker records for `reshard report`.")
 @json_option
 @click.pass_obj
 def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
-          metrics_port: int, sample_interval: float) -> None:
+          metrics_port: int, metrics_address: str, sample_interval: float) -> None:
     """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
 
     Workers of one migration share a Kafka consumer group: start more to split the
@@ -590,16 +592,16 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     served = None
     for port in candidates:
         try:
-            serve(port)
+            serve(port, metrics_address)
             served = port
             break
         except OSError as exc:
             reason = exc.strerror
     if served is None:
-        raise ConfigError(f"cannot serve metrics on 127.0.0.1:{'/'.join(map(str, candidates))} ({reason}): pass "
-                          "--metrics-port with a free port, or 0")
+        raise ConfigError(f"cannot serve metrics on {metrics_address}:{'/'.join(map(str, candidates))} ({reason}): "
+                          "pass --metrics-port with a free port, or 0")
     if served:
-        logging.getLogger("cdc_applier.worker").info("metrics on http://127.0.0.1:%d/metrics", served)
+        logging.getLogger("cdc_applier.worker").info("metrics on http://%s:%d/metrics", metrics_address, served)
     stop = threading.Event()
 
     def stop_within_grace(*_: object) -> None:
