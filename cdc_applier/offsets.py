@@ -32,13 +32,13 @@ from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka_admin import KafkaAdmin
 from reshard.streams import Stream
 
+log = logging.getLogger("cdc_applier.offsets")
+SAY_EVERY_S = 5.0  # a wait says what it waits for this often
+
 
 def applier_group(migration: str) -> str:
     return f"reshard-{migration}-applier"
 
-
-log = logging.getLogger("cdc_applier.offsets")
-SAY_EVERY_S = 5.0  # a wait says what it waits for this often
 
 @dataclass
 class StreamLag:
@@ -81,11 +81,10 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
 def topic_lag(config: Config, migration: str, topics: list[str]) -> dict[str, int]:
     """Records after the appliers' committed offsets, per topic (Kafka only)."""
     with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
-        ends = admin.end_offsets(topics)
-        done = admin.committed(applier_group(migration), topics)
+        per_partition = admin.partition_lag(applier_group(migration), topics)
     out = {t: 0 for t in topics}
-    for (t, p), end in ends.items():
-        out[t] += max(0, end - done.get((t, p), 0))
+    for (t, _p), n in per_partition.items():
+        out[t] += n
     return out
 
 

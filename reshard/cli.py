@@ -252,15 +252,14 @@ def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: st
     from reshard.stack import Stack
 
     home = state_dir()
+    progress = ctx.progress()
     if ctx.config_path is None:
-        progress = ctx.progress()
         st = Stack(home, say=None if ctx.json else progress.step)
         if not st.is_up():
             st.up()
         config = st.config()
     else:
         config = ctx.config()
-        progress = ctx.progress()
     try:
         report = run_demo(config, progress, rows=rows, write_rate=write_rate, stream_seconds=stream_seconds,
                           name=name, timeout=timeout, cutover=with_cutover, cleanup=cleanup)
@@ -657,10 +656,12 @@ def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval
     cannot be reached is left out and counted in reshard_exporter_errors_total. The
     applier workers serve their own metrics (see `reshard apply --metrics-port`).
     """
+    from dataclasses import replace
+
     from reshard import exporter as exp
     from reshard.coordinator import Coordinator
 
-    co = Coordinator.open(ctx.config())
+    co = replace(Coordinator.open(ctx.config()), log_context=False)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

@@ -45,6 +45,9 @@ class Coordinator:
     config: Config
     store: ControlStore
     progress: Progress
+    # a command about one migration puts its name on every log line; a process that reads
+    # many (the exporter) must not label them all with the last one it read
+    log_context: bool = True
 
     @classmethod
     def open(cls, config: Config, progress: Progress | None = None) -> "Coordinator":
@@ -115,7 +118,8 @@ class Coordinator:
         return epoch, created, initial
 
     def record(self, name: str) -> tuple[MigrationRecord, Plan]:
-        bind(migration=name)
+        if self.log_context:
+            bind(migration=name)
         rec = self.store.migration(name)
         return rec, self.store.plan_of(rec)
 

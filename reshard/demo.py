@@ -49,16 +49,20 @@ def demo_maps(targets: list[str]) -> tuple[dict, dict]:
     return before, after
 
 
+def _cut(co: Coordinator, name: str) -> bool:
+    return any(w["state"] == "cut" for w in co.store.waves(name))
+
+
 def removal(co: Coordinator, name: str) -> str:
     """The command that removes a demo migration, in its state."""
-    if any(w["state"] == "cut" for w in co.store.waves(name)):
+    if _cut(co, name):
         return f"reshard complete {name} --keep-source-data --drop-fences --yes"
     return f"reshard abort {name} --yes"
 
 
 def remove(co: Coordinator, name: str) -> None:
     """What ``removal`` says: drop the demo migration's streams, slots and bookkeeping."""
-    if any(w["state"] == "cut" for w in co.store.waves(name)):
+    if _cut(co, name):
         co.complete(name, keep_source_data=True, drop_fences=True)  # drops both streams
     else:
         co.teardown(name)

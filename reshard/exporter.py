@@ -204,16 +204,14 @@ class MigrationCollector(Collector):
                 cstate.add_metric([*labels, state], 1.0 if state == current else 0.0)
                 tstate.add_metric([*labels, state], float(tasks.count(state)))
         with KafkaAdmin(self.co.config.kafka.bootstrap_servers) as admin:
-            ends = admin.end_offsets([*topics, dlq_topic(name)])
-            done = admin.committed(applier_group(name), topics)
+            behind = admin.partition_lag(applier_group(name), topics)
+            dead = sum(admin.end_offsets([dlq_topic(name)]).values())
         lag = f.gauge("reshard_consumer_lag_records", "Records in the partition after the appliers' committed "
                       "offset", ["migration", "topic", "partition"])
-        for (topic, part), end in sorted(ends.items()):
-            if topic != dlq_topic(name):
-                lag.add_metric([name, topic, str(part)], float(max(0, end - done.get((topic, part), 0))))
+        for (topic, part), n in sorted(behind.items()):
+            lag.add_metric([name, topic, str(part)], float(n))
         f.counter("reshard_dead_letters", "Records in the migration's dead-letter topic",
-                  ["migration"]).add_metric([name], float(sum(e for (t, _p), e in ends.items()
-                                                              if t == dlq_topic(name))))
+                  ["migration"]).add_metric([name], float(dead))
 
     def _fences(self, f: Families) -> None:
         mode = f.gauge("reshard_fence_mode", "1 for each table's installed fence mode on a cluster (steady, "

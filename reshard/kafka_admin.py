@@ -128,7 +128,11 @@ class KafkaAdmin:
         result = fut.result()
         return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions}
 
-    def lag(self, group: str, topics: list[str]) -> int:
+    def partition_lag(self, group: str, topics: list[str]) -> dict[tuple[str, int], int]:
+        """Records after the group's committed offset, per partition of ``topics``."""
         ends = self.end_offsets(topics)
         done = self.committed(group, topics)
-        return sum(max(0, end - done.get(tp, 0)) for tp, end in ends.items())
+        return {tp: max(0, end - done.get(tp, 0)) for tp, end in ends.items()}
+
+    def lag(self, group: str, topics: list[str]) -> int:
+        return sum(self.partition_lag(group, topics).values())

@@ -15,10 +15,6 @@ from reshard.stack.stack import free_port
 from tests.e2e.helpers import prepare, spawn, wait_for, write_config_file
 
 
-def _free_port() -> int:
-    return free_port()
-
-
 def _scrape(port: int, migration: str) -> dict[tuple, float]:
     """(sample name, sorted labels without migration) -> value, for this migration's samples."""
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
@@ -41,7 +37,7 @@ def test_worker_metrics_count_what_was_applied_and_sigterm_deregisters_at_once(e
     co = prepare(env, rows=2000, migration=name)
     co.start(name)
     cfg = write_config_file(env, tmp_path)
-    port = _free_port()
+    port = free_port()
     worker = spawn(cfg, tmp_path / "apply.log", "apply", name, "--metrics-port", str(port))
     try:
         with env.conn("source1") as conn:

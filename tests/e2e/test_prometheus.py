@@ -15,8 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from reshard.stack.stack import free_port
 from tests.e2e.helpers import prepare, spawn, wait_for, write_config_file
-from tests.e2e.test_metrics import _free_port
 from tests.monitoring import MONITORING, prometheus_binary
 
 
@@ -56,7 +56,7 @@ def test_prometheus_scrapes_and_the_no_live_applier_alert_fires_and_clears(env, 
     co = prepare(env, rows=2000, migration=name)
     co.start(name)
     cfg = write_config_file(env, tmp_path)
-    apply_port, exporter_port, prom_port = _free_port(), _free_port(), _free_port()
+    apply_port, exporter_port, prom_port = free_port(), free_port(), free_port()
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(MONITORING / "alerts.yml")],
@@ -88,7 +88,9 @@ def test_prometheus_scrapes_and_the_no_live_applier_alert_fires_and_clears(env, 
         copied = sum(c["rows_copied"] for c in co.store.copy_progress(name))
         assert copied > 0 and _value(prom_port, f'sum(reshard_copy_rows_copied_total{{migration="{name}"}})') == copied
         assert _value(prom_port, f'min(reshard_copy_done{{migration="{name}"}})') == 1
-        assert _value(prom_port, f'reshard_verification_equal{{migration="{name}"}}') == 1
+        # the verification may land after the refresh that first showed the live applier
+        wait_for(lambda: _value(prom_port, f'reshard_verification_equal{{migration="{name}"}}') == 1, 30,
+                 "the exporter to read the verification")
         assert _value(prom_port, f'reshard_dead_letters_total{{migration="{name}"}}') == 0
         assert _value(prom_port, f'reshard_connector_state{{migration="{name}", state="RUNNING"}}') == 1
         assert _value(prom_port, f'reshard_slot_active{{migration="{name}"}}') == 1
