@@ -3,7 +3,7 @@
 import time
 
 from reshard.workload import Workload
-from tests.e2e.helpers import assert_verified, ApplierThread, assert_targets_equal_source, prepare
+from tests.e2e.helpers import assert_verified, ApplierThread, assert_targets_equal_source, prepare, wait_for
 
 
 def test_split_under_concurrent_writes_ends_row_for_row_equal(env):
@@ -17,6 +17,10 @@ def test_split_under_concurrent_writes_ends_row_for_row_equal(env):
         assert report.rows >= 20_000 and not report.resumed
         with ApplierThread(co, name) as applier:
             time.sleep(6.0)  # writes after the slot must arrive through the stream
+            # on a busy machine the load may fall behind its rate: let it reach what is checked below
+            wait_for(lambda: load.stats.operations > 1000 and load.stats.deletes > 50
+                     and load.stats.key_changes > 10 and load.stats.toast_keeping_updates > 50, 90,
+                     "the load to write enough of each kind")
             stats = load.stop()
             caught = co.wait(name, timeout=120)
         assert "stats" in applier.result
