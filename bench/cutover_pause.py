@@ -22,17 +22,15 @@ import tempfile
 import time
 from pathlib import Path
 
-import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, stack_config  # noqa: E402
+from bench._common import fresh_databases, seed_split, stack_config  # noqa: E402
 from cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
 from reshard import fence  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.shardmap import parse_map  # noqa: E402
-from reshard.workload import create_table, seed  # noqa: E402
 from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
 
 DB = "bench_cutover"
@@ -48,11 +46,7 @@ def main() -> None:
     args = ap.parse_args()
 
     config = fresh_databases(stack_config(), DB, NAME)
-    for c in ("source1", "target1", "target2"):
-        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
-            create_table(conn)
-    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
-        seed(conn, args.rows)
+    seed_split(config, args.rows, ["target1", "target2"])  # the table and its rows; the maps are AFTER/BEFORE
     co = Coordinator.open(config)
     co.create(NAME, parse_map(AFTER, config.clusters), parse_map(BEFORE, config.clusters))
     epoch, m = co.store.active()

@@ -20,6 +20,21 @@ from reshard.streams import Stream
 TEMPLATE = REPO_ROOT / "connectors" / "debezium-postgres.json"
 HEARTBEAT_MS = 50
 AVRO_CONVERTER = "io.apicurio.registry.utils.converter.AvroConverter"
+ECHO_PREDICATE = "dev.reshard.connect.OriginStartsWith"  # connectors/echo-filter
+
+
+def echo_filter(stream: Stream) -> dict[str, str]:
+    """Drop the other direction's writes (echoes) in Connect, before they are produced:
+    Kafka's Filter transform with reshard's origin predicate. The applier would skip them
+    anyway; this keeps them off Kafka (after a cutover every change would travel twice)."""
+    return {
+        "transforms": "dropEchoes",
+        "transforms.dropEchoes.type": "org.apache.kafka.connect.transforms.Filter",
+        "transforms.dropEchoes.predicate": "isEcho",
+        "predicates": "isEcho",
+        "predicates.isEcho.type": ECHO_PREDICATE,
+        "predicates.isEcho.prefix": stream.echo_origin_prefix,
+    }
 
 
 def converters(config: Config) -> dict[str, str]:
@@ -41,7 +56,8 @@ def converters(config: Config) -> dict[str, str]:
     return out
 
 
-def render(config: Config, stream: Stream, tables: list[str], template: Path = TEMPLATE) -> dict[str, str]:
+def render(config: Config, stream: Stream, tables: list[str], template: Path = TEMPLATE,
+           filter_echoes: bool = False) -> dict[str, str]:
     params = config.cluster(stream.cluster).params(for_connect=True)
     values = {
         "hostname": params.get("host", "127.0.0.1"),
@@ -61,7 +77,7 @@ def render(config: Config, stream: Stream, tables: list[str], template: Path = T
     avro = converters(config)
     if avro:  # the template's JSON converter settings do not apply to another converter
         out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
-    return {**out, **avro}
+    return {**out, **avro, **(echo_filter(stream) if filter_echoes else {})}
 
 
 def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bool = True) -> list[str]:
@@ -71,9 +87,10 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
     admin.ensure_topics(topics, config.kafka.partitions, config.kafka.replication_factor)
     admin.ensure_topics(stream.heartbeat_topics, 1, config.kafka.replication_factor)
     client = ConnectClient(config.connect.url)
-    wanted = render(config, stream, tables)
+    wanted = render(config, stream, tables,
+                    filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE))
     current = client.config(stream.connector)
-    if current is None or any(current.get(k) != v for k, v in wanted.items()):
+    if current is None or {k: v for k, v in current.items() if k != "name"} != wanted:
         client.put(stream.connector, wanted)
     if wait:
         client.wait_running(stream.connector, timeout=90)

@@ -44,9 +44,9 @@ class Router:
             raise DecodeError(f"record from topic {topic}, which is not one of this migration's") from None
 
     def is_echo(self, ev: ChangeEvent, stream: Stream) -> bool:
-        """Written by the other direction's applier: its sessions take origins from a pool
-        named after ``stream.echo_origin`` (see cdc_applier.worker.tag_origin)."""
-        return bool(ev.origin) and ev.origin.startswith(stream.echo_origin)
+        """Written by the other direction's applier: its sessions take their origins from
+        that direction's pool (see cdc_applier.worker.tag_origin)."""
+        return bool(ev.origin) and ev.origin.startswith(stream.echo_origin_prefix)
 
     def target(self, ev: ChangeEvent, stream: Stream) -> str | None:
         """The cluster this change must be applied on, or None when its key does not move."""

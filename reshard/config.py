@@ -83,6 +83,9 @@ class KafkaConfig:
 @dataclass(frozen=True)
 class ConnectConfig:
     url: str
+    # drop the other direction's writes in Connect (reshard's echo-filter plugin) when the
+    # worker has it; false: let them travel and have the applier skip them
+    echo_filter: bool = True
 
 
 @dataclass(frozen=True)
@@ -120,7 +123,7 @@ class Config:
                 **({"connect_schema_registry_url": self.kafka.connect_schema_registry_url}
                    if self.kafka.connect_schema_registry_url else {}),
             },
-            "connect": {"url": self.connect.url},
+            "connect": {"url": self.connect.url, **({} if self.connect.echo_filter else {"echo_filter": False})},
             **self.extra,
         }
 
@@ -187,8 +190,11 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
     url = str(_req(c, "url", f"{where}: connect")).rstrip("/")
     if not url.startswith(("http://", "https://")):
         raise ConfigError(f"{where}: connect.url must start with http:// or https://, got {url!r}")
+    echo_filter = c.get("echo_filter", True)
+    if not isinstance(echo_filter, bool):
+        raise ConfigError(f"{where}: connect.echo_filter must be true or false, got {echo_filter!r}")
     extra = {key: v for key, v in data.items() if key not in {"control", "clusters", "kafka", "connect"}}
-    return Config(path, control_dsn, clusters, kafka, ConnectConfig(url), extra)
+    return Config(path, control_dsn, clusters, kafka, ConnectConfig(url, echo_filter), extra)
 
 
 def find_config_path(explicit: str | Path | None = None) -> Path:

@@ -44,6 +44,10 @@ class ConnectClient:
     def plugins(self) -> list[str]:
         return [p["class"] for p in self._call("GET", "/connector-plugins") or []]
 
+    def has_plugin(self, cls: str) -> bool:
+        """Whether the worker can load ``cls`` (a connector, transform, predicate or converter)."""
+        return any(p["class"] == cls for p in self._call("GET", "/connector-plugins?connectorsOnly=false") or [])
+
     def connectors(self) -> list[str]:
         return self._call("GET", "/connectors") or []
 

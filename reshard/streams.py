@@ -8,8 +8,10 @@ topics, all named here.
 Echoes: the forward applier's writes on a target would come back through the reverse
 stream, and the reverse applier's writes on a source through the forward stream.
 Each applier direction tags its sessions with a PostgreSQL replication origin;
-Debezium reports the origin of every change (``source.origin``), and each stream
-skips the changes tagged by the other direction.
+Debezium reports the origin of every change (``source.origin``). Where the Connect
+worker has reshard's echo filter (connectors/echo-filter), each stream's connector
+drops the other direction's changes before they are produced; the applier skips any
+that still arrive.
 """
 
 from __future__ import annotations
@@ -64,10 +66,11 @@ class Stream:
         return f"reshard_{self.direction}_{self.migration}"
 
     @property
-    def echo_origin(self) -> str:
-        """Changes tagged with this origin were written by the other direction: skip them."""
+    def echo_origin_prefix(self) -> str:
+        """Changes whose origin starts with this were written by the other direction's
+        applier (one origin of its pool, ``<writer_origin>_<n>``): skip them."""
         other = REVERSE if self.direction == FORWARD else FORWARD
-        return f"reshard_{other}_{self.migration}"
+        return f"reshard_{other}_{self.migration}_"
 
     @property
     def applied_key(self) -> str:

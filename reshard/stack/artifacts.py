@@ -49,10 +49,13 @@ def cache_dir() -> Path:
 
 
 def artifacts_dir(pom: Path = POM) -> Path:
-    """The cache directory of one artifact set: named by a hash of the POMs that pin it."""
+    """The cache directory of one artifact set: named by a hash of the POMs that pin it
+    and of the Java sources built (the echo filter)."""
     h = hashlib.sha256(pom.read_bytes())
     for module in sorted(pom.parent.glob("*/pom.xml")):
         h.update(module.read_bytes())
+    for source in sorted(pom.parent.glob("*/src/**/*.java")):
+        h.update(source.read_bytes())
     return cache_dir() / "jvm" / h.hexdigest()[:12]
 
 
@@ -129,7 +132,7 @@ def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifac
     log = log or (target.parent / f"{target.name}.maven.log")
     with open(log, "w") as out:
         proc = subprocess.run(
-            [mvn, "-B", "-q", "-f", str(pom), "generate-resources", f"-Dstack.dir={target}"],
+            [mvn, "-B", "-q", "-f", str(pom), "package", f"-Dstack.dir={target}"],
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=pom.parent,
@@ -140,6 +143,7 @@ def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifac
     fetch_converter(pom, target / "plugins" / "apicurio-converter")
     if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
         (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
+    ) or not any((target / "plugins").glob("reshard-echo-filter/reshard-echo-filter-*.jar")
     ) or not any((target / "registry").glob("apicurio-registry-app-*-runner.jar")) or not any(
         (target / "plugins").glob("apicurio-converter/apicurio-registry-java-sdk-*.jar")
     ):

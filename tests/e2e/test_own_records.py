@@ -14,7 +14,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from reshard.streams import forward
 
-from tests.e2e.helpers import ApplierThread, prepare, wait_for
+from tests.e2e.helpers import ApplierThread, prepare
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 

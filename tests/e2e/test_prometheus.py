@@ -11,7 +11,6 @@ import signal
 import subprocess
 import urllib.parse
 import urllib.request
-from pathlib import Path
 
 import yaml
 
