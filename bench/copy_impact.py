@@ -28,7 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import load_average, median  # noqa: E402
-from bench.copy_throughput import empty_targets, setup  # noqa: E402
+from bench.copy_throughput import CLUSTERS, empty_targets, setup  # noqa: E402
 
 DB = "bench_impact"
 NAME = "benchimpact"
@@ -98,7 +98,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    config, cfg, maps, co, _before, _after = setup(DB, NAME, args.rows)
+    config, cfg, maps, co, _before, _after = setup(DB, NAME, args.rows, CLUSTERS)
     subprocess.run(["pgbench", "-i", "-q", "-s", "4", config.cluster("source1").dsn], check=True, capture_output=True)
     rounds = []
     for r in range(args.rounds):
@@ -106,7 +106,7 @@ def main() -> None:
         row: dict = {"round": r + 1}
         for kind in kinds:
             name = f"{NAME}{r + 1}{kind[0]}"
-            empty_targets(config)
+            empty_targets(config, CLUSTERS)
             row[kind] = phase(config, cfg, maps, kind, name, args.rate, args.rows)
             if kind != "baseline":
                 co.teardown(name)

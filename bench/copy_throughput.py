@@ -1,7 +1,9 @@
 """The snapshot copy against a raw COPY pipe doing the same work, in alternating rounds.
 
 Setup on the embedded stack: N accounts on source1, split 1 -> 2 by hash (every row
-moves; each target receives half). Each round runs, in turn:
+moves; each target receives half), or with ``--targets 1`` all moved to target1 (one
+unit: reshard splits it into ``--copy-workers`` key-range chunks, the raw pipe is one
+pipe, pgcopydb does the same work). Each round runs, in turn:
 
 - reshard: `reshard start --throttle off` of a fresh migration (slot with exported
   snapshot, keyset batches committed with their cursors), the copy timed from its first
@@ -10,13 +12,15 @@ moves; each target receives half). Each round runs, in turn:
 - raw pipe: for each target, `psql -c "COPY (SELECT … WHERE <the same predicate>) TO
   STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel;
 - pgcopydb (Debian's, if installed: `apt-get install pgcopydb`): `pgcopydb copy
-  table-data` of the whole table into target1. It cannot filter rows, so its work
-  differs: the same rows, one destination instead of two.
+  table-data` of the whole table into target1 (`--table-jobs 2`, which splits one table
+  into parts by ctid). It cannot filter rows, so with two targets its work differs: the
+  same rows, one destination instead of two.
 
 Targets are emptied between runs. Printed: median rows/s of each and the ratio, with the
 peak RSS of the reshard process.
 
-    .venv/bin/python bench/copy_throughput.py [--rows 1000000] [--rounds 3] [--json]
+    .venv/bin/python bench/copy_throughput.py [--rows 1000000] [--rounds 3] [--targets 1|2]
+        [--copy-workers 2] [--json]
 """
 
 from __future__ import annotations
@@ -45,11 +49,11 @@ from reshard.workload import TABLE  # noqa: E402
 
 DB = "bench_copy"
 NAME = "benchcopy"
-TARGETS = ["target1", "target2"]
+CLUSTERS = ["target1", "target2"]
 
 
-def empty_targets(config) -> None:
-    for t in TARGETS:
+def empty_targets(config, targets: list[str]) -> None:
+    for t in targets:
         with psycopg.connect(config.cluster(t).dsn, autocommit=True) as conn:
             conn.execute(f"TRUNCATE {TABLE}")
             if conn.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]:
@@ -59,7 +63,7 @@ def empty_targets(config) -> None:
 
 
 def raw_pipe(config, predicates: dict[str, str]) -> float:
-    """Seconds for both halves, piped in parallel through psql."""
+    """Seconds for every target's share, piped in parallel through psql (one pipe each)."""
     src = config.cluster("source1").dsn
     procs = []
     t0 = time.monotonic()
@@ -108,12 +112,12 @@ def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> t
     return doc["copy_seconds"], doc["seconds"], doc["rows_copied"], rss
 
 
-def setup(db: str, name: str, rows: int):
-    """Fresh databases, ``rows`` accounts on source1 to split 1 -> 2, a config file and the
+def setup(db: str, name: str, rows: int, targets: list[str]):
+    """Fresh databases, ``rows`` accounts on source1 to move to ``targets``, a config file and the
     target map on disk; a throwaway migration activates today's map. Returns
     (config, config path, map path, coordinator, before map, after map)."""
     config = fresh_databases(stack_config(), db, name)
-    before, after = seed_split(config, rows, TARGETS)
+    before, after = seed_split(config, rows, targets)
     tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
     cfg = tmp / "reshard.yaml"
     write_config(config, cfg)
@@ -130,10 +134,13 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--copy-workers", type=int, default=2)
+    ap.add_argument("--targets", type=int, choices=[1, 2], default=2,
+                    help="2: split 1 -> 2 (two units); 1: everything to target1 (one unit, chunked)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    targets = CLUSTERS[: args.targets]
 
-    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows)
+    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets)
     tmp = cfg.parent
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     predicates = {m.target: p.predicate_sql(m, TABLE) for m in p.moves}
@@ -143,7 +150,7 @@ def main() -> None:
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         row: dict = {"round": r + 1}
         for kind in order:
-            empty_targets(config)
+            empty_targets(config, targets)
             if kind == "raw":
                 secs = raw_pipe(config, predicates)
                 row["raw_rows_per_s"] = round(args.rows / secs)
@@ -167,6 +174,7 @@ def main() -> None:
     ours, raw = median([x["reshard_rows_per_s"] for x in rounds]), median([x["raw_rows_per_s"] for x in rounds])
     step = median([x["reshard_step_rows_per_s"] for x in rounds])
     doc = {"benchmark": "copy_throughput", "version": 1, "rows": args.rows, "rounds": args.rounds,
+           "targets": args.targets,
            "copy_workers": args.copy_workers, "cpus": os.cpu_count(), "reshard_rows_per_s": ours,
            "reshard_step_rows_per_s": step, "raw_pipe_rows_per_s": raw, "ratio": round(ours / raw, 2),
            "step_ratio": round(step / raw, 2),
@@ -177,12 +185,13 @@ def main() -> None:
     if args.json:
         print(json.dumps(doc, indent=2))
         return
-    print(f"copy of {args.rows:,} rows split 1 -> 2, medians of {args.rounds} alternating rounds "
+    how = "split 1 -> 2" if args.targets == 2 else "moved 1 -> 1 (one unit)"
+    print(f"copy of {args.rows:,} rows {how}, medians of {args.rounds} alternating rounds "
           f"({os.cpu_count()} CPUs)")
     print(f"  reshard start ({args.copy_workers} copy workers)  {ours:>10,.0f} rows/s  "
           f"peak RSS {doc['reshard_peak_rss_mb']} MB")
     print(f"  … the whole step (slot, connector) {step:>7,.0f} rows/s")
-    print(f"  raw COPY pipe (2 halves)        {raw:>10,.0f} rows/s")
+    print(f"  raw COPY pipe ({args.targets} pipe(s))        {raw:>10,.0f} rows/s")
     print(f"  ratio (copy / pipe)             {doc['ratio']:>10}   whole step / pipe {doc['step_ratio']}")
     if "pgcopydb" in kinds:
         print(f"  pgcopydb (whole table, 1 target){doc['pgcopydb_rows_per_s']:>10,.0f} rows/s   "

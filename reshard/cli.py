@@ -26,7 +26,7 @@ from reshard.config import Config, load_config, state_dir
 from reshard.errors import ReshardError
 from reshard.exit_codes import ExitCode, describe
 from reshard.json_schemas import check_if_asked
-from reshard.logs import FORMATS, LEVELS, bind
+from reshard.logs import FORMATS, LEVELS
 from reshard.logs import configure as configure_logging
 from reshard.progress import Progress
 from snapshotter.snapshot import DEFAULT_BATCH_ROWS
@@ -496,7 +496,10 @@ def fence_status(ctx: Ctx) -> None:
               help="Today's map; needed only when no map is active yet.")
 @click.option("--batch-rows", default=DEFAULT_BATCH_ROWS, show_default=True,
               help="Rows per copy batch (one target commit each; a crash redoes at most one batch per unit).")
-@click.option("--copy-workers", default=2, show_default=True, help="Tables/moves copied in parallel.")
+@click.option("--copy-workers", default=2, show_default=True,
+              help="Copy sessions per source. Each (move, table) unit bigger than a batch is split into this "
+                   "many key-range chunks; chunks of all units are copied this many at a time, every session "
+                   "reading the same snapshot.")
 @click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=None,
               help="Cap the copy at this many rows/s per source (all its copy workers together).")
 @click.option("--max-bytes-per-second", type=click.FloatRange(min=1024), default=None,

@@ -64,19 +64,31 @@ def pk_text_sql(pk: list[str], alias: str) -> str:
 
 def delete_written_rows(conn: psycopg.Connection, migration: str, move_id: str, info, predicate: str) -> int:
     """Delete, on a target, only the rows this migration wrote there: rows of the move's
-    predicate that its copy committed (up to the copy's committed cursor, or all of the
-    predicate once that unit finished) and rows its applier wrote (per-key positions).
+    predicate that its copy committed (each chunk's range up to its committed cursor, or
+    the whole range once that chunk finished) and rows its applier wrote (per-key positions).
     Rows that were there before, or that another migration wrote, stay: a refused or
     aborted migration never deletes a neighbour's data (invariant 8). ``predicate``
     must refer to the table as ``t``."""
     from reshard.shardmap import qualified, quote_ident
 
     pk_cols = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
-    cursor_row = ", ".join(f"(c.cursor->>{i})::{info.column(col).type}" for i, col in enumerate(info.pk))
+
+    def key(column: str) -> str:  # a chunk bound or cursor (a JSON array of key texts) as a typed row
+        return ", ".join(f"(c.{column}->>{i})::{info.column(col).type}" for i, col in enumerate(info.pk))
+
+    def bounded(column: str) -> str:
+        return f"coalesce(jsonb_typeof(c.{column}) = 'array', false)"
+
+    # each chunk of the copy wrote (chunk_lower, cursor], or its whole range once done
+    copied = (
+        f"(NOT {bounded('chunk_lower')} OR ({pk_cols}) > ({key('chunk_lower')})) AND ("
+        f"(c.done AND (NOT {bounded('chunk_upper')} OR ({pk_cols}) <= ({key('chunk_upper')}))) "
+        f"OR ({bounded('cursor')} AND ({pk_cols}) <= ({key('cursor')})))"
+    )
     return conn.execute(
         f"DELETE FROM {qualified(info.name)} t WHERE {predicate} AND ("
         f"EXISTS (SELECT 1 FROM reshard.copy_cursor c WHERE c.migration = %s AND c.move_id = %s AND c.tbl = %s "
-        f"AND (c.done OR (jsonb_typeof(c.cursor) = 'array' AND ({pk_cols}) <= ({cursor_row})))) "
+        f"AND {copied}) "
         f"OR {pk_text_sql(list(info.pk), 't')} IN (SELECT a.pk FROM reshard.applied_rows a "
         f"WHERE a.migration = %s AND a.tbl = %s AND NOT a.deleted))",
         (migration, move_id, info.name, migration, info.name),

@@ -1,7 +1,8 @@
 """Stream one batch of rows from a source snapshot into a target, with its cursor.
 
-Rows flow in chunks (``COPY … TO STDOUT`` into ``COPY … FROM STDIN``, binary where the
-column types allow), read and written concurrently, never whole tables in memory. The batch and the cursor that records it commit in one
+Rows flow in blocks (``COPY … TO STDOUT`` into ``COPY … FROM STDIN``, binary where the
+column types allow), read and written concurrently, never whole tables in memory. The
+batch and the cursor of its chunk (the key range one session copies) commit in one
 target transaction: after a crash the target holds whole batches and knows which.
 """
 
@@ -28,24 +29,58 @@ class BatchResult:
     bytes: int
 
 
-def load_cursor(tgt: psycopg.Connection, migration: str, move_id: str, table: str) -> dict | None:
-    row = tgt.execute(
-        "SELECT cursor, rows_copied, bytes_copied, snapshot_lsn::text, resumed_lsn::text, done "
-        "FROM reshard.copy_cursor WHERE migration = %s AND move_id = %s AND tbl = %s",
+def _json(key: list[str] | None) -> Jsonb | None:
+    return None if key is None else Jsonb(key)
+
+
+@dataclass
+class Chunk:
+    """One key range of a unit, copied by one session: ``(lower, upper]`` (None: unbounded),
+    resumed from ``cursor``. Its row in reshard.copy_cursor is the durable fact."""
+    index: int
+    lower: list[str] | None
+    upper: list[str] | None
+    cursor: list[str] | None
+    rows_copied: int = 0
+    bytes_copied: int = 0
+    resumed_lsn: str | None = None
+    done: bool = False
+
+
+def load_chunks(tgt: psycopg.Connection, migration: str, move_id: str, table: str) -> list[Chunk]:
+    """The unit's chunks on the target, in key order ([] before its copy started)."""
+    rows = tgt.execute(
+        "SELECT chunk, chunk_lower, chunk_upper, cursor, rows_copied, bytes_copied, resumed_lsn::text, done "
+        "FROM reshard.copy_cursor WHERE migration = %s AND move_id = %s AND tbl = %s ORDER BY chunk",
         (migration, move_id, table),
-    ).fetchone()
-    if row is None:
-        return None
-    keys = ("cursor", "rows_copied", "bytes_copied", "snapshot_lsn", "resumed_lsn", "done")
-    return dict(zip(keys, row))
+    ).fetchall()
+    return [Chunk(*r) for r in rows]
 
 
-CHUNK_BYTES = 256 << 10  # rows travel from the reader to the writer in chunks this size
-CHUNKS_IN_FLIGHT = 8  # at most this many chunks wait for the target: memory stays flat
+def create_chunks(tgt: psycopg.Connection, migration: str, move_id: str, table: str, bounds: list[list[str]],
+                  snapshot_lsn: str, resumed_lsn: str | None) -> list[Chunk]:
+    """Record a unit's chunks before any of them copies: the keys are split at ``bounds``
+    (ascending; chunk i ends at bounds[i], the last one at the end of the range). One
+    transaction, so a rerun finds either all of them or none."""
+    edges: list[list[str] | None] = [None, *bounds, None]
+    chunks = [Chunk(i, edges[i], edges[i + 1], edges[i]) for i in range(len(bounds) + 1)]
+    with tgt.transaction():
+        with tgt.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO reshard.copy_cursor (migration, move_id, tbl, chunk, chunk_lower, chunk_upper, cursor, "
+                "snapshot_lsn, resumed_lsn) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)",
+                [(migration, move_id, table, c.index, _json(c.lower), _json(c.upper), _json(c.cursor),
+                  snapshot_lsn, resumed_lsn) for c in chunks],
+            )
+    return chunks
+
+
+BLOCK_BYTES = 256 << 10  # rows travel from the reader to the writer in blocks this size
+BLOCKS_IN_FLIGHT = 8  # at most this many blocks wait for the target: memory stays flat
 
 
 def _copy_out(src: psycopg.Connection, statement: str) -> Iterator[bytearray]:
-    """``COPY … TO STDOUT`` on ``src`` as chunks of about CHUNK_BYTES.
+    """``COPY … TO STDOUT`` on ``src`` as blocks of about BLOCK_BYTES.
 
     libpq hands COPY data over one row per message. psycopg's ``Copy`` iterator wraps
     every message in its generator and wait machinery (about 1.4 µs a row, three times
@@ -78,7 +113,7 @@ def _copy_out(src: psycopg.Connection, statement: str) -> Iterator[bytearray]:
         n, data = get(1)
         if n > 0:
             buf += data
-            if len(buf) >= CHUNK_BYTES:
+            if len(buf) >= BLOCK_BYTES:
                 yield buf
                 buf = bytearray()
         elif n == 0:  # libpq's buffer is drained
@@ -103,38 +138,38 @@ def _pipe(src: psycopg.Connection, statement: str, inp: psycopg.Copy,
     The source is read in a thread of its own while this one writes, as a shell pipe
     between two psql processes would: reading and writing in one thread waits for each
     server in turn (half the speed of the pipe). libpq releases the GIL while it waits on
-    either server; rows are joined into chunks so the threads exchange a few hundred
-    items per batch, not one per row. The throttle, if any, is asked before each chunk
+    either server; rows are joined into blocks so the threads exchange a few hundred
+    items per batch, not one per row. The throttle, if any, is asked before each block
     goes to the target (the reader then waits on a full queue)."""
-    chunks: queue.Queue = queue.Queue(maxsize=CHUNKS_IN_FLIGHT)
+    blocks: queue.Queue = queue.Queue(maxsize=BLOCKS_IN_FLIGHT)
     stop = threading.Event()
 
     def read() -> None:
         try:
             for buf in _copy_out(src, statement):
-                chunks.put(buf)
+                blocks.put(buf)
                 if stop.is_set():
                     raise RuntimeError("the target side of the copy failed")
-            chunks.put(None)
+            blocks.put(None)
         except BaseException as exc:  # handed to the writer, which raises it
-            chunks.put(exc)
+            blocks.put(exc)
 
     reader = threading.Thread(target=read, name="reshard-copy-reader", daemon=True)
     reader.start()
     nbytes = 0
     try:
-        while (chunk := chunks.get()) is not None:
-            if isinstance(chunk, BaseException):
-                raise chunk
+        while (block := blocks.get()) is not None:
+            if isinstance(block, BaseException):
+                raise block
             if throttle is not None:
-                throttle.take(len(chunk))
-            inp.write(chunk)
-            nbytes += len(chunk)
+                throttle.take(len(block))
+            inp.write(block)
+            nbytes += len(block)
     finally:
         stop.set()
         while reader.is_alive():  # unblock a reader waiting for room, then let it finish
             try:
-                chunks.get(timeout=0.1)
+                blocks.get(timeout=0.1)
             except queue.Empty:
                 pass
         reader.join()
@@ -162,13 +197,13 @@ def copy_batch(
     *,
     migration: str,
     move_id: str,
-    snapshot_lsn: str,
+    chunk: int,
     resumed_lsn: str | None,
     totals: tuple[int, int],
     binary: bool = False,
     throttle: CopyThrottle | None = None,
 ) -> BatchResult:
-    """Copy (cursor.after, upper] and advance the cursor, atomically on the target.
+    """Copy (cursor.after, upper] and advance the chunk's cursor, atomically on the target.
 
     ``src`` must already be inside the imported snapshot's transaction.
     """
@@ -183,14 +218,11 @@ def copy_batch(
             nbytes = _pipe(src, statement, inp, throttle)
         rows = tcur.rowcount
         tgt.execute(
-            "INSERT INTO reshard.copy_cursor (migration, move_id, tbl, cursor, rows_copied, bytes_copied, "
-            "snapshot_lsn, resumed_lsn, done, updated_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now()) "
-            "ON CONFLICT (migration, move_id, tbl) DO UPDATE SET cursor = EXCLUDED.cursor, "
-            "rows_copied = EXCLUDED.rows_copied, bytes_copied = EXCLUDED.bytes_copied, "
-            "resumed_lsn = EXCLUDED.resumed_lsn, done = EXCLUDED.done, updated_at = now()",
+            "UPDATE reshard.copy_cursor SET cursor = %s, rows_copied = %s, bytes_copied = %s, resumed_lsn = %s, "
+            "done = %s, updated_at = now() WHERE migration = %s AND move_id = %s AND tbl = %s AND chunk = %s",
             (
-                migration, move_id, cursor.table.name, Jsonb(upper if upper is not None else cursor.after),
-                totals[0] + rows, totals[1] + nbytes, snapshot_lsn, resumed_lsn, done,
+                _json(upper if upper is not None else cursor.until), totals[0] + rows, totals[1] + nbytes,
+                resumed_lsn, done, migration, move_id, cursor.table.name, chunk,
             ),
         )
     if upper is not None:

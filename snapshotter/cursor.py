@@ -1,8 +1,9 @@
 """Keyset pagination over a table's primary key, restricted to a move's predicate.
 
-Batches are ``(after, upper]`` in primary-key order. The boundaries of all batches are
-found first, in one ordered pass over a sample of the keys (``uppers``), then each batch
-is copied with a range condition. Key values travel as their text form and are
+Batches are ``(after, upper]`` in primary-key order, within the cursor's chunk
+``(after, until]`` (a unit's key range split for parallel copy; ``until`` None: to the
+end). The boundaries of all batches are found first, in one ordered pass over a sample
+of the keys (``uppers``), then each batch is copied with a range condition. Key values travel as their text form and are
 cast back to the column types, so any primary-key type and composite keys work, and
 the cursor serializes to plain JSON on the target with the rows it covers.
 """
@@ -26,6 +27,7 @@ class KeysetCursor:
     table: TableInfo
     predicate: str
     after: list[str] | None = None
+    until: list[str] | None = None  # the chunk's last key (inclusive); None: no bound
 
     @property
     def _pk(self) -> str:
@@ -36,10 +38,16 @@ class KeysetCursor:
         return f"({casts})", list(values)
 
     def _after(self) -> tuple[str, list[Any]]:
-        if self.after is None:
-            return "", []
-        row, params = self._row(self.after)
-        return f" AND ({self._pk}) > {row}", params
+        """The cursor's range: after its position, up to the chunk's end."""
+        cond, params = "", []
+        if self.after is not None:
+            row, params = self._row(self.after)
+            cond = f" AND ({self._pk}) > {row}"
+        if self.until is not None:
+            row, up = self._row(self.until)
+            cond += f" AND ({self._pk}) <= {row}"
+            params = [*params, *up]
+        return cond, params
 
     def uppers(self, conn: psycopg.Connection, batch_rows: int) -> list[list[str]]:
         """The last key of every batch of about ``batch_rows`` rows after the cursor, in key
@@ -68,7 +76,7 @@ class KeysetCursor:
         return [list(r) for r in conn.execute(sql, [*params, every]).fetchall()]
 
     def batch_select(self, upper: list[str] | None, columns: list[str]) -> tuple[str, list[Any]]:
-        """SELECT of the rows in (after, upper] (to the end when upper is None)."""
+        """SELECT of the rows in (after, upper] (to the chunk's end when upper is None)."""
         cond, params = self._after()
         if upper is not None:
             row, up = self._row(upper)

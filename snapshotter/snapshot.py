@@ -3,10 +3,13 @@
 Per source cluster: install reshard's schema, create the publication, create the
 slot with an exported snapshot and record its consistent point, let the caller
 register the Debezium connector on that slot, then copy each (move, table) unit in
-keyset batches inside the snapshot, several units in parallel.
+keyset batches inside the snapshot. A unit larger than a batch is split into key-range
+chunks, one per copy worker, recorded on the target before any row moves; every chunk
+is copied by a session of its own that imports the same exported snapshot, so one
+big table to one target uses as many sessions as a raw COPY pipe per range would.
 
-Resuming: batches commit on the target with their cursor, so a rerun skips finished
-units and continues others after their last batch. The first exported snapshot died
+Resuming: batches commit on the target with their chunk's cursor, so a rerun skips
+finished chunks and continues others after their last batch. The first exported snapshot died
 with the process that held it, so the rerun copies the rest from a fresh snapshot
 (a temporary slot's, at position P2 > P). Those rows are newer than P; the stream
 still replays every change after P onto them in per-key order, and each change
@@ -32,7 +35,7 @@ from reshard.estimate import move_rows
 from reshard.planner import Move, Plan
 from reshard.progress import Progress
 from reshard.shardmap import qualified
-from snapshotter.copy_writer import binary_safe, copy_batch, load_cursor
+from snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
 from snapshotter.cursor import KeysetCursor
 from reshard.replication import ensure_publication, slot_lsn
 from reshard.streams import forward
@@ -224,10 +227,13 @@ class Snapshotter:
         show(self.throttle.describe())
         copy_started = time.monotonic()
         try:
+            work = [(u, progress, chunk) for u in pending
+                    for progress in [self._chunks(u, snapshot_lsn=consistent, resumed_lsn=resumed_lsn)]
+                    for chunk in progress.chunks if not chunk.done]
             with ThreadPoolExecutor(max_workers=max(1, self.workers)) as pool:
                 futures = [
-                    pool.submit(self._copy_unit, u, snap.snapshot_name, consistent, resumed_lsn, report, task)
-                    for u in pending
+                    pool.submit(self._copy_chunk, u, progress, chunk, snap.snapshot_name, resumed_lsn, report, task)
+                    for u, progress, chunk in work
                 ]
                 for f in futures:
                     f.result()
@@ -242,54 +248,88 @@ class Snapshotter:
             exists = tgt.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]
             if exists is None:
                 return False
-            cur = load_cursor(tgt, self.rec.name, u.move.id, u.table)
-            return bool(cur and cur["done"])
+            chunks = load_chunks(tgt, self.rec.name, u.move.id, u.table)
+            return bool(chunks) and all(c.done for c in chunks)
 
-    def _copy_unit(self, u: CopyUnit, snapshot_name: str, snapshot_lsn: str, resumed_lsn: str | None,
-                   report: SnapshotReport, task) -> None:
-        src_c = self.config.cluster(u.move.source)
-        tgt_c = self.config.cluster(u.move.target)
-        with connect(src_c.dsn, f"source cluster {src_c.name}") as src, \
-                connect(tgt_c.dsn, f"target cluster {tgt_c.name}", autocommit=True) as tgt:
-            shard_schema.writer_session(tgt)
-            cur = load_cursor(tgt, self.rec.name, u.move.id, u.table)
-            if cur is None:
+    def _chunks(self, u: CopyUnit, *, snapshot_lsn: str, resumed_lsn: str | None) -> "_UnitProgress":
+        """The unit's chunks: those recorded on the target, or (first time) a new split of
+        its key range into one chunk per copy worker, at keys sampled from the source.
+        Any keys split the range exactly (chunks are ``(lower, upper]``), so the sample
+        need not come from the snapshot, only be ordered."""
+        src_c, tgt_c = self.config.cluster(u.move.source), self.config.cluster(u.move.target)
+        with connect(tgt_c.dsn, f"target cluster {tgt_c.name}", autocommit=True) as tgt:
+            chunks = load_chunks(tgt, self.rec.name, u.move.id, u.table)
+            if not chunks:
                 clash = tgt.execute(f"SELECT 1 FROM {qualified(u.table)} WHERE {u.predicate} LIMIT 1").fetchone()
                 if clash:
                     raise SetupError(
                         f"{tgt_c.name} already holds rows of {u.table} in the range this move copies "
                         f"({u.move.summary}); reshard will not overwrite them. Empty them or abort the migration."
                     )
-            totals = (cur["rows_copied"], cur["bytes_copied"]) if cur else (0, 0)
-            if cur and cur["resumed_lsn"]:
-                resumed_lsn = cur["resumed_lsn"] if resumed_lsn is None else resumed_lsn
+                parts = max(1, min(self.workers, -(-u.estimate // self.batch_rows)))
+                bounds: list[list[str]] = []
+                if parts > 1:
+                    with connect(src_c.dsn, f"source cluster {src_c.name}", autocommit=True) as src:
+                        kc = KeysetCursor(u.src_info, u.predicate)
+                        bounds = kc.uppers(src, -(-u.estimate // parts))[: parts - 1]
+                chunks = create_chunks(tgt, self.rec.name, u.move.id, u.table, bounds, snapshot_lsn, resumed_lsn)
+        return _UnitProgress(chunks, snapshot_lsn, sum(c.rows_copied for c in chunks),
+                             sum(c.bytes_copied for c in chunks), sum(not c.done for c in chunks))
+
+    def _copy_chunk(self, u: CopyUnit, progress: "_UnitProgress", chunk: Chunk, snapshot_name: str,
+                    resumed_lsn: str | None, report: SnapshotReport, task) -> None:
+        src_c = self.config.cluster(u.move.source)
+        tgt_c = self.config.cluster(u.move.target)
+        with connect(src_c.dsn, f"source cluster {src_c.name}") as src, \
+                connect(tgt_c.dsn, f"target cluster {tgt_c.name}", autocommit=True) as tgt:
+            shard_schema.writer_session(tgt)
+            totals = (chunk.rows_copied, chunk.bytes_copied)
+            resumed_lsn = resumed_lsn if resumed_lsn is not None else chunk.resumed_lsn
             src.autocommit = True
             import_snapshot(src, snapshot_name)
-            kc = KeysetCursor(u.src_info, u.predicate, after=cur["cursor"] if cur else None)
+            kc = KeysetCursor(u.src_info, u.predicate, after=chunk.cursor, until=chunk.upper)
             columns = [col.name for col in u.src_info.copyable]
             binary = binary_safe(src, u.table, columns)
-            reported = 0.0
             for upper in [*kc.uppers(src, self.batch_rows), None]:
                 res = copy_batch(
-                    src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id,
-                    snapshot_lsn=snapshot_lsn, resumed_lsn=resumed_lsn, totals=totals, binary=binary,
-                    throttle=self.throttle,
+                    src, tgt, kc, upper, columns, migration=self.rec.name, move_id=u.move.id, chunk=chunk.index,
+                    resumed_lsn=resumed_lsn, totals=totals, binary=binary, throttle=self.throttle,
                 )
                 totals = (totals[0] + res.rows, totals[1] + res.bytes)
                 with self._lock:
                     report.rows += res.rows
                     report.bytes += res.bytes
+                    progress.rows += res.rows
+                    progress.bytes += res.bytes
+                    progress.left -= upper is None
+                    unit_done = progress.left == 0
+                    mirror = unit_done or time.monotonic() - progress.reported >= PROGRESS_EVERY_S
+                    if mirror:
+                        progress.reported = time.monotonic()
+                    rows, nbytes = progress.rows, progress.bytes
                 task.advance(res.rows)
                 if self.throttle is not None and self.throttle.limit() is not None:
                     task.update(extra=f"({self.throttle.describe()})")
-                if upper is None or time.monotonic() - reported >= PROGRESS_EVERY_S:
-                    # status reads this mirror; the cursor on the target is the durable fact
+                if mirror:
+                    # status reads this mirror; the chunks' cursors on the target are the durable fact
                     self.store.record_copy(
-                        self.rec.name, u.move.id, u.table, rows_copied=totals[0], bytes_copied=totals[1],
-                        rows_estimate=u.estimate, snapshot_lsn=snapshot_lsn, done=upper is None,
-                        throttle=None if upper is None or self.throttle is None else self.throttle.describe(),
+                        self.rec.name, u.move.id, u.table, rows_copied=rows, bytes_copied=nbytes,
+                        rows_estimate=u.estimate, snapshot_lsn=progress.snapshot_lsn,
+                        done=unit_done,
+                        throttle=None if unit_done or self.throttle is None else self.throttle.describe(),
                     )
-                    reported = time.monotonic()
             src.execute("COMMIT")
-            with self._lock:
-                report.units_copied += 1
+            if unit_done:
+                with self._lock:
+                    report.units_copied += 1
+
+
+@dataclass
+class _UnitProgress:
+    """A unit's totals across its chunks, shared by the sessions copying them."""
+    chunks: list[Chunk]
+    snapshot_lsn: str
+    rows: int
+    bytes: int
+    left: int  # chunks not done yet
+    reported: float = 0.0  # when the control database's mirror was last updated

@@ -1,4 +1,4 @@
-"""The copy's source side reads libpq directly: errors must surface, chunks must add up,
+"""The copy's source side reads libpq directly: errors must surface, blocks must add up,
 and the writer thread must keep running while the reader waits on the server."""
 
 import threading
@@ -7,15 +7,15 @@ import time
 import psycopg
 import pytest
 
-from snapshotter.copy_writer import CHUNK_BYTES, _copy_out
+from snapshotter.copy_writer import BLOCK_BYTES, _copy_out
 
 
-def test_rows_arrive_whole_in_chunks_and_errors_surface(env):
+def test_rows_arrive_whole_in_blocks_and_errors_surface(env):
     with psycopg.connect(env.dsn("source1"), autocommit=True) as conn:
-        chunks = list(_copy_out(conn, "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g) TO STDOUT"))
-        text = b"".join(chunks).decode()
+        blocks = list(_copy_out(conn, "COPY (SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g) TO STDOUT"))
+        text = b"".join(blocks).decode()
         assert text.count("\n") == 20000 and text.endswith(f"20000\t{'x' * 100}\n")
-        assert len(chunks) > 1 and all(len(c) >= CHUNK_BYTES for c in chunks[:-1])
+        assert len(blocks) > 1 and all(len(b) >= BLOCK_BYTES for b in blocks[:-1])
         with pytest.raises(psycopg.errors.DivisionByZero):
             for _ in _copy_out(conn, "COPY (SELECT 1 / (15000 - g) FROM generate_series(1, 20000) g) TO STDOUT"):
                 pass

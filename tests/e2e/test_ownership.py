@@ -105,6 +105,53 @@ def test_abort_after_copy_and_stream_removes_the_copied_and_applied_rows(env):
     assert _target_rows(env) == {t: 0 for t in TARGETS}
 
 
+def _copied_rows(env, name) -> int:
+    """Rows the committed batches of the copy wrote, from the cursors on the targets."""
+    total = 0
+    for t in TARGETS:
+        with env.conn(t) as conn:
+            if conn.execute("SELECT to_regclass('reshard.copy_cursor')").fetchone()[0]:
+                total += conn.execute("SELECT coalesce(sum(rows_copied), 0) FROM reshard.copy_cursor "
+                                      "WHERE migration = %s", (name,)).fetchone()[0]
+    return total
+
+
+def test_abort_of_a_copy_killed_mid_chunk_deletes_only_the_batches_it_committed(env, tmp_path):
+    """Chunked copy (3 sessions per unit), SIGKILLed part-way: abort deletes the rows the
+    committed batches wrote and keeps rows someone else put in ranges not yet copied."""
+    name = env.migration()
+    co = prepare(env, rows=60_000, migration=name)
+    cfg = write_config_file(env, tmp_path)
+    after = tmp_path / "after.yaml"
+    after.write_text(json.dumps(demo_maps(TARGETS)[1]))
+    proc = subprocess.Popen(reshard_cmd(cfg, "start", name, "--to", str(after), "--batch-rows", "2000",
+                                        "--copy-workers", "3", "--max-rows-per-second", "3000"),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _copied_rows(env, name) >= 4_000, 120, "a few batches to commit")
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+    rec, p = co.record(name)
+    theirs: dict[str, list[int]] = {}
+    for move in p.moves:  # keys beyond every source key, in each move's range: no chunk reached them
+        with env.conn(move.target) as conn:
+            theirs[move.target] = [r[0] for r in conn.execute(
+                f"SELECT t.id FROM (SELECT g AS id FROM generate_series(900001, 900400) g) t "
+                f"WHERE {p.predicate_sql(move, 'public.accounts', 't')} ORDER BY t.id LIMIT 3")]
+            for k in theirs[move.target]:
+                conn.execute("INSERT INTO public.accounts (id, owner, balance) VALUES (%s, 'someone else', 1)", (k,))
+    with env.conn("target1") as c1:
+        chunks = c1.execute("SELECT count(*), bool_or(done) FROM reshard.copy_cursor WHERE migration = %s",
+                            (name,)).fetchone()
+    assert chunks[0] == 3 and not chunks[1], chunks  # killed part-way through target1's three chunks
+    co.teardown(name)
+    for target in TARGETS:
+        with env.conn(target) as conn:
+            left = [r[0] for r in conn.execute("SELECT id FROM public.accounts ORDER BY id")]
+        assert left == sorted(theirs[target]), (target, left[:10], len(left))
+
+
 def test_concurrent_create_of_one_name_gives_one_migration(env):
     name = env.migration()
     co = Coordinator.open(env.config)
