@@ -40,9 +40,16 @@ class Ctx:
         # with JSON logs, progress goes through the log too: stderr holds only JSON lines
         self.progress_mode = "log" if log_format == "json" and progress_mode != "off" else progress_mode
         self.json = False
+        self.loaded: Config | None = None  # the config this command read: named in --json output and errors
 
     def config(self) -> Config:
-        return load_config(self.config_path)
+        self.loaded = load_config(self.config_path)
+        return self.loaded
+
+    def config_used(self) -> dict[str, str] | None:
+        if self.loaded is None or self.loaded.path is None:
+            return None
+        return {"path": str(self.loaded.path), "chosen_by": self.loaded.chosen_by}
 
     def progress(self) -> Progress:
         return Progress(self.progress_mode)
@@ -59,11 +66,15 @@ def _json_value(o: Any) -> Any:
 def envelope(doc: dict[str, Any]) -> dict[str, Any]:
     """Every --json document starts the same way: ``version`` (of this layout), ``command``,
     ``migration`` (null for commands about no single migration), ``generated_at`` (ISO 8601,
-    UTC); times inside are ISO 8601 too. Each command's document is described by
-    schemas/cli/<command>.schema.json."""
-    rest = {k: v for k, v in doc.items() if k not in ("version", "command", "migration")}
+    UTC), and ``config`` (the reshard.yaml read and the rule that chose it, when the
+    command read one); times inside are ISO 8601 too. Each command's document is
+    described by schemas/cli/<command>.schema.json."""
+    rest = {k: v for k, v in doc.items() if k not in ("version", "command", "migration", "config")}
+    click_ctx = click.get_current_context(silent=True)
+    obj = click_ctx.find_object(Ctx) if click_ctx is not None else None
+    used = doc.get("config") or (obj.config_used() if obj is not None else None)
     return {"version": JSON_VERSION, "command": doc["command"], "migration": doc.get("migration"),
-            "generated_at": datetime.now(timezone.utc).isoformat(), **rest}
+            "generated_at": datetime.now(timezone.utc).isoformat(), **({"config": used} if used else {}), **rest}
 
 
 def dumps(doc: dict[str, Any], indent: int | None = 2) -> str:
@@ -95,7 +106,9 @@ EPILOG = "Exit codes:\n\n\b\n" + describe()
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="reshard")
 @click.option("--config", "config_path", metavar="PATH", envvar="RESHARD_CONFIG",
-              help="reshard.yaml to use (default: ./reshard.yaml, then the embedded stack's).")
+              help="reshard.yaml to use. Without it: ./reshard.yaml in the working directory, then the embedded "
+                   "stack's ($RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml); `reshard config` says "
+                   "which one is read.")
 @click.option("--progress", "progress_mode", type=click.Choice(["auto", "rich", "plain", "off"]), default="auto",
               show_default=True, help="Progress on stderr: live bars on a terminal, plain lines in logs, or none.")
 @click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True, envvar="RESHARD_LOG_LEVEL",
@@ -121,6 +134,32 @@ def cli(ctx: click.Context, config_path: str | None, progress_mode: str, log_lev
     """
     configure_logging(log_level, log_format)
     ctx.obj = Ctx(config_path, progress_mode, log_format)
+
+
+@cli.command("config")
+@json_option
+@click.pass_obj
+def config_cmd(ctx: Ctx) -> None:
+    """Say which reshard.yaml is read, why, and whether it is valid (exit 3 if not).
+
+    \b
+    Precedence (the first that applies wins):
+      1. --config PATH (or $RESHARD_CONFIG): that file and no other
+      2. ./reshard.yaml in the working directory
+      3. the embedded stack's: $RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml
+    Schemas for editors: schemas/files/reshard.yaml.schema.json and shard-map.schema.json.
+    """
+    from reshard.config import PRECEDENCE
+
+    config = ctx.config()
+    doc = {"command": "config", "precedence": list(PRECEDENCE), "valid": True,
+           "clusters": sorted(config.clusters), "kafka_format": config.kafka.format,
+           "connect_url": config.connect.url}
+    emit(ctx, doc, lambda: "\n".join([
+        f"config      {config.path}", f"chosen by   {config.chosen_by}", "valid       yes",
+        f"clusters    {', '.join(sorted(config.clusters))}", "precedence  (the first that applies wins)",
+        *[f"  {i}. {rule}" for i, rule in enumerate(PRECEDENCE, 1)],
+    ]))
 
 
 # ---- stack ------------------------------------------------------------------------
@@ -1029,10 +1068,12 @@ def main(argv: list[str] | None = None) -> None:
 def _fail(ctx_holder: dict, message: str, code: ExitCode, kind: str) -> None:
     ctx = ctx_holder.get("ctx")
     obj = ctx.obj if ctx is not None else None
+    used = obj.config_used() if isinstance(obj, Ctx) else None
     if isinstance(obj, Ctx) and obj.json:
         click.echo(json.dumps({"version": JSON_VERSION, "ok": False, "error": message, "kind": kind,
-                               "exit_code": int(code)}, indent=2))
-    click.echo(f"reshard: {message}", err=True)
+                               "exit_code": int(code), **({"config": used} if used else {})}, indent=2))
+    where = f" (config: {used['path']})" if used and used["path"] not in message else ""
+    click.echo(f"reshard: {message}{where}", err=True)
     sys.exit(int(code))
 
 

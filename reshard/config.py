@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from reshard.errors import ConfigError
+from reshard.validation import describe_errors
 
 CONFIG_ENV = "RESHARD_CONFIG"
 HOME_ENV = "RESHARD_HOME"
@@ -59,9 +61,6 @@ class ClusterConfig:
         return make_conninfo(self.dsn, replication="database")
 
 
-FORMATS = ("avro", "json")
-
-
 @dataclass(frozen=True)
 class KafkaConfig:
     bootstrap_servers: str
@@ -95,7 +94,7 @@ class Config:
     clusters: dict[str, ClusterConfig]
     kafka: KafkaConfig
     connect: ConnectConfig
-    extra: dict[str, Any] = field(default_factory=dict)
+    chosen_by: str = ""  # which rule of PRECEDENCE picked the file (load_config)
 
     def cluster(self, name: str) -> ClusterConfig:
         try:
@@ -124,92 +123,122 @@ class Config:
                    if self.kafka.connect_schema_registry_url else {}),
             },
             "connect": {"url": self.connect.url, **({} if self.connect.echo_filter else {"echo_filter": False})},
-            **self.extra,
         }
 
 
-def _req(d: dict[str, Any], key: str, where: str) -> Any:
-    if not isinstance(d, dict) or key not in d or d[key] in (None, ""):
-        raise ConfigError(f"{where}: missing required key {key!r}")
-    return d[key]
-
-
-def _dsn(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: a DSN must be a string, got {type(value).__name__}")
+def _dsn(value: str) -> str:
     try:
         conninfo_to_dict(value)
     except Exception as exc:  # psycopg raises ProgrammingError for bad conninfo
-        raise ConfigError(f"{where}: invalid DSN {value!r}: {exc}") from None
+        raise ValueError(f"invalid DSN {value!r}: {exc}") from None
     return value
+
+
+def _http(value: str) -> str:
+    if not value.startswith(("http://", "https://")):
+        raise ValueError(f"must start with http:// or https://, got {value!r}")
+    return value.rstrip("/")
+
+
+def _cluster_name(value: str) -> str:
+    try:
+        return check_name("cluster", value)
+    except ConfigError as exc:
+        raise ValueError(str(exc)) from None
+
+
+Dsn = Annotated[str, AfterValidator(_dsn), Field(description="a libpq connection string or URI")]
+HttpUrl = Annotated[str, AfterValidator(_http)]
+ClusterName = Annotated[str, AfterValidator(_cluster_name)]
+
+
+class _Section(BaseModel):
+    """Every section refuses keys it does not know: a typo is an error, not a default."""
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class ControlSection(_Section):
+    dsn: Dsn = Field(description="the control database")
+
+
+class ClusterSection(_Section):
+    dsn: Dsn = Field(description="how reshard reaches this cluster")
+    connect_dsn: Dsn | None = Field(None, description="how Kafka Connect (Debezium) reaches it, if different")
+
+
+class KafkaSection(_Section):
+    bootstrap_servers: str = Field(min_length=1)
+    partitions: int = Field(4, ge=1, description="partitions per table topic: the applier's unit of parallelism")
+    replication_factor: int = Field(1, ge=1)
+    format: Literal["avro", "json"] = Field("avro", description="how Debezium encodes change events")
+    schema_registry_url: HttpUrl | None = Field(
+        None, description="the registry's Confluent-compatible API (Apicurio: …/apis/ccompat/v7); avro needs it")
+    connect_schema_registry_url: HttpUrl | None = Field(
+        None, description="the registry as the Connect workers reach it, if different")
+
+    @model_validator(mode="after")
+    def _registry(self) -> "KafkaSection":
+        if self.format == "avro" and not self.schema_registry_url:
+            raise ValueError("kafka.format avro (the default) needs kafka.schema_registry_url, the registry's "
+                             "Confluent-compatible API; set kafka.format: json for a cluster without one")
+        for key in ("schema_registry_url", "connect_schema_registry_url"):
+            url = getattr(self, key)
+            if self.format == "avro" and url and "/apis/ccompat/" not in url:
+                raise ValueError(f"kafka.{key} must be an Apicurio Registry's Confluent-compatible API "
+                                 f"(…/apis/ccompat/v7), got {url!r}: Debezium writes Avro through the Apicurio "
+                                 "converter")
+        return self
+
+
+class ConnectSection(_Section):
+    url: HttpUrl = Field(description="the Kafka Connect REST API")
+    echo_filter: bool = Field(True, description="drop the other direction's writes in Connect when the worker "
+                                                "has reshard's echo-filter plugin")
+
+
+class ConfigFile(_Section):
+    """reshard.yaml. Published as schemas/reshard.yaml.schema.json (editor completion)."""
+    model_config = ConfigDict(extra="forbid", strict=True, title="reshard.yaml")
+    control: ControlSection
+    clusters: dict[ClusterName, ClusterSection] = Field(min_length=1)
+    kafka: KafkaSection
+    connect: ConnectSection
 
 
 def parse_config(data: Any, path: Path | None = None) -> Config:
     where = str(path) if path else "config"
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a mapping at the top level")
-    control = _req(data, "control", where)
-    control_dsn = _dsn(_req(control, "dsn", f"{where}: control"), f"{where}: control.dsn")
-    raw_clusters = _req(data, "clusters", where)
-    if not isinstance(raw_clusters, dict):
-        raise ConfigError(f"{where}: clusters must be a mapping of name -> {{dsn: ...}}")
-    clusters: dict[str, ClusterConfig] = {}
-    for name, entry in raw_clusters.items():
-        check_name("cluster", str(name))
-        dsn = _dsn(_req(entry, "dsn", f"{where}: clusters.{name}"), f"{where}: clusters.{name}.dsn")
-        connect_dsn = _dsn(entry.get("connect_dsn", dsn), f"{where}: clusters.{name}.connect_dsn")
-        clusters[str(name)] = ClusterConfig(str(name), dsn, connect_dsn)
-    k = _req(data, "kafka", where)
     try:
-        kafka = KafkaConfig(
-            bootstrap_servers=str(_req(k, "bootstrap_servers", f"{where}: kafka")),
-            partitions=int(k.get("partitions", 4)),
-            replication_factor=int(k.get("replication_factor", 1)),
-            schema_registry_url=str(k["schema_registry_url"]).rstrip("/") if k.get("schema_registry_url") else None,
-            format=str(k.get("format", FORMATS[0])),
-            connect_schema_registry_url=str(k["connect_schema_registry_url"]).rstrip("/")
-            if k.get("connect_schema_registry_url") else None,
-        )
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where}: kafka: {exc}") from None
-    if kafka.schema_registry_url and not kafka.schema_registry_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: kafka.schema_registry_url must start with http:// or https://")
-    if kafka.format not in FORMATS:
-        raise ConfigError(f"{where}: kafka.format must be one of {', '.join(FORMATS)}, got {kafka.format!r}")
-    if kafka.format == "avro" and not kafka.schema_registry_url:
-        raise ConfigError(f"{where}: kafka.format avro (the default) needs kafka.schema_registry_url, the "
-                          "registry's Confluent-compatible API; set kafka.format: json for a cluster without one")
-    for key in ("schema_registry_url", "connect_schema_registry_url"):
-        url = getattr(kafka, key)
-        if kafka.format == "avro" and url and "/apis/ccompat/" not in url:
-            raise ConfigError(f"{where}: kafka.{key} must be an Apicurio Registry's Confluent-compatible API "
-                              f"(…/apis/ccompat/v7), got {url!r}: Debezium writes Avro through the Apicurio converter")
-    if kafka.partitions < 1 or kafka.replication_factor < 1:
-        raise ConfigError(f"{where}: kafka.partitions and kafka.replication_factor must be >= 1")
-    c = _req(data, "connect", where)
-    url = str(_req(c, "url", f"{where}: connect")).rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError(f"{where}: connect.url must start with http:// or https://, got {url!r}")
-    echo_filter = c.get("echo_filter", True)
-    if not isinstance(echo_filter, bool):
-        raise ConfigError(f"{where}: connect.echo_filter must be true or false, got {echo_filter!r}")
-    extra = {key: v for key, v in data.items() if key not in {"control", "clusters", "kafka", "connect"}}
-    return Config(path, control_dsn, clusters, kafka, ConnectConfig(url, echo_filter), extra)
+        f = ConfigFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, where, ConfigFile)) from None
+    clusters = {name: ClusterConfig(name, c.dsn, c.connect_dsn or c.dsn) for name, c in f.clusters.items()}
+    k = f.kafka
+    kafka = KafkaConfig(k.bootstrap_servers, k.partitions, k.replication_factor, k.schema_registry_url, k.format,
+                        k.connect_schema_registry_url)
+    return Config(path, f.control.dsn, clusters, kafka, ConnectConfig(f.connect.url, f.connect.echo_filter))
 
 
-def find_config_path(explicit: str | Path | None = None) -> Path:
-    """--config, then $RESHARD_CONFIG, then ./reshard.yaml, then the embedded stack's."""
-    candidates: list[Path] = []
+PRECEDENCE = (
+    "--config PATH (or $RESHARD_CONFIG), if given: that file and no other",
+    "./reshard.yaml in the working directory",
+    "the embedded stack's: $RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml",
+)
+
+
+def find_config_path(explicit: str | Path | None = None) -> tuple[Path, str]:
+    """The reshard.yaml to use and the rule that chose it (see PRECEDENCE). Note that a
+    ./reshard.yaml in the working directory wins over the embedded stack's."""
+    candidates: list[tuple[Path, str]] = []
     if explicit:
-        candidates.append(Path(explicit))
-    elif os.environ.get(CONFIG_ENV):
-        candidates.append(Path(os.environ[CONFIG_ENV]))
+        by = "$RESHARD_CONFIG" if os.environ.get(CONFIG_ENV) == str(explicit) else "--config"
+        candidates.append((Path(explicit), by))
     else:
-        candidates += [Path.cwd() / "reshard.yaml", state_dir() / "reshard.yaml"]
-    for p in candidates:
+        candidates += [(Path.cwd() / "reshard.yaml", "./reshard.yaml in the working directory"),
+                       (state_dir() / "reshard.yaml", "the embedded stack's ($RESHARD_HOME or ./.reshard)")]
+    for p, by in candidates:
         if p.is_file():
-            return p
-    tried = ", ".join(str(p) for p in candidates)
+            return p.resolve(), by
+    tried = ", ".join(str(p) for p, _ in candidates)
     raise ConfigError(
         f"no reshard.yaml found (tried {tried}); run `reshard stack up` to create the "
         "embedded stack and its config, or pass --config"
@@ -217,12 +246,12 @@ def find_config_path(explicit: str | Path | None = None) -> Path:
 
 
 def load_config(explicit: str | Path | None = None) -> Config:
-    path = find_config_path(explicit)
+    path, by = find_config_path(explicit)
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(data, path)
+    return replace(parse_config(data, path), chosen_by=by)
 
 
 def write_config(config: Config, path: Path) -> None:

@@ -28,12 +28,14 @@ from pathlib import Path
 from typing import Any, Iterable, Protocol, Sequence
 
 import yaml
+from pydantic import ValidationError
 
 from reshard import keyhash
 from reshard.errors import ConfigError
+from reshard.shardmap_file import MAP_FORMAT, DirectorySection, HashSection, MapFile, RangeEntry
+from reshard.validation import describe_errors
 
 DEFAULT_BUCKETS = 4096
-MAP_FORMAT = 1
 _IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
 
@@ -360,68 +362,45 @@ def _parse_buckets(spec: Any, n: int, where: str) -> list[int]:
     return out
 
 
-def _parse_hash(spec: Any, types: tuple[str, ...], where: str) -> HashScheme:
-    if not isinstance(spec, dict):
-        raise ConfigError(f"{where}: hash must be a mapping with buckets and clusters, modulo or ring")
-    forms = [k for k in ("clusters", "modulo", "ring") if k in spec]
-    if len(forms) != 1:
-        raise ConfigError(f"{where}: hash needs exactly one of 'clusters', 'modulo' or 'ring', got {forms or 'none'}")
-    form = forms[0]
-    if form == "modulo":
-        clusters = spec["modulo"]
-        if not isinstance(clusters, list) or not clusters:
-            raise ConfigError(f"{where}: hash.modulo must be a non-empty list of clusters (bucket i -> i-th)")
-        n = int(spec.get("buckets", len(clusters)))
-        if n != len(clusters):
-            raise ConfigError(f"{where}: hash.modulo lists {len(clusters)} clusters but buckets is {n}")
-        return HashScheme(n, tuple(str(c) for c in clusters), types, dict(spec))
-    n = int(spec.get("buckets", DEFAULT_BUCKETS))
-    if n < 1 or n > 1 << 20:
-        raise ConfigError(f"{where}: hash.buckets must be between 1 and {1 << 20}")
-    if form == "ring":
-        ring = spec["ring"]
-        if not isinstance(ring, dict) or not isinstance(ring.get("clusters"), list) or not ring["clusters"]:
-            raise ConfigError(f"{where}: hash.ring needs a list of clusters (and optionally vnodes)")
-        vnodes = int(ring.get("vnodes", 64))
-        if vnodes < 1:
-            raise ConfigError(f"{where}: hash.ring.vnodes must be >= 1")
-        names = [str(c) for c in ring["clusters"]]
-        if len(set(names)) != len(names):
+def _parse_hash(spec: HashSection, types: tuple[str, ...], where: str) -> HashScheme:
+    raw = spec.model_dump(exclude_defaults=True)  # as written: the map round-trips to the same digest
+    if spec.modulo is not None:
+        n = spec.buckets or len(spec.modulo)
+        if n != len(spec.modulo):
+            raise ConfigError(f"{where}: hash.modulo lists {len(spec.modulo)} clusters but buckets is {n}")
+        return HashScheme(n, tuple(spec.modulo), types, raw)
+    n = spec.buckets or DEFAULT_BUCKETS
+    if spec.ring is not None:
+        if len(set(spec.ring.clusters)) != len(spec.ring.clusters):
             raise ConfigError(f"{where}: hash.ring lists a cluster twice")
-        return HashScheme(n, ring_assignment(names, vnodes, n), types, dict(spec))
-    per = spec["clusters"]
-    if not isinstance(per, dict) or not per:
-        raise ConfigError(f"{where}: hash.clusters must map cluster -> bucket ranges like '0-2047'")
+        return HashScheme(n, ring_assignment(spec.ring.clusters, spec.ring.vnodes, n), types, raw)
+    assert spec.clusters is not None  # the file's shape allows exactly one form
     owner: list[str | None] = [None] * n
-    for cluster, ranges in per.items():
+    for cluster, ranges in spec.clusters.items():
         for b in _parse_buckets(ranges, n, f"{where}: hash.clusters.{cluster}"):
             if owner[b] is not None:
                 raise ConfigError(f"{where}: bucket {b} is assigned to both {owner[b]} and {cluster} (overlap)")
-            owner[b] = str(cluster)
+            owner[b] = cluster
     missing = [b for b, c in enumerate(owner) if c is None]
     if missing:
         raise ConfigError(
             f"{where}: {len(missing)} of {n} buckets are unassigned (first: {bucket_ranges_text(missing[:50])}); "
             "every bucket needs an owner"
         )
-    return HashScheme(n, tuple(owner), types, dict(spec))  # type: ignore[arg-type]
+    return HashScheme(n, tuple(owner), types, raw)  # type: ignore[arg-type]
 
 
-def _parse_range(spec: Any, types: tuple[str, ...], where: str) -> RangeScheme:
+def _parse_range(spec: list[RangeEntry], types: tuple[str, ...], where: str) -> RangeScheme:
     if len(types) != 1:
         raise ConfigError(f"{where}: a range map needs a single-column shard key")
-    if not isinstance(spec, list) or not spec:
-        raise ConfigError(f"{where}: range must be a list of {{cluster, from, to}} entries")
     t = types[0]
     items = []
     for i, e in enumerate(spec):
-        if not isinstance(e, dict) or "cluster" not in e:
-            raise ConfigError(f"{where}: range entry {i} needs a cluster")
-        lo = coerce_key(e["from"], t) if e.get("from") is not None else None
-        hi = coerce_key(e["to"], t) if e.get("to") is not None else None
+        lo = coerce_key(e.lower, t) if e.lower is not None else None
+        hi = coerce_key(e.upper, t) if e.upper is not None else None
         if lo is not None and hi is not None and not lo < hi:
-            raise ConfigError(f"{where}: range entry {i} ({e['cluster']}) is empty: from {lo} is not below to {hi}")
-        items.append((lo, hi, str(e["cluster"])))
+            raise ConfigError(f"{where}: range entry {i} ({e.cluster}) is empty: from {lo} is not below to {hi}")
+        items.append((lo, hi, e.cluster))
     # sort by lower bound, unbounded first
     items.sort(key=lambda x: (x[0] is not None, x[0] if x[0] is not None else 0))
     if items[0][0] is not None:
@@ -438,57 +417,51 @@ def _parse_range(spec: Any, types: tuple[str, ...], where: str) -> RangeScheme:
     return RangeScheme(tuple(items), types)
 
 
-def _parse_directory(spec: Any, types: tuple[str, ...], where: str) -> DirectoryScheme:
+def _parse_directory(spec: DirectorySection, types: tuple[str, ...], where: str) -> DirectoryScheme:
     if len(types) != 1:
         raise ConfigError(f"{where}: a directory map needs a single-column shard key")
-    if not isinstance(spec, dict) or not spec.get("default"):
-        raise ConfigError(f"{where}: directory needs a default cluster (and entries: key -> cluster)")
     entries = {}
-    for k, c in (spec.get("entries") or {}).items():
+    for k, c in spec.entries.items():
         key = coerce_key(k, types[0])
         if key in entries:
             raise ConfigError(f"{where}: directory lists key {k!r} twice")
-        entries[key] = str(c)
-    return DirectoryScheme(entries, str(spec["default"]), types)
+        entries[key] = c
+    return DirectoryScheme(entries, spec.default, types)
 
 
 def parse_map(data: Any, known_clusters: Iterable[str] | None = None, where: str = "shard map") -> ShardMap:
-    """Build and validate a map; every error names the group, the entry and the problem."""
-    if not isinstance(data, dict) or not isinstance(data.get("groups"), dict) or not data["groups"]:
-        raise ConfigError(f"{where}: expected 'groups:' with at least one table group")
-    fmt = data.get("format", MAP_FORMAT)
-    if fmt != MAP_FORMAT:
-        raise ConfigError(f"{where}: unknown map format {fmt!r} (this reshard reads format {MAP_FORMAT})")
+    """Build and validate a map: first the file's shape (``reshard.shardmap_file``), then
+    what it means. Every error names the file, the path in it and the problem."""
+    try:
+        f = MapFile.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(describe_errors(exc, where, MapFile)) from None
     groups: dict[str, TableGroup] = {}
     seen_tables: dict[str, str] = {}
-    for gname, g in data["groups"].items():
-        w = f"{where}: group {gname}"
-        if not isinstance(g, dict):
-            raise ConfigError(f"{w}: expected a mapping with key, tables and a scheme")
-        key = g.get("key", "bigint")
+    for gname, g in f.groups.items():
+        w = f"{where}: groups.{gname}"
         try:
-            types = tuple(keyhash.normalize_type(t) for t in (key if isinstance(key, list) else [key]))
+            types = tuple(keyhash.normalize_type(t) for t in (g.key if isinstance(g.key, list) else [g.key]))
         except ValueError as exc:
-            raise ConfigError(f"{w}: {exc}") from None
-        raw_tables = g.get("tables")
-        if not isinstance(raw_tables, dict) or not raw_tables:
-            raise ConfigError(f"{w}: tables must map schema.table -> shard key column(s)")
+            raise ConfigError(f"{w}.key: {exc}") from None
         tables: dict[str, tuple[str, ...]] = {}
-        for tname, cols in raw_tables.items():
+        for tname, cols in g.tables.items():
             t = _table_name(tname, w)
-            cols_t = tuple(str(c) for c in (cols if isinstance(cols, list) else [cols]))
+            cols_t = tuple(cols if isinstance(cols, list) else [cols])
             if len(cols_t) != len(types):
                 raise ConfigError(f"{w}: table {t} names {len(cols_t)} shard key column(s) but the key has {len(types)}")
             if t in seen_tables:
                 raise ConfigError(f"{w}: table {t} is already in group {seen_tables[t]}")
-            seen_tables[t] = str(gname)
+            seen_tables[t] = gname
             tables[t] = cols_t
-        schemes = [k for k in ("hash", "range", "directory") if k in g]
-        if len(schemes) != 1:
-            raise ConfigError(f"{w}: needs exactly one scheme of hash, range or directory, got {schemes or 'none'}")
-        kind = schemes[0]
-        parser = {"hash": _parse_hash, "range": _parse_range, "directory": _parse_directory}[kind]
-        scheme = parser(g[kind], types, w)
+        scheme: Scheme
+        if g.hash is not None:
+            scheme = _parse_hash(g.hash, types, w)
+        elif g.range is not None:
+            scheme = _parse_range(g.range, types, w)
+        else:
+            assert g.directory is not None  # the file's shape allows exactly one scheme
+            scheme = _parse_directory(g.directory, types, w)
         if known_clusters is not None:
             unknown = scheme.clusters() - set(known_clusters)
             if unknown:
@@ -496,8 +469,8 @@ def parse_map(data: Any, known_clusters: Iterable[str] | None = None, where: str
                     f"{w}: unknown cluster(s) {', '.join(sorted(unknown))} "
                     f"(reshard.yaml defines: {', '.join(sorted(known_clusters)) or 'none'})"
                 )
-        groups[str(gname)] = TableGroup(str(gname), types, tables, scheme)
-    return ShardMap(groups, str(data.get("name", "")))
+        groups[gname] = TableGroup(gname, types, tables, scheme)
+    return ShardMap(groups, f.name)
 
 
 def load_map(path: str | Path, known_clusters: Iterable[str] | None = None) -> ShardMap:

@@ -29,8 +29,8 @@ def test_a_fifth_shard_on_buckets_moves_a_fifth_and_on_modulo_four_fifths():
 
 
 def test_fraction_is_relative_to_the_source_share():
-    old = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"buckets": 8, "clusters": {"a": "0-1", "b": "2-7"}}}}})
-    new = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"buckets": 8, "clusters": {"a": "0", "c": "1", "b": "2-7"}}}}})
+    old = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"buckets": 8, "clusters": {"a": "0-1", "b": "2-7"}}}}})
+    new = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"buckets": 8, "clusters": {"a": "0", "c": "1", "b": "2-7"}}}}})
     # a owns 2 buckets and gives 1 of them to c: half of a's rows move
     assert hash_fraction(old.groups["g"].scheme, new.groups["g"].scheme, "a", "c") == 0.5
 
@@ -38,8 +38,8 @@ def test_fraction_is_relative_to_the_source_share():
 def test_sampling_agrees_with_exact_counting():
     from reshard import estimate
 
-    old = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c"]}}}}).groups["g"].scheme
-    new = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c", "d", "e", "f", "g"]}}}}
+    old = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c"]}}}}).groups["g"].scheme
+    new = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c", "d", "e", "f", "g"]}}}}
                     ).groups["g"].scheme
     exact = hash_fraction(old, new, "a", "d")
     saved = estimate.EXACT_LCM_LIMIT
@@ -52,7 +52,7 @@ def test_sampling_agrees_with_exact_counting():
 
 
 def test_range_to_hash_uses_the_new_bucket_share_and_range_targets_ask_the_server():
-    r = parse_map({"groups": {"g": {"tables": {"t": "k"}, "range": [{"cluster": "a", "to": 10}, {"cluster": "b", "from": 10}]}}})
-    h = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"buckets": 4, "modulo": ["a", "b", "b", "b"]}}}})
+    r = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "range": [{"cluster": "a", "to": 10}, {"cluster": "b", "from": 10}]}}})
+    h = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"buckets": 4, "modulo": ["a", "b", "b", "b"]}}}})
     assert hash_fraction(r.groups["g"].scheme, h.groups["g"].scheme, "a", "b") == 0.75
     assert hash_fraction(h.groups["g"].scheme, r.groups["g"].scheme, "a", "b") is None

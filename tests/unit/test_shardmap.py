@@ -69,7 +69,7 @@ def test_directory_with_default_and_quoting():
     assert m.owner("public.orders", ["acme"]) == "b"
     assert m.owner("public.orders", ["anyone"]) == "a"
     assert "'o''brien'" in m.groups["tenants"].predicate_sql("public.orders", "b")
-    with pytest.raises(ConfigError, match="needs a default"):
+    with pytest.raises(ConfigError, match="groups.t.directory: missing required key 'default'"):
         parse_map({"groups": {"t": {"key": "text", "tables": {"o": "k"}, "directory": {"entries": {}}}}})
 
 
@@ -85,16 +85,37 @@ def test_uuid_keys_and_composite_group_tables():
 def test_table_in_two_groups_and_key_arity():
     with pytest.raises(ConfigError, match="already in group"):
         parse_map({"groups": {
-            "a": {"tables": {"t": "k"}, "hash": {"modulo": ["x"]}},
-            "b": {"tables": {"t": "k"}, "hash": {"modulo": ["x"]}}}})
+            "a": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["x"]}},
+            "b": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["x"]}}}})
     with pytest.raises(ConfigError, match="names 2 shard key column"):
         parse_map({"groups": {"a": {"key": "bigint", "tables": {"t": ["a", "b"]}, "hash": {"modulo": ["x"]}}}})
 
 
 def test_ring_spreads_buckets_and_roundtrips():
-    m = parse_map({"groups": {"g": {"tables": {"t": "k"}, "hash": {"ring": {"clusters": ["a", "b", "c", "d"]}}}}})
+    m = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"ring": {"clusters": ["a", "b", "c", "d"]}}}}})
     counts = {c: m.groups["g"].scheme.assignment.count(c) for c in "abcd"}
     assert all(600 < n < 1500 for n in counts.values()), counts
     again = parse_map(m.to_dict())
     assert again.groups["g"].scheme.assignment == m.groups["g"].scheme.assignment
     assert again.digest() == m.digest()
+
+
+@pytest.mark.parametrize("group,message", [
+    # a typo was silently ignored and 4096 buckets used
+    ({"key": "bigint", "tables": {"t": "k"}, "hash": {"buckts": 1024, "modulo": ["a"]}},
+     r"groups.g.hash.buckts: unknown key \(did you mean 'buckets'\?\)"),
+    # a missing key quietly meant bigint
+    ({"tables": {"t": "k"}, "hash": {"modulo": ["a"]}}, "groups.g: missing required key 'key'"),
+    # a non-numeric bucket count crashed with a traceback
+    ({"key": "bigint", "tables": {"t": "k"}, "hash": {"buckets": "many", "modulo": ["a"]}},
+     "groups.g.hash.buckets: Input should be a valid integer"),
+    ({"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["a"]}, "range": [{"cluster": "a"}]},
+     "groups.g: needs exactly one scheme of hash, range, directory, got hash, range"),
+    ({"key": "bigint", "tables": {"t": "k"}, "hash": {"buckets": 8}},
+     "groups.g.hash: needs exactly one assignment of clusters, modulo, ring, got none"),
+    ({"key": "bigint", "tables": {"t": "k"}, "range": [{"cluster": "a", "form": 3}]},
+     r"groups.g.range\[0\].form: unknown key \(did you mean 'from'\?\)"),
+])
+def test_map_file_errors_name_the_path_and_what_was_expected(group, message):
+    with pytest.raises(ConfigError, match=f"^maps/after.yaml: {message}"):
+        parse_map({"groups": {"g": group}}, where="maps/after.yaml")
