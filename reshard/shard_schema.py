@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from importlib import resources
-
 import psycopg
 
 from reshard.keyhash import HASH_COMBINE64_SQL
+from reshard.schema_migrations import upgrade
+
+SHARD_LOCK = 7265736861726401  # serializes reshard processes installing on one cluster at once
 
 
 def install(conn: psycopg.Connection) -> None:
-    """Idempotent. Serialized by an advisory lock: CREATE … IF NOT EXISTS is not
-    race-free when two reshard processes install at the same moment."""
-    sql = resources.files("reshard.shard_sql").joinpath("shard.sql").read_text()
+    """Bring reshard's schema on a shard cluster to this version (``reshard.shard_sql``'s
+    migrations, see reshard.schema_migrations), and (re)create the hash function."""
+    where = f"the cluster at {conn.info.host}:{conn.info.port} (database {conn.info.dbname})"
+    upgrade(conn, "reshard.shard_sql", "shard", SHARD_LOCK, where)
     with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(7265736861726401)")
-        conn.execute(sql)
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (SHARD_LOCK,))
         conn.execute(HASH_COMBINE64_SQL)
 
 

@@ -10,7 +10,6 @@ import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib import resources
 from typing import Any, Iterator
 
 import psycopg
@@ -20,6 +19,7 @@ from psycopg.types.json import Jsonb
 from reshard.control import states
 from reshard.errors import Busy, ConfigError, LeaseLost, MigrationError, Unavailable
 from reshard.planner import Plan, overlap, plan
+from reshard.schema_migrations import upgrade
 from reshard.shardmap import ShardMap, parse_map
 
 ACTOR = f"{socket.gethostname()}:{os.getpid()}"
@@ -97,11 +97,7 @@ class ControlStore:
             return _Borrowed(self._pinned)  # type: ignore[return-value]
         conn = connect(self.dsn, "the control database", row_factory=dict_row, **kwargs)
         if not self._schema_ready:
-            sql = resources.files("reshard.control").joinpath("schema.sql").read_text()
-            with conn.transaction():
-                # serialize concurrent first-time setup from several processes
-                conn.execute("SELECT pg_advisory_xact_lock(7265736861726400)")
-                conn.execute(sql)
+            upgrade(conn, "reshard.control.migrations", "control", 7265736861726400, "the control database")
             self._schema_ready = True
         return conn
 

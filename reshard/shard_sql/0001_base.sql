@@ -1,5 +1,6 @@
 -- reshard's bookkeeping on a shard cluster (source or target), in its own schema.
--- Idempotent; installed by reshard.shard_schema before a migration touches the cluster.
+-- Installed by reshard.shard_schema (reshard.schema_migrations) before a migration touches the
+-- cluster; written with IF NOT EXISTS so it also adopts a cluster from before versioning.
 
 CREATE SCHEMA IF NOT EXISTS reshard;
 
@@ -26,17 +27,12 @@ CREATE TABLE IF NOT EXISTS reshard.applied_offsets (
     PRIMARY KEY (migration, topic, kpartition)
 );
 
--- The snapshot copy's keyset cursors, one per chunk of a (move, table) unit, committed
--- with each copied batch: a crash loses at most the batches in flight, which rolled
--- back with them. A chunk covers the keys (chunk_lower, chunk_upper] (NULL: unbounded);
--- its cursor starts at chunk_lower and ends at chunk_upper (done).
+-- The snapshot copy's keyset cursor, committed with each copied batch: a crash
+-- loses at most the batch in flight, which rolled back with it.
 CREATE TABLE IF NOT EXISTS reshard.copy_cursor (
     migration    text        NOT NULL,
     move_id      text        NOT NULL,
     tbl          text        NOT NULL,
-    chunk        integer     NOT NULL DEFAULT 0,
-    chunk_lower  jsonb,
-    chunk_upper  jsonb,
     cursor       jsonb,
     rows_copied  bigint      NOT NULL DEFAULT 0,
     bytes_copied bigint      NOT NULL DEFAULT 0,
@@ -44,21 +40,8 @@ CREATE TABLE IF NOT EXISTS reshard.copy_cursor (
     resumed_lsn  pg_lsn,
     done         boolean     NOT NULL DEFAULT false,
     updated_at   timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (migration, move_id, tbl, chunk)
+    PRIMARY KEY (migration, move_id, tbl)
 );
--- a cluster installed before chunks: its cursors are chunk 0, unbounded
-ALTER TABLE reshard.copy_cursor ADD COLUMN IF NOT EXISTS chunk integer NOT NULL DEFAULT 0;
-ALTER TABLE reshard.copy_cursor ADD COLUMN IF NOT EXISTS chunk_lower jsonb;
-ALTER TABLE reshard.copy_cursor ADD COLUMN IF NOT EXISTS chunk_upper jsonb;
-DO $$
-BEGIN
-    IF (SELECT array_length(conkey, 1) FROM pg_constraint
-        WHERE conrelid = 'reshard.copy_cursor'::regclass AND contype = 'p') = 3 THEN
-        ALTER TABLE reshard.copy_cursor DROP CONSTRAINT copy_cursor_pkey,
-            ADD PRIMARY KEY (migration, move_id, tbl, chunk);
-    END IF;
-END
-$$;
 
 -- On sources: one row per migration, in the migration's publication. Writing it
 -- guarantees Debezium decodes a commit after a given position (the catch-up and

@@ -1,6 +1,7 @@
 -- reshard control database. Everything needed to resume after any crash lives here
 -- (or, for what must commit atomically with target rows, on the targets themselves:
--- see reshard/shard_sql/target.sql). Idempotent: applied on every connect.
+-- see reshard/shard_sql/). Applied by reshard.schema_migrations as version 1, written with
+-- IF NOT EXISTS so it also adopts a control database from before versioning.
 
 CREATE SCHEMA IF NOT EXISTS reshard;
 
