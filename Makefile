@@ -9,13 +9,17 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps system-deps python-deps jvm-deps monitoring-deps unit e2e chaos stack-down clean
+.PHONY: demo test lint deps system-deps python-deps jvm-deps monitoring-deps unit e2e chaos stack-down clean
 
 demo: deps
 	$(VENV)/bin/reshard demo
 
-test: deps monitoring-deps
+test: deps monitoring-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
+
+# ruff (configured in pyproject.toml): pyflakes, pycodestyle, bugbear, pyupgrade, import order
+lint: python-deps
+	$(VENV)/bin/ruff check .
 
 unit: python-deps monitoring-deps
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -21,7 +21,6 @@ transaction's rates.
 from __future__ import annotations
 
 import argparse
-from dataclasses import replace
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import psycopg
@@ -37,14 +37,17 @@ from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from reshard.cdc_applier.connector import converters  # noqa: E402
+from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
+
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
-from cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
-from cdc_applier.connector import converters  # noqa: E402
 from reshard.config import FORMATS, write_config  # noqa: E402
 from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.kafka_admin import KafkaAdmin  # noqa: E402
-from reshard.kafka_admin import client_conf  # noqa: E402
+from reshard.kafka_admin import (
+    KafkaAdmin,  # noqa: E402
+    client_conf,  # noqa: E402
+)
 from reshard.shardmap import parse_map  # noqa: E402
 from reshard.workload import create_table, seed  # noqa: E402
 

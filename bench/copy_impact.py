@@ -24,7 +24,6 @@ import threading
 import time
 from pathlib import Path
 
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import load_average, median  # noqa: E402

@@ -8,16 +8,15 @@ the applier can subscribe to an exact list from its first poll.
 from __future__ import annotations
 
 import json
-from pathlib import Path
+from importlib import resources
 from string import Template
 
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.kafka_admin import KafkaAdmin
-from reshard.stack.artifacts import REPO_ROOT
 from reshard.streams import Stream
 
-TEMPLATE = REPO_ROOT / "connectors" / "debezium-postgres.json"
+TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
 AVRO_CONVERTER = "io.apicurio.registry.utils.converter.AvroConverter"
 ECHO_PREDICATE = "dev.reshard.connect.OriginStartsWith"  # connectors/echo-filter
@@ -56,7 +55,7 @@ def converters(config: Config) -> dict[str, str]:
     return out
 
 
-def render(config: Config, stream: Stream, tables: list[str], template: Path = TEMPLATE,
+def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
            filter_echoes: bool = False) -> dict[str, str]:
     params = config.cluster(stream.cluster).params(for_connect=True)
     values = {
@@ -72,7 +71,7 @@ def render(config: Config, stream: Stream, tables: list[str], template: Path = T
         "heartbeat_ms": str(HEARTBEAT_MS),
         "heartbeat_prefix": "reshard-heartbeat",
     }
-    raw = json.loads(template.read_text())
+    raw = json.loads(resources.files("reshard.connectors").joinpath(template).read_text())
     out = {k: Template(str(v)).substitute(values) for k, v in raw.items() if not k.startswith("__")}
     avro = converters(config)
     if avro:  # the template's JSON converter settings do not apply to another converter

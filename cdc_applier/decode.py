@@ -17,13 +17,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import orjson
-
-from cdc_applier import avro
+from reshard.cdc_applier import avro
 
 PLACEHOLDER = "__debezium_unavailable_value"
 _PLACEHOLDER_HEX = PLACEHOLDER.encode().hex()

@@ -32,7 +32,7 @@ from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka_admin import KafkaAdmin
 from reshard.streams import Stream
 
-log = logging.getLogger("cdc_applier.offsets")
+log = logging.getLogger("reshard.cdc_applier.offsets")
 SAY_EVERY_S = 5.0  # a wait says what it waits for this often
 
 

@@ -8,11 +8,11 @@ Changes the other direction wrote (an echo, by replication origin) go nowhere.
 
 from __future__ import annotations
 
+from reshard.cdc_applier.decode import ChangeEvent, DecodeError
+
 from reshard.errors import ConfigError
 from reshard.planner import Plan
 from reshard.streams import FORWARD, Stream
-from cdc_applier.decode import ChangeEvent, DecodeError
-
 
 MEMO_KEYS = 1 << 17  # routes remembered (~200 bytes each, ~30 MB at most), then forgotten at once
 

@@ -26,12 +26,20 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from reshard.cdc_applier import metrics
+from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
+from reshard.cdc_applier.avro import WriterSchemas
+from reshard.cdc_applier.decode import DecodeError, decode
+from reshard.cdc_applier.dlq import DeadLetters
+from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
+from reshard.cdc_applier.offsets import applier_group
+from reshard.cdc_applier.route import Router
 
 from reshard import shard_schema
 from reshard.catalog import require_table
@@ -44,16 +52,8 @@ from reshard.logs import bind
 from reshard.planner import Plan
 from reshard.progress import Task
 from reshard.streams import FORWARD, REVERSE, Stream, forward, reverse
-from cdc_applier.apply import ApplyStats, Routed, TargetWriter
-from cdc_applier.avro import WriterSchemas
-from cdc_applier.decode import DecodeError, decode
-from cdc_applier.dlq import DeadLetters
-from cdc_applier import metrics
-from cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
-from cdc_applier.offsets import applier_group
-from cdc_applier.route import Router
 
-log = logging.getLogger("cdc_applier.worker")
+log = logging.getLogger("reshard.cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
 
 HEARTBEAT_S = 2.0

@@ -18,6 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from reshard.cdc_applier.connector import drop_streams
+from reshard.cdc_applier.worker import streams_of
+
 from reshard import fence, shard_schema
 from reshard.config import Config
 from reshard.control import states
@@ -26,8 +29,6 @@ from reshard.errors import MigrationError
 from reshard.planner import plan as make_plan
 from reshard.progress import Progress
 from reshard.shardmap import qualified
-from cdc_applier.connector import drop_streams
-from cdc_applier.worker import streams_of
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
 

@@ -22,10 +22,15 @@ import contextlib
 import os
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from psycopg import errors as pgerr
+from reshard.cdc_applier.offsets import applier_group
+from reshard.cutover import gates as g
+from reshard.cutover.steps import CUTOVER, ROLLBACK, DryRunSteps, LiveSteps, Switch
+from reshard.cutover.waves import next_wave
 
 from reshard.config import Config
 from reshard.control import states
@@ -34,10 +39,6 @@ from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, WaitTimeou
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin
 from reshard.progress import Progress
-from cdc_applier.offsets import applier_group
-from cutover import gates as g
-from cutover.steps import CUTOVER, ROLLBACK, DryRunSteps, LiveSteps, Switch
-from cutover.waves import next_wave
 
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)

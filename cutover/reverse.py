@@ -15,13 +15,14 @@ resuming them: no change travels through Kafka twice while the migration streams
 
 from __future__ import annotations
 
+from reshard.cdc_applier.connector import ensure_connector
+
 from reshard import shard_schema
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
 from reshard.replication import advance_slot, create_slot, ensure_publication
 from reshard.streams import Stream, reverse
-from cdc_applier.connector import ensure_connector
 
 
 def prepare(config: Config, store: ControlStore, migration: str, target: str, tables: list[str]) -> dict:

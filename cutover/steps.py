@@ -16,6 +16,10 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 import psycopg
+from reshard.cdc_applier.connector import drop_streams
+from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
+from reshard.cutover import reverse as reverse_streams
+from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 
 from reshard import fence, shard_schema
 from reshard.config import Config
@@ -23,13 +27,10 @@ from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import ControlStore, connect
 from reshard.kafka_admin import KafkaAdmin
-from reshard.planner import Plan, plan as make_plan
+from reshard.planner import Plan
+from reshard.planner import plan as make_plan
 from reshard.shardmap import ShardMap
 from reshard.streams import Stream, forward, reverse
-from cdc_applier.connector import drop_streams
-from cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
-from cutover import reverse as reverse_streams
-from cutover.sequences import bring_past, last_values, owned_sequences
 
 CUTOVER, ROLLBACK = "cutover", "rollback"
 

@@ -15,9 +15,10 @@ import os
 import signal
 import sys
 import threading
-from datetime import datetime, timezone
+from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Callable
+from typing import Any
 
 import click
 
@@ -29,7 +30,7 @@ from reshard.json_schemas import check_if_asked
 from reshard.logs import FORMATS, LEVELS
 from reshard.logs import configure as configure_logging
 from reshard.progress import Progress
-from snapshotter.snapshot import DEFAULT_BATCH_ROWS
+from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
 
 JSON_VERSION = 1
 
@@ -74,7 +75,7 @@ def envelope(doc: dict[str, Any]) -> dict[str, Any]:
     obj = click_ctx.find_object(Ctx) if click_ctx is not None else None
     used = doc.get("config") or (obj.config_used() if obj is not None else None)
     return {"version": JSON_VERSION, "command": doc["command"], "migration": doc.get("migration"),
-            "generated_at": datetime.now(timezone.utc).isoformat(), **({"config": used} if used else {}), **rest}
+            "generated_at": datetime.now(UTC).isoformat(), **({"config": used} if used else {}), **rest}
 
 
 def dumps(doc: dict[str, Any], indent: int | None = 2) -> str:
@@ -562,9 +563,9 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
     The copy is throttled so that the application on the source keeps its latency:
     progress and `reshard status` show the limit in force and why.
     """
-    from snapshotter.throttle import ThrottleSettings
     from reshard.coordinator import Coordinator
     from reshard.shardmap import load_map
+    from reshard.snapshotter.throttle import ThrottleSettings
 
     config = ctx.config()
     progress = ctx.progress()
@@ -622,9 +623,8 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     30 s in any case.
     Exit 5 when it paused on input it will not guess about (reason in `reshard status`).
     """
+    from reshard.cdc_applier.metrics import serve
     from reshard.coordinator import Coordinator
-
-    from cdc_applier.metrics import serve
     from reshard.errors import ConfigError
 
     progress = ctx.progress()
@@ -642,7 +642,7 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
         raise ConfigError(f"cannot serve metrics on {metrics_address}:{'/'.join(map(str, candidates))} ({reason}): "
                           "pass --metrics-port with a free port, or 0")
     if served:
-        logging.getLogger("cdc_applier.worker").info("metrics on http://%s:%d/metrics", metrics_address, served)
+        logging.getLogger("reshard.cdc_applier.worker").info("metrics on http://%s:%d/metrics", metrics_address, served)
     stop = threading.Event()
 
     def stop_within_grace(*_: object) -> None:
@@ -712,7 +712,7 @@ def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval
     except OSError as exc:
         from reshard.errors import ConfigError
 
-        raise ConfigError(f"cannot serve metrics on {address}:{port} ({exc.strerror}): pass a free --port")
+        raise ConfigError(f"cannot serve metrics on {address}:{port} ({exc.strerror}): pass a free --port") from None
     print("reshard exporter: stopped", file=sys.stderr)
 
 
@@ -833,7 +833,7 @@ def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
 
 def _switch_options(max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
                     dry_run: bool, **kw):
-    from cutover.orchestrator import SwitchOptions
+    from reshard.cutover.orchestrator import SwitchOptions
     from reshard.errors import ConfigError
 
     if max_write_pause <= 0.2:
@@ -905,9 +905,10 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
     budget it backs out (exit 12): sources accept writes again, routing unchanged.
     Rerunning after a crash finishes or backs out the interrupted attempt first.
     """
-    from cutover.orchestrator import GATES, Orchestrator, cutover
-    from cutover.schedule import parse_window, wait_for_gates as wait_gates
     from reshard.control import ControlStore
+    from reshard.cutover.orchestrator import GATES, Orchestrator, cutover
+    from reshard.cutover.schedule import parse_window
+    from reshard.cutover.schedule import wait_for_gates as wait_gates
 
     config = ctx.config()
     win = parse_window(window, timezone) if window else None
@@ -954,8 +955,8 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
     sources. Possible until `reshard complete`. The forward stream keeps running, so a
     later `reshard cutover` can try again. Same budget and exit codes as cutover.
     """
-    from cutover.orchestrator import rollback
     from reshard.control import ControlStore
+    from reshard.cutover.orchestrator import rollback
 
     config = ctx.config()
     opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False)
@@ -998,8 +999,8 @@ def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool,
     Every step is recorded and idempotent: rerun it after a crash. Rollback is no
     longer possible afterwards. Fences stay, enforcing the final map, unless --drop-fences.
     """
-    from cutover.complete import complete
     from reshard.control import ControlStore
+    from reshard.cutover.complete import complete
 
     _confirm(yes, f"Complete migration {name}? Rollback will no longer be possible"
              + ("." if keep_source_data else " and the moved rows will be deleted from the sources."))

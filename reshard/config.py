@@ -177,7 +177,7 @@ class KafkaSection(_Section):
         None, description="the registry as the Connect workers reach it, if different")
 
     @model_validator(mode="after")
-    def _registry(self) -> "KafkaSection":
+    def _registry(self) -> KafkaSection:
         if self.format == "avro" and not self.schema_registry_url:
             raise ValueError("kafka.format avro (the default) needs kafka.schema_registry_url, the registry's "
                              "Confluent-compatible API; set kafka.format: json for a cluster without one")

@@ -16,6 +16,11 @@ from typing import Any
 
 from reshard import shard_schema
 from reshard.catalog import table_info
+from reshard.cdc_applier.connector import drop_streams, ensure_connector
+from reshard.cdc_applier.dlq import dlq_topic
+from reshard.cdc_applier.offsets import CaughtUp, Lag, lag, slot_lag, topic_lag, wait_caught_up
+from reshard.cdc_applier.route import Router
+from reshard.cdc_applier.worker import Applier, ApplierStats, streams_of
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
 from reshard.control import states
@@ -26,16 +31,11 @@ from reshard.logs import bind
 from reshard.planner import Plan, plan
 from reshard.progress import Progress, Task
 from reshard.shardmap import ShardMap
+from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
+from reshard.snapshotter.throttle import ThrottleSettings
 from reshard.stack.connect import DEBEZIUM_CLASS
 from reshard.streams import FORWARD, Stream, forward
 from reshard.verify import VerifyReport, verify
-from cdc_applier.connector import drop_streams, ensure_connector
-from cdc_applier.dlq import dlq_topic
-from cdc_applier.offsets import CaughtUp, Lag, lag, slot_lag, topic_lag, wait_caught_up
-from cdc_applier.route import Router
-from cdc_applier.worker import Applier, ApplierStats, streams_of
-from snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
-from snapshotter.throttle import ThrottleSettings
 
 STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
 
@@ -50,7 +50,7 @@ class Coordinator:
     log_context: bool = True
 
     @classmethod
-    def open(cls, config: Config, progress: Progress | None = None) -> "Coordinator":
+    def open(cls, config: Config, progress: Progress | None = None) -> Coordinator:
         return cls(config, ControlStore(config.control_dsn), progress or Progress("off"))
 
     # ---- create ----------------------------------------------------------------
@@ -243,17 +243,17 @@ class Coordinator:
     # ---- cutover, rollback, complete ---------------------------------------------------
     def cutover(self, name: str, opts=None):
         """Cut the next wave over (see cutover/orchestrator.py); returns a SwitchResult."""
-        from cutover.orchestrator import SwitchOptions, cutover
+        from reshard.cutover.orchestrator import SwitchOptions, cutover
 
         return cutover(self.config, self.store, name, opts or SwitchOptions(), self.progress)
 
     def rollback(self, name: str, opts=None):
-        from cutover.orchestrator import SwitchOptions, rollback
+        from reshard.cutover.orchestrator import SwitchOptions, rollback
 
         return rollback(self.config, self.store, name, opts or SwitchOptions(), self.progress)
 
     def complete(self, name: str, **kw):
-        from cutover.complete import complete
+        from reshard.cutover.complete import complete
 
         with self.store.lease(name, "complete"):
             return complete(self.config, self.store, name, progress=self.progress, **kw)

@@ -18,15 +18,15 @@ from __future__ import annotations
 
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
+from reshard import fence
 from reshard.config import Config
 from reshard.control import states
-from reshard.coordinator import Coordinator
 from reshard.control.store import connect
+from reshard.coordinator import Coordinator
 from reshard.errors import ConfigError
 from reshard.progress import Progress
-from reshard import fence
 from reshard.router import Router
 from reshard.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
 from reshard.workload import TABLE, Workload, create_table, seed
@@ -104,7 +104,7 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
     targets = sorted(c for c in config.clusters if c.startswith("target"))
     if not targets:
         raise ConfigError("the demo needs at least one cluster named target1, target2, ...")
-    name = name or "demo_" + datetime.now(timezone.utc).strftime("%Y%m%d_%H%M%S")
+    name = name or "demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     co = Coordinator.open(config, progress)
     report: dict = {"command": "demo", "migration": name,
                     "source": SOURCE, "targets": targets}

@@ -17,16 +17,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator
 
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from cdc_applier.dlq import dlq_topic
-from cdc_applier.offsets import applier_group, slot_lag
 from reshard import fence
+from reshard.cdc_applier.dlq import dlq_topic
+from reshard.cdc_applier.offsets import applier_group, slot_lag
 from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import connect
@@ -97,8 +97,8 @@ class MigrationCollector(Collector):
         f = Families()
         names = self._migrations(f)
         for name in names:
-            self._part(f"control:{name}", lambda: self._control(f, name))
-            self._part(f"streams:{name}", lambda: self._streams(f, name))
+            self._part(f"control:{name}", lambda name=name: self._control(f, name))
+            self._part(f"streams:{name}", lambda name=name: self._streams(f, name))
         self._part("fences", lambda: self._fences(f))
         with self._lock:
             self._latest = list(f.by_name.values())

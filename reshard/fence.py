@@ -27,17 +27,17 @@ import hashlib
 import random
 import re
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
 
 import psycopg
 from psycopg import errors as pgerr
 
 from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
 from reshard.planner import Move, Plan
-from reshard.shardmap import ShardMap, qualified, quote_ident
 from reshard.shard_schema import WRITER_GUC
+from reshard.shardmap import ShardMap, qualified, quote_ident
 
 FENCED = "RS001"  # the key is switching owners: retry shortly
 NOT_OWNER = "RS002"  # the key belongs to another cluster at this epoch: refresh the map
@@ -314,8 +314,8 @@ def state(conn: psycopg.Connection) -> list[dict]:
 # ---- across clusters -----------------------------------------------------------------
 
 def _cluster_conn(config, cluster: str) -> psycopg.Connection:
-    from reshard.control.store import connect
     from reshard import shard_schema
+    from reshard.control.store import connect
 
     conn = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
     shard_schema.install(conn)

@@ -9,6 +9,7 @@ and the published schema did not.
 from __future__ import annotations
 
 import json
+from importlib import resources
 from pathlib import Path
 
 from pydantic import BaseModel
@@ -16,7 +17,8 @@ from pydantic import BaseModel
 from reshard.config import ConfigFile
 from reshard.shardmap_file import MapFile
 
-DIRECTORY = Path(__file__).resolve().parents[1] / "schemas" / "files"
+# schemas/files in the repository (an editable install's package data is the checkout itself)
+DIRECTORY = Path(str(resources.files("reshard.schemas") / "files"))
 PUBLISHED: dict[str, type[BaseModel]] = {
     "reshard.yaml.schema.json": ConfigFile,
     "shard-map.schema.json": MapFile,

@@ -11,19 +11,20 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
-from pathlib import Path
+from functools import cache
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
-SCHEMAS = Path(__file__).resolve().parents[1] / "schemas" / "cli"
+SCHEMAS = resources.files("reshard.schemas") / "cli"  # schemas/cli in the repository
 CHECK_ENV = "RESHARD_CHECK_JSON_SCHEMAS"
 
 
-def schema_path(command: str) -> Path:
+def schema_path(command: str) -> Traversable:
     return SCHEMAS / f"{command.replace(' ', '-')}.schema.json"
 
 
-@lru_cache(maxsize=None)
+@cache
 def _validator(command: str):
     from jsonschema import Draft202012Validator
     from referencing import Registry, Resource
@@ -38,7 +39,7 @@ def _validator(command: str):
 def problems(doc: dict[str, Any]) -> list[str]:
     """Where ``doc`` (as printed: JSON types only) departs from its command's schema."""
     command = doc.get("command")
-    if not isinstance(command, str) or not schema_path(command).exists():
+    if not isinstance(command, str) or not schema_path(command).is_file():
         return [f"no schema for command {command!r} in {SCHEMAS}"]
     return [f"{'/'.join(map(str, e.absolute_path)) or '(document)'}: {e.message}"
             for e in _validator(command).iter_errors(doc)]

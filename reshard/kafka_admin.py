@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import Any, Callable, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -35,7 +36,7 @@ def _reachable(fn: Callable[..., T]) -> Callable[..., T]:
     """A Kafka error while asking Kafka is reported as Unavailable (exit 4), naming the
     cluster, never as a traceback (the callers also keep what PostgreSQL knows)."""
     @functools.wraps(fn)
-    def wrapper(self: "KafkaAdmin", *args: Any, **kwargs: Any) -> T:
+    def wrapper(self: KafkaAdmin, *args: Any, **kwargs: Any) -> T:
         try:
             return fn(self, *args, **kwargs)
         except KafkaException as exc:
@@ -54,7 +55,7 @@ class KafkaAdmin:
             self._probe.close()
             self._probe = None
 
-    def __enter__(self) -> "KafkaAdmin":
+    def __enter__(self) -> KafkaAdmin:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -84,7 +85,7 @@ class KafkaAdmin:
             [NewTopic(n, num_partitions=partitions, replication_factor=replication) for n in missing],
             operation_timeout=30,
         )
-        for name, fut in futures.items():
+        for fut in futures.values():
             try:
                 fut.result()
             except KafkaException as exc:

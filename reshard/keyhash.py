@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import uuid as _uuid
-from typing import Sequence
+from collections.abc import Sequence
 
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF

@@ -90,5 +90,4 @@ def configure(level: str = "info", fmt: str = "text", stream: IO[str] | None = N
         root.removeHandler(h)
     root.addHandler(handler)
     root.setLevel(logging.WARNING)  # other libraries: warnings and errors only
-    for name in ("reshard", "cdc_applier", "cutover", "snapshotter"):
-        logging.getLogger(name).setLevel(level.upper())
+    logging.getLogger("reshard").setLevel(level.upper())  # the stages log as reshard.<stage>.<module>

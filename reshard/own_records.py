@@ -14,14 +14,14 @@ import struct
 import urllib.error
 import urllib.request
 from functools import cache
+from importlib import resources
 from typing import Any
 
 import fastavro
 
 from reshard.errors import Unavailable
-from reshard.stack.artifacts import REPO_ROOT
 
-SCHEMAS = REPO_ROOT / "schemas"
+SCHEMAS = resources.files("reshard.schemas")  # schemas/ in the repository
 WIRE_HEADER = struct.Struct(">bI")
 
 

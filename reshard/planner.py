@@ -8,8 +8,9 @@ their shard key columns differently) and evaluated in Python through the maps.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from reshard.errors import ConfigError
 from reshard.keyhash import partition_hash

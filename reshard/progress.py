@@ -19,10 +19,12 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress as RichProgress,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
+)
+from rich.progress import (
+    Progress as RichProgress,
 )
 
 PLAIN_INTERVAL = 3.0
@@ -45,7 +47,7 @@ def human_seconds(s: float | None) -> str:
 
 
 class Task:
-    def __init__(self, owner: "Progress", label: str, total: float | None, unit: str):
+    def __init__(self, owner: Progress, label: str, total: float | None, unit: str):
         self.owner = owner
         self.label = label
         self.total = total

@@ -82,7 +82,7 @@ def write_png(store, name: str, path: Path) -> dict:
     low.set_xlabel("time (UTC)")
     for ax in (top, mid, low):
         ax.grid(True, alpha=0.3)
-        for when, kind in switches:
+        for when, _kind in switches:
             ax.axvline(when, color="black", linestyle="--", linewidth=0.8)
     for when, kind in switches:
         top.annotate(kind, (when, top.get_ylim()[1]), fontsize=8, ha="left", va="top")

@@ -21,7 +21,8 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Sequence, TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -66,7 +67,7 @@ class Router:
             self._listener.start()
 
     @classmethod
-    def from_config(cls, config, **kw: Any) -> "Router":
+    def from_config(cls, config, **kw: Any) -> Router:
         return cls(config.control_dsn, {n: c.dsn for n, c in config.clusters.items()}, **kw)
 
     # ---- the map ---------------------------------------------------------------------
@@ -169,7 +170,7 @@ class Router:
                     pass
             self._conns.clear()
 
-    def __enter__(self) -> "Router":
+    def __enter__(self) -> Router:
         return self
 
     def __exit__(self, *exc: object) -> None:

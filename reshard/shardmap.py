@@ -23,9 +23,10 @@ import hashlib
 import json
 import re
 import uuid
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Protocol, Sequence
+from typing import Any, Protocol
 
 import yaml
 from pydantic import ValidationError
@@ -407,7 +408,7 @@ def _parse_range(spec: list[RangeEntry], types: tuple[str, ...], where: str) -> 
         raise ConfigError(f"{where}: keys below {items[0][0]} have no owner (gap): the first range needs no 'from'")
     if items[-1][1] is not None:
         raise ConfigError(f"{where}: keys from {items[-1][1]} up have no owner (gap): the last range needs no 'to'")
-    for (lo1, hi1, c1), (lo2, hi2, c2) in zip(items, items[1:]):
+    for (_lo1, hi1, c1), (lo2, _hi2, c2) in zip(items, items[1:]):
         if lo2 is None:
             raise ConfigError(f"{where}: two ranges ({c1}, {c2}) both start at -infinity (overlap)")
         if hi1 is None or hi1 > lo2:

@@ -10,9 +10,9 @@ the remaining work over the rate measured between two readings, and is labelled 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Callable
 
 from reshard.progress import human_seconds
 

@@ -20,17 +20,18 @@ is still on the target after every round.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import psycopg
 
-from reshard.catalog import TableInfo as TableInfoT, require_table
+from reshard.catalog import TableInfo as TableInfoT
+from reshard.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import connect
 from reshard.planner import Move, Plan
-from reshard.shardmap import ShardMap
-from reshard.shardmap import qualified, quote_ident
+from reshard.shardmap import ShardMap, qualified, quote_ident
 
 SESSION = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "

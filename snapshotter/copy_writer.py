@@ -11,16 +11,16 @@ from __future__ import annotations
 import queue
 import select
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import psycopg
 from psycopg import errors, pq
 from psycopg.types.json import Jsonb
+from reshard.snapshotter.cursor import KeysetCursor
+from reshard.snapshotter.throttle import CopyThrottle
 
 from reshard.shardmap import qualified, quote_ident
-from snapshotter.cursor import KeysetCursor
-from snapshotter.throttle import CopyThrottle
 
 
 @dataclass

@@ -32,7 +32,7 @@ class ExportedSnapshot:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> "ExportedSnapshot":
+    def __enter__(self) -> ExportedSnapshot:
         return self
 
     def __exit__(self, *exc: object) -> None:

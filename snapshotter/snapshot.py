@@ -22,9 +22,14 @@ from __future__ import annotations
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable
+
+from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
+from reshard.snapshotter.cursor import KeysetCursor
+from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
+from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 
 from reshard import shard_schema
 from reshard.catalog import TableInfo, check_compatible, check_source, require_table
@@ -34,13 +39,9 @@ from reshard.errors import MigrationError, SetupError
 from reshard.estimate import move_rows
 from reshard.planner import Move, Plan
 from reshard.progress import Progress
-from reshard.shardmap import qualified
-from snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
-from snapshotter.cursor import KeysetCursor
 from reshard.replication import ensure_publication, slot_lsn
+from reshard.shardmap import qualified
 from reshard.streams import forward
-from snapshotter.slot import ExportedSnapshot, import_snapshot
-from snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 
 DEFAULT_BATCH_ROWS = 100_000  # rows per target commit: a crash redoes at most this many per unit
 PROGRESS_EVERY_S = 1.0  # copy progress mirrored to the control database at most this often
@@ -251,7 +252,7 @@ class Snapshotter:
             chunks = load_chunks(tgt, self.rec.name, u.move.id, u.table)
             return bool(chunks) and all(c.done for c in chunks)
 
-    def _chunks(self, u: CopyUnit, *, snapshot_lsn: str, resumed_lsn: str | None) -> "_UnitProgress":
+    def _chunks(self, u: CopyUnit, *, snapshot_lsn: str, resumed_lsn: str | None) -> _UnitProgress:
         """The unit's chunks: those recorded on the target, or (first time) a new split of
         its key range into one chunk per copy worker, at keys sampled from the source.
         Any keys split the range exactly (chunks are ``(lower, upper]``), so the sample
@@ -276,7 +277,7 @@ class Snapshotter:
         return _UnitProgress(chunks, snapshot_lsn, sum(c.rows_copied for c in chunks),
                              sum(c.bytes_copied for c in chunks), sum(not c.done for c in chunks))
 
-    def _copy_chunk(self, u: CopyUnit, progress: "_UnitProgress", chunk: Chunk, snapshot_name: str,
+    def _copy_chunk(self, u: CopyUnit, progress: _UnitProgress, chunk: Chunk, snapshot_name: str,
                     resumed_lsn: str | None, report: SnapshotReport, task) -> None:
         src_c = self.config.cluster(u.move.source)
         tgt_c = self.config.cluster(u.move.target)

@@ -7,10 +7,11 @@ import logging
 import os
 import socket
 import zlib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Iterator
+from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
@@ -81,7 +82,7 @@ class ControlStore:
         self._pinned: psycopg.Connection | None = None
 
     @contextmanager
-    def pinned(self) -> Iterator["ControlStore"]:
+    def pinned(self) -> Iterator[ControlStore]:
         """A store whose calls share one connection: a cutover records many small facts
         inside its write pause, and a connection per record would cost milliseconds each."""
         store = ControlStore(self.dsn)
@@ -537,7 +538,7 @@ class ControlStore:
 
     # ---- the lease ----------------------------------------------------------------
     @contextmanager
-    def lease(self, migration: str, purpose: str) -> Iterator["Lease"]:
+    def lease(self, migration: str, purpose: str) -> Iterator[Lease]:
         """Hold the migration's lease while the block runs: one command at a time acts on a
         migration (start, cutover, rollback, complete, abort), whatever host it runs on.
 

@@ -1,7 +1,8 @@
 """Fetch the pinned JVM parts (Kafka, Kafka Connect, Debezium, Apicurio) once, into a cache.
 
-``connectors/pom.xml`` pins the versions; Maven resolves them from Maven Central into
-``$RESHARD_CACHE/jvm/<hash of the pom>/`` (default ``~/.cache/reshard``). The hash in
+``connectors/pom.xml`` (package data ``reshard.connectors`` once installed) pins the
+versions; Maven resolves them from Maven Central, and builds the echo filter, into
+``$RESHARD_CACHE/jvm/<hash of the POMs and sources>/`` (default ``~/.cache/reshard``). The hash in
 the path means a version bump fetches a fresh set instead of mixing jars; a marker
 file written last means an interrupted fetch is redone rather than trusted.
 """
@@ -16,13 +17,14 @@ import subprocess
 import tarfile
 import urllib.request
 from dataclasses import dataclass
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 
 from reshard.errors import StackError
 
 CACHE_ENV = "RESHARD_CACHE"
-REPO_ROOT = Path(__file__).resolve().parents[2]
-POM = REPO_ROOT / "connectors" / "pom.xml"
+CONNECTORS = "reshard.connectors"  # connectors/ in the repository, package data once installed
 COMPLETE_MARKER = ".complete"
 
 
@@ -48,14 +50,30 @@ def cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "reshard"
 
 
-def artifacts_dir(pom: Path = POM) -> Path:
+def build_sources() -> dict[str, bytes]:
+    """What Maven reads, from the package's data: the POMs and the echo filter's Java
+    sources, by path relative to connectors/."""
+    out: dict[str, bytes] = {}
+
+    def walk(node: Traversable, prefix: str) -> None:
+        for entry in node.iterdir():
+            rel = f"{prefix}{entry.name}"
+            if entry.is_dir():
+                if entry.name not in ("target", "__pycache__"):
+                    walk(entry, rel + "/")
+            elif entry.name == "pom.xml" or entry.name.endswith(".java"):
+                out[rel] = entry.read_bytes()
+
+    walk(resources.files(CONNECTORS), "")
+    return dict(sorted(out.items()))
+
+
+def artifacts_dir(sources: dict[str, bytes] | None = None) -> Path:
     """The cache directory of one artifact set: named by a hash of the POMs that pin it
     and of the Java sources built (the echo filter)."""
-    h = hashlib.sha256(pom.read_bytes())
-    for module in sorted(pom.parent.glob("*/pom.xml")):
-        h.update(module.read_bytes())
-    for source in sorted(pom.parent.glob("*/src/**/*.java")):
-        h.update(source.read_bytes())
+    h = hashlib.sha256()
+    for rel, data in (sources if sources is not None else build_sources()).items():
+        h.update(rel.encode() + b"\0" + data)
     return cache_dir() / "jvm" / h.hexdigest()[:12]
 
 
@@ -116,11 +134,14 @@ def fetch_converter(pom: Path, into: Path) -> None:
         shutil.copyfile(fetch_central("io.apicurio", artifact, version), into / f"{artifact}-{version}.jar")
 
 
-def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifacts:
-    """Return the artifact set, running Maven only when it is not complete yet."""
-    if not pom.is_file():
-        raise StackError(f"{pom} is missing: reshard must run from a source checkout")
-    target = artifacts_dir(pom)
+def ensure_jvm_artifacts(log: Path | None = None) -> JvmArtifacts:
+    """Return the artifact set, running Maven only when it is not complete yet. Maven runs
+    on a copy of the POMs in the cache directory, so nothing is written beside the package
+    (an installed reshard's site-packages stays untouched)."""
+    sources = build_sources()
+    if "pom.xml" not in sources:
+        raise StackError(f"the package data {CONNECTORS} has no pom.xml: a broken installation")
+    target = artifacts_dir(sources)
     if (target / COMPLETE_MARKER).is_file():
         return JvmArtifacts(target)
     mvn = shutil.which("mvn")
@@ -128,14 +149,18 @@ def ensure_jvm_artifacts(pom: Path = POM, log: Path | None = None) -> JvmArtifac
         raise StackError("Maven (mvn) is not installed; `make deps` installs it (apt-get install maven)")
     if target.exists():
         shutil.rmtree(target)
-    target.mkdir(parents=True)
+    src = target / "src"
+    for rel, data in sources.items():
+        (src / rel).parent.mkdir(parents=True, exist_ok=True)
+        (src / rel).write_bytes(data)
+    pom = src / "pom.xml"
     log = log or (target.parent / f"{target.name}.maven.log")
     with open(log, "w") as out:
         proc = subprocess.run(
             [mvn, "-B", "-q", "-f", str(pom), "package", f"-Dstack.dir={target}"],
             stdout=out,
             stderr=subprocess.STDOUT,
-            cwd=pom.parent,
+            cwd=src,
         )
     if proc.returncode != 0:
         raise StackError(f"Maven could not fetch the JVM artifacts (exit {proc.returncode}); see {log}")

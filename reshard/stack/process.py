@@ -13,9 +13,9 @@ import pwd
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
 
 from reshard.errors import StackError
 
@@ -31,7 +31,7 @@ class ProcessRecord:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "ProcessRecord":
+    def from_dict(cls, d: dict) -> ProcessRecord:
         return cls(int(d["pid"]), int(d["start_ticks"]), list(d["argv"]), str(d["log"]))
 
 

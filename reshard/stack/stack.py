@@ -17,11 +17,11 @@ import random
 import shutil
 import signal
 import socket
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 from reshard.config import ClusterConfig, Config, ConnectConfig, KafkaConfig, write_config
 from reshard.errors import StackError

@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 
 import psycopg
+from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
 
-from cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
 from reshard import fence
 from reshard.coordinator import Coordinator
 from reshard.shardmap import parse_map

@@ -20,6 +20,7 @@ from reshard.streams import forward
 from tests.chaos.harness import AFTER, Fault, LedgerLoad, audit, finish, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, spawn, wait_for, write_config_file
 
+
 def _cli(cfg, *args: str) -> subprocess.Popen:
     return subprocess.Popen(reshard_cmd(cfg, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 

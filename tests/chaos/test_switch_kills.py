@@ -15,7 +15,8 @@ import signal
 import subprocess
 import time
 
-from cutover.orchestrator import FAILPOINT_ENV
+from reshard.cutover.orchestrator import FAILPOINT_ENV
+
 from tests.chaos.harness import Fault, LedgerLoad, acceptors, audit, moving_keys, setup, switch
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, spawn, wait_for, write_config_file
 

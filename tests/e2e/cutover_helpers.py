@@ -135,7 +135,7 @@ class RouterLoad:
             else:
                 next_at = time.monotonic()
 
-    def start(self) -> "RouterLoad":
+    def start(self) -> RouterLoad:
         self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True) for i in range(self.n)]
         for t in self._threads:
             t.start()

@@ -7,16 +7,22 @@ import time
 
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
+from reshard.cdc_applier.apply import Routed, TargetWriter
+from reshard.cdc_applier.decode import ChangeEvent
+from reshard.cdc_applier.offsets import applier_group
 
-from cdc_applier.apply import Routed, TargetWriter
-from cdc_applier.decode import ChangeEvent
-from cdc_applier.offsets import applier_group
 from reshard import shard_schema
 from reshard.catalog import require_table
 from reshard.kafka_admin import KafkaAdmin, client_conf
 from reshard.workload import Workload, create_table
 from tests.e2e.helpers import (
-    ApplierThread, all_rows, applied_count, assert_targets_equal_source, prepare, spawn, wait_for,
+    ApplierThread,
+    all_rows,
+    applied_count,
+    assert_targets_equal_source,
+    prepare,
+    spawn,
+    wait_for,
     write_config_file,
 )
 
@@ -32,7 +38,7 @@ def test_sigkill_applier_mid_stream_then_restart_loses_nothing(env, tmp_path):
         for round_ in range(2):  # kill twice, at different depths of the stream
             proc = spawn(cfg, tmp_path / f"apply{round_}.log", "apply", name, "--batch-size", "200")
             floor = applied_count(env, name) + 300
-            wait_for(lambda: applied_count(env, name) >= floor, 90, "the applier to apply events")
+            wait_for(lambda floor=floor: applied_count(env, name) >= floor, 90, "the applier to apply events")
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             assert proc.returncode == -signal.SIGKILL

@@ -6,8 +6,7 @@ import time
 
 import psycopg
 import pytest
-
-from snapshotter.copy_writer import BLOCK_BYTES, _copy_out
+from reshard.snapshotter.copy_writer import BLOCK_BYTES, _copy_out
 
 
 def test_rows_arrive_whole_in_blocks_and_errors_surface(env):

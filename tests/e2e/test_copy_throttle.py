@@ -9,8 +9,14 @@ import psycopg
 import yaml
 
 from reshard.demo import demo_maps
-from tests.e2e.helpers import ApplierThread, assert_targets_equal_source, prepare, reshard_cmd, wait_for, \
-    write_config_file
+from tests.e2e.helpers import (
+    ApplierThread,
+    assert_targets_equal_source,
+    prepare,
+    reshard_cmd,
+    wait_for,
+    write_config_file,
+)
 
 
 def _throttle_states(env, name) -> list[str]:

@@ -2,15 +2,21 @@
 
 import time
 
-from cutover import reverse as reverse_streams
-from cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
+from reshard.cutover import reverse as reverse_streams
+from reshard.cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
+
 from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin
 from reshard.router import Router
 from tests.e2e.cutover_helpers import (
-    RouterLoad, acceptors, assert_acked_on_owners, assert_no_stale_writes, moving_keys, setup,
+    RouterLoad,
+    acceptors,
+    assert_acked_on_owners,
+    assert_no_stale_writes,
+    moving_keys,
+    setup,
 )
 from tests.e2e.helpers import ApplierThread, applied_count, assert_verified
 

@@ -17,8 +17,8 @@ import time
 from collections import Counter
 
 import psycopg
+from reshard.cutover.orchestrator import SwitchOptions
 
-from cutover.orchestrator import SwitchOptions
 from reshard import fence
 from reshard.coordinator import Coordinator
 from reshard.shardmap import parse_map
@@ -70,7 +70,7 @@ class TwoTableLoad:
                     with self.lock:
                         self.errors[exc.sqlstate] += 1
 
-    def __enter__(self) -> "TwoTableLoad":
+    def __enter__(self) -> TwoTableLoad:
         for t in self.threads:
             t.start()
         return self

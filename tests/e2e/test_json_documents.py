@@ -47,5 +47,5 @@ def test_a_migrations_documents_share_the_envelope_and_match_their_schemas(env, 
         assert _run(cfg, "cutover", name)["outcome"] == "done"
         assert _run(cfg, "rollback", name)["outcome"] == "done"
     assert _run(cfg, "abort", name, "--yes")["actions"]
-    assert {p.name for p in SCHEMAS.glob("*.schema.json")} >= {
+    assert {p.name for p in SCHEMAS.iterdir() if p.name.endswith(".schema.json")} >= {
         "start.schema.json", "apply.schema.json", "status.schema.json", "cutover.schema.json", "envelope.schema.json"}

@@ -47,7 +47,7 @@ def test_json_logs_have_context_and_no_password(env, tmp_path):
                                        "--metrics-port", "0", "--json"), capture_output=True, text=True, timeout=300)
     assert apply.returncode == 0, apply.stderr
     lines = _json_lines(apply.stderr)
-    worker = [line for line in lines if line["logger"] == "cdc_applier.worker"]
+    worker = [line for line in lines if line["logger"] == "reshard.cdc_applier.worker"]
     assert worker[0]["message"].startswith("started: consumer group reshard-") and worker[-1]["message"].startswith(
         "stopped: ")
     assert all(line["migration"] == name and line["worker"].startswith("applier@") for line in worker)

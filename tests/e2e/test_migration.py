@@ -3,7 +3,7 @@
 import time
 
 from reshard.workload import Workload
-from tests.e2e.helpers import assert_verified, ApplierThread, assert_targets_equal_source, prepare, wait_for
+from tests.e2e.helpers import ApplierThread, assert_targets_equal_source, assert_verified, prepare, wait_for
 
 
 def test_split_under_concurrent_writes_ends_row_for_row_equal(env):

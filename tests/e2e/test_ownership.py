@@ -10,8 +10,8 @@ import subprocess
 import threading
 
 import pytest
+from reshard.cutover.orchestrator import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 
-from cutover.orchestrator import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 from reshard.connect_client import ConnectClient
 from reshard.coordinator import Coordinator
 from reshard.demo import DEFAULT_BUCKETS, demo_maps
@@ -19,7 +19,13 @@ from reshard.errors import MigrationError, SetupError
 from reshard.shardmap import parse_map
 from tests.e2e.cutover_helpers import acceptors, moving_keys, setup
 from tests.e2e.helpers import (
-    TARGETS, ApplierThread, assert_targets_equal_source, assert_verified, prepare, reshard_cmd, wait_for,
+    TARGETS,
+    ApplierThread,
+    assert_targets_equal_source,
+    assert_verified,
+    prepare,
+    reshard_cmd,
+    wait_for,
     write_config_file,
 )
 

@@ -57,7 +57,7 @@ def test_routers_under_load_never_write_a_key_where_it_is_not_owned(env):
             v = f"w{i}-{n}"
             n += 1
             try:
-                router.write("public.kv", [k], lambda conn: conn.execute(UPSERT, (k, v)))
+                router.write("public.kv", [k], lambda conn, k=k, v=v: conn.execute(UPSERT, (k, v)))
             except FenceRejected:
                 with lock:
                     counts["rejected"] += 1
@@ -92,7 +92,7 @@ def test_routers_under_load_never_write_a_key_where_it_is_not_owned(env):
         for k, _v, epoch in rs:
             assert maps[epoch].owner("public.kv", [k]) == cluster, (cluster, k, epoch)
     latest: dict[int, tuple[int, str]] = {}
-    for cluster, rs in rows.items():
+    for rs in rows.values():
         for k, v, epoch in rs:
             if k not in latest or epoch > latest[k][0]:
                 latest[k] = (epoch, v)

@@ -13,7 +13,13 @@ import yaml
 from reshard.demo import demo_maps
 from reshard.workload import Workload
 from tests.e2e.helpers import (
-    ApplierThread, assert_targets_equal_source, prepare, reshard_cmd, spawn, wait_for, write_config_file,
+    ApplierThread,
+    assert_targets_equal_source,
+    prepare,
+    reshard_cmd,
+    spawn,
+    wait_for,
+    write_config_file,
 )
 
 

@@ -17,7 +17,6 @@ from reshard.coordinator import Coordinator
 from reshard.kafka_admin import client_conf
 from reshard.shardmap import DEFAULT_BUCKETS, parse_map
 from reshard.streams import forward
-
 from tests.e2e.helpers import TARGETS, ApplierThread
 
 TABLE = "public.typed"

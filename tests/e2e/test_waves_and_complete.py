@@ -4,12 +4,13 @@ import json
 import subprocess
 from datetime import datetime, timedelta
 
+from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover
+
 from reshard.connect_client import ConnectClient
-from cutover.orchestrator import DONE, SwitchOptions, cutover
 from reshard.control import states
 from reshard.exit_codes import ExitCode
 from tests.e2e.cutover_helpers import RouterLoad, acceptors, assert_acked_on_owners, moving_keys, setup
-from tests.e2e.helpers import assert_verified, ApplierThread, reshard_cmd, write_config_file
+from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, write_config_file
 
 
 def cli(cfg, *args):

@@ -3,7 +3,8 @@
 import re
 from pathlib import Path
 
-from cdc_applier.connector import ECHO_PREDICATE, render
+from reshard.cdc_applier.connector import ECHO_PREDICATE, render
+
 from reshard.config import parse_config
 from reshard.streams import forward, reverse
 from tests.unit.test_config import GOOD

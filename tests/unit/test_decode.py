@@ -6,8 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
-
-from cdc_applier.decode import PLACEHOLDER, DecodeError, decode
+from reshard.cdc_applier.decode import PLACEHOLDER, DecodeError, decode
 
 FIELDS = [
     {"type": "int64", "optional": False, "field": "id"},

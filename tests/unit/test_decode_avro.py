@@ -1,14 +1,14 @@
 """Avro envelopes (Confluent wire format, as the Apicurio converter writes Debezium's
 records) decode to the same ChangeEvents as their JSON twins."""
 
+import base64
 import io
 import struct
 
 import fastavro
 import pytest
-
-from cdc_applier.avro import UnknownSchema, WriterSchemas
-from cdc_applier.decode import PLACEHOLDER, DecodeError, decode
+from reshard.cdc_applier.avro import UnknownSchema, WriterSchemas
+from reshard.cdc_applier.decode import PLACEHOLDER, DecodeError, decode
 
 from tests.unit.test_decode import ROW, envelope
 
@@ -64,8 +64,9 @@ def wire(schema_id: int, schema: dict, record: dict) -> bytes:
 
 
 def avro_envelope(op, before=None, after=None, lsn=22195456):
-    row = lambda r: None if r is None else {**r, "dec": None if r.get("dec") is None else
-                                            __import__("base64").b64decode(r["dec"])}  # noqa: E731
+    def row(r):
+        return None if r is None else {**r, "dec": None if r.get("dec") is None else base64.b64decode(r["dec"])}
+
     return wire(7, ENVELOPE, {"before": row(before), "after": row(after), "op": op, "ts_ms": 1,
                               "source": {"schema": "public", "table": "accounts", "lsn": lsn, "origin": None}})
 

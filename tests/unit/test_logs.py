@@ -46,7 +46,7 @@ def test_redaction_leaves_ordinary_text_alone():
 def test_json_lines_carry_context_and_fields_and_no_secret(capture):
     buf = capture("json")
     logs.bind(migration="m1", worker="applier@h:1")
-    log = logging.getLogger("cdc_applier.worker")
+    log = logging.getLogger("reshard.cdc_applier.worker")
     log.info("applied %d events", 5, extra={"stream": "fwd:source1", "fields": {"events_per_s": 12.5}})
     log.warning("cannot reach host=db password=s3cr3t", extra={"fields": {"dsn": "host=db password=s3cr3t"}})
     logging.getLogger("reshard.control").debug("not shown at info")
@@ -55,7 +55,7 @@ def test_json_lines_carry_context_and_fields_and_no_secret(capture):
     first = lines[0]
     assert first["message"] == "applied 5 events" and first["level"] == "info"
     assert first["migration"] == "m1" and first["worker"] == "applier@h:1" and first["stream"] == "fwd:source1"
-    assert first["events_per_s"] == 12.5 and first["ts"].endswith("Z") and first["logger"] == "cdc_applier.worker"
+    assert first["events_per_s"] == 12.5 and first["ts"].endswith("Z") and first["logger"] == "reshard.cdc_applier.worker"
     assert "s3cr3t" not in buf.getvalue()
 
 

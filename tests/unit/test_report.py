@@ -1,10 +1,10 @@
 """The report's series: rates from successive totals per worker, summed; lags per bucket."""
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 from reshard.report import series
 
-T0 = datetime(2026, 11, 22, 0, 0, 0, tzinfo=timezone.utc)
+T0 = datetime(2026, 11, 22, 0, 0, 0, tzinfo=UTC)
 
 
 def _s(worker, seconds, applied, lag_s=None, lag_r=None):

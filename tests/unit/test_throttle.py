@@ -1,6 +1,6 @@
 """The copy throttle's arithmetic, on a simulated clock (no server, no real sleeping)."""
 
-from snapshotter.throttle import BACKOFF, FLOOR_BYTES_S, CopyThrottle, ThrottleSettings
+from reshard.snapshotter.throttle import BACKOFF, FLOOR_BYTES_S, CopyThrottle, ThrottleSettings
 
 
 class Clock:
