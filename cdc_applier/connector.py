@@ -8,11 +8,16 @@ the applier can subscribe to an exact list from its first poll.
 from __future__ import annotations
 
 import json
+import os
 from importlib import resources
+from pathlib import Path
 from string import Template
+
+import psycopg
 
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
+from reshard.errors import ConfigError
 from reshard.kafka_admin import KafkaAdmin
 from reshard.streams import Stream
 
@@ -55,14 +60,52 @@ def converters(config: Config) -> dict[str, str]:
     return out
 
 
+# libpq TLS settings of connect_dsn, as the Debezium PostgreSQL connector names them
+SSL_SETTINGS = {"sslmode": "database.sslmode", "sslrootcert": "database.sslrootcert",
+                "sslcert": "database.sslcert", "sslkey": "database.sslkey"}
+
+
+def connect_password(config: Config, cluster: str) -> str:
+    """What the connector's ``database.password`` holds: a Kafka Connect config-provider
+    reference, never the secret (a connector's config is readable by anyone who can reach
+    Connect's REST API). The cluster's own ``connect_password`` reference if given; else the
+    DSN's password (or libpq's, from .pgpass) written to ``connect.secrets_dir`` (mode 600)
+    for the worker's ``file`` provider; "" when the cluster needs no password."""
+    c = config.cluster(cluster)
+    if c.connect_password:
+        return c.connect_password
+    secret = c.params(for_connect=True).get("password")
+    if not secret:
+        with psycopg.connect(c.dsn, connect_timeout=10) as conn:
+            secret = conn.info.password  # libpq's: the DSN's, or the password file's (.pgpass)
+    if not secret:
+        return ""
+    if not config.connect.secrets_dir:
+        raise ConfigError(
+            f"cluster {cluster} needs a password, and reshard will not write it into the Debezium connector's config "
+            f"(anyone who can reach Connect's REST API can read that): set clusters.{cluster}.connect_password to "
+            "a Kafka Connect config-provider reference (${file:/path:key} or ${env:VAR}) the Connect worker resolves, "
+            "or connect.secrets_dir to a directory the worker's `file` config provider reads"
+        )
+    path = Path(config.connect.secrets_dir) / f"{cluster}.properties"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write("password=" + secret.replace("\\", "\\\\") + "\n")  # a Java properties value
+    os.replace(tmp, path)
+    return f"${{file:{path}:password}}"
+
+
 def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
-           filter_echoes: bool = False) -> dict[str, str]:
+           filter_echoes: bool = False, password: str = "") -> dict[str, str]:
+    """The connector's config. ``password`` is what connect_password returned: a reference."""
     params = config.cluster(stream.cluster).params(for_connect=True)
     values = {
         "hostname": params.get("host", "127.0.0.1"),
         "port": params.get("port", "5432"),
         "user": params.get("user", "postgres"),
-        "password": params.get("password", ""),
+        "password": password,
         "dbname": params.get("dbname", "postgres"),
         "topic_prefix": stream.prefix,
         "slot": stream.slot,
@@ -76,7 +119,8 @@ def render(config: Config, stream: Stream, tables: list[str], template: str = TE
     avro = converters(config)
     if avro:  # the template's JSON converter settings do not apply to another converter
         out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
-    return {**out, **avro, **(echo_filter(stream) if filter_echoes else {})}
+    ssl = {key: params[name] for name, key in SSL_SETTINGS.items() if params.get(name)}
+    return {**out, **ssl, **avro, **(echo_filter(stream) if filter_echoes else {})}
 
 
 def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bool = True) -> list[str]:
@@ -87,7 +131,8 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
     admin.ensure_topics(stream.heartbeat_topics, 1, config.kafka.replication_factor)
     client = ConnectClient(config.connect.url)
     wanted = render(config, stream, tables,
-                    filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE))
+                    filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE),
+                    password=connect_password(config, stream.cluster))
     current = client.config(stream.connector)
     if current is None or {k: v for k, v in current.items() if k != "name"} != wanted:
         client.put(stream.connector, wanted)

@@ -48,6 +48,9 @@ class ClusterConfig:
     name: str
     dsn: str
     connect_dsn: str
+    # how the Debezium connector gets the password: a Kafka Connect config-provider reference
+    # (``${file:/path:key}``, ``${env:VAR}``) resolved on the Connect worker, never the secret
+    connect_password: str | None = None
 
     def params(self, for_connect: bool = False) -> dict[str, str]:
         return {k: str(v) for k, v in conninfo_to_dict(self.connect_dsn if for_connect else self.dsn).items()}
@@ -85,6 +88,9 @@ class ConnectConfig:
     # drop the other direction's writes in Connect (reshard's echo-filter plugin) when the
     # worker has it; false: let them travel and have the applier skip them
     echo_filter: bool = True
+    # a directory the Connect worker reads through its ``file`` config provider: reshard writes
+    # each cluster's password there (mode 600) and puts only a reference into the connector
+    secrets_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,8 @@ class Config:
         clusters: dict[str, Any] = {}
         for c in self.clusters.values():
             entry: dict[str, str] = {"dsn": c.dsn}
+            if c.connect_password:
+                entry["connect_password"] = c.connect_password
             if c.connect_dsn != c.dsn:
                 entry["connect_dsn"] = c.connect_dsn
             clusters[c.name] = entry
@@ -122,7 +130,8 @@ class Config:
                 **({"connect_schema_registry_url": self.kafka.connect_schema_registry_url}
                    if self.kafka.connect_schema_registry_url else {}),
             },
-            "connect": {"url": self.connect.url, **({} if self.connect.echo_filter else {"echo_filter": False})},
+            "connect": {"url": self.connect.url, **({} if self.connect.echo_filter else {"echo_filter": False}),
+                        **({"secrets_dir": self.connect.secrets_dir} if self.connect.secrets_dir else {})},
         }
 
 
@@ -149,6 +158,7 @@ def _cluster_name(value: str) -> str:
 
 Dsn = Annotated[str, AfterValidator(_dsn), Field(description="a libpq connection string or URI")]
 HttpUrl = Annotated[str, AfterValidator(_http)]
+ProviderRef = Annotated[str, Field(pattern=r"^\$\{[A-Za-z0-9_]+:[^}]+\}$")]
 ClusterName = Annotated[str, AfterValidator(_cluster_name)]
 
 
@@ -164,6 +174,9 @@ class ControlSection(_Section):
 class ClusterSection(_Section):
     dsn: Dsn = Field(description="how reshard reaches this cluster")
     connect_dsn: Dsn | None = Field(None, description="how Kafka Connect (Debezium) reaches it, if different")
+    connect_password: ProviderRef | None = Field(
+        None, description="the password as Debezium gets it: a Kafka Connect config-provider reference resolved on "
+                          "the worker, e.g. ${file:/etc/kafka/secrets/pg.properties:source1} or ${env:SOURCE1_PGPASSWORD}")
 
 
 class KafkaSection(_Section):
@@ -194,6 +207,9 @@ class ConnectSection(_Section):
     url: HttpUrl = Field(description="the Kafka Connect REST API")
     echo_filter: bool = Field(True, description="drop the other direction's writes in Connect when the worker "
                                                 "has reshard's echo-filter plugin")
+    secrets_dir: str | None = Field(
+        None, description="a directory the Connect worker reads with its `file` config provider: reshard writes each "
+                          "cluster's password there (mode 600) and the connector config holds only a reference")
 
 
 class ConfigFile(_Section):
@@ -211,11 +227,13 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         f = ConfigFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, where, ConfigFile)) from None
-    clusters = {name: ClusterConfig(name, c.dsn, c.connect_dsn or c.dsn) for name, c in f.clusters.items()}
+    clusters = {name: ClusterConfig(name, c.dsn, c.connect_dsn or c.dsn, c.connect_password)
+                for name, c in f.clusters.items()}
     k = f.kafka
     kafka = KafkaConfig(k.bootstrap_servers, k.partitions, k.replication_factor, k.schema_registry_url, k.format,
                         k.connect_schema_registry_url)
-    return Config(path, f.control.dsn, clusters, kafka, ConnectConfig(f.connect.url, f.connect.echo_filter))
+    return Config(path, f.control.dsn, clusters, kafka,
+                  ConnectConfig(f.connect.url, f.connect.echo_filter, f.connect.secrets_dir))
 
 
 PRECEDENCE = (
@@ -232,6 +250,8 @@ def find_config_path(explicit: str | Path | None = None) -> tuple[Path, str]:
     if explicit:
         by = "$RESHARD_CONFIG" if os.environ.get(CONFIG_ENV) == str(explicit) else "--config"
         candidates.append((Path(explicit), by))
+    elif os.environ.get(CONFIG_ENV):  # library callers (the router) honour it too
+        candidates.append((Path(os.environ[CONFIG_ENV]), "$RESHARD_CONFIG"))
     else:
         candidates += [(Path.cwd() / "reshard.yaml", "./reshard.yaml in the working directory"),
                        (state_dir() / "reshard.yaml", "the embedded stack's ($RESHARD_HOME or ./.reshard)")]

@@ -57,6 +57,10 @@ class ConnectWorker:
             f"plugin.path={art.plugin_path}",
             "plugin.discovery=hybrid_warn",
             "connector.client.config.override.policy=All",
+            # connector configs carry references, never secrets: ${file:<path>:<key>}, ${env:<VAR>}
+            "config.providers=file,env",
+            "config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider",
+            "config.providers.env.class=org.apache.kafka.common.config.provider.EnvVarConfigProvider",
             "",
         ]))
 

@@ -299,7 +299,8 @@ class Stack:
             kafka=KafkaConfig(f"127.0.0.1:{state['kafka']['port']}", partitions=4, replication_factor=1,
                               schema_registry_url=(f"http://127.0.0.1:{state['registry']['port']}/apis/ccompat/v7"
                                                    if state.get("registry") else None)),
-            connect=ConnectConfig(f"http://127.0.0.1:{state['connect']['port']}"),
+            # the worker's file config provider reads the passwords reshard writes here
+            connect=ConnectConfig(f"http://127.0.0.1:{state['connect']['port']}", secrets_dir=str(self.home / "secrets")),
         )
 
     # ---- status --------------------------------------------------------------

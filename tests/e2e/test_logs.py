@@ -3,12 +3,16 @@ JSON lines on stderr, each with its migration (and the worker's id), progress in
 and a password carried by every DSN of the configuration never appears."""
 
 import json
+import stat
 import subprocess
 import time
+from pathlib import Path
 
 import yaml
 
+from reshard.connect_client import ConnectClient
 from reshard.demo import demo_maps
+from reshard.streams import forward
 from tests.e2e.helpers import TARGETS, prepare, reshard_cmd, write_config_file
 
 SECRET = "Pw-n0t-f0r-l0gs"
@@ -54,6 +58,32 @@ def test_json_logs_have_context_and_no_password(env, tmp_path):
     assert json.loads(apply.stdout)["applied"] >= 1000
     for out in (start.stdout, start.stderr, apply.stdout, apply.stderr):
         assert SECRET not in out
+    # nor in the connector's config, which anyone who reaches Connect's REST API can read:
+    # it holds a reference the worker's file provider resolves, and the file is the owner's
+    client = ConnectClient(env.config.connect.url)
+    connector = forward(name, "source1").connector
+    config = client.config(connector)
+    assert SECRET not in json.dumps(config)
+    secrets = Path(env.config.connect.secrets_dir) / "source1.properties"
+    assert config["database.password"] == f"${{file:{secrets}:password}}"
+    assert secrets.read_text() == f"password={SECRET}\n" and stat.S_IMODE(secrets.stat().st_mode) == 0o600
+    assert client.status(connector)["tasks"][0]["state"] == "RUNNING"  # the worker resolved it
+
+
+def test_a_pgpass_password_reaches_debezium_as_a_reference(env, tmp_path, monkeypatch):
+    """A DSN without a password, libpq finding it in a password file: Debezium cannot read
+    .pgpass, so reshard hands the password to the worker's file provider (it was "" before)."""
+    name = env.migration()
+    co = prepare(env, rows=200, migration=name)
+    pgpass = tmp_path / "pgpass"
+    pgpass.write_text(f"*:*:*:*:{SECRET}\n")
+    pgpass.chmod(0o600)
+    monkeypatch.setenv("PGPASSFILE", str(pgpass))
+    co.start(name)
+    config = ConnectClient(env.config.connect.url).config(forward(name, "source1").connector)
+    secrets = Path(env.config.connect.secrets_dir) / "source1.properties"
+    assert config["database.password"] == f"${{file:{secrets}:password}}"
+    assert secrets.read_text() == f"password={SECRET}\n"
 
 
 def test_connect_log_rolls_and_leaves_out_the_per_commit_lines(env, stack):

@@ -3,11 +3,13 @@ runs a verified migration against the embedded stack. Templates, POMs and schema
 from the package's data; the stages live under the reshard namespace only."""
 
 import json
+import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
+from reshard.json_schemas import CHECK_ENV
 from tests.e2e.helpers import write_config_file
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,9 +41,10 @@ def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path):
     probe = subprocess.run([str(venv / "bin/python"), "-c", "import snapshotter"], cwd=work, capture_output=True)
     assert probe.returncode != 0 and b"No module named 'snapshotter'" in probe.stderr
     cfg = write_config_file(env, tmp_path)
+    user_env = {k: v for k, v in os.environ.items() if k != CHECK_ENV}  # a user has no jsonschema installed
     out = subprocess.run([str(venv / "bin/reshard"), "--config", str(cfg), "--progress", "off", "demo",
                           "--name", env.migration(), "--rows", "5000", "--stream-seconds", "3", "--cleanup",
-                          "--json"], cwd=work, capture_output=True, text=True, timeout=600)
+                          "--json"], cwd=work, env=user_env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["ok"] and report["verify"]["equal"], report

@@ -1,5 +1,6 @@
 """The connector config reshard registers: echo filtering per direction."""
 
+import json
 import re
 from pathlib import Path
 
@@ -36,3 +37,37 @@ def test_the_echo_filter_compiles_against_the_stacks_kafka():
     version = re.compile(r"<kafka.version>([^<]+)</kafka.version>")
     assert version.search((CONNECTORS / "echo-filter/pom.xml").read_text()).group(1) == \
         version.search((CONNECTORS / "pom.xml").read_text()).group(1)
+
+
+def _with(**changes):
+    import copy
+
+    d = copy.deepcopy(GOOD)
+    d["clusters"]["source1"]["connect_dsn"] = changes.pop("connect_dsn", "host=pg1 dbname=app")
+    d["clusters"]["source1"].update(changes.pop("cluster", {}))
+    d["connect"].update(changes.pop("connect", {}))
+    return parse_config(d)
+
+
+def test_the_connector_config_carries_a_reference_never_the_password(tmp_path):
+    import stat
+
+    import pytest
+    from reshard.cdc_applier.connector import connect_password
+
+    from reshard.errors import ConfigError
+
+    dsn = "host=pg1 dbname=app user=rs password=s3cr:et sslmode=verify-full sslrootcert=/ca.pem"
+    config = _with(connect_dsn=dsn, connect={"secrets_dir": str(tmp_path / "secrets")})
+    ref = connect_password(config, "source1")
+    path = tmp_path / "secrets" / "source1.properties"
+    assert ref == f"${{file:{path}:password}}"
+    assert path.read_text() == "password=s3cr:et\n" and stat.S_IMODE(path.stat().st_mode) == 0o600
+    out = render(config, forward("m1", "source1"), ["public.accounts"], password=ref)
+    assert out["database.password"] == ref and "s3cr" not in json.dumps(out)
+    assert out["database.sslmode"] == "verify-full" and out["database.sslrootcert"] == "/ca.pem"
+    # the operator's own reference wins; without one and without a secrets_dir: refused, not leaked
+    own = _with(connect_dsn=dsn, cluster={"connect_password": "${env:SOURCE1_PGPASSWORD}"})
+    assert connect_password(own, "source1") == "${env:SOURCE1_PGPASSWORD}"
+    with pytest.raises(ConfigError, match="will not write it into the Debezium connector's config"):
+        connect_password(_with(connect_dsn=dsn), "source1")
