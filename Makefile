@@ -17,9 +17,10 @@ demo: deps
 test: deps monitoring-deps lint
 	$(VENV)/bin/pytest $(PYTEST_ARGS)
 
-# ruff (configured in pyproject.toml): pyflakes, pycodestyle, bugbear, pyupgrade, import order
+# ruff (pyflakes, pycodestyle, bugbear, pyupgrade, import order) and mypy; settings in pyproject.toml
 lint: python-deps
 	$(VENV)/bin/ruff check .
+	@bash scripts/typecheck.sh
 
 unit: python-deps monitoring-deps
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

@@ -89,7 +89,7 @@ def newest_per_key(items: list[Routed], pk_of: dict[str, tuple[str, ...]]) -> tu
 class TableWriter:
     """Staging table and statements for one table on one target, built once per session."""
 
-    def __init__(self, conn: psycopg.Connection, info: TableInfo, migration: str, resumed_lsn: int | None,
+    def __init__(self, conn: psycopg.Connection[Any], info: TableInfo, migration: str, resumed_lsn: int | None,
                  number: int):
         self.info = info
         self.migration = migration
@@ -262,7 +262,7 @@ class TableWriter:
 class TargetWriter:
     """One connection to one target cluster; applies batches and records offsets."""
 
-    def __init__(self, conn: psycopg.Connection, cluster: str, migration: str,
+    def __init__(self, conn: psycopg.Connection[Any], cluster: str, migration: str,
                  tables: dict[str, TableInfo], resumed_lsn: dict[str, int]):
         self.conn = conn
         self.cluster = cluster

@@ -237,9 +237,10 @@ def _fast_parse(value: bytes) -> tuple[dict, dict[str, _RowPlan | None]] | None:
         i = len(_SCHEMA_HEAD) + len(schema_text)
         if value.startswith(_PAYLOAD_SEP, i) and value.startswith(schema_text, len(_SCHEMA_HEAD)):
             plans = _PLANS.get(schema_text)
-            payload = _payload(value, i) if plans is not None else None
-            if payload is not None:
-                return payload, plans
+            if plans is not None:
+                payload = _payload(value, i)
+                if payload is not None:
+                    return payload, plans
             break
     i = value.find(_PAYLOAD_SEP)
     if i < 0:

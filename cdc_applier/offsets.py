@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -93,7 +94,7 @@ def lag(config: Config, migration: str, streams: list[Stream], topics: list[str]
     return Lag(sum(per_topic.values()), slot_lag(config, streams), per_topic)
 
 
-def _conn(config: Config, conns: dict[str, psycopg.Connection], cluster: str) -> psycopg.Connection:
+def _conn(config: Config, conns: dict[str, psycopg.Connection[Any]], cluster: str) -> psycopg.Connection[Any]:
     conn = conns.get(cluster)
     if conn is None or conn.closed:
         conn = conns[cluster] = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
@@ -101,7 +102,7 @@ def _conn(config: Config, conns: dict[str, psycopg.Connection], cluster: str) ->
 
 
 def mark_positions(config: Config, migration: str, streams: list[Stream],
-                   conns: dict[str, psycopg.Connection] | None = None) -> dict[Stream, str]:
+                   conns: dict[str, psycopg.Connection[Any]] | None = None) -> dict[Stream, str]:
     """Step 1: X per stream's cluster, then a heartbeat commit after it. ``conns`` (cluster ->
     autocommit connection) lets a cutover reuse the connections it holds open."""
     positions = {}
@@ -120,7 +121,7 @@ def mark_positions(config: Config, migration: str, streams: list[Stream],
 
 
 def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float,
-                   conns: dict[str, psycopg.Connection] | None = None) -> None:
+                   conns: dict[str, psycopg.Connection[Any]] | None = None) -> None:
     """Step 2: every stream's slot confirmed its X."""
     pending = dict(positions)
     own = conns is None

@@ -46,7 +46,7 @@ class Router:
     def is_echo(self, ev: ChangeEvent, stream: Stream) -> bool:
         """Written by the other direction's applier: its sessions take their origins from
         that direction's pool (see cdc_applier.worker.tag_origin)."""
-        return bool(ev.origin) and ev.origin.startswith(stream.echo_origin_prefix)
+        return ev.origin is not None and ev.origin.startswith(stream.echo_origin_prefix)
 
     def target(self, ev: ChangeEvent, stream: Stream) -> str | None:
         """The cluster this change must be applied on, or None when its key does not move."""
@@ -57,7 +57,7 @@ class Router:
         if missing:
             raise DecodeError(f"{ev.table}: record key {ev.key} lacks shard key column(s) {', '.join(missing)}")
         key = tuple(ev.key[c] for c in cols)
-        memo_key = (stream.direction, stream.cluster, ev.table, key)
+        memo_key: tuple | None = (stream.direction, stream.cluster, ev.table, key)
         try:
             return self._memo[memo_key]
         except KeyError:

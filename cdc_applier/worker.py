@@ -29,9 +29,10 @@ from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
@@ -96,7 +97,7 @@ def _lsn_int(text: str | None) -> int | None:
     return (int(hi, 16) << 32) | int(lo, 16)
 
 
-def tag_origin(conn: psycopg.Connection, prefix: str) -> str:
+def tag_origin(conn: psycopg.Connection[Any], prefix: str) -> str:
     """Mark this session's transactions with a replication origin from the prefix's pool.
 
     An origin can be active in one session at a time, so take the first free one."""
@@ -126,7 +127,7 @@ class _Batch:
 
     per_dest: dict[tuple[str, str], list[Routed]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    by_pos: dict[tuple[str, int, int], object] = field(default_factory=dict)
+    by_pos: dict[tuple[str, int, int], Message] = field(default_factory=dict)
     read: dict[str, int] = field(default_factory=dict)  # records per stream label, for the metrics
     newest_ms: dict[str, int] = field(default_factory=dict)  # newest source commit time per stream label
     echoes: int = 0

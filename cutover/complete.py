@@ -61,7 +61,7 @@ def complete(config: Config, store: ControlStore, migration: str, *, keep_source
     done = store.steps(migration, attempt)
     final = store.get_map(rec.to_epoch)
     full = make_plan(store.get_map(rec.from_epoch), final)
-    epoch = store.active_epoch()
+    epoch = store.require_active()[0]  # the migration's target map (every wave is cut)
 
     def run(name: str, fn) -> None:
         if done.get(name, {}).get("status") == "done":

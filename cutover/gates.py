@@ -65,9 +65,11 @@ def reverse_gate(config: Config, targets: list[str], existing: set[str]) -> Gate
     for t in targets:
         with connect(config.cluster(t).dsn, f"target cluster {t}") as conn:
             level = conn.execute("SHOW wal_level").fetchone()[0]
-            used, limit = conn.execute(
+            row = conn.execute(
                 "SELECT (SELECT count(*) FROM pg_replication_slots), current_setting('max_replication_slots')::int"
             ).fetchone()
+            assert row is not None  # an aggregate: always one row
+            used, limit = row
         if level != "logical":
             problems.append(f"{t} has wal_level={level}")
         elif t not in existing and used >= limit:

@@ -117,7 +117,7 @@ class Orchestrator:
             raise MigrationError(f"migration {migration} is already cut over (`reshard complete` or `reshard rollback`)")
         if rec.state != states.STREAMING:
             raise MigrationError(f"migration {migration} is {rec.state}; cutover needs it streaming (copy done)")
-        active_epoch, active_map = self.store.active()
+        active_epoch, active_map = self.store.require_active()
         final = self.store.get_map(rec.to_epoch)
         wave = next_wave(active_map, final, only)
         number = 1 + sum(1 for w in self.store.waves(migration) if w["state"] == "cut")
@@ -129,7 +129,7 @@ class Orchestrator:
             raise MigrationError(f"migration {migration} has no wave cut over: nothing to roll back")
         if rec.state not in (states.STREAMING, states.CUT_OVER):
             raise MigrationError(f"migration {migration} is {rec.state}; rollback is possible until `complete`")
-        active_epoch, active_map = self.store.active()
+        active_epoch, active_map = self.store.require_active()
         generations = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)}
         return Switch(ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch),
                       generations=generations)
@@ -297,7 +297,8 @@ class Orchestrator:
                 self.store.finish_attempt(sw.migration, attempt, "done",
                                           {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch})
             if opts.dry_run:
-                result.outcome, result.plan = DRY_RUN, list(steps.sentences)  # type: ignore[attr-defined]
+                assert isinstance(steps, DryRunSteps)
+                result.outcome, result.plan = DRY_RUN, list(steps.sentences)
                 result.pause_ms = result.drain_ms = None
             else:
                 result.message = (f"{sw.kind} done: epoch {epoch} active; write pause {result.pause_ms:.0f} ms "

@@ -3,12 +3,14 @@ sequences past the old owner's, so ids it hands out next were never used there."
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from reshard.shardmap import qualified
 
 
-def owned_sequences(conn: psycopg.Connection, tables: list[str]) -> dict[str, str]:
+def owned_sequences(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, str]:
     """sequence -> table, for serial and identity columns of ``tables``."""
     out = {}
     for t in tables:
@@ -22,11 +24,11 @@ def owned_sequences(conn: psycopg.Connection, tables: list[str]) -> dict[str, st
     return out
 
 
-def last_values(conn: psycopg.Connection, sequences: list[str]) -> dict[str, int]:
+def last_values(conn: psycopg.Connection[Any], sequences: list[str]) -> dict[str, int]:
     return {s: int(conn.execute(f"SELECT last_value FROM {s}").fetchone()[0]) for s in sequences}
 
 
-def bring_past(old: psycopg.Connection, new: psycopg.Connection, tables: list[str], gap: int = 1) -> dict[str, dict]:
+def bring_past(old: psycopg.Connection[Any], new: psycopg.Connection[Any], tables: list[str], gap: int = 1) -> dict[str, dict]:
     """setval each sequence on ``new`` to at least the old side's value + gap. Returns what it did."""
     seqs = owned_sequences(old, tables)
     src = last_values(old, list(seqs))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psycopg
 from reshard.cdc_applier.connector import drop_streams
@@ -45,7 +45,7 @@ class Switch:
     active_map: ShardMap
     dest_map: ShardMap
     wave: int | None = None
-    wave_buckets: dict | None = None
+    wave_buckets: dict[str, list[int]] | None = None  # group -> buckets of this wave; None: every move
     last_wave: bool = True
     generations: dict = field(default_factory=dict)  # rollback: target -> its reverse stream's generation
     plan: Plan = field(init=False)
@@ -108,7 +108,7 @@ class LiveSteps:
         self.sw = sw
         self.lock_timeout_ms = lock_timeout_ms
         self.sequence_gap = sequence_gap
-        self.conns: dict[str, psycopg.Connection] = {}
+        self.conns: dict[str, psycopg.Connection[Any]] = {}
         self.admin: KafkaAdmin | None = None
 
     def close(self) -> None:
@@ -118,7 +118,7 @@ class LiveSteps:
         if self.admin is not None:
             self.admin.close()
 
-    def _conn(self, cluster: str) -> psycopg.Connection:
+    def _conn(self, cluster: str) -> psycopg.Connection[Any]:
         conn = self.conns.get(cluster)
         if conn is None or conn.closed:
             conn = connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
@@ -200,7 +200,7 @@ class LiveSteps:
             self.store.activate(conn, epoch)
             if sw.kind == CUTOVER:
                 self.store.record_wave(conn, sw.migration, sw.wave or 1,
-                                       None if sw.wave_buckets is None else sw.wave_buckets, epoch, "cut",
+                                       sw.wave_buckets, epoch, "cut",
                                        pause_ms, drain_ms)
             else:
                 conn.execute("UPDATE reshard.waves SET state = 'rolled_back' WHERE migration = %s AND state = 'cut'",

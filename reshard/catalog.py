@@ -9,6 +9,7 @@ half-way through.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -57,7 +58,7 @@ class TableInfo:
         return [c for c in self.columns if not c.generated]
 
 
-def table_info(conn: psycopg.Connection, table: str) -> TableInfo | None:
+def table_info(conn: psycopg.Connection[Any], table: str) -> TableInfo | None:
     row = conn.execute("SELECT to_regclass(%s)::oid", (qualified(table),)).fetchone()
     if row is None or row[0] is None:
         return None
@@ -88,7 +89,7 @@ def table_info(conn: psycopg.Connection, table: str) -> TableInfo | None:
     )
 
 
-def require_table(conn: psycopg.Connection, table: str, cluster: str) -> TableInfo:
+def require_table(conn: psycopg.Connection[Any], table: str, cluster: str) -> TableInfo:
     info = table_info(conn, table)
     if info is None:
         raise SetupError(f"table {table} does not exist on cluster {cluster}")

@@ -93,8 +93,9 @@ def emit(ctx: Ctx, doc: dict[str, Any], human: Callable[[], str]) -> None:
 
 def json_option(f: Callable) -> Callable:
     def cb(ctx: click.Context, _param: click.Parameter, value: bool) -> bool:
-        if value:
-            ctx.find_object(Ctx).json = True
+        obj = ctx.find_object(Ctx)
+        if value and obj is not None:
+            obj.json = True
         return value
 
     return click.option("--json", "as_json", is_flag=True, expose_value=False, callback=cb,
@@ -413,7 +414,7 @@ def plan_cmd(ctx: Ctx, to_path: str, from_path: str | None, estimates: bool, sho
     emit(ctx, doc, lambda: _plan_human(p, est, from_epoch, show_sql))
 
 
-def _size(n: int) -> str:
+def _size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if abs(n) < 1024 or unit == "TB":
             return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.1f} {unit}"

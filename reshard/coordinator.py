@@ -97,10 +97,7 @@ class Coordinator:
         """The map keys are placed by today: ``from_map`` if given, else the active one."""
         if from_map is not None:
             return self.store.find_epoch(from_map), from_map
-        active = self.store.active()
-        if active is None:
-            raise ConfigError("no active shard map yet: pass --from, or register one with `reshard map register --initial`")
-        return active
+        return self.store.require_active()
 
     def register_map(self, m: ShardMap, note: str = "", initial: bool = False) -> tuple[int, bool, bool]:
         """Store a map version: (epoch, created, activated). It routes nothing unless

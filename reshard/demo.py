@@ -120,7 +120,7 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
 
     router = None
     if cutover:
-        epoch, active = co.store.active()
+        epoch, active = co.store.require_active()
         fence.fence_map(config, epoch, active)
         router = Router.from_config(config, wait_switching=3.0)
     load = Workload(config.cluster(SOURCE).dsn, rate=write_rate, max_seconds=timeout + stream_seconds + 600,

@@ -20,6 +20,7 @@ import json
 import math
 import random
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -33,13 +34,13 @@ EXACT_LCM_LIMIT = 2_000_000
 SAMPLES = 200_000
 
 
-def _explain_rows(conn: psycopg.Connection, sql: str) -> int:
+def _explain_rows(conn: psycopg.Connection[Any], sql: str) -> int:
     row = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()
     doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
     return int(doc[0]["Plan"]["Plan Rows"])
 
 
-def table_rows(conn: psycopg.Connection, info: TableInfo) -> int:
+def table_rows(conn: psycopg.Connection[Any], info: TableInfo) -> int:
     """reltuples, or the planner's page-based guess for a never-analyzed table."""
     if info.est_rows > 0:
         return info.est_rows
@@ -79,7 +80,7 @@ def hash_fraction(old, new, source: str, target: str) -> float | None:
     return both / own if own else 0.0
 
 
-def move_rows(conn: psycopg.Connection, p: Plan, move: Move, info: TableInfo) -> int:
+def move_rows(conn: psycopg.Connection[Any], p: Plan, move: Move, info: TableInfo) -> int:
     """Rows of ``info`` (on the move's source) that the move carries."""
     total = table_rows(conn, info)
     frac = hash_fraction(p.old.groups[move.group].scheme, p.new.groups[move.group].scheme, move.source, move.target)

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -63,8 +64,8 @@ class Families:
         return self.by_name.setdefault(name, HistogramMetricFamily(name, doc, labels=labels))  # type: ignore[return-value]
 
 
-def _ts(value) -> float | None:
-    return value.timestamp() if value is not None else None
+def _ts(value: datetime) -> float:
+    return value.timestamp()
 
 
 def pause_histogram(pauses: Iterable[float]) -> tuple[list[tuple[str, float]], float]:

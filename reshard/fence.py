@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
@@ -178,12 +179,12 @@ class FenceError(ReshardError):
     """A fence could not be installed or removed."""
 
 
-def server_deadline(conn: psycopg.Connection, seconds: float) -> str:
+def server_deadline(conn: psycopg.Connection[Any], seconds: float) -> str:
     """This cluster's clock plus ``seconds``, as a timestamptz literal."""
     return conn.execute("SELECT (clock_timestamp() + make_interval(secs => %s))::text", (seconds,)).fetchone()[0]
 
 
-def _present(conn: psycopg.Connection, tables: list[str]) -> list[str]:
+def _present(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
     return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (qualified(t),)).fetchone()[0]]
 
 
@@ -191,7 +192,7 @@ TRY_LOCK_MS = 200  # one try's wait for a table, far below PostgreSQL's default 
 
 
 @contextmanager
-def _one_table(conn: psycopg.Connection, table: str, give_up: float, changed: list[str]) -> Iterator[None]:
+def _one_table(conn: psycopg.Connection[Any], table: str, give_up: float, changed: list[str]) -> Iterator[None]:
     """A transaction that holds exactly one table's SHARE ROW EXCLUSIVE lock.
 
     This is what keeps fence changes out of deadlocks (invariant 9): a transaction that
@@ -211,7 +212,7 @@ def _one_table(conn: psycopg.Connection, table: str, give_up: float, changed: li
         yield
 
 
-def _lock_one(conn: psycopg.Connection, table: str, give_up: float, changed: list[str]) -> None:
+def _lock_one(conn: psycopg.Connection[Any], table: str, give_up: float, changed: list[str]) -> None:
     """The tries of ``_one_table``, each in a savepoint that gives its wait back on failure."""
     detector = conn.info.parameter_status("is_superuser") == "on"  # reported by the server: no round trip
     tries = 0
@@ -234,7 +235,7 @@ def _lock_one(conn: psycopg.Connection, table: str, give_up: float, changed: lis
             time.sleep(random.uniform(0.002, 0.015))
 
 
-def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 2000,
+def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int = 2000,
             only_before: str | None = None) -> list[str]:
     """Install or replace the fence on every table of the spec present on this cluster.
 
@@ -281,7 +282,7 @@ def install(conn: psycopg.Connection, spec: FenceSpec, lock_timeout_ms: int = 20
     return tables
 
 
-def remove(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int = 2000) -> list[str]:
+def remove(conn: psycopg.Connection[Any], tables: list[str], lock_timeout_ms: int = 2000) -> list[str]:
     """Drop the fence from these tables (those that have one), a table at a time. Idempotent."""
     present = set(_present(conn, tables))
     give_up = time.monotonic() + lock_timeout_ms / 1000
@@ -298,7 +299,7 @@ def remove(conn: psycopg.Connection, tables: list[str], lock_timeout_ms: int = 2
     return removed
 
 
-def state(conn: psycopg.Connection) -> list[dict]:
+def state(conn: psycopg.Connection[Any]) -> list[dict]:
     if not conn.execute("SELECT to_regclass('reshard.fence_state')").fetchone()[0]:
         return []
     rows = conn.execute(
@@ -313,7 +314,7 @@ def state(conn: psycopg.Connection) -> list[dict]:
 
 # ---- across clusters -----------------------------------------------------------------
 
-def _cluster_conn(config, cluster: str) -> psycopg.Connection:
+def _cluster_conn(config, cluster: str) -> psycopg.Connection[Any]:
     from reshard import shard_schema
     from reshard.control.store import connect
 

@@ -19,6 +19,7 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
+    TaskID,
     TaskProgressColumn,
     TextColumn,
     TimeRemainingColumn,
@@ -56,7 +57,7 @@ class Task:
         self.started = time.monotonic()
         self.extra = ""
         self._last_print = 0.0
-        self._rich_id = None
+        self._rich_id: TaskID | None = None
         self._lock = threading.Lock()
 
     @property

@@ -7,6 +7,8 @@ consistent point would be invisible to the changes right after it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from reshard.errors import MigrationError
@@ -15,7 +17,7 @@ from reshard.shardmap import qualified
 HEARTBEAT_TABLE = "reshard.heartbeat"
 
 
-def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[str]) -> None:
+def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
     """The moving tables plus reshard's heartbeat table (for catch-up proofs)."""
     wanted = [qualified(t) for t in tables] + [qualified(HEARTBEAT_TABLE)]
     row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
@@ -23,14 +25,14 @@ def ensure_publication(conn: psycopg.Connection, publication: str, tables: list[
         conn.execute(f"CREATE PUBLICATION {publication} FOR TABLE {', '.join(wanted)}")
 
 
-def drop_publication(conn: psycopg.Connection, publication: str) -> bool:
+def drop_publication(conn: psycopg.Connection[Any], publication: str) -> bool:
     if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone() is None:
         return False
     conn.execute(f"DROP PUBLICATION {publication}")
     return True
 
 
-def slot_lsn(conn: psycopg.Connection, slot: str) -> str | None:
+def slot_lsn(conn: psycopg.Connection[Any], slot: str) -> str | None:
     """The slot's confirmed_flush_lsn, or None when there is no such slot."""
     row = conn.execute(
         "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = %s", (slot,)
@@ -38,7 +40,7 @@ def slot_lsn(conn: psycopg.Connection, slot: str) -> str | None:
     return row[0] if row else None
 
 
-def create_slot(conn: psycopg.Connection, slot: str) -> str:
+def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
     """A logical slot (pgoutput) from the current position; returns its LSN. Idempotent."""
     existing = slot_lsn(conn, slot)
     if existing is not None:
@@ -48,7 +50,7 @@ def create_slot(conn: psycopg.Connection, slot: str) -> str:
     ).fetchone()[0]
 
 
-def advance_slot(conn: psycopg.Connection, slot: str, wait_s: float = 30.0) -> tuple[str, int]:
+def advance_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 30.0) -> tuple[str, int]:
     """Move the slot's confirmed position to the current WAL position, once its consumer let
     go of it; returns (the new position, bytes skipped). Only for WAL known to hold nothing
     the stream must carry."""
@@ -66,7 +68,7 @@ def advance_slot(conn: psycopg.Connection, slot: str, wait_s: float = 30.0) -> t
     return end, int(skipped or 0)
 
 
-def drop_slot(conn: psycopg.Connection, slot: str, wait_s: float = 10.0) -> bool:
+def drop_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 10.0) -> bool:
     """Drop the slot once its consumer let go of it. Returns whether it was dropped."""
     import time
 

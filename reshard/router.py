@@ -57,7 +57,7 @@ class Router:
         self.connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._local = threading.local()
-        self._conns: list[psycopg.Connection] = []
+        self._conns: list[psycopg.Connection[Any]] = []
         self._epoch, self._map = self._load()
         self._closed = threading.Event()
         self.refreshes = 0
@@ -115,7 +115,7 @@ class Router:
                 delay = min(delay * 2, 5.0)
 
     # ---- writing -------------------------------------------------------------------------
-    def connection(self, cluster: str) -> psycopg.Connection:
+    def connection(self, cluster: str) -> psycopg.Connection[Any]:
         """This thread's connection to ``cluster`` (opened on first use)."""
         conns = getattr(self._local, "conns", None)
         if conns is None:
@@ -132,7 +132,7 @@ class Router:
                 self._conns.append(conn)
         return conn
 
-    def write(self, table: str, key: Sequence[Any], fn: Callable[[psycopg.Connection], T]) -> T:
+    def write(self, table: str, key: Sequence[Any], fn: Callable[[psycopg.Connection[Any]], T]) -> T:
         """Run ``fn(conn)`` in a transaction on the shard that owns ``key``, retrying
         fence rejections on the refreshed owner within the bounds."""
         started = time.monotonic()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import Any
 
 import psycopg
 from psycopg.rows import tuple_row
@@ -45,7 +46,7 @@ def migrations(package: str) -> list[Migration]:
     return found
 
 
-def current_version(conn: psycopg.Connection, scope: str) -> int:
+def current_version(conn: psycopg.Connection[Any], scope: str) -> int:
     cur = conn.cursor(row_factory=tuple_row)
     if cur.execute("SELECT to_regclass('reshard.schema_version')").fetchone()[0] is None:
         return 0
@@ -53,7 +54,7 @@ def current_version(conn: psycopg.Connection, scope: str) -> int:
                        (scope,)).fetchone()[0]
 
 
-def upgrade(conn: psycopg.Connection, package: str, scope: str, lock_id: int, what: str) -> list[Migration]:
+def upgrade(conn: psycopg.Connection[Any], package: str, scope: str, lock_id: int, what: str) -> list[Migration]:
     """Bring ``scope``'s schema on ``conn``'s database to this reshard's version; returns
     the migrations applied (none when it was current). ``what`` names the database in errors."""
     known = migrations(package)

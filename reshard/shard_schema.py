@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from reshard.keyhash import HASH_COMBINE64_SQL
@@ -10,7 +12,7 @@ from reshard.schema_migrations import upgrade
 SHARD_LOCK = 7265736861726401  # serializes reshard processes installing on one cluster at once
 
 
-def install(conn: psycopg.Connection) -> None:
+def install(conn: psycopg.Connection[Any]) -> None:
     """Bring reshard's schema on a shard cluster to this version (``reshard.shard_sql``'s
     migrations, see reshard.schema_migrations), and (re)create the hash function."""
     where = f"the cluster at {conn.info.host}:{conn.info.port} (database {conn.info.dbname})"
@@ -23,7 +25,7 @@ def install(conn: psycopg.Connection) -> None:
 WRITER_GUC = "reshard.writer"
 
 
-def writer_session(conn: psycopg.Connection) -> None:
+def writer_session(conn: psycopg.Connection[Any]) -> None:
     """Make this session write the way reshard's copy and applier must write.
 
     ``session_replication_role = replica`` keeps FK checks and ordinary triggers off,
@@ -35,7 +37,7 @@ def writer_session(conn: psycopg.Connection) -> None:
     conn.execute(f"SET {WRITER_GUC} = 'applier'")
 
 
-def forget(conn: psycopg.Connection, migration: str) -> list[str]:
+def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
     """Drop this cluster's bookkeeping of a migration: positions, offsets, copy cursors,
     its heartbeat row and the replication origins its appliers used."""
     dropped = []
@@ -63,7 +65,7 @@ def pk_text_sql(pk: list[str], alias: str) -> str:
     return f"jsonb_build_array({', '.join(f'{alias}.{quote_ident(c)}' for c in pk)})::text"
 
 
-def delete_written_rows(conn: psycopg.Connection, migration: str, move_id: str, info, predicate: str) -> int:
+def delete_written_rows(conn: psycopg.Connection[Any], migration: str, move_id: str, info, predicate: str) -> int:
     """Delete, on a target, only the rows this migration wrote there: rows of the move's
     predicate that its copy committed (each chunk's range up to its committed cursor, or
     the whole range once that chunk finished) and rows its applier wrote (per-key positions).

@@ -101,7 +101,8 @@ def bucket_ranges_text(buckets: Iterable[int]) -> str:
 # ---- schemes -----------------------------------------------------------------
 
 class Scheme(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str: ...
 
     def owner(self, key: Sequence[Any]) -> str: ...
     def clusters(self) -> set[str]: ...

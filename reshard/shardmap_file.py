@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-MAP_FORMAT = 1
+MAP_FORMAT: Literal[1] = 1
 MAX_BUCKETS = 1 << 20
 
 

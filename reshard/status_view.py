@@ -159,6 +159,7 @@ def watch(read: Callable[[], dict], interval: float, *, dump: Callable[[dict], s
                 print(dump(doc), flush=True)
             else:
                 head = f"{time.strftime('%H:%M:%S')}  every {interval:g}s, Ctrl-C to stop\n"
+                assert live is not None  # made when there is no dump
                 live.update(Text(head + human(doc, r)), refresh=True)
             prev, prev_t = doc, t
             time.sleep(max(0.0, interval - (time.monotonic() - t)))

@@ -92,7 +92,7 @@ def _row_expr(columns: list[str], alias: str = "t") -> str:
     return "ROW(" + ", ".join(f"{alias}.{quote_ident(c)}" for c in sorted(columns)) + ")::text"
 
 
-def _summary(conn: psycopg.Connection, table: str, columns: list[str], predicate: str) -> tuple[int, str]:
+def _summary(conn: psycopg.Connection[Any], table: str, columns: list[str], predicate: str) -> tuple[int, str]:
     row = conn.execute(
         f"SELECT count(*), coalesce(sum(('x' || substr(md5({_row_expr(columns)}), 1, 16))::bit(64)::bigint::numeric), 0)"
         f"::text FROM {qualified(table)} t WHERE {predicate}"
@@ -100,7 +100,7 @@ def _summary(conn: psycopg.Connection, table: str, columns: list[str], predicate
     return int(row[0]), row[1]
 
 
-def _keyed(conn: psycopg.Connection, table: str, pk: list[str], pk_types: list[str], columns: list[str],
+def _keyed(conn: psycopg.Connection[Any], table: str, pk: list[str], pk_types: list[str], columns: list[str],
            predicate: str) -> Iterator[tuple[tuple, str]]:
     order = ", ".join(
         f"t.{quote_ident(c)}" + (' COLLATE "C"' if ty in ("text", "character varying") else "")

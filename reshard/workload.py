@@ -19,6 +19,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import psycopg
 
@@ -51,13 +52,13 @@ FROM generate_series(%s::bigint, %s::bigint) g
 """
 
 
-def create_table(conn: psycopg.Connection, drop: bool = True) -> None:
+def create_table(conn: psycopg.Connection[Any], drop: bool = True) -> None:
     if drop:
         conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
     conn.execute(DDL)
 
 
-def seed(conn: psycopg.Connection, rows: int, first: int = 1) -> None:
+def seed(conn: psycopg.Connection[Any], rows: int, first: int = 1) -> None:
     conn.execute(SEED, (first, first + rows - 1))
     conn.execute(f"ANALYZE {TABLE}")
 

@@ -13,6 +13,7 @@ import select
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 from psycopg import errors, pq
@@ -47,7 +48,7 @@ class Chunk:
     done: bool = False
 
 
-def load_chunks(tgt: psycopg.Connection, migration: str, move_id: str, table: str) -> list[Chunk]:
+def load_chunks(tgt: psycopg.Connection[Any], migration: str, move_id: str, table: str) -> list[Chunk]:
     """The unit's chunks on the target, in key order ([] before its copy started)."""
     rows = tgt.execute(
         "SELECT chunk, chunk_lower, chunk_upper, cursor, rows_copied, bytes_copied, resumed_lsn::text, done "
@@ -57,7 +58,7 @@ def load_chunks(tgt: psycopg.Connection, migration: str, move_id: str, table: st
     return [Chunk(*r) for r in rows]
 
 
-def create_chunks(tgt: psycopg.Connection, migration: str, move_id: str, table: str, bounds: list[list[str]],
+def create_chunks(tgt: psycopg.Connection[Any], migration: str, move_id: str, table: str, bounds: list[list[str]],
                   snapshot_lsn: str, resumed_lsn: str | None) -> list[Chunk]:
     """Record a unit's chunks before any of them copies: the keys are split at ``bounds``
     (ascending; chunk i ends at bounds[i], the last one at the end of the range). One
@@ -79,7 +80,7 @@ BLOCK_BYTES = 256 << 10  # rows travel from the reader to the writer in blocks t
 BLOCKS_IN_FLIGHT = 8  # at most this many blocks wait for the target: memory stays flat
 
 
-def _copy_out(src: psycopg.Connection, statement: str) -> Iterator[bytearray]:
+def _copy_out(src: psycopg.Connection[Any], statement: str) -> Iterator[bytearray]:
     """``COPY … TO STDOUT`` on ``src`` as blocks of about BLOCK_BYTES.
 
     libpq hands COPY data over one row per message. psycopg's ``Copy`` iterator wraps
@@ -131,7 +132,7 @@ def _copy_out(src: psycopg.Connection, statement: str) -> Iterator[bytearray]:
         yield buf
 
 
-def _pipe(src: psycopg.Connection, statement: str, inp: psycopg.Copy,
+def _pipe(src: psycopg.Connection[Any], statement: str, inp: psycopg.Copy,
           throttle: CopyThrottle | None = None) -> int:
     """Stream ``COPY … TO STDOUT`` on ``src`` into ``inp``; returns the bytes moved.
 
@@ -176,7 +177,7 @@ def _pipe(src: psycopg.Connection, statement: str, inp: psycopg.Copy,
     return nbytes
 
 
-def binary_safe(conn: psycopg.Connection, table: str, columns: list[str]) -> bool:
+def binary_safe(conn: psycopg.Connection[Any], table: str, columns: list[str]) -> bool:
     """Whether every column's type has a binary send/receive pair, so binary COPY (cheaper
     for the servers) can carry it. Source and target types are identical (checked before
     the copy), which is the other condition."""
@@ -189,8 +190,8 @@ def binary_safe(conn: psycopg.Connection, table: str, columns: list[str]) -> boo
 
 
 def copy_batch(
-    src: psycopg.Connection,
-    tgt: psycopg.Connection,
+    src: psycopg.Connection[Any],
+    tgt: psycopg.Connection[Any],
     cursor: KeysetCursor,
     upper: list[str] | None,
     columns: list[str],

@@ -38,7 +38,7 @@ class KeysetCursor:
 
     def _after(self) -> tuple[str, list[Any]]:
         """The cursor's range: after its position, up to the chunk's end."""
-        cond, params = "", []
+        cond, params = "", list[Any]()
         if self.after is not None:
             row, params = self._row(self.after)
             cond = f" AND ({self._pk}) > {row}"
@@ -48,7 +48,7 @@ class KeysetCursor:
             params = [*params, *up]
         return cond, params
 
-    def uppers(self, conn: psycopg.Connection, batch_rows: int) -> list[list[str]]:
+    def uppers(self, conn: psycopg.Connection[Any], batch_rows: int) -> list[list[str]]:
         """The last key of every batch of about ``batch_rows`` rows after the cursor, in key
         order, from one pass over a sample of the table's pages.
 

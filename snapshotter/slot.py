@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import psycopg
 
 from reshard.config import ClusterConfig
@@ -39,7 +41,7 @@ class ExportedSnapshot:
         self.close()
 
 
-def import_snapshot(conn: psycopg.Connection, snapshot_name: str) -> None:
+def import_snapshot(conn: psycopg.Connection[Any], snapshot_name: str) -> None:
     """Start a read-only transaction that sees exactly the exported snapshot."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
     conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")

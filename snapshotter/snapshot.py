@@ -220,8 +220,11 @@ class Snapshotter:
         def show(text: str) -> None:
             task.update(extra="" if text == UNTHROTTLED else f"({text})")
 
-        self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=lambda text: (
-            show(text), self.progress.step(f"{source}: copy {text}")))
+        def changed(text: str) -> None:
+            show(text)
+            self.progress.step(f"{source}: copy {text}")
+
+        self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed)
         if self.throttle_settings.max_rows_per_s:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({qualified(u.table) for u in pending}))

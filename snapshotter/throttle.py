@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -70,7 +71,7 @@ class CopyThrottle:
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
         self._watcher: threading.Thread | None = None
-        self._conn: psycopg.Connection | None = None
+        self._conn: psycopg.Connection[Any] | None = None
         if settings.adaptive and probe_dsn:
             self._conn = psycopg.connect(probe_dsn, autocommit=True, connect_timeout=5,
                                          application_name="reshard-copy-throttle")
@@ -137,7 +138,7 @@ class CopyThrottle:
             self.waited_s += wait
             self._sleep(wait)
 
-    def hint_width(self, conn: psycopg.Connection, tables: list[str]) -> None:
+    def hint_width(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
         """The tables' bytes a row from the catalog (heap and TOAST over the estimated rows):
         the first batch's rows/s limit is about right before any batch measured it."""
         row = conn.execute("SELECT sum(pg_table_size(c.oid))::float8 / greatest(sum(c.reltuples), 1) "

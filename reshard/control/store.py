@@ -49,7 +49,7 @@ class MigrationRecord:
         }
 
 
-def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection:
+def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """psycopg.connect that reports an unreachable server as Unavailable, naming it."""
     try:
         return psycopg.connect(dsn, connect_timeout=10, **kwargs)
@@ -62,10 +62,10 @@ class _Borrowed:
     """A pinned connection used like a fresh one: ``with store.connect() as conn`` commits
     or rolls back at the end of the block but keeps the connection open."""
 
-    def __init__(self, conn: psycopg.Connection):
+    def __init__(self, conn: psycopg.Connection[Any]):
         self.conn = conn
 
-    def __enter__(self) -> psycopg.Connection:
+    def __enter__(self) -> psycopg.Connection[Any]:
         return self.conn
 
     def __exit__(self, exc_type, *_: object) -> None:
@@ -79,7 +79,7 @@ class ControlStore:
     def __init__(self, dsn: str):
         self.dsn = dsn
         self._schema_ready = False
-        self._pinned: psycopg.Connection | None = None
+        self._pinned: psycopg.Connection[Any] | None = None
 
     @contextmanager
     def pinned(self) -> Iterator[ControlStore]:
@@ -93,17 +93,19 @@ class ControlStore:
         finally:
             store._pinned.close()
 
-    def connect(self, **kwargs: Any) -> psycopg.Connection:
+    def connect(self, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
+        """A connection to the control database whose rows are dicts (schema upgraded first)."""
         if self._pinned is not None and not kwargs:
             return _Borrowed(self._pinned)  # type: ignore[return-value]
-        conn = connect(self.dsn, "the control database", row_factory=dict_row, **kwargs)
+        conn: psycopg.Connection[dict[str, Any]] = connect(self.dsn, "the control database", row_factory=dict_row,
+                                                            **kwargs)
         if not self._schema_ready:
             upgrade(conn, "reshard.control.migrations", "control", 7265736861726400, "the control database")
             self._schema_ready = True
         return conn
 
     # ---- audit ---------------------------------------------------------------
-    def audit(self, conn: psycopg.Connection, migration: str | None, event: str, **detail: Any) -> None:
+    def audit(self, conn: psycopg.Connection[Any], migration: str | None, event: str, **detail: Any) -> None:
         conn.execute(
             "INSERT INTO reshard.audit_log (migration, actor, event, detail) VALUES (%s, %s, %s, %s)",
             (migration, ACTOR, event, Jsonb(json.loads(json.dumps(detail, default=str)))),
@@ -115,7 +117,7 @@ class ControlStore:
             self.audit(conn, migration, event, **detail)
 
     # ---- the events outbox ------------------------------------------------------
-    def claim_relay(self, conn: psycopg.Connection, topic: str) -> int | None:
+    def claim_relay(self, conn: psycopg.Connection[Any], topic: str) -> int | None:
         """Inside the caller's transaction: lock the relay cursor of ``topic`` and return the
         last audit id published, or None when another relay holds it right now."""
         conn.execute("INSERT INTO reshard.event_relay (topic) VALUES (%s) ON CONFLICT DO NOTHING", (topic,))
@@ -123,13 +125,13 @@ class ControlStore:
                            (topic,)).fetchone()
         return None if row is None else row["last_id"]
 
-    def audit_after(self, conn: psycopg.Connection, after_id: int, limit: int) -> list[dict]:
+    def audit_after(self, conn: psycopg.Connection[Any], after_id: int, limit: int) -> list[dict]:
         return conn.execute(
             "SELECT id, at, migration, actor, event, detail FROM reshard.audit_log WHERE id > %s ORDER BY id LIMIT %s",
             (after_id, limit),
         ).fetchall()
 
-    def advance_relay(self, conn: psycopg.Connection, topic: str, last_id: int) -> None:
+    def advance_relay(self, conn: psycopg.Connection[Any], topic: str, last_id: int) -> None:
         conn.execute("UPDATE reshard.event_relay SET last_id = %s WHERE topic = %s", (last_id, topic))
 
     # ---- shard maps ------------------------------------------------------------
@@ -166,7 +168,7 @@ class ControlStore:
             row = conn.execute("SELECT epoch FROM reshard.active_map").fetchone()
             return row["epoch"] if row else None
 
-    def activate(self, conn: psycopg.Connection, epoch: int) -> None:
+    def activate(self, conn: psycopg.Connection[Any], epoch: int) -> None:
         """Make ``epoch`` the routing map (inside the caller's transaction). Routers
         listening on ``reshard_map`` hear the new epoch when the transaction commits."""
         conn.execute(
@@ -176,6 +178,13 @@ class ControlStore:
         )
         conn.execute("SELECT pg_notify(%s, %s)", (MAP_CHANNEL, str(epoch)))
         self.audit(conn, None, "map.activated", epoch=epoch)
+
+    def require_active(self) -> tuple[int, ShardMap]:
+        """The routing map and its epoch; a clear error when no map was ever activated."""
+        active = self.active()
+        if active is None:
+            raise ConfigError("no active shard map yet: pass --from, or register one with `reshard map register --initial`")
+        return active
 
     def active(self) -> tuple[int, ShardMap] | None:
         """The routing map and its epoch, read in one statement."""
@@ -195,13 +204,13 @@ class ControlStore:
             ).fetchall()
 
     # ---- migrations ------------------------------------------------------------
-    def _map_in(self, conn: psycopg.Connection, epoch: int) -> ShardMap:
+    def _map_in(self, conn: psycopg.Connection[Any], epoch: int) -> ShardMap:
         row = conn.execute("SELECT body FROM reshard.shard_maps WHERE epoch = %s", (epoch,)).fetchone()
         if row is None:
             raise ConfigError(f"no shard map with epoch {epoch}")
         return parse_map(row["body"], where=f"map epoch {epoch}")
 
-    def check_no_overlap(self, conn: psycopg.Connection, name: str, p: Plan) -> None:
+    def check_no_overlap(self, conn: psycopg.Connection[Any], name: str, p: Plan) -> None:
         """Refuse a migration whose moving keys intersect a live migration's (invariant 8):
         two migrations copying and streaming the same keys would overwrite each other, and
         the abort of one would delete the other's rows."""
@@ -239,9 +248,10 @@ class ControlStore:
             )
             self.audit(conn, name, "migration.created", from_epoch=from_epoch, to_epoch=to_epoch, moves=moves)
             row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s", (name,)).fetchone()
+            assert row is not None  # inserted above, in this transaction
             return self._record(conn, row)
 
-    def _record(self, conn: psycopg.Connection, row: dict) -> MigrationRecord:
+    def _record(self, conn: psycopg.Connection[Any], row: dict) -> MigrationRecord:
         sources = conn.execute(
             "SELECT * FROM reshard.migration_sources WHERE migration = %s ORDER BY cluster", (row["name"],)
         ).fetchall()
@@ -431,7 +441,8 @@ class ControlStore:
                 "WHERE migration = %s ORDER BY wave", (migration,)
             ).fetchall()
 
-    def record_wave(self, conn: psycopg.Connection, migration: str, wave: int, buckets: list[int] | None,
+    def record_wave(self, conn: psycopg.Connection[Any], migration: str, wave: int,
+                    buckets: dict[str, list[int]] | None,
                     epoch: int, state: str, pause_ms: float | None = None, drain_ms: float | None = None) -> None:
         conn.execute(
             "INSERT INTO reshard.waves (migration, wave, buckets, epoch, state, pause_ms, drain_ms, cut_at) "
@@ -550,7 +561,7 @@ class ControlStore:
         The holder is recorded in ``reshard.leases`` so a refusal can name it.
         """
         own = self._pinned is None
-        conn = self.connect(autocommit=True) if own else self._pinned
+        conn = self.connect(autocommit=True) if self._pinned is None else self._pinned
         lease = Lease(conn, migration, purpose)
         try:
             lease.acquire()
@@ -567,7 +578,7 @@ class Lease:
 
     NAMESPACE = 7  # first key of reshard's advisory locks on the control database
 
-    def __init__(self, conn: psycopg.Connection, migration: str, purpose: str):
+    def __init__(self, conn: psycopg.Connection[Any], migration: str, purpose: str):
         self.conn = conn
         self.migration = migration
         self.purpose = purpose
