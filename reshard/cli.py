@@ -67,15 +67,16 @@ def _json_value(o: Any) -> Any:
 def envelope(doc: dict[str, Any]) -> dict[str, Any]:
     """Every --json document starts the same way: ``version`` (of this layout), ``command``,
     ``migration`` (null for commands about no single migration), ``generated_at`` (ISO 8601,
-    UTC), and ``config`` (the reshard.yaml read and the rule that chose it, when the
-    command read one); times inside are ISO 8601 too. Each command's document is
+    UTC), and ``config_file`` (the reshard.yaml read and the rule that chose it, when
+    the command read one); times inside are ISO 8601 too. Each command's document is
     described by schemas/cli/<command>.schema.json."""
-    rest = {k: v for k, v in doc.items() if k not in ("version", "command", "migration", "config")}
+    rest = {k: v for k, v in doc.items() if k not in ("version", "command", "migration", "config_file")}
     click_ctx = click.get_current_context(silent=True)
     obj = click_ctx.find_object(Ctx) if click_ctx is not None else None
-    used = doc.get("config") or (obj.config_used() if obj is not None else None)
+    used = doc.get("config_file") or (obj.config_used() if obj is not None else None)
     return {"version": JSON_VERSION, "command": doc["command"], "migration": doc.get("migration"),
-            "generated_at": datetime.now(UTC).isoformat(), **({"config": used} if used else {}), **rest}
+            "generated_at": datetime.now(UTC).isoformat(), **({"config_file": used} if used else {}),
+            **rest}
 
 
 def dumps(doc: dict[str, Any], indent: int | None = 2) -> str:
@@ -1073,7 +1074,7 @@ def _fail(ctx_holder: dict, message: str, code: ExitCode, kind: str) -> None:
     used = obj.config_used() if isinstance(obj, Ctx) else None
     if isinstance(obj, Ctx) and obj.json:
         click.echo(json.dumps({"version": JSON_VERSION, "ok": False, "error": message, "kind": kind,
-                               "exit_code": int(code), **({"config": used} if used else {})}, indent=2))
+                               "exit_code": int(code), **({"config_file": used} if used else {})}, indent=2))
     where = f" (config: {used['path']})" if used and used["path"] not in message else ""
     click.echo(f"reshard: {message}{where}", err=True)
     sys.exit(int(code))

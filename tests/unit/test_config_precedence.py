@@ -27,15 +27,15 @@ def test_working_directory_file_wins_over_the_stacks_and_says_so(tmp_path):
     out = _run(work, "config", "--json", env_extra={"RESHARD_HOME": str(home)})
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["config"] == {"path": str(home / "reshard.yaml"),
+    assert doc["config_file"] == {"path": str(home / "reshard.yaml"),
                              "chosen_by": "the embedded stack's ($RESHARD_HOME or ./.reshard)"}
     (work / "reshard.yaml").write_text(yaml.safe_dump(GOOD))
     doc = json.loads(_run(work, "config", "--json", env_extra={"RESHARD_HOME": str(home)}).stdout)
-    assert doc["config"]["path"] == str(work / "reshard.yaml")
-    assert doc["config"]["chosen_by"] == "./reshard.yaml in the working directory"
+    assert doc["config_file"]["path"] == str(work / "reshard.yaml")
+    assert doc["config_file"]["chosen_by"] == "./reshard.yaml in the working directory"
     assert len(doc["precedence"]) == 3
     doc = json.loads(_run(work, "--config", str(home / "reshard.yaml"), "config", "--json").stdout)
-    assert doc["config"] == {"path": str(home / "reshard.yaml"), "chosen_by": "--config"}
+    assert doc["config_file"] == {"path": str(home / "reshard.yaml"), "chosen_by": "--config"}
     human = _run(work, "config", env_extra={"RESHARD_CONFIG": str(home / "reshard.yaml")}).stdout
     assert f"config      {home / 'reshard.yaml'}" in human and "chosen by   $RESHARD_CONFIG" in human
 
