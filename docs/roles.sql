@@ -28,7 +28,9 @@ END $$;
 DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO reshard', current_database()); END $$;
 -- publications FOR TABLE: PostgreSQL requires table ownership; membership in the owning
 -- role gives it (and with it: SELECT/INSERT/UPDATE/DELETE/TRIGGER on those tables, the
--- fence trigger, sequence values at cutover, deleting moved rows at `complete`)
+-- fence trigger, sequence values at cutover, deleting moved rows at `complete`). It is
+-- broad: reshard can do whatever the owner can (FOR TABLES IN SCHEMA would need a
+-- superuser in PostgreSQL 15). Grant it for the migration and revoke it after `complete`.
 GRANT app_owner TO reshard;
 GRANT USAGE ON SCHEMA public TO reshard;
 -- instead of superuser for session_replication_role = replica

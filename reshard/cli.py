@@ -590,7 +590,9 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
     doc = {"command": "start", "migration": name, **report.to_dict()}
     emit(ctx, doc, lambda: (
         f"{name}: copied {report.rows:,} rows in {report.seconds:.1f}s ({report.rows_per_second:,.0f} rows/s)"
-        + (" (resumed)" if report.resumed else "") + f"; streaming. Next: reshard apply {name}"))
+        + (" (resumed)" if report.resumed else "")
+        + (f"; created {', '.join(report.tables_created)} from the source's definition" if report.tables_created else "")
+        + f"; streaming. Next: reshard apply {name}"))
 
 
 STOP_GRACE_S = 30.0  # after SIGINT/SIGTERM, `reshard apply` exits within this long, graceful or not

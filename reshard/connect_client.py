@@ -10,6 +10,8 @@ from typing import Any
 
 from reshard.errors import ReshardError, Unavailable, WaitTimeout
 
+REBALANCE_WAIT_S = 30.0  # how long a call waits out a worker-group rebalance (HTTP 409)
+
 
 class ConnectError(ReshardError):
     """Kafka Connect refused a request or reports a connector as FAILED."""
@@ -21,22 +23,29 @@ class ConnectClient:
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
+        """One REST call. 409 (the worker group is rebalancing, e.g. right after a connector
+        was created, changed or resumed) is transient: retried for up to REBALANCE_WAIT_S."""
         data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            self.url + path, data=data, method=method,
-            headers={"Content-Type": "application/json", "Accept": "application/json"},
-        )
-        try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
-                raw = resp.read()
-                return json.loads(raw) if raw else None
-        except urllib.error.HTTPError as exc:
-            if exc.code == 404:
-                return None
-            detail = exc.read().decode(errors="replace")
-            raise ConnectError(f"Kafka Connect {method} {path} failed ({exc.code}): {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            raise Unavailable(f"Kafka Connect at {self.url} is unreachable: {exc}") from None
+        deadline = time.monotonic() + REBALANCE_WAIT_S
+        while True:
+            req = urllib.request.Request(
+                self.url + path, data=data, method=method,
+                headers={"Content-Type": "application/json", "Accept": "application/json"},
+            )
+            try:
+                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                    raw = resp.read()
+                    return json.loads(raw) if raw else None
+            except urllib.error.HTTPError as exc:
+                if exc.code == 404:
+                    return None
+                detail = exc.read().decode(errors="replace")
+                if exc.code == 409 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    continue
+                raise ConnectError(f"Kafka Connect {method} {path} failed ({exc.code}): {detail}") from None
+            except (urllib.error.URLError, OSError) as exc:
+                raise Unavailable(f"Kafka Connect at {self.url} is unreachable: {exc}") from None
 
     def check(self) -> None:
         self._call("GET", "/")

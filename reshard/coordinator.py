@@ -32,6 +32,7 @@ from reshard.planner import Plan, plan
 from reshard.progress import Progress, Task
 from reshard.shardmap import ShardMap
 from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
+from reshard.snapshotter.target_tables import create_tables, drop_created, finish_tables
 from reshard.snapshotter.throttle import ThrottleSettings
 from reshard.stack.connect import DEBEZIUM_CLASS
 from reshard.streams import FORWARD, Stream, forward
@@ -138,7 +139,11 @@ class Coordinator:
                     self.store.check_no_overlap(conn, name, p)  # before any slot, connector or row
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             self.check_services()
-            units = check_setup(self.config, p)
+            setup = check_setup(self.config, p)
+            for target, tables in setup.missing.items():
+                made = create_tables(self.config, name, target, tables)
+                self.progress.step(f"{target}: created {', '.join(made.tables)} from the source's definition "
+                                   "(indexes and constraints follow the copy)")
             KafkaAdmin(self.config.kafka.bootstrap_servers).ensure_topics(
                 [dlq_topic(name)], 1, self.config.kafka.replication_factor)
             if rec.state == states.PLANNED:
@@ -151,7 +156,13 @@ class Coordinator:
                 self.progress.step(f"{source}: Debezium connector {stream.connector} running on slot {stream.slot}")
 
             report = Snapshotter(self.config, self.store, rec, p, self.progress,
-                                 batch_rows=batch_rows, workers=copy_workers, throttle=throttle).run(units, on_slot)
+                                 batch_rows=batch_rows, workers=copy_workers, throttle=throttle).run(setup.units, on_slot)
+            for target in p.targets():  # indexes, constraints and triggers of the tables created above
+                done = finish_tables(self.config, name, target)
+                report.tables_created += [f"{target}:{t}" for t in done.tables]
+                for skipped in done.skipped:
+                    self.progress.step(f"not created: {skipped}")
+                report.statements_skipped += done.skipped
             self.store.set_state(name, states.STREAMING, **report.to_dict())
             return report
 
@@ -355,6 +366,8 @@ class Coordinator:
                             n = shard_schema.delete_written_rows(conn, name, move.id, info,
                                                                  p.predicate_sql(move, table, "t"))
                             done.append(f"deleted {n} row(s) of {table} on {move.target} that this migration wrote")
+                    for table in drop_created(conn, name):
+                        done.append(f"dropped {table} on {move.target}, which this migration created (empty now)")
         self.forget_bookkeeping(name, p)
         if rec.state != states.ABORTED:
             self.store.set_state(name, states.ABORTED)

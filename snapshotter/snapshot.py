@@ -32,7 +32,7 @@ from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
 from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 
 from reshard import shard_schema
-from reshard.catalog import TableInfo, check_compatible, check_source, require_table
+from reshard.catalog import TableInfo, check_compatible, check_source, require_table, table_info
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationError, SetupError
@@ -67,6 +67,8 @@ class SnapshotReport:
     resumed: bool = False
     consistent_lsn: dict[str, str] = field(default_factory=dict)
     throttle: dict[str, dict] = field(default_factory=dict)  # per source: the limit at the end, time held back
+    tables_created: list[str] = field(default_factory=list)  # "target:table" created from the source's definition
+    statements_skipped: list[str] = field(default_factory=list)  # of those tables' indexes/constraints/triggers
 
     @property
     def rows_per_second(self) -> float:
@@ -83,11 +85,20 @@ class SnapshotReport:
             "copy_rows_per_second": round(self.copy_rows_per_second), "units_copied": self.units_copied,
             "units_already_done": self.units_already_done, "resumed": self.resumed,
             "consistent_lsn": self.consistent_lsn, "throttle": self.throttle,
+            "tables_created": self.tables_created, "statements_skipped": self.statements_skipped,
         }
 
 
-def check_setup(config: Config, p: Plan) -> dict[str, list[CopyUnit]]:
-    """Everything that can be checked before creating anything: tables, keys, types.
+@dataclass
+class Setup:
+    units: dict[str, list[CopyUnit]]  # per source cluster
+    missing: dict[str, dict[str, str]]  # target -> {table the target lacks: the source to take it from}
+
+
+def check_setup(config: Config, p: Plan) -> Setup:
+    """Everything that can be checked before creating anything: tables, keys, types. A
+    moving table a target lacks is not an error: it is listed, to be created from the
+    source's definition (snapshotter.target_tables); one it has must match the source.
 
     Raises SetupError / Unavailable naming the cluster and the table.
     """
@@ -110,13 +121,18 @@ def check_setup(config: Config, p: Plan) -> dict[str, list[CopyUnit]]:
                     units.setdefault(source, []).append(
                         CopyUnit(move, table, info, p.predicate_sql(move, table), move_rows(conn, p, move, info))
                     )
+    missing: dict[str, dict[str, str]] = {}
     for target in p.targets():
         with connect(config.cluster(target).dsn, f"target cluster {target}") as conn:
             for source, us in units.items():
                 for u in us:
                     if u.move.target == target:
-                        check_compatible(u.src_info, require_table(conn, u.table, target), source, target)
-    return units
+                        on_target = table_info(conn, u.table)
+                        if on_target is None:
+                            missing.setdefault(target, {})[u.table] = source
+                        else:
+                            check_compatible(u.src_info, on_target, source, target)
+    return Setup(units, missing)
 
 
 class Snapshotter:

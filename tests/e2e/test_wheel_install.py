@@ -48,4 +48,5 @@ def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     report = json.loads(out.stdout)
     assert report["ok"] and report["verify"]["equal"], report
-    assert report["copy"]["rows_copied"] >= 5000 and report["apply"]["applied"] > 0
+    # the demo's writer inserts and deletes during the copy: about 5,000 rows, not exactly
+    assert report["copy"]["rows_copied"] > 4000 and report["apply"]["applied"] > 0
