@@ -39,7 +39,6 @@ class Created:
     """What ``create_tables`` / ``finish_tables`` did on one target."""
     target: str
     tables: list[str] = field(default_factory=list)
-    statements: int = 0
     skipped: list[str] = field(default_factory=list)  # statements the target could not take, and why
 
 
@@ -71,7 +70,6 @@ def _run(conn: psycopg.Connection[Any], statements: list[str], done: Created, wh
         try:
             with conn.transaction():
                 conn.execute(s)
-            done.statements += 1
         except _PRESENT:
             pass
         except psycopg.Error as exc:
@@ -100,7 +98,6 @@ def create_tables(config: Config, migration: str, target: str, tables: dict[str,
                 raise SetupError(f"{table} does not exist on {target}, and creating it from {source}'s definition "
                                  f"failed: {str(exc).strip().splitlines()[0]}") from None
             done.tables.append(table)
-            done.statements += len(pre) + len(keys)
     return done
 
 
