@@ -27,7 +27,7 @@ def stack_config() -> Config:
 def fresh_databases(base: Config, db: str, migration: str) -> Config:
     """A database of its own on every cluster (and a control database), dropped first
     with the migration's connectors and slots."""
-    client = ConnectClient(base.connect.url)
+    client = ConnectClient(base.connect)
     for c in client.connectors():
         if c.startswith(f"reshard-{migration}-"):
             client.delete(c)

@@ -41,7 +41,7 @@ from reshard.cdc_applier.connector import converters  # noqa: E402
 from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
 
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
-from reshard.config import FORMATS, write_config  # noqa: E402
+from reshard.config import FORMATS, KafkaConfig, write_config  # noqa: E402
 from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka_admin import (
@@ -106,9 +106,9 @@ def jdbc_sink_config(config, dsn: str, topic: str, tasks: int) -> dict[str, str]
     }
 
 
-def commit_offsets(bootstrap: str, group: str, offsets: dict[tuple[str, int], int]) -> None:
+def commit_offsets(kafka: KafkaConfig, group: str, offsets: dict[tuple[str, int], int]) -> None:
     """Place a (new) consumer group at ``offsets``, so a sink starts at the burst."""
-    consumer = Consumer({**client_conf(bootstrap), "group.id": group, "enable.auto.commit": False})
+    consumer = Consumer({**client_conf(kafka), "group.id": group, "enable.auto.commit": False})
     try:
         consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
     finally:
@@ -143,7 +143,7 @@ def jdbc_drain(config, connect: ConnectClient, admin: KafkaAdmin, dsn: str, topi
     name = f"bench-jdbc-sink-{label}"
     group = f"connect-{name}"
     ends = admin.end_offsets([topic])
-    commit_offsets(config.kafka.bootstrap_servers, group, {tp: start.get(tp, 0) for tp in ends})
+    commit_offsets(config.kafka, group, {tp: start.get(tp, 0) for tp in ends})
     connect.put(name, jdbc_sink_config(config, dsn, topic, tasks))
 
     def alive() -> None:
@@ -219,14 +219,14 @@ def main() -> None:
     cfg = tmp / "reshard.yaml"
     write_config(config, cfg)
     streams, topics = co.streams(NAME)
-    connect = ConnectClient(config.connect.url)
+    connect = ConnectClient(config.connect)
     connector = streams[0].connector
     topic = next(t for t in topics if t.endswith(".accounts"))
     jdbc_dsn = "" if args.no_jdbc else jdbc_target(config, args.rows)
     src_dsn = config.cluster("source1").dsn
     rounds: list[dict] = []
     try:
-        with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
+        with KafkaAdmin(config.kafka) as admin:
             drain(cfg, admin, topics, 1, tmp)  # join the group once and apply the copy-time changes
 
             def burst(shape: str, write, events: int, workers: int, label: str, reshard_first: bool) -> None:

@@ -63,7 +63,7 @@ def one_run(config, name: str, rows: int, rate: float, seconds: float) -> dict:
         if cut.outcome != DONE:
             raise SystemExit(f"cutover {cut.outcome}: {cut.message}")
         topics = [forward(name, "source1").topic("public.accounts")]
-        admin = KafkaAdmin(config.kafka.bootstrap_servers)
+        admin = KafkaAdmin(config.kafka)
         ends_before = sum(admin.end_offsets(topics).values())
         load = RouterLoad(config, threads=4, rate=rate, keyspace=rows, seed=5).start()
         time.sleep(seconds)

@@ -99,8 +99,11 @@ def connect_password(config: Config, cluster: str) -> str:
 
 def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
            filter_echoes: bool = False, password: str = "") -> dict[str, str]:
-    """The connector's config. ``password`` is what connect_password returned: a reference."""
-    params = config.cluster(stream.cluster).params(for_connect=True)
+    """The connector's config. ``password`` is what connect_password returned: a reference.
+    The cluster's ``connector`` properties from reshard.yaml come last (config validation
+    keeps them off the properties reshard relies on)."""
+    cluster = config.cluster(stream.cluster)
+    params = cluster.params(for_connect=True)
     values = {
         "hostname": params.get("host", "127.0.0.1"),
         "port": params.get("port", "5432"),
@@ -120,16 +123,16 @@ def render(config: Config, stream: Stream, tables: list[str], template: str = TE
     if avro:  # the template's JSON converter settings do not apply to another converter
         out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
     ssl = {key: params[name] for name, key in SSL_SETTINGS.items() if params.get(name)}
-    return {**out, **ssl, **avro, **(echo_filter(stream) if filter_echoes else {})}
+    return {**out, **ssl, **avro, **(echo_filter(stream) if filter_echoes else {}), **cluster.connector}
 
 
 def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bool = True) -> list[str]:
     """Create the stream's topics and register (or re-assert) its connector; returns data topics."""
     topics = [stream.topic(t) for t in tables]
-    admin = KafkaAdmin(config.kafka.bootstrap_servers)
+    admin = KafkaAdmin(config.kafka)
     admin.ensure_topics(topics, config.kafka.partitions, config.kafka.replication_factor)
     admin.ensure_topics(stream.heartbeat_topics, 1, config.kafka.replication_factor)
-    client = ConnectClient(config.connect.url)
+    client = ConnectClient(config.connect)
     wanted = render(config, stream, tables,
                     filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE),
                     password=connect_password(config, stream.cluster))
@@ -142,7 +145,7 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
 
 
 def drop_connector(config: Config, stream: Stream) -> bool:
-    return ConnectClient(config.connect.url).delete(stream.connector)
+    return ConnectClient(config.connect).delete(stream.connector)
 
 
 def drop_streams(config: Config, store, migration: str, streams: list[Stream], tables: list[str]) -> list[str]:
@@ -166,7 +169,7 @@ def drop_streams(config: Config, store, migration: str, streams: list[Stream], t
         topics += [s.topic(t) for t in tables] + s.heartbeat_topics
         if s.direction == REVERSE:
             store.forget_reverse(migration, s.cluster)
-    KafkaAdmin(config.kafka.bootstrap_servers).delete_topics(topics)
+    KafkaAdmin(config.kafka).delete_topics(topics)
     if topics:
         done.append(f"deleted {len(topics)} topic(s)")
     return done

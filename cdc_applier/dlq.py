@@ -17,6 +17,7 @@ import time
 
 from confluent_kafka import Producer
 
+from reshard.config import KafkaConfig
 from reshard.kafka_admin import client_conf
 from reshard.own_records import RecordWriter
 
@@ -30,10 +31,10 @@ def lsn_text(lsn: int | None) -> str | None:
 
 
 class DeadLetters:
-    def __init__(self, bootstrap: str, migration: str, registry_url: str | None = None):
+    def __init__(self, kafka: KafkaConfig, migration: str, registry_url: str | None = None):
         self.migration = migration
         self.topic = dlq_topic(migration)
-        self.producer = Producer(client_conf(bootstrap, **{"acks": "all", "enable.idempotence": True}))
+        self.producer = Producer(client_conf(kafka, **{"acks": "all", "enable.idempotence": True}))
         self.writer = RecordWriter(registry_url, self.topic, "dead_letter") if registry_url else None
         self.count = 0
 

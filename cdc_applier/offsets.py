@@ -81,7 +81,7 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
 
 def topic_lag(config: Config, migration: str, topics: list[str]) -> dict[str, int]:
     """Records after the appliers' committed offsets, per topic (Kafka only)."""
-    with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
+    with KafkaAdmin(config.kafka) as admin:
         per_partition = admin.partition_lag(applier_group(migration), topics)
     out = {t: 0 for t in topics}
     for (t, _p), n in per_partition.items():
@@ -199,7 +199,7 @@ def wait_caught_up(config: Config, migration: str, streams: list[Stream], topics
     positions = mark_positions(config, migration, streams)
     wait_confirmed(config, positions, deadline)
     confirmed = time.monotonic()
-    with KafkaAdmin(config.kafka.bootstrap_servers) as admin:
+    with KafkaAdmin(config.kafka) as admin:
         ends = wait_applied(admin, applier_group(migration), topics, deadline)
     return CaughtUp({f"{s.direction}:{s.cluster}": x for s, x in positions.items()}, ends,
                     time.monotonic() - started, confirmed - started)

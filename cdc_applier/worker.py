@@ -267,7 +267,7 @@ class Applier:
             while inflight:
                 self._commit(consumer, inflight.pop().result())  # result() re-raises the apply's error
 
-        consumer = Consumer(client_conf(self.config.kafka.bootstrap_servers, **{
+        consumer = Consumer(client_conf(self.config.kafka, **{
             "group.id": applier_group(self.rec.name),
             "enable.auto.commit": False,
             "auto.offset.reset": "earliest",
@@ -280,7 +280,7 @@ class Applier:
             "error_cb": self._on_kafka_error,
             "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.kafka_stats,
         }))
-        dlq = DeadLetters(self.config.kafka.bootstrap_servers, self.rec.name, self.config.kafka.schema_registry_url)
+        dlq = DeadLetters(self.config.kafka, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
         last_beat = last_sample = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")

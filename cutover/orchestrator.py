@@ -136,7 +136,7 @@ class Orchestrator:
 
     # ---- gates -----------------------------------------------------------------------------
     def gates(self, sw: Switch, opts: SwitchOptions) -> list[g.Gate]:
-        with KafkaAdmin(self.config.kafka.bootstrap_servers) as admin:
+        with KafkaAdmin(self.config.kafka) as admin:
             records = admin.lag(applier_group(sw.migration), sw.drain_topics())
         out = [g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
         if sw.kind == CUTOVER:

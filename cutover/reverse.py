@@ -31,7 +31,7 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
     existing = {r["cluster"]: r for r in store.reverse_streams(migration)}
     generation = existing[target]["generation"] if target in existing else store.next_generation(migration)
     stream = reverse(migration, target, generation)
-    client = ConnectClient(config.connect.url)
+    client = ConnectClient(config.connect)
     out: dict = {"cluster": target, "slot": stream.slot, "connector": stream.connector}
     with connect(config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
         shard_schema.install(conn)
@@ -56,7 +56,7 @@ def quiet(config: Config, store: ControlStore, migration: str) -> list[str]:
     application writes, so all they would carry is echoes). Returns the ones stopped."""
     if any(w["state"] == "cut" for w in store.waves(migration)):
         return []
-    client = ConnectClient(config.connect.url)
+    client = ConnectClient(config.connect)
     stopped = []
     for s in streams(store, migration):
         if client.status(s.connector) is not None and not client.stopped(s.connector):

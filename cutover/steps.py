@@ -138,7 +138,7 @@ class LiveSteps:
                               for t in sw.to_side]
         # what the drain uses is opened now, outside the write pause: the from-side sessions
         # above, and a Kafka client that has fetched metadata once
-        self.admin = KafkaAdmin(self.config.kafka.bootstrap_servers)
+        self.admin = KafkaAdmin(self.config.kafka)
         self.admin.end_offsets(sw.drain_topics()[:1])
         return out
 
@@ -210,7 +210,7 @@ class LiveSteps:
     def after_flip(self) -> dict:
         sw = self.sw
         if sw.kind == CUTOVER:
-            client = ConnectClient(self.config.connect.url)
+            client = ConnectClient(self.config.connect)
             for s in reverse_streams.streams(self.store, sw.migration):
                 client.wait_running(s.connector, timeout=60)
             if sw.last_wave:
@@ -296,7 +296,7 @@ class DryRunSteps:
         return positions
 
     def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
-        with KafkaAdmin(self.config.kafka.bootstrap_servers) as admin:
+        with KafkaAdmin(self.config.kafka) as admin:
             behind = admin.lag(applier_group(self.sw.migration), self.sw.drain_topics())
         for s, x in positions.items():
             with connect(self.config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:

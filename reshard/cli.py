@@ -185,16 +185,21 @@ def _stack(ctx: Ctx):
 @stack.command("up")
 @click.option("--sources", default=1, show_default=True, help="Number of source clusters (source1..N).")
 @click.option("--targets", default=2, show_default=True, help="Number of target clusters (target1..N).")
+@click.option("--secure", is_flag=True,
+              help="Create the stack secured as a production fleet is: TLS on the shard clusters (verify-full) "
+                   "with SCRAM passwords, SASL_SSL/SCRAM-SHA-256 on Kafka, https and basic auth on Connect's REST "
+                   "API. Certificates and passwords are generated under the state directory (tls/, secrets/). "
+                   "Chosen when the stack is created; later runs keep it.")
 @json_option
 @click.pass_obj
-def stack_up(ctx: Ctx, sources: int, targets: int) -> None:
+def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool) -> None:
     """Start every part that is not running, wait until all are healthy, write reshard.yaml.
 
     Running it again starts nothing twice: running parts are reported as such.
     The first run fetches the pinned Kafka, Connect and Debezium jars via Maven.
     """
     st = _stack(ctx)
-    res = st.up(sources, targets)
+    res = st.up(sources, targets, secure=secure)
     parts = [p.to_dict() for p in st.status()]
     emit(ctx, {"command": "stack up", "config": str(res.config_path), "started": res.started,
                "already_running": res.already_running, "parts": parts},

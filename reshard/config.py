@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from reshard.errors import ConfigError
+from reshard.secrets import REFERENCE_PATTERN, resolve
 from reshard.validation import describe_errors
 
 CONFIG_ENV = "RESHARD_CONFIG"
@@ -51,6 +52,8 @@ class ClusterConfig:
     # how the Debezium connector gets the password: a Kafka Connect config-provider reference
     # (``${file:/path:key}``, ``${env:VAR}``) resolved on the Connect worker, never the secret
     connect_password: str | None = None
+    # extra or changed Debezium connector properties for connectors capturing this cluster
+    connector: dict[str, str] = field(default_factory=dict)
 
     def params(self, for_connect: bool = False) -> dict[str, str]:
         return {k: str(v) for k, v in conninfo_to_dict(self.connect_dsn if for_connect else self.dsn).items()}
@@ -73,6 +76,12 @@ class KafkaConfig:
     format: str = "avro"  # how Debezium encodes change events: avro (needs the registry) | json
     # the registry as the Connect workers reach it, when not as reshard does (containers)
     connect_schema_registry_url: str | None = None
+    # librdkafka settings for every client reshard creates (SASL, TLS); secrets as references
+    client: dict[str, str] = field(default_factory=dict)
+
+    def client_settings(self) -> dict[str, str]:
+        """``client`` with its secret references resolved (only when a client is built)."""
+        return {k: resolve(v, f"kafka.client.{k}") if k in SECRET_CLIENT_KEYS else v for k, v in self.client.items()}
 
     @property
     def apicurio_url(self) -> str:
@@ -91,6 +100,16 @@ class ConnectConfig:
     # a directory the Connect worker reads through its ``file`` config provider: reshard writes
     # each cluster's password there (mode 600) and puts only a reference into the connector
     secrets_dir: str | None = None
+    username: str | None = None  # HTTP basic auth on the REST API
+    password: str | None = None  # a reference, resolved when the client is built
+    ca_file: str | None = None  # the CA that signed an https:// REST API's certificate
+    cert_file: str | None = None  # a client certificate, when the REST API asks for one
+    key_file: str | None = None
+
+    def basic_auth(self) -> tuple[str, str] | None:
+        if not self.username:
+            return None
+        return self.username, resolve(self.password, "connect.password") if self.password else ""
 
 
 @dataclass(frozen=True)
@@ -112,11 +131,13 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         clusters: dict[str, Any] = {}
         for c in self.clusters.values():
-            entry: dict[str, str] = {"dsn": c.dsn}
+            entry: dict[str, Any] = {"dsn": c.dsn}
             if c.connect_password:
                 entry["connect_password"] = c.connect_password
             if c.connect_dsn != c.dsn:
                 entry["connect_dsn"] = c.connect_dsn
+            if c.connector:
+                entry["connector"] = dict(c.connector)
             clusters[c.name] = entry
         return {
             "control": {"dsn": self.control_dsn},
@@ -129,10 +150,32 @@ class Config:
                 "format": self.kafka.format,
                 **({"connect_schema_registry_url": self.kafka.connect_schema_registry_url}
                    if self.kafka.connect_schema_registry_url else {}),
+                **({"client": dict(self.kafka.client)} if self.kafka.client else {}),
             },
             "connect": {"url": self.connect.url, **({} if self.connect.echo_filter else {"echo_filter": False}),
-                        **({"secrets_dir": self.connect.secrets_dir} if self.connect.secrets_dir else {})},
+                        **{k: getattr(self.connect, k) for k in CONNECT_OPTIONAL if getattr(self.connect, k)}},
         }
+
+
+CONNECT_OPTIONAL = ("secrets_dir", "username", "password", "ca_file", "cert_file", "key_file")
+# librdkafka settings that hold a secret: reshard.yaml gives them as references
+SECRET_CLIENT_KEYS = frozenset({"sasl.password", "ssl.key.password", "ssl.keystore.password",
+                                "sasl.oauthbearer.client.secret", "ssl.key.pem"})
+# librdkafka settings reshard sets itself, per client
+RESERVED_CLIENT_KEYS = frozenset({"bootstrap.servers", "group.id", "enable.auto.commit", "auto.offset.reset",
+                                  "enable.auto.offset.store", "isolation.level", "logger", "client.id"})
+# Debezium connector properties reshard's correctness depends on (what it captures, from
+# where, how the applier decodes it, where the drain proof reads): not overridable per cluster
+OWNED_CONNECTOR_KEYS = frozenset({
+    "name", "connector.class", "tasks.max", "database.hostname", "database.port", "database.user",
+    "database.password", "database.dbname", "topic.prefix", "plugin.name", "slot.name", "publication.name",
+    "publication.autocreate.mode", "slot.drop.on.stop", "snapshot.mode", "table.include.list",
+    "decimal.handling.mode", "interval.handling.mode", "binary.handling.mode", "time.precision.mode",
+    "tombstones.on.delete", "skipped.operations", "topic.heartbeat.prefix", "errors.tolerance",
+    "producer.override.acks",
+})
+OWNED_CONNECTOR_PREFIXES = ("key.converter", "value.converter", "transforms", "predicates", "column.",
+                            "message.key.columns", "table.", "schema.")
 
 
 def _dsn(value: str) -> str:
@@ -177,6 +220,20 @@ class ClusterSection(_Section):
     connect_password: ProviderRef | None = Field(
         None, description="the password as Debezium gets it: a Kafka Connect config-provider reference resolved on "
                           "the worker, e.g. ${file:/etc/kafka/secrets/pg.properties:source1} or ${env:SOURCE1_PGPASSWORD}")
+    connector: dict[str, str] = Field(
+        default_factory=dict, description="extra Debezium connector properties for this cluster's connectors "
+                                          "(e.g. database.tcpKeepAlive, max.batch.size); those reshard relies on "
+                                          "cannot be changed")
+
+    @field_validator("connector")
+    @classmethod
+    def _connector(cls, connector: dict[str, str]) -> dict[str, str]:
+        owned = sorted(k for k in connector if k in OWNED_CONNECTOR_KEYS or k.startswith(OWNED_CONNECTOR_PREFIXES))
+        if owned:
+            raise ValueError(f"{', '.join(owned)} set by reshard and relied on (what is captured, how it is "
+                             "encoded, where the drain proof reads); only other Debezium properties can be added "
+                             "or changed")
+        return connector
 
 
 class KafkaSection(_Section):
@@ -188,6 +245,26 @@ class KafkaSection(_Section):
         None, description="the registry's Confluent-compatible API (Apicurio: …/apis/ccompat/v7); avro needs it")
     connect_schema_registry_url: HttpUrl | None = Field(
         None, description="the registry as the Connect workers reach it, if different")
+    client: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description="librdkafka settings for every Kafka client reshard creates, e.g. security.protocol: SASL_SSL, "
+                    "sasl.mechanism: SCRAM-SHA-512, sasl.username, sasl.password: ${env:KAFKA_PASSWORD}, "
+                    "ssl.ca.location; secrets (sasl.password, ssl.key.password, ...) as ${env:VAR} or "
+                    "${file:/path:key} references")
+
+    @field_validator("client")
+    @classmethod
+    def _client(cls, client: dict[str, str | int | bool]) -> dict[str, str | int | bool]:
+        reserved = sorted(set(client) & RESERVED_CLIENT_KEYS)
+        if reserved:
+            raise ValueError(f"{', '.join(reserved)} set by reshard per client"
+                             + (" (use kafka.bootstrap_servers)" if "bootstrap.servers" in reserved else ""))
+        for key in sorted(set(client) & SECRET_CLIENT_KEYS):
+            value = client[key]
+            if not (isinstance(value, str) and re.match(REFERENCE_PATTERN, value)):
+                raise ValueError(f"{key} holds a secret: give a reference, ${{env:VAR}} or "
+                                 "${file:/path:key}, not the secret itself")
+        return client
 
     @model_validator(mode="after")
     def _registry(self) -> KafkaSection:
@@ -210,6 +287,20 @@ class ConnectSection(_Section):
     secrets_dir: str | None = Field(
         None, description="a directory the Connect worker reads with its `file` config provider: reshard writes each "
                           "cluster's password there (mode 600) and the connector config holds only a reference")
+    username: str | None = Field(None, description="HTTP basic auth user for the REST API")
+    password: Annotated[str, Field(pattern=REFERENCE_PATTERN)] | None = Field(
+        None, description="the basic auth password as ${env:VAR} or ${file:/path:key}")
+    ca_file: str | None = Field(None, description="PEM CA bundle that signed an https:// REST API's certificate")
+    cert_file: str | None = Field(None, description="PEM client certificate, when the REST API asks for one")
+    key_file: str | None = Field(None, description="the client certificate's PEM key")
+
+    @model_validator(mode="after")
+    def _auth(self) -> ConnectSection:
+        if self.password and not self.username:
+            raise ValueError("password needs username")
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        return self
 
 
 class ConfigFile(_Section):
@@ -227,13 +318,17 @@ def parse_config(data: Any, path: Path | None = None) -> Config:
         f = ConfigFile.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(describe_errors(exc, where, ConfigFile)) from None
-    clusters = {name: ClusterConfig(name, c.dsn, c.connect_dsn or c.dsn, c.connect_password)
+    clusters = {name: ClusterConfig(name, c.dsn, c.connect_dsn or c.dsn, c.connect_password, dict(c.connector))
                 for name, c in f.clusters.items()}
     k = f.kafka
+    # librdkafka takes every value as a string ("true", "5000")
+    client = {key: (str(v).lower() if isinstance(v, bool) else str(v)) for key, v in k.client.items()}
     kafka = KafkaConfig(k.bootstrap_servers, k.partitions, k.replication_factor, k.schema_registry_url, k.format,
-                        k.connect_schema_registry_url)
+                        k.connect_schema_registry_url, client)
+    cn = f.connect
     return Config(path, f.control.dsn, clusters, kafka,
-                  ConnectConfig(f.connect.url, f.connect.echo_filter, f.connect.secrets_dir))
+                  ConnectConfig(cn.url, cn.echo_filter, cn.secrets_dir, cn.username, cn.password, cn.ca_file,
+                                cn.cert_file, cn.key_file))
 
 
 PRECEDENCE = (

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import base64
 import json
+import ssl
 import time
 import urllib.error
 import urllib.request
 from typing import Any
 
+from reshard.config import ConnectConfig
 from reshard.errors import ReshardError, Unavailable, WaitTimeout
 
 REBALANCE_WAIT_S = 30.0  # how long a call waits out a worker-group rebalance (HTTP 409)
@@ -17,10 +20,27 @@ class ConnectError(ReshardError):
     """Kafka Connect refused a request or reports a connector as FAILED."""
 
 
+def tls_context(connect: ConnectConfig) -> ssl.SSLContext | None:
+    """Verification against ``ca_file`` (else the system's CAs) and the client certificate,
+    for an https:// REST API; None for http://."""
+    if not connect.url.startswith("https://"):
+        return None
+    ctx = ssl.create_default_context(cafile=connect.ca_file)
+    if connect.cert_file:
+        ctx.load_cert_chain(connect.cert_file, connect.key_file)
+    return ctx
+
+
 class ConnectClient:
-    def __init__(self, url: str, timeout: float = 15.0):
-        self.url = url.rstrip("/")
+    def __init__(self, connect: ConnectConfig, timeout: float = 15.0):
+        self.url = connect.url.rstrip("/")
         self.timeout = timeout
+        self._tls = tls_context(connect)
+        auth = connect.basic_auth()
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if auth:
+            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+            self._headers["Authorization"] = f"Basic {token}"
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One REST call. 409 (the worker group is rebalancing, e.g. right after a connector
@@ -28,18 +48,18 @@ class ConnectClient:
         data = json.dumps(body).encode() if body is not None else None
         deadline = time.monotonic() + REBALANCE_WAIT_S
         while True:
-            req = urllib.request.Request(
-                self.url + path, data=data, method=method,
-                headers={"Content-Type": "application/json", "Accept": "application/json"},
-            )
+            req = urllib.request.Request(self.url + path, data=data, method=method, headers=self._headers)
             try:
-                with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
                     raw = resp.read()
                     return json.loads(raw) if raw else None
             except urllib.error.HTTPError as exc:
                 if exc.code == 404:
                     return None
                 detail = exc.read().decode(errors="replace")
+                if exc.code in (401, 403):
+                    raise ConnectError(f"Kafka Connect at {self.url} refused reshard's credentials ({exc.code}): "
+                                       "check connect.username and connect.password") from None
                 if exc.code == 409 and time.monotonic() < deadline:
                     time.sleep(0.5)
                     continue

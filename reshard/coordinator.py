@@ -123,8 +123,8 @@ class Coordinator:
 
     # ---- start (snapshot + connector) ----------------------------------------------
     def check_services(self) -> None:
-        KafkaAdmin(self.config.kafka.bootstrap_servers).check()
-        client = ConnectClient(self.config.connect.url)
+        KafkaAdmin(self.config.kafka).check()
+        client = ConnectClient(self.config.connect)
         if DEBEZIUM_CLASS not in client.plugins():
             raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
 
@@ -144,7 +144,7 @@ class Coordinator:
                 made = create_tables(self.config, name, target, tables)
                 self.progress.step(f"{target}: created {', '.join(made.tables)} from the source's definition "
                                    "(indexes and constraints follow the copy)")
-            KafkaAdmin(self.config.kafka.bootstrap_servers).ensure_topics(
+            KafkaAdmin(self.config.kafka).ensure_topics(
                 [dlq_topic(name)], 1, self.config.kafka.replication_factor)
             if rec.state == states.PLANNED:
                 self.store.set_state(name, states.SNAPSHOTTING)
@@ -220,7 +220,7 @@ class Coordinator:
         streams, topics = self.streams(name)
         # reverse streams stopped by a cutover attempt that backed out carry nothing but
         # echoes (no wave is cut): there is nothing of theirs to catch up with
-        client = ConnectClient(self.config.connect.url)
+        client = ConnectClient(self.config.connect)
         live = [s for s in streams if s.direction == FORWARD or not client.stopped(s.connector)]
         topics = [t for t in topics if any(t.startswith(f"{s.prefix}.") for s in live)]
         proof = wait_caught_up(self.config, name, live, topics, timeout)
@@ -286,7 +286,7 @@ class Coordinator:
         # every part is asked separately: one that cannot be reached is named in
         # "unreachable" and the rest is still shown (the CLI then exits 4)
         unreachable: dict[str, str] = {}
-        client = ConnectClient(self.config.connect.url, timeout=STATUS_TIMEOUT_S)
+        client = ConnectClient(self.config.connect, timeout=STATUS_TIMEOUT_S)
         starts = {("fwd", r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
         starts.update({("rev", r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(name)})
         live = streams_of(self.store, rec, p)
@@ -353,7 +353,7 @@ class Coordinator:
         if any(w["state"] == "cut" for w in self.store.waves(name)):
             raise MigrationError(f"migration {name} has waves cut over; `reshard rollback {name}` first")
         done = drop_streams(self.config, self.store, name, streams_of(self.store, rec, p), p.tables())
-        KafkaAdmin(self.config.kafka.bootstrap_servers).delete_topics([dlq_topic(name)])
+        KafkaAdmin(self.config.kafka).delete_topics([dlq_topic(name)])
         if drop_target_rows:
             for move in p.moves:
                 with connect(self.config.cluster(move.target).dsn, f"cluster {move.target}", autocommit=True) as conn:

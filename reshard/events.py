@@ -33,10 +33,10 @@ class EventRelay:
             raise ValueError("the events relay needs kafka.schema_registry_url")
         self.store = store
         # one partition: the topic keeps the audit order of every migration
-        KafkaAdmin(config.kafka.bootstrap_servers).ensure_topics([EVENTS_TOPIC], 1, config.kafka.replication_factor)
+        KafkaAdmin(config.kafka).ensure_topics([EVENTS_TOPIC], 1, config.kafka.replication_factor)
         self.failed: list[str] = []
         self.writer = RecordWriter(config.kafka.schema_registry_url, EVENTS_TOPIC, "migration_event")
-        self.producer = Producer(client_conf(config.kafka.bootstrap_servers, **{
+        self.producer = Producer(client_conf(config.kafka, **{
             "acks": "all", "enable.idempotence": True, "linger.ms": 20}))
 
     def _delivered(self, err, _msg) -> None:

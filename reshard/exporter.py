@@ -191,7 +191,7 @@ class MigrationCollector(Collector):
                 retained.add_metric(labels, float(s.retained_bytes))
                 unconfirmed.add_metric(labels, float(s.lag_bytes or 0))
             active.add_metric(labels, 1.0 if s.active else 0.0)
-        client = ConnectClient(self.co.config.connect.url, timeout=5.0)
+        client = ConnectClient(self.co.config.connect, timeout=5.0)
         cstate = f.gauge("reshard_connector_state", "1 for the connector's current state (one series per state)",
                          ["migration", "stream", "connector", "state"])
         tstate = f.gauge("reshard_connector_tasks", "The connector's tasks in each state",
@@ -204,7 +204,7 @@ class MigrationCollector(Collector):
             for state in CONNECTOR_STATES:
                 cstate.add_metric([*labels, state], 1.0 if state == current else 0.0)
                 tstate.add_metric([*labels, state], float(tasks.count(state)))
-        with KafkaAdmin(self.co.config.kafka.bootstrap_servers) as admin:
+        with KafkaAdmin(self.co.config.kafka) as admin:
             behind = admin.partition_lag(applier_group(name), topics)
             dead = sum(admin.end_offsets([dlq_topic(name)]).values())
         lag = f.gauge("reshard_consumer_lag_records", "Records in the partition after the appliers' committed "

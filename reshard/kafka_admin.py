@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from reshard.config import KafkaConfig
 from reshard.errors import Unavailable
 
 T = TypeVar("T")
@@ -23,13 +24,15 @@ _quiet.addHandler(logging.NullHandler())
 _quiet.propagate = False
 
 
-def client_conf(bootstrap: str, **extra: object) -> dict:
-    """librdkafka settings shared by every client reshard creates.
+def client_conf(kafka: KafkaConfig, **extra: object) -> dict:
+    """librdkafka settings shared by every client reshard creates: the broker list, the
+    operator's ``kafka.client`` settings (SASL, TLS; secrets resolved here), then the
+    client's own.
 
     librdkafka logs every refused connection to stderr; those go to a logger instead,
     and reshard reports unavailability itself, once, with a clear message.
     """
-    return {"bootstrap.servers": bootstrap, "logger": _quiet, **extra}
+    return {"bootstrap.servers": kafka.bootstrap_servers, **kafka.client_settings(), "logger": _quiet, **extra}
 
 
 def _reachable(fn: Callable[..., T]) -> Callable[..., T]:
@@ -45,9 +48,10 @@ def _reachable(fn: Callable[..., T]) -> Callable[..., T]:
 
 
 class KafkaAdmin:
-    def __init__(self, bootstrap: str):
-        self.bootstrap = bootstrap
-        self.admin = AdminClient(client_conf(bootstrap))
+    def __init__(self, kafka: KafkaConfig):
+        self.kafka = kafka
+        self.bootstrap = kafka.bootstrap_servers
+        self.admin = AdminClient(client_conf(kafka))
         self._probe: Consumer | None = None  # reads watermarks; kept for the next call
 
     def close(self) -> None:
@@ -109,7 +113,7 @@ class KafkaAdmin:
         """High watermark of every partition of ``topics``."""
         parts = self.topics()
         if self._probe is None:
-            self._probe = Consumer(client_conf(self.bootstrap, **{"group.id": "reshard-offset-probe",
+            self._probe = Consumer(client_conf(self.kafka, **{"group.id": "reshard-offset-probe",
                                                                   "enable.auto.commit": False}))
         out = {}
         for t in topics:

@@ -96,7 +96,7 @@ def env(stack: Stack) -> Env:
 
 
 def _cleanup(config: Config, name: str) -> None:
-    client = ConnectClient(config.connect.url)
+    client = ConnectClient(config.connect)
     for connector in client.connectors():
         if connector.startswith(f"reshard-{name}"):
             client.delete(connector)

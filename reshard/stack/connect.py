@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from reshard.config import ConnectConfig
+from reshard.connect_client import ConnectClient
+from reshard.errors import ReshardError
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.kafka import java_argv, write_log4j
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
+from reshard.stack.security import CONNECT_USER, Security
 
 DEBEZIUM_CLASS = "io.debezium.connector.postgresql.PostgresConnector"
 
@@ -27,10 +28,19 @@ class ConnectWorker:
     home: Path
     port: int
     bootstrap: str
+    security: Security | None = None  # secured mode: SASL_SSL to Kafka, https and basic auth
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.security else 'http'}://127.0.0.1:{self.port}"
+
+    def client_config(self) -> ConnectConfig:
+        """How reshard.yaml's ``connect`` section reaches this worker."""
+        sec = self.security
+        if sec is None:
+            return ConnectConfig(self.url, secrets_dir=str(self.home.parent / "secrets"))
+        return ConnectConfig(self.url, secrets_dir=str(sec.secrets), username=CONNECT_USER,
+                             password=sec.reference("connect"), ca_file=str(sec.ca))
 
     @property
     def log(self) -> Path:
@@ -39,7 +49,14 @@ class ConnectWorker:
     def init(self, art: JvmArtifacts) -> None:
         self.home.mkdir(parents=True, exist_ok=True)
         write_log4j(self.home / "log4j2.properties", self.log)
-        (self.home / "connect.properties").write_text("\n".join([
+        sec = self.security
+        secured: list[str] = []
+        if sec is not None:  # the worker's own clients, its connectors' producers, admin clients
+            secured = [*sec.java_client(), *sec.java_client("producer."), *sec.java_client("consumer."),
+                       *sec.java_client("admin."), *sec.connect_rest(self.home), "rest.advertised.listener=https"]
+        props = self.home / "connect.properties"
+        props.touch(mode=0o600)  # secured mode: it holds the SCRAM and keystore passwords
+        props.write_text("\n".join([
             f"bootstrap.servers={self.bootstrap}",
             "group.id=reshard-connect",
             "key.converter=org.apache.kafka.connect.json.JsonConverter",
@@ -51,7 +68,7 @@ class ConnectWorker:
             "offset.storage.replication.factor=1",
             "status.storage.replication.factor=1",
             f"offset.flush.interval.ms={OFFSET_FLUSH_MS}",
-            f"listeners=http://127.0.0.1:{self.port}",
+            f"listeners={self.url}",
             "rest.advertised.host.name=127.0.0.1",
             f"rest.advertised.port={self.port}",
             f"plugin.path={art.plugin_path}",
@@ -61,17 +78,19 @@ class ConnectWorker:
             "config.providers=file,env",
             "config.providers.file.class=org.apache.kafka.common.config.provider.FileConfigProvider",
             "config.providers.env.class=org.apache.kafka.common.config.provider.EnvVarConfigProvider",
+            *secured,
             "",
         ]))
 
     def start(self, art: JvmArtifacts) -> ProcessRecord:
+        jaas = (f"-Djava.security.auth.login.config={self.home / 'rest-jaas.conf'}",) if self.security else ()
         argv = java_argv(art, self.home / "log4j2.properties", "1g",
-                         "org.apache.kafka.connect.cli.ConnectDistributed", str(self.home / "connect.properties"))
+                         "org.apache.kafka.connect.cli.ConnectDistributed", str(self.home / "connect.properties"),
+                         jvm_opts=jaas)
         return spawn(argv, self.log.with_suffix(".out"), cwd=self.home)
 
     def plugins(self, timeout: float = 3.0) -> list[str]:
-        with urllib.request.urlopen(f"{self.url}/connector-plugins", timeout=timeout) as resp:
-            return [p["class"] for p in json.load(resp)]
+        return ConnectClient(self.client_config(), timeout=timeout).plugins()
 
     def configured_bootstrap(self) -> str | None:
         """The broker address the running worker was started with (its properties file)."""
@@ -87,9 +106,8 @@ class ConnectWorker:
         try:
             if DEBEZIUM_CLASS not in self.plugins():
                 return False
-            with urllib.request.urlopen(f"{self.url}/connectors", timeout=3.0) as resp:
-                return resp.status == 200
-        except (urllib.error.URLError, OSError, ValueError):
+            return isinstance(ConnectClient(self.client_config(), timeout=3.0).connectors(), list)
+        except (ReshardError, OSError, ValueError):
             return False
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 180.0) -> None:

@@ -10,10 +10,12 @@ from pathlib import Path
 
 from confluent_kafka.admin import AdminClient
 
+from reshard.config import KafkaConfig
 from reshard.errors import StackError
 from reshard.kafka_admin import client_conf
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
+from reshard.stack.security import Security
 
 LOG4J2 = """\
 status = warn
@@ -54,10 +56,11 @@ def write_log4j(path: Path, log: Path) -> Path:
     return path
 
 
-def java_argv(art: JvmArtifacts, log4j: Path, heap: str, main: str, *args: str) -> list[str]:
+def java_argv(art: JvmArtifacts, log4j: Path, heap: str, main: str, *args: str,
+              jvm_opts: tuple[str, ...] = ()) -> list[str]:
     return [
         "java", f"-Xmx{heap}", "-Xms128m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
-        f"-Dlog4j2.configurationFile={log4j}", "-cp", art.classpath, main, *args,
+        f"-Dlog4j2.configurationFile={log4j}", *jvm_opts, "-cp", art.classpath, main, *args,
     ]
 
 
@@ -66,25 +69,32 @@ class KafkaBroker:
     home: Path
     port: int
     controller_port: int
+    security: Security | None = None  # secured mode: one SASL_SSL listener
 
     @property
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     @property
+    def client(self) -> KafkaConfig:
+        return KafkaConfig(self.bootstrap, client=self.security.kafka_client() if self.security else {})
+
+    @property
     def log(self) -> Path:
         return self.home / "kafka.log"
 
     def _properties(self) -> str:
+        listener = "SASL_SSL" if self.security else "PLAINTEXT"
         return "\n".join([
             "process.roles=broker,controller",
             "node.id=1",
             f"controller.quorum.voters=1@127.0.0.1:{self.controller_port}",
-            f"listeners=PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            f"advertised.listeners=PLAINTEXT://127.0.0.1:{self.port}",
+            f"listeners={listener}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
+            f"advertised.listeners={listener}://127.0.0.1:{self.port}",
             "controller.listener.names=CONTROLLER",
-            "listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
-            "inter.broker.listener.name=PLAINTEXT",
+            f"listener.security.protocol.map={listener}:{listener},CONTROLLER:PLAINTEXT",
+            f"inter.broker.listener.name={listener}",
+            *(self.security.broker_listener() if self.security else []),
             f"log.dirs={self.home / 'data'}",
             "num.partitions=1",
             "auto.create.topics.enable=true",
@@ -101,6 +111,7 @@ class KafkaBroker:
         """Write the config; format the KRaft storage once (a cluster id is forever)."""
         self.home.mkdir(parents=True, exist_ok=True)
         props = self.home / "server.properties"
+        props.touch(mode=0o600)  # secured mode: it holds the keystore's and SCRAM's passwords
         props.write_text(self._properties())
         log4j = write_log4j(self.home / "log4j2.properties", self.log)
         if (self.home / "data" / "meta.properties").is_file():
@@ -108,7 +119,8 @@ class KafkaBroker:
         # a random id starting with "-" would be read as an option by StorageTool (about 1 in 64)
         cluster_id = "r" + base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")[1:]
         proc = subprocess.run(
-            java_argv(art, log4j, "256m", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props)),
+            java_argv(art, log4j, "256m", "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(props),
+                      *(self.security.scram_format_args() if self.security else [])),
             capture_output=True, text=True,
         )
         if proc.returncode != 0:
@@ -120,7 +132,7 @@ class KafkaBroker:
 
     def healthy(self, timeout: float = 3.0) -> bool:
         try:
-            md = AdminClient(client_conf(self.bootstrap)).list_topics(timeout=timeout)
+            md = AdminClient(client_conf(self.client)).list_topics(timeout=timeout)
             return bool(md.brokers)
         except Exception:
             return False

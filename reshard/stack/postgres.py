@@ -23,6 +23,7 @@ import psycopg
 
 from reshard.errors import StackError
 from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+from reshard.stack.security import Security
 
 MIN_VERSION = 15
 SERVER_USER = "postgres"
@@ -42,6 +43,18 @@ max_connections = 200
 logging_collector = off
 log_min_messages = warning
 log_line_prefix = '%m [%p] {name} '
+"""
+
+# Secured mode (stack up --secure): TLS only, SCRAM passwords, no trust
+SECURE_CONF = """
+ssl = on
+ssl_cert_file = 'server.crt'
+ssl_key_file = 'server.key'
+password_encryption = scram-sha-256
+"""
+SECURE_HBA = """# reshard embedded stack, secured: TLS and a SCRAM password for every connection
+hostssl all all 127.0.0.1/32 scram-sha-256
+hostssl replication all 127.0.0.1/32 scram-sha-256
 """
 
 
@@ -107,9 +120,11 @@ class PostgresCluster:
     datadir: Path
     port: int
     log: Path
+    security: Security | None = None  # secured mode: TLS and passwords
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}"
+        extra = f" {self.security.libpq()}" if self.security else ""
+        return f"host=127.0.0.1 port={self.port} user=postgres dbname={dbname}{extra}"
 
     def initialized(self) -> bool:
         return (self.datadir / "PG_VERSION").is_file()
@@ -125,13 +140,29 @@ class PostgresCluster:
             os.chmod(self.datadir, 0o700)
             cmd = [str(bindir / "initdb"), "-D", str(self.datadir), "-U", "postgres",
                    "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8", "--no-sync"]
+            pwfile = self.datadir.parent / f".{self.name}.pw"
+            if self.security:  # the superuser's password, from a file only the server's user reads
+                pwfile.write_text(self.security.password("postgres") + "\n")
+                os.chmod(pwfile, 0o600)
+                if user:
+                    shutil.chown(pwfile, user)
+                cmd[cmd.index("--auth=trust")] = "--auth=scram-sha-256"
+                cmd.append(f"--pwfile={pwfile}")
             if user:
                 cmd = ["runuser", "-u", user, "--"] + cmd
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            try:
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+            finally:
+                pwfile.unlink(missing_ok=True)
             if proc.returncode != 0:
                 raise StackError(f"initdb for {self.name} failed: {proc.stderr.strip() or proc.stdout.strip()}")
             with open(self.datadir / "postgresql.conf", "a") as f:
                 f.write(CONF.format(port=self.port, name=self.name))
+                if self.security:
+                    f.write(SECURE_CONF)
+            if self.security:
+                (self.datadir / "pg_hba.conf").write_text(SECURE_HBA)
+                self.security.postgres_files(self.datadir, user)
         else:
             conf = self.datadir / "postgresql.conf"
             text = re.sub(r"(?m)^port = \d+$", f"port = {self.port}", conf.read_text())

@@ -20,10 +20,10 @@ import socket
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from reshard.config import ClusterConfig, Config, ConnectConfig, KafkaConfig, write_config
+from reshard.config import ClusterConfig, Config, write_config
 from reshard.errors import StackError
 from reshard.stack.artifacts import ensure_jvm_artifacts
 from reshard.stack.connect import ConnectWorker
@@ -31,6 +31,7 @@ from reshard.stack.kafka import KafkaBroker
 from reshard.stack.postgres import PostgresCluster, data_root
 from reshard.stack.process import ProcessRecord, is_running, stop
 from reshard.stack.registry import REGISTRY_DB, SchemaRegistry
+from reshard.stack.security import Security
 
 CONTROL = "control"
 APP_DB = "app"
@@ -84,15 +85,18 @@ class PartStatus:
     healthy: bool
     log: str | None
     problem: str | None = None  # why a running part is not healthy, when known
+    tls: bool = False  # secured mode: reached over TLS
+
 
     @property
     def endpoint(self) -> str:
         if self.port is None:
             return "-"
         return {
-            "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{CONTROL_DB if self.name == CONTROL else APP_DB}",
-            "kafka": f"127.0.0.1:{self.port}",
-            "connect": f"http://127.0.0.1:{self.port}",
+            "postgres": f"postgresql://postgres@127.0.0.1:{self.port}/{CONTROL_DB if self.name == CONTROL else APP_DB}"
+                        + ("?sslmode=verify-full" if self.tls else ""),
+            "kafka": f"{'SASL_SSL://' if self.tls else ''}127.0.0.1:{self.port}",
+            "connect": f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}",
             "registry": f"http://127.0.0.1:{self.port}/apis/ccompat/v7",
         }[self.kind]
 
@@ -156,10 +160,22 @@ class Stack:
         return current if current and port_free(current) else free_port()
 
     # ---- up ------------------------------------------------------------------
-    def up(self, sources: int = 1, targets: int = 2) -> UpResult:
+    def _security(self, state: dict) -> Security | None:
+        return Security(self.home) if state.get("secure") else None
+
+    def up(self, sources: int = 1, targets: int = 2, secure: bool = False) -> UpResult:
+        """``secure``: TLS, SASL/SCRAM and passwords everywhere (see stack/security.py); chosen
+        when the stack is first created, kept by every later ``up``."""
         if sources < 1 or targets < 1:
             raise StackError("the embedded stack needs at least one source and one target cluster")
         with self._locked() as state:
+            if secure and state["clusters"] and not state.get("secure"):
+                raise StackError(f"the stack in {self.home} was created without --secure; "
+                                 "`reshard stack down` and `reshard stack purge` first to create a secured one")
+            state["secure"] = bool(secure or state.get("secure"))
+            security = self._security(state)
+            if security:
+                security.ensure()
             started: list[str] = []
             running: list[str] = []
             names = [CONTROL] + [f"source{i}" for i in range(1, sources + 1)] + [f"target{i}" for i in range(1, targets + 1)]
@@ -172,7 +188,8 @@ class Stack:
                 part = state["clusters"].get(name, {})
                 alive = self._alive(part)
                 port = part["port"] if alive else self._port(part.get("port"))
-                clusters[name] = PostgresCluster(name, root / name, port, self.home / "logs" / f"postgres-{name}.log")
+                clusters[name] = PostgresCluster(name, root / name, port, self.home / "logs" / f"postgres-{name}.log",
+                                                 None if name == CONTROL else security)
                 state["clusters"][name] = {**part, "port": port, "datadir": str(root / name), "log": str(clusters[name].log)}
                 (running if alive else to_start).append(name)
 
@@ -180,7 +197,7 @@ class Stack:
             kafka_alive = self._alive(kafka_part)
             kafka_port = kafka_part["port"] if kafka_alive else self._port(kafka_part.get("port"))
             ctl_port = kafka_part["controller_port"] if kafka_alive else self._port(kafka_part.get("controller_port"))
-            broker = KafkaBroker(self.home / "kafka", kafka_port, ctl_port)
+            broker = KafkaBroker(self.home / "kafka", kafka_port, ctl_port, security)
             connect_part = state.get("connect") or {}
             connect_alive = self._alive(connect_part)
             if connect_alive and not kafka_alive and kafka_part.get("port") not in (None, kafka_port):
@@ -190,7 +207,7 @@ class Stack:
                 stop(self._rec(connect_part))  # type: ignore[arg-type]
                 connect_alive = False
             connect_port = connect_part["port"] if connect_alive else self._port(connect_part.get("port"))
-            worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap)
+            worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap, security)
 
             registry_part = state.get("registry") or {}
             registry_alive = self._alive(registry_part)
@@ -285,46 +302,51 @@ class Stack:
             return UpResult(path, config, started, running)
 
     def _config(self, state: dict) -> Config:
+        security = self._security(state)
         clusters = {}
         for name, part in state["clusters"].items():
             if name == CONTROL:
                 continue
-            dsn = f"host=127.0.0.1 port={part['port']} user=postgres dbname={APP_DB}"
+            dsn = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]), security).dsn(APP_DB)
             clusters[name] = ClusterConfig(name, dsn, dsn)
         control = state["clusters"][CONTROL]
+        kafka = KafkaBroker(self.home / "kafka", state["kafka"]["port"], state["kafka"]["controller_port"], security)
+        # the worker's file config provider reads the passwords reshard writes to its secrets_dir
+        worker = ConnectWorker(self.home / "connect", state["connect"]["port"], kafka.bootstrap, security)
         return Config(
             path=self.home / "reshard.yaml",
             control_dsn=f"host=127.0.0.1 port={control['port']} user=postgres dbname={CONTROL_DB}",
             clusters=clusters,
-            kafka=KafkaConfig(f"127.0.0.1:{state['kafka']['port']}", partitions=4, replication_factor=1,
-                              schema_registry_url=(f"http://127.0.0.1:{state['registry']['port']}/apis/ccompat/v7"
-                                                   if state.get("registry") else None)),
-            # the worker's file config provider reads the passwords reshard writes here
-            connect=ConnectConfig(f"http://127.0.0.1:{state['connect']['port']}", secrets_dir=str(self.home / "secrets")),
+            kafka=replace(kafka.client, partitions=4, replication_factor=1,
+                          schema_registry_url=(f"http://127.0.0.1:{state['registry']['port']}/apis/ccompat/v7"
+                                               if state.get("registry") else None)),
+            connect=worker.client_config(),
         )
 
     # ---- status --------------------------------------------------------------
     def status(self) -> list[PartStatus]:
         with self._locked() as state:
             out: list[PartStatus] = []
+            security = self._security(state)
             for name, part in state["clusters"].items():
                 rec = self._rec(part)
                 alive = self._alive(part)
-                c = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]))
+                c = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]),
+                                    None if name == CONTROL else security)
                 out.append(PartStatus(name, "postgres", part["port"], rec.pid if rec else None,
-                                      alive, alive and c.healthy(), part.get("log")))
+                                      alive, alive and c.healthy(), part.get("log"), tls=c.security is not None))
             broker_ok, bootstrap = False, None
             if state.get("kafka"):
                 part = state["kafka"]
                 rec, alive = self._rec(part), self._alive(part)
-                broker = KafkaBroker(self.home / "kafka", part["port"], part["controller_port"])
+                broker = KafkaBroker(self.home / "kafka", part["port"], part["controller_port"], security)
                 broker_ok, bootstrap = alive and broker.healthy(), broker.bootstrap
                 out.append(PartStatus("kafka", "kafka", part["port"], rec.pid if rec else None,
-                                      alive, broker_ok, part.get("log")))
+                                      alive, broker_ok, part.get("log"), tls=security is not None))
             if state.get("connect"):
                 part = state["connect"]
                 rec, alive = self._rec(part), self._alive(part)
-                worker = ConnectWorker(self.home / "connect", part["port"], "")
+                worker = ConnectWorker(self.home / "connect", part["port"], "", security)
                 healthy = alive and worker.healthy()
                 problem = None
                 if alive:
@@ -338,7 +360,8 @@ class Stack:
                     elif not healthy:
                         problem = "REST API not answering or the Debezium plugin not loaded"
                 out.append(PartStatus("connect", "connect", part["port"], rec.pid if rec else None,
-                                      alive, healthy and problem is None, part.get("log"), problem))
+                                      alive, healthy and problem is None, part.get("log"), problem,
+                                      tls=security is not None))
             if state.get("registry"):
                 part = state["registry"]
                 rec, alive = self._rec(part), self._alive(part)

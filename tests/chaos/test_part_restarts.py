@@ -55,7 +55,7 @@ def test_a_stack_part_killed_and_restarted_under_load(env, stack, tmp_path, part
         stack.up(sources=1, targets=2)
         after = _part(stack, part)
         assert after.port == before.port and after.healthy, (before, after)
-        ConnectClient(env.config.connect.url).wait_running(forward(name, "source1").connector, timeout=120)
+        ConnectClient(env.config.connect).wait_running(forward(name, "source1").connector, timeout=120)
         time.sleep(3.0)
         stats = load.stop()
         co.wait(name, timeout=240)

@@ -95,7 +95,7 @@ def test_a_slot_dropped_underneath_stops_the_migration_and_a_fresh_one_succeeds(
     try:
         with ApplierThread(co, name):
             co.wait(name, timeout=60)
-            ConnectClient(env.config.connect.url).delete(stream.connector)  # releases the slot...
+            ConnectClient(env.config.connect).delete(stream.connector)  # releases the slot...
             with env.conn("source1") as conn:
                 wait_for(lambda: not conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
                                                   (stream.slot,)).fetchone()[0], 30, "the slot to be released")

@@ -13,6 +13,7 @@ from reshard.cdc_applier.offsets import applier_group
 
 from reshard import shard_schema
 from reshard.catalog import require_table
+from reshard.config import KafkaConfig
 from reshard.kafka_admin import KafkaAdmin, client_conf
 from reshard.workload import Workload, create_table
 from tests.e2e.helpers import (
@@ -56,9 +57,9 @@ def test_sigkill_applier_mid_stream_then_restart_loses_nothing(env, tmp_path):
     assert co.verify(name).equal
 
 
-def _rewind(bootstrap: str, group: str, topics: list[str]) -> None:
-    admin = AdminClient(client_conf(bootstrap))
-    parts = KafkaAdmin(bootstrap).topics()
+def _rewind(kafka: KafkaConfig, group: str, topics: list[str]) -> None:
+    admin = AdminClient(client_conf(kafka))
+    parts = KafkaAdmin(kafka).topics()
     tps = [TopicPartition(t, p, 0) for t in topics for p in range(parts[t])]
 
     def attempt():
@@ -85,7 +86,7 @@ def test_replaying_the_whole_stream_has_no_effect(env):
     applied_first = first.result["stats"].applied
     assert applied_first > 500
     # Kafka delivers at least once: deliver everything again, from offset 0
-    _rewind(env.config.kafka.bootstrap_servers, applier_group(name), co.topics(name))
+    _rewind(env.config.kafka, applier_group(name), co.topics(name))
     with ApplierThread(co, name) as second:
         co.wait(name, timeout=90)
     s = second.result["stats"]

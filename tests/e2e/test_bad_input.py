@@ -12,6 +12,7 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 from reshard.cdc_applier.dlq import dlq_topic
 
+from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.errors import SetupError
 from reshard.exit_codes import ExitCode
@@ -27,8 +28,8 @@ from tests.e2e.helpers import (
 )
 
 
-def _dead_letters(bootstrap: str, topic: str, expect: int, timeout: float = 30) -> list:
-    c = Consumer(client_conf(bootstrap, **{"group.id": f"dlq-reader-{time.time()}", "auto.offset.reset": "earliest"}))
+def _dead_letters(kafka: KafkaConfig, topic: str, expect: int, timeout: float = 30) -> list:
+    c = Consumer(client_conf(kafka, **{"group.id": f"dlq-reader-{time.time()}", "auto.offset.reset": "earliest"}))
     c.subscribe([topic])
     out = []
     deadline = time.monotonic() + timeout
@@ -45,7 +46,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(env):
     co = prepare(env, rows=500, migration=name)
     co.start(name)
     topic = forward(name, "source1").topic("public.accounts")
-    p = Producer(client_conf(env.config.kafka.bootstrap_servers))
+    p = Producer(client_conf(env.config.kafka))
     p.produce(topic, key=b'{"id": 1}', value=b"this is not json")
     p.produce(topic, key=b'{"id": 2}', value=json.dumps({"schema": {}, "payload": {"op": "z"}}).encode())
     p.flush(10)
@@ -54,7 +55,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(env):
     with ApplierThread(co, name) as a:
         co.wait(name, timeout=60)
     assert a.result["stats"].dead_letters == 2
-    dead = _dead_letters(env.config.kafka.bootstrap_servers, dlq_topic(name), 2)
+    dead = _dead_letters(env.config.kafka, dlq_topic(name), 2)
     reasons = sorted(dict(m.headers())["reshard.reason"].decode() for m in dead)
     assert any("not JSON" in r for r in reasons) and any("op" in r for r in reasons)
     registry = SchemaRegistryClient({"url": env.config.kafka.schema_registry_url})

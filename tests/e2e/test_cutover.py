@@ -115,11 +115,11 @@ def test_budget_exceeded_aborts_quiets_the_reverse_streams_and_the_next_attempt_
     assert took < 10
     # the attempt backed out with its reverse streams prepared: they are stopped, so the
     # forward applier's writes on the targets (all echoes) do not travel through Kafka again
-    client = ConnectClient(env.config.connect.url)
+    client = ConnectClient(env.config.connect)
     rev = reverse_streams.streams(co.store, name)
     assert rev and all(client.stopped(s.connector) for s in rev)
     rev_topics = [s.topic(t) for s in rev for t in ("public.accounts",)]
-    with KafkaAdmin(env.config.kafka.bootstrap_servers) as admin:
+    with KafkaAdmin(env.config.kafka) as admin:
         quiet_ends = admin.end_offsets(rev_topics)
         with ApplierThread(co, name):
             co.wait(name, timeout=60)  # the load's forward changes, applied to the targets

@@ -43,4 +43,4 @@ def test_demo_with_cutover_cuts_over_under_the_load_and_still_verifies(env, tmp_
     assert again.returncode == 0, again.stderr[-3000:]
     second = json.loads(again.stdout)
     assert second["reset"] == [env.migration("a")] and second["left_running"] is None
-    assert not [c for c in ConnectClient(env.config.connect.url).connectors() if env.migration("b") in c]
+    assert not [c for c in ConnectClient(env.config.connect).connectors() if env.migration("b") in c]

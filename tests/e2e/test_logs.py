@@ -60,7 +60,7 @@ def test_json_logs_have_context_and_no_password(env, tmp_path):
         assert SECRET not in out
     # nor in the connector's config, which anyone who reaches Connect's REST API can read:
     # it holds a reference the worker's file provider resolves, and the file is the owner's
-    client = ConnectClient(env.config.connect.url)
+    client = ConnectClient(env.config.connect)
     connector = forward(name, "source1").connector
     config = client.config(connector)
     assert SECRET not in json.dumps(config)
@@ -80,7 +80,7 @@ def test_a_pgpass_password_reaches_debezium_as_a_reference(env, tmp_path, monkey
     pgpass.chmod(0o600)
     monkeypatch.setenv("PGPASSFILE", str(pgpass))
     co.start(name)
-    config = ConnectClient(env.config.connect.url).config(forward(name, "source1").connector)
+    config = ConnectClient(env.config.connect).config(forward(name, "source1").connector)
     secrets = Path(env.config.connect.secrets_dir) / "source1.properties"
     assert config["database.password"] == f"${{file:{secrets}:password}}"
     assert secrets.read_text() == f"password={SECRET}\n"

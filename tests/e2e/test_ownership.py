@@ -62,7 +62,7 @@ def test_overlapping_migration_is_refused_before_anything_is_created(env):
         co.create(second, parse_map(overlapping, env.config.clusters))
     assert second not in [m["name"] for m in co.store.migrations()]
     assert _slots(env, second) == []
-    assert not [c for c in ConnectClient(env.config.connect.url).connectors() if c.startswith(f"reshard-{second}")]
+    assert not [c for c in ConnectClient(env.config.connect).connectors() if c.startswith(f"reshard-{second}")]
     # the sequence that lost data: abort of the refused migration
     with pytest.raises(MigrationError, match="no migration named"):
         co.teardown(second)

@@ -13,6 +13,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
+from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.kafka_admin import client_conf
 from reshard.shardmap import DEFAULT_BUCKETS, parse_map
@@ -57,8 +58,8 @@ def _rows_as_text(dsn: str) -> list[tuple[int, str]]:
         return conn.execute("SELECT id, typed::text FROM public.typed typed ORDER BY id").fetchall()
 
 
-def _first_record(bootstrap: str, topic: str) -> bytes:
-    c = Consumer(client_conf(bootstrap, **{"group.id": f"types-{time.time()}", "auto.offset.reset": "earliest"}))
+def _first_record(kafka: KafkaConfig, topic: str) -> bytes:
+    c = Consumer(client_conf(kafka, **{"group.id": f"types-{time.time()}", "auto.offset.reset": "earliest"}))
     c.subscribe([topic])
     try:
         deadline = time.monotonic() + 30
@@ -100,7 +101,7 @@ def test_every_supported_type_round_trips_exactly(env, fmt):
     src = _rows_as_text(env.dsn("source1"))
     union = sorted(r for t in TARGETS for r in _rows_as_text(env.dsn(t)))
     assert len(src) > 100 and union == src  # NaN = NaN here: rows compare as PostgreSQL prints them
-    value = _first_record(env.config.kafka.bootstrap_servers, forward(name, "source1").topic(TABLE))
+    value = _first_record(env.config.kafka, forward(name, "source1").topic(TABLE))
     if fmt == "avro":  # the Confluent wire format: magic byte 0, the schema's id in the registry
         assert value[0] == 0
         schema_id = int.from_bytes(value[1:5], "big")

@@ -69,7 +69,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
         ids = [r[0] for r in conn.execute("SELECT id FROM accounts").fetchall()]
     assert all(final.owner("public.accounts", [k]) == "source1" for k in ids)  # only staying keys remain
     assert all(not slots(env, c) for c in ("source1", "target1", "target2"))
-    assert not [c for c in ConnectClient(env.config.connect.url).connectors() if c.startswith(f"reshard-{name}")]
+    assert not [c for c in ConnectClient(env.config.connect).connectors() if c.startswith(f"reshard-{name}")]
     for k in moving_keys(5):
         assert len(acceptors(env, k)) == 1  # the final map's fence stays
     again = cli(cfg, "complete", name, "--yes", "--json")

@@ -5,21 +5,14 @@ from the package's data; the stages live under the reshard namespace only."""
 import json
 import os
 import subprocess
-import sys
 import zipfile
-from pathlib import Path
 
 from reshard.json_schemas import CHECK_ENV
 from tests.e2e.helpers import write_config_file
 
-REPO = Path(__file__).resolve().parents[2]
 
-
-def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path):
-    dist = tmp_path / "dist"
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(dist), str(REPO)],
-                   check=True, capture_output=True, timeout=300)
-    wheel = next(dist.glob("reshard-*.whl"))
+def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path, installed_wheel):
+    wheel, venv = installed_wheel.wheel, installed_wheel.venv
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if not n.startswith("reshard-")}
     assert tops == {"reshard"}, tops  # no generic top-level packages (snapshotter, cutover, ...)
@@ -32,10 +25,6 @@ def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path):
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in meta
 
-    venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
-    subprocess.run([str(venv / "bin/pip"), "install", "-q", str(wheel)], check=True, capture_output=True,
-                   timeout=600)
     work = tmp_path / "elsewhere"  # not the checkout: nothing may be read from it
     work.mkdir()
     probe = subprocess.run([str(venv / "bin/python"), "-c", "import snapshotter"], cwd=work, capture_output=True)

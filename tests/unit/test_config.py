@@ -44,6 +44,16 @@ def test_parse_roundtrip():
     (lambda d: d["kafka"].pop("schema_registry_url"), "kafka.format avro .the default. needs kafka.schema_registry_url"),
     (lambda d: d["kafka"].update(format="protobuf"), "kafka.format: Input should be 'avro' or 'json'"),
     (lambda d: d["kafka"].update(schema_registry_url="http://r:8081"), "Confluent-compatible API"),
+    (lambda d: d["kafka"].update(client={"sasl.password": "hunter2"}), "kafka.client: sasl.password holds a secret"),
+    (lambda d: d["kafka"].update(client={"bootstrap.servers": "x:1"}), r"use kafka.bootstrap_servers"),
+    (lambda d: d["kafka"].update(client={"group.id": "g"}), "group.id set by reshard per client"),
+    (lambda d: d["kafka"].update(client={"retries": [1]}), "kafka.client.retries"),
+    (lambda d: d["connect"].update(password="plain"), "connect.password: String should match pattern"),
+    (lambda d: d["connect"].update(password="${env:P}"), "password needs username"),
+    (lambda d: d["connect"].update(cert_file="/c.pem"), "cert_file and key_file go together"),
+    (lambda d: d["clusters"]["source1"].update(connector={"slot.name": "x", "transforms": "t"}),
+     "clusters.source1.connector: slot.name, transforms set by reshard"),
+    (lambda d: d["clusters"]["source1"].update(connector={"max.batch.size": 1}), "clusters.source1.connector.max"),
 ])
 def test_bad_config_names_the_key(mutate, message):
     import copy
@@ -63,3 +73,30 @@ def test_names_fit_slot_names():
     check_name("migration", "a" * 24)
     with pytest.raises(ConfigError):
         check_name("migration", "a" * 25)
+
+
+def test_client_settings_and_secrets_are_references_resolved_only_when_asked(tmp_path, monkeypatch):
+    import copy
+
+    secrets = tmp_path / "kafka.properties"
+    secrets.write_text("# comment\nreshard.password = s3cr\\\\et\n")
+    d = copy.deepcopy(GOOD)
+    d["kafka"]["client"] = {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-256",
+                            "sasl.username": "reshard", "sasl.password": f"${{file:{secrets}:reshard.password}}",
+                            "enable.ssl.certificate.verification": True, "socket.timeout.ms": 5000}
+    d["connect"].update(username="admin", password="${env:CONNECT_PW}")
+    d["clusters"]["source1"]["connector"] = {"database.tcpKeepAlive": "true"}
+    c = parse_config(d)
+    assert c.kafka.client["enable.ssl.certificate.verification"] == "true"
+    assert c.kafka.client["socket.timeout.ms"] == "5000"
+    assert c.kafka.client["sasl.password"].startswith("${file:")  # what to_dict and --json show
+    assert c.kafka.client_settings()["sasl.password"] == "s3cr\\et"
+    assert parse_config(c.to_dict()) == c
+    monkeypatch.setenv("CONNECT_PW", "pw")
+    assert c.connect.basic_auth() == ("admin", "pw")
+    monkeypatch.delenv("CONNECT_PW")
+    with pytest.raises(ConfigError, match="connect.password: environment variable CONNECT_PW is not set"):
+        c.connect.basic_auth()
+    missing = parse_config({**d, "kafka": {**d["kafka"], "client": {"sasl.password": f"${{file:{secrets}:nope}}"}}})
+    with pytest.raises(ConfigError, match="kafka.client.sasl.password: .* has no key 'nope'"):
+        missing.kafka.client_settings()

@@ -71,3 +71,12 @@ def test_the_connector_config_carries_a_reference_never_the_password(tmp_path):
     assert connect_password(own, "source1") == "${env:SOURCE1_PGPASSWORD}"
     with pytest.raises(ConfigError, match="will not write it into the Debezium connector's config"):
         connect_password(_with(connect_dsn=dsn), "source1")
+
+
+def test_a_clusters_connector_properties_are_added_to_both_directions():
+    config = _with(cluster={"connector": {"database.tcpKeepAlive": "false", "max.batch.size": "4096"}})
+    for stream in (forward("m1", "source1"), reverse("m1", "source1", 1)):
+        out = render(config, stream, ["public.accounts"], filter_echoes=True)
+        assert out["database.tcpKeepAlive"] == "false" and out["max.batch.size"] == "4096"
+        assert out["slot.name"] == stream.slot and out["transforms"] == "dropEchoes"
+    assert render(_with(), forward("m1", "source1"), ["public.accounts"])["max.batch.size"] == "20480"
