@@ -39,8 +39,10 @@ from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, WaitTimeou
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin
 from reshard.progress import Progress
+from reshard.reconcile import ReconciliationFailed
 
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
+RECONCILE_FAILED = "reconciliation_failed"
 FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)
 
 
@@ -67,6 +69,8 @@ class SwitchOptions:
     only: str | None = None
     dry_run: bool = False
     require_verified: bool = True
+    # the user's reconciliation checks (reshard/reconcile.py); None: the migration's stored ones
+    reconcile: list[dict] | None = None
 
 
 @dataclass
@@ -85,6 +89,7 @@ class SwitchResult:
     steps: list[dict] = field(default_factory=list)
     plan: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
+    reconciliation: list[dict] = field(default_factory=list)
     message: str = ""
 
     def to_dict(self) -> dict:
@@ -201,6 +206,8 @@ class Orchestrator:
                 result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
                 self.store.record_event(sw.migration, "gates.failed", kind=sw.kind, gates=result.gates)
                 return result
+        rules = opts.reconcile if opts.reconcile is not None else \
+            self.store.migration(sw.migration).settings.get("reconcile", [])
         steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
         attempt: int | None = None
@@ -258,6 +265,9 @@ class Orchestrator:
                 step("drain", steps.drain, positions, deadline - _margin(budget))
                 result.drain_ms = round((time.monotonic() - t_drain) * 1000, 1)
                 step("sequences", steps.sync_sequences)
+                if rules:
+                    checked = step("reconcile", steps.reconcile, rules, deadline - _margin(budget))
+                    result.reconciliation = [r.to_dict() for r in checked]
                 if not opts.dry_run and time.monotonic() > deadline - _margin(budget):
                     raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
                 step("flip_from", steps.flip_from, epoch, deadlines)
@@ -271,6 +281,20 @@ class Orchestrator:
                     step("quiet_reverse", steps.quiet_reverse)
                 result.outcome, result.exit_code = ABORTED, ExitCode.CUTOVER_ABORTED
                 result.message = (f"aborted: {exc}; writes were accepted again where they were after "
+                                  f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
+                return result
+            except ReconciliationFailed as exc:
+                # the user's checks disagree at the consistent point: nothing flipped, back out
+                step("back_out", steps.back_out)
+                result.unfenced_after_ms = round((time.monotonic() - t0) * 1000, 1)
+                result.reconciliation = [r.to_dict() for r in exc.results]
+                if attempt is not None:
+                    self.store.finish_attempt(sw.migration, attempt, "aborted",
+                                              {"reason": str(exc), "reconciliation": result.reconciliation})
+                with contextlib.suppress(Exception):
+                    step("quiet_reverse", steps.quiet_reverse)
+                result.outcome, result.exit_code = RECONCILE_FAILED, ExitCode.RECONCILE_FAILED
+                result.message = (f"{exc}; writes were accepted again where they were after "
                                   f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
                 return result
             except LeaseLost:
@@ -289,13 +313,12 @@ class Orchestrator:
             step("activate", steps.activate, epoch, round((time.monotonic() - t0) * 1000, 1), result.drain_ms or 0)
             result.pause_ms = round((time.monotonic() - t0) * 1000, 1)
             if not opts.dry_run and sw.kind == CUTOVER:
-                with self.store.connect() as conn:
-                    conn.execute("UPDATE reshard.waves SET pause_ms = %s WHERE migration = %s AND wave = %s",
-                                 (result.pause_ms, sw.migration, sw.wave or 1))
+                self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)
             step("after_flip", steps.after_flip)
             if attempt is not None:
                 self.store.finish_attempt(sw.migration, attempt, "done",
-                                          {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch})
+                                          {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch,
+                                           "reconciliation": result.reconciliation})
             if opts.dry_run:
                 assert isinstance(steps, DryRunSteps)
                 result.outcome, result.plan = DRY_RUN, list(steps.sentences)

@@ -26,9 +26,11 @@ from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import ControlStore, connect
+from reshard.errors import BudgetExceeded
 from reshard.kafka_admin import KafkaAdmin
 from reshard.planner import Plan
 from reshard.planner import plan as make_plan
+from reshard.reconcile import CheckResult, ReconciliationFailed, reconcile
 from reshard.shardmap import ShardMap
 from reshard.streams import Stream, forward, reverse
 
@@ -89,6 +91,7 @@ class CutoverSteps(Protocol):
     def drain_position(self) -> dict[Stream, str]: ...
     def drain(self, positions: dict[Stream, str], deadline: float) -> dict: ...
     def sync_sequences(self) -> dict: ...
+    def reconcile(self, rules: list[dict], deadline: float) -> list[CheckResult]: ...
     def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict: ...
     def flip_to(self, epoch: int) -> dict: ...
     def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict: ...
@@ -179,6 +182,17 @@ class LiveSteps:
             out[m.id] = bring_past(self._conn(m.source), self._conn(m.target), tables, self.sequence_gap)
         return out
 
+    def reconcile(self, rules: list[dict], deadline: float) -> list[CheckResult]:
+        """The user's checks at the consistent point (fenced and drained); see reshard/reconcile.py.
+        Raises ReconciliationFailed on a disagreement, BudgetExceeded when out of time."""
+        try:
+            results = reconcile(self.sw.plan, rules, self._conn, deadline)
+        except psycopg.errors.QueryCanceled:
+            raise BudgetExceeded("the write-pause budget ran out during the reconciliation checks") from None
+        if not all(r.ok for r in results):
+            raise ReconciliationFailed(results)
+        return results
+
     def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict:
         sw = self.sw
         for c in sw.from_side:
@@ -203,8 +217,7 @@ class LiveSteps:
                                        sw.wave_buckets, epoch, "cut",
                                        pause_ms, drain_ms)
             else:
-                conn.execute("UPDATE reshard.waves SET state = 'rolled_back' WHERE migration = %s AND state = 'cut'",
-                             (sw.migration,))
+                self.store.roll_back_waves(conn, sw.migration)
         return {"epoch": epoch}
 
     def after_flip(self) -> dict:
@@ -316,6 +329,20 @@ class DryRunSteps:
             for seq, v in values.items():
                 self._say(f"set {seq} on {m.target} to at least {v + 1} (on {m.source}: {v})")
         return {}
+
+    def reconcile(self, rules: list[dict], deadline: float) -> list[CheckResult]:
+        conns: dict[str, psycopg.Connection[Any]] = {}
+        try:
+            results = reconcile(self.sw.plan, rules, lambda c: conns.setdefault(
+                c, connect(self.config.cluster(c).dsn, f"cluster {c}", autocommit=True)), deadline)
+        finally:
+            for conn in conns.values():
+                conn.close()
+        for r in results:
+            self._say(f"reconcile {r.check} on {r.table} ({r.source} -> {r.target}): "
+                      + ("agrees now" if r.ok else f"{len(r.differences)} group(s) differ now (the applier may "
+                                                    "be behind; at the fence a difference backs the cutover out)"))
+        return results
 
     def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict:
         self._say(f"if still within the deadline, install the fence of epoch {epoch} on {', '.join(self.sw.from_side)}: "

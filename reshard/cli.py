@@ -808,19 +808,36 @@ def report(ctx: Ctx, name: str, out_path: str | None) -> None:
 @cli.command()
 @click.argument("name")
 @click.option("--max-diffs", default=20, show_default=True, help="Differing keys to list per table.")
+@click.option("--continuous", is_flag=True,
+              help="Keep checking while the migration streams or bakes: walk the key space in primary-key chunks, "
+                   "throttled, settle differing chunks under row locks after catch-up, report divergence as "
+                   "events and in status; runs until SIGTERM/SIGINT, --passes or --duration.")
+@click.option("--chunk-rows", type=click.IntRange(min=10), default=5000, show_default=True,
+              help="--continuous: rows per chunk.")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=20000.0, show_default=True,
+              help="--continuous: rows compared per second at most (both sides read them).")
+@click.option("--passes", type=click.IntRange(min=1), default=None, help="--continuous: stop after this many passes.")
+@click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+              help="--continuous: stop after this long.")
 @json_option
 @click.pass_obj
-def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
+def verify(ctx: Ctx, name: str, max_diffs: int, continuous: bool, chunk_rows: int, max_rows_per_second: float,
+           passes: int | None, duration: float | None) -> None:
     """Compare the sources with the union of the targets for everything that moves.
 
     Row counts and a checksum per target and table; on a difference, the keys. Under
     a live load the two sides are read moments apart, so keys that differ are re-checked:
     their rows are locked where they are written, catch-up is proven, then compared.
-    Exit 0 when equal, 1 when not.
+    Exit 0 when equal, 1 when not. With --continuous: exit 1 when any pass found
+    divergence, 0 when none did.
     """
     from reshard.coordinator import Coordinator
 
-    rep = Coordinator.open(ctx.config()).verify(name, max_diffs)
+    co = Coordinator.open(ctx.config())
+    if continuous:
+        _verify_continuous(ctx, co, name, max_diffs, chunk_rows, max_rows_per_second, passes, duration)
+        return
+    rep = co.verify(name, max_diffs)
     doc = {"command": "verify", "migration": name, **rep.to_dict()}
 
     def human() -> str:
@@ -838,6 +855,33 @@ def verify(ctx: Ctx, name: str, max_diffs: int) -> None:
         sys.exit(ExitCode.CHECK_FAILED)
 
 
+def _verify_continuous(ctx: Ctx, co, name: str, max_diffs: int, chunk_rows: int, max_rows_per_second: float,
+                       passes: int | None, duration: float | None) -> None:
+    import signal
+    import threading
+
+    from reshard.continuous_check import ContinuousChecker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    progress = ctx.progress()
+    try:
+        results = ContinuousChecker(co, name, chunk_rows, max_rows_per_second, max_diffs, say=progress.step,
+                                    stop=stop).run(passes, duration)
+    finally:
+        progress.stop()
+    mismatches = [m for r in results for m in r.to_dict()["mismatches"]]
+    doc = {"command": "verify", "migration": name, "mode": "continuous", "equal": not mismatches,
+           "passes": [r.to_dict() for r in results]}
+    emit(ctx, doc, lambda: f"{name}: {len(results)} pass(es), "
+         + (f"{len(mismatches)} divergent key(s): " + "; ".join(f"{m['table']} {m['key']} {m['problem']}"
+                                                                   for m in mismatches[:max_diffs])
+            if mismatches else "no divergence"))
+    if mismatches:
+        sys.exit(ExitCode.CHECK_FAILED)
+
+
 # ---- cutover, rollback, complete, abort -------------------------------------------------
 
 def _switch_options(max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
@@ -851,6 +895,14 @@ def _switch_options(max_lag: int, max_lag_bytes: int, max_write_pause: float, lo
                          lock_timeout_ms=lock_timeout, dry_run=dry_run, **kw)
 
 
+def _reconcile_rules(config, store, name: str, path: str | None, dry_run: bool) -> list[dict] | None:
+    """--reconcile's checks, compiled on every cluster (kept with the migration unless a dry
+    run); None without it: the migration's stored checks run."""
+    from reshard.reconcile import adopt
+
+    return adopt(config, store, name, path, keep=not dry_run) if path else None
+
+
 def _switch_human(r: dict) -> str:
     lines = [f"{r['kind']} of {r['migration']}: {r['outcome'].replace('_', ' ')}" +
              (f" (wave {r['wave']})" if r.get("wave") else "")]
@@ -862,6 +914,11 @@ def _switch_human(r: dict) -> str:
         lines.append(f"  gate {gt['gate']:<9} {'ok  ' if gt['ok'] else 'FAIL'} {gt['detail']}")
     for i, sentence in enumerate(r.get("plan", []), 1):
         lines.append(f"  {i:>2}. {sentence}")
+    if r.get("outcome") != "dry_run":
+        for c in r.get("reconciliation", []):
+            lines.append(f"  reconcile {c['check']} on {c['table']} ({c['source']} -> {c['target']}): "
+                         + (f"agrees ({c['groups']} group(s), {c['ms']:.0f} ms)" if c["ok"] else
+                            f"DIFFERS in {len(c['differences'])} group(s), e.g. {c['differences'][0]}"))
     if r["outcome"] == "done" and r.get("pause_ms") is not None:
         lines.append(f"  write pause {r['pause_ms']:.0f} ms (drain {r['drain_ms']:.0f} ms), epoch {r['epoch']} active")
         lines.append("  steps: " + ", ".join(f"{st['step']} {st['ms']:.0f} ms" for st in r["steps"]))
@@ -873,6 +930,11 @@ def _switch_human(r: dict) -> str:
 def _switch_flags(f: Callable) -> Callable:
     f = click.option("--dry-run", is_flag=True,
                      help="Print the exact steps with today's positions and gate values; change nothing.")(f)
+    f = click.option("--reconcile", "reconcile_path", type=click.Path(dir_okay=False), default=None,
+                     help="YAML file of reconciliation checks (named SQL aggregates per table, e.g. sum(amount) "
+                          "per currency) that must agree between the sources' moving rows and the targets at the "
+                          "fence; a disagreement backs out (exit 13). Kept with the migration for its later waves "
+                          "and rollback; without it, the checks given before (to start or an earlier switch) run.")(f)
     f = click.option("--lock-timeout", default=500, show_default=True,
                      help="Milliseconds a fence change may wait for writes in progress before backing out.")(f)
     f = click.option("--max-write-pause", default=2.0, show_default=True,
@@ -900,7 +962,7 @@ def _switch_flags(f: Callable) -> Callable:
 @json_option
 @click.pass_obj
 def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
-                dry_run: bool, only: str | None, sequence_gap: int, skip_verify_gate: bool, window: str | None,
+                dry_run: bool, reconcile_path: str | None, only: str | None, sequence_gap: int, skip_verify_gate: bool, window: str | None,
                 timezone: str, wait_for_gates: float) -> None:
     """Cut migration NAME over: fence, drain, flip routing, start reverse replication.
 
@@ -926,9 +988,10 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
                "exit_code": int(ExitCode.OUTSIDE_WINDOW)}
         emit(ctx, doc, lambda: f"{name}: now is outside the window {win}; nothing done")
         sys.exit(ExitCode.OUTSIDE_WINDOW)
-    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, only=only,
-                           sequence_gap=sequence_gap, require_verified=not skip_verify_gate)
     store = ControlStore(config.control_dsn)
+    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, only=only,
+                           sequence_gap=sequence_gap, require_verified=not skip_verify_gate,
+                           reconcile=_reconcile_rules(config, store, name, reconcile_path, dry_run))
     progress = ctx.progress()
     try:
         if wait_for_gates > 0 and not dry_run:
@@ -956,7 +1019,7 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
 @json_option
 @click.pass_obj
 def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
-                 dry_run: bool) -> None:
+                 dry_run: bool, reconcile_path: str | None) -> None:
     """Move every cut-over key of NAME back to its source: the cutover in reverse.
 
     Fence the keys on the targets, drain the reverse stream, flip routing back, and let
@@ -968,10 +1031,12 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
     from reshard.cutover.orchestrator import rollback
 
     config = ctx.config()
-    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False)
+    store = ControlStore(config.control_dsn)
+    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False,
+                           reconcile=_reconcile_rules(config, store, name, reconcile_path, dry_run))
     progress = ctx.progress()
     try:
-        result = rollback(config, ControlStore(config.control_dsn), name, opts, progress)
+        result = rollback(config, store, name, opts, progress)
     finally:
         progress.stop()
     doc = {"command": "rollback", **result.to_dict()}

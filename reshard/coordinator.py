@@ -330,6 +330,10 @@ class Coordinator:
             except Unavailable as exc:
                 unreachable["kafka"] = str(exc)
                 out["lag"]["error"] = str(exc)
+        last = self.store.last_verification(name)
+        out["verification"] = {"at": last["at"].isoformat(), "equal": bool(last["detail"].get("equal")),
+                               "mode": last["detail"].get("mode", "once"),
+                               "differences": last["detail"].get("differences") or {}} if last else None
         out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
         out["unreachable"] = unreachable
         return out

@@ -22,6 +22,7 @@ class ExitCode(enum.IntEnum):
     BUSY = 7
     OUTSIDE_WINDOW = 11
     CUTOVER_ABORTED = 12
+    RECONCILE_FAILED = 13
     GATE_LAG = 20
     GATE_UNVERIFIED = 21
     GATE_REVERSE = 22
@@ -42,6 +43,8 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.OUTSIDE_WINDOW: "cutover --window: now is outside the window; nothing was checked or changed",
     ExitCode.CUTOVER_ABORTED: "the cutover (or rollback) aborted, e.g. past --max-write-pause; routing is "
     "unchanged, writes are accepted where they were, streams keep running",
+    ExitCode.RECONCILE_FAILED: "the cutover (or rollback) backed out because a reconciliation check (--reconcile) "
+    "disagreed between the sources' moving rows and the targets at the fence; routing is unchanged",
     ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
     ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
     ExitCode.GATE_REVERSE: "gate failed: reverse replication cannot be set up on a target; nothing was fenced",

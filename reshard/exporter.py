@@ -176,6 +176,15 @@ class MigrationCollector(Collector):
                     ["migration"]).add_metric([name], 1.0 if last["detail"].get("equal") else 0.0)
             f.gauge("reshard_verification_timestamp_seconds", "When the last verification ran",
                     ["migration"]).add_metric([name], _ts(last["at"]))
+        checked = store.last_event(name, "check.pass")
+        if checked is not None:  # verify --continuous
+            d = checked["detail"]
+            f.gauge("reshard_continuous_check_divergent_keys", "Keys the last continuous-check pass found divergent "
+                    "after settling them under row locks", ["migration"]).add_metric([name], float(len(d["mismatches"])))
+            f.gauge("reshard_continuous_check_rows", "Rows the last continuous-check pass compared",
+                    ["migration"]).add_metric([name], float(d["rows"]))
+            f.gauge("reshard_continuous_check_timestamp_seconds", "When the last continuous-check pass ended",
+                    ["migration"]).add_metric([name], _ts(checked["at"]))
 
     def _streams(self, f: Families, name: str) -> None:
         streams, topics = self.co.streams(name)

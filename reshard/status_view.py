@@ -106,6 +106,10 @@ def human(d: dict, r: Rates | None = None) -> str:
     if d.get("last_attempt"):
         a = d["last_attempt"]
         lines.append(f"  last {a['kind']} (attempt {a['attempt']}): {a['state']}")
+    v = d.get("verification")
+    if v:
+        lines.append(f"  last verification ({v['mode']}, {v['at'][:19]}): "
+                     + ("equal" if v["equal"] else f"DIVERGENT {v['differences']}"))
     live = [w for w in d["workers"] if w.get("live")]
     lag = d.get("lag") or {}
     seconds = [v for w in live for v in ((w["stats"].get("lag_seconds") or {}).values())]

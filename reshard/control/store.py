@@ -312,6 +312,15 @@ class ControlStore:
                 self.audit(conn, name, "migration.state", old=old, new=new, error=error, **detail)
             return old
 
+    def update_settings(self, name: str, **settings: Any) -> None:
+        """Merge ``settings`` into the migration's (e.g. its reconciliation checks)."""
+        with self.connect() as conn:
+            row = conn.execute("UPDATE reshard.migrations SET settings = settings || %s, updated_at = now() "
+                               "WHERE name = %s RETURNING name", (Jsonb(settings), name)).fetchone()
+            if row is None:
+                raise MigrationError(f"no migration named {name!r}")
+            self.audit(conn, name, "migration.settings", changed=sorted(settings))
+
     def set_error(self, name: str, error: str | None) -> None:
         with self.connect() as conn:
             conn.execute("UPDATE reshard.migrations SET error = %s, updated_at = now() WHERE name = %s", (error, name))
@@ -452,6 +461,16 @@ class ControlStore:
             (migration, wave, Jsonb(buckets) if buckets is not None else None, epoch, state, pause_ms, drain_ms),
         )
 
+    def roll_back_waves(self, conn: psycopg.Connection[Any], migration: str) -> None:
+        """Every cut wave is rolled back (in the caller's transaction: the activation's)."""
+        conn.execute("UPDATE reshard.waves SET state = 'rolled_back' WHERE migration = %s AND state = 'cut'",
+                     (migration,))
+
+    def set_wave_pause(self, migration: str, wave: int, pause_ms: float) -> None:
+        with self.connect() as conn:
+            conn.execute("UPDATE reshard.waves SET pause_ms = %s WHERE migration = %s AND wave = %s",
+                         (pause_ms, migration, wave))
+
     def begin_attempt(self, migration: str, kind: str, wave: int | None, plan: dict) -> int:
         with self.connect() as conn, conn.transaction():
             conn.execute("SELECT 1 FROM reshard.migrations WHERE name = %s FOR UPDATE", (migration,))
@@ -541,10 +560,14 @@ class ControlStore:
         return rows[::-1]
 
     def last_verification(self, migration: str) -> dict | None:
+        return self.last_event(migration, "verify")
+
+    def last_event(self, migration: str, event: str) -> dict | None:
+        """The newest audit entry of this kind for the migration: its time and detail."""
         with self.connect() as conn:
             return conn.execute(
-                "SELECT at, detail FROM reshard.audit_log WHERE migration = %s AND event = 'verify' "
-                "ORDER BY id DESC LIMIT 1", (migration,)
+                "SELECT at, detail FROM reshard.audit_log WHERE migration = %s AND event = %s "
+                "ORDER BY id DESC LIMIT 1", (migration, event)
             ).fetchone()
 
     # ---- the lease ----------------------------------------------------------------

@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 from reshard.cutover.orchestrator import FAILPOINT_ENV
 
 from reshard.exit_codes import ExitCode
@@ -49,6 +50,7 @@ def _kill_at(cfg, tmp_path, kind: str, name: str, point: str, attempts: int = 3)
         return
 
 
+@pytest.mark.long
 def test_the_coordinator_sigkilled_at_every_cutover_and_rollback_step(env, tmp_path):
     co, name = setup(env)
     cfg = write_config_file(env, tmp_path)

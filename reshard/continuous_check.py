@@ -1,0 +1,188 @@
+"""The continuous consistency checker (``reshard verify NAME --continuous``).
+
+While a migration streams or bakes, it walks every (move, table) of the key space in
+primary-key chunks, comparing the source's and the target's rows of each chunk by count
+and checksum (reshard/verify.py, narrowed to the chunk), throttled to a row rate so the
+sources keep their latency. A chunk that differs is settled key by key under row locks
+after proving catch-up past the lock position (verify's re-check), so replication lag
+is never reported as corruption; what still differs is divergence. So silent
+divergence is found within one pass (the key space over the rate), not only at cutover.
+
+Results go where an operator looks: each mismatch and each finished pass is an event
+(control database, and the Kafka event stream), ``reshard status`` shows the last pass,
+and a pass is recorded as a verification, so the cutover's verification gate refuses
+after a pass that found divergence and accepts one that found none.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reshard.catalog import require_table
+from reshard.control import states
+from reshard.control.store import connect
+from reshard.errors import MigrationError
+from reshard.planner import Move, Plan
+from reshard.shardmap import qualified
+from reshard.verify import SESSION, TableCheck, check_move, recheck
+
+DEFAULT_CHUNK_ROWS = 5000
+DEFAULT_MAX_ROWS_PER_SECOND = 20000.0
+
+
+@dataclass
+class Mismatch:
+    move: str
+    table: str
+    key: list[str]
+    problem: str
+
+
+@dataclass
+class PassResult:
+    number: int
+    chunks: int = 0
+    rows: int = 0
+    rechecked_chunks: int = 0  # chunks whose checksums differed and were settled key by key
+    mismatches: list[Mismatch] = field(default_factory=list)
+    seconds: float = 0.0
+    complete: bool = False  # walked the whole key space (not stopped part-way)
+
+    @property
+    def equal(self) -> bool:
+        return not self.mismatches
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "equal": self.equal}
+
+
+def _pk_tuple(info: Any) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in info.pk))
+
+
+def _bound(values: tuple, info: Any) -> sql.Composable:
+    return sql.SQL("({})").format(sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(info.column(c).base_type)) for c, v in zip(info.pk, values)))
+
+
+def chunk_bounds(conn: psycopg.Connection[Any], table: str, info: Any, predicate: str, chunk_rows: int
+                 ) -> Iterator[tuple[tuple | None, tuple | None]]:
+    """(lower exclusive, upper inclusive) primary-key bounds of consecutive chunks of about
+    ``chunk_rows`` of the source's moving rows, found by keyset steps (an index range scan
+    each); the last chunk is open above, so rows inserted past it are covered too."""
+    pk = _pk_tuple(info)
+    lower: tuple | None = None
+    while True:
+        where = sql.SQL(predicate) if lower is None else sql.SQL("{} AND {} > {}").format(
+            sql.SQL(predicate), pk, _bound(lower, info))
+        row = conn.execute(sql.SQL("SELECT {} FROM {} t WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
+            sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in info.pk), sql.SQL(qualified(table)),
+            where, sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in info.pk),
+            sql.Literal(chunk_rows - 1))).fetchone()
+        if row is None:
+            yield lower, None
+            return
+        upper = tuple(row)
+        yield lower, upper
+        lower = upper
+
+
+def within(conn: psycopg.Connection[Any], info: Any, lower: tuple | None, upper: tuple | None) -> str:
+    pk = _pk_tuple(info)
+    parts = []
+    if lower is not None:
+        parts.append(sql.SQL("{} > {}").format(pk, _bound(lower, info)))
+    if upper is not None:
+        parts.append(sql.SQL("{} <= {}").format(pk, _bound(upper, info)))
+    return sql.SQL(" AND ").join(parts).as_string(conn) if parts else "true"
+
+
+class ContinuousChecker:
+    def __init__(self, co: Any, migration: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 max_rows_per_second: float = DEFAULT_MAX_ROWS_PER_SECOND, max_diffs: int = 20,
+                 say: Callable[[str], None] | None = None, stop: threading.Event | None = None):
+        self.co = co
+        self.migration = migration
+        self.chunk_rows = chunk_rows
+        self.max_rows_per_second = max_rows_per_second
+        self.max_diffs = max_diffs
+        self.say = say or (lambda _m: None)
+        self.stop = stop or threading.Event()
+
+    def _units(self, p: Plan) -> list[tuple[Move, str]]:
+        return [(m, t) for m in p.moves for t in sorted(p.new.groups[m.group].tables)]
+
+    def run(self, passes: int | None = None, duration: float | None = None) -> list[PassResult]:
+        """Passes until ``passes`` are done, ``duration`` seconds passed, or ``stop`` is set."""
+        results: list[PassResult] = []
+        deadline = time.monotonic() + duration if duration else None
+        while not self.stop.is_set() and (passes is None or len(results) < passes):
+            results.append(self.one_pass(len(results) + 1, deadline))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        return results
+
+    def one_pass(self, number: int, deadline: float | None = None) -> PassResult:
+        store = self.co.store
+        rec, p = self.co.record(self.migration)
+        if rec.state not in (states.STREAMING, states.CUT_OVER):
+            raise MigrationError(f"migration {self.migration} is {rec.state}; the continuous check needs its "
+                                 "changes streaming (after the copy, before complete)")
+        result = PassResult(number)
+        started = time.monotonic()
+        for move, table in self._units(p):
+            if not self._walk(p, move, table, result, deadline):
+                break
+        else:
+            result.complete = True
+        result.seconds = round(time.monotonic() - started, 3)
+        detail = {k: v for k, v in result.to_dict().items() if k != "mismatches"}
+        store.record_event(self.migration, "check.pass", **detail,
+                           mismatches=[asdict(m) for m in result.mismatches[:self.max_diffs]])
+        if result.complete or result.mismatches:
+            # a verification like `reshard verify`'s: the cutover's gate reads the last one
+            with store.connect() as conn:
+                store.audit(conn, self.migration, "verify", equal=result.equal, mode="continuous", pass_number=number,
+                            rows=result.rows, differences={f"{m.move}/{m.table}": [m.key] for m in result.mismatches})
+        self.say(f"pass {number}: {result.chunks} chunks, {result.rows:,} rows in {result.seconds:.1f}s, "
+                 + ("no divergence" if result.equal else f"{len(result.mismatches)} key(s) diverge")
+                 + ("" if result.complete else " (stopped part-way)"))
+        return result
+
+    def _walk(self, p: Plan, move: Move, table: str, result: PassResult, deadline: float | None) -> bool:
+        """Check one (move, table) chunk by chunk; False when told to stop."""
+        pred = p.predicate_sql(move, table, alias="t")
+        active = self.co.store.active()
+        with connect(self.co.config.cluster(move.source).dsn, f"source cluster {move.source}",
+                     autocommit=True) as src:
+            src.execute(SESSION)
+            info = require_table(src, table, move.source)
+            for lower, upper in chunk_bounds(src, table, info, pred, self.chunk_rows):
+                if self.stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
+                    return False
+                t0 = time.monotonic()
+                check: TableCheck = check_move(self.co.config, p, move, table, self.max_diffs,
+                                               within=within(src, info, lower, upper))
+                if check.candidates:
+                    result.rechecked_chunks += 1
+                    recheck(self.co.config, p, check, lambda: self.co.wait(self.migration, timeout=60), 3,
+                            self.max_diffs, active[1] if active else None)
+                for d in check.differences:
+                    m = Mismatch(move.id, table, d["key"], d["problem"])
+                    result.mismatches.append(m)
+                    self.co.store.record_event(self.migration, "check.mismatch", **asdict(m))
+                    self.say(f"divergence: {table} key {d['key']} ({move.source} -> {move.target}): {d['problem']}")
+                result.chunks += 1
+                result.rows += check.source_rows
+                # throttle: this chunk's rows at the allowed rate, less the time it already took
+                wait = check.source_rows / self.max_rows_per_second - (time.monotonic() - t0)
+                if wait > 0:
+                    self.stop.wait(wait)
+        return True
