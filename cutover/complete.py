@@ -50,12 +50,13 @@ def complete(config: Config, store: ControlStore, migration: str, *, keep_source
     progress = progress or Progress("off")
     rec = store.migration(migration)
     running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
-    if rec.state == states.COMPLETED and not running:
+    if rec.state == states.COMPLETE and not running:
         return CompleteResult(migration, steps=[{"step": "all", "note": "already complete"}])
-    if rec.state != states.CUT_OVER and not running:
+    if rec.state not in (states.BAKING, states.FINALIZING) and not running:
         raise MigrationError(f"migration {migration} is {rec.state}: complete needs every wave cut over "
                              f"(`reshard cutover {migration}`)")
     result = CompleteResult(migration, resumed=bool(running))
+    store.set_state(migration, states.FINALIZING, why="complete: drop the streams, remove moved rows from the sources")
     attempt = running[0]["attempt"] if running else store.begin_attempt(
         migration, "complete", None, {"keep_source_data": keep_source_data, "drop_fences": drop_fences})
     done = store.steps(migration, attempt)
@@ -123,5 +124,5 @@ def complete(config: Config, store: ControlStore, migration: str, *, keep_source
     run("fences", fences)
     run("forget", forget)
     store.finish_attempt(migration, attempt, "done", {"deleted_rows": result.deleted_rows})
-    store.set_state(migration, states.COMPLETED)
+    store.set_state(migration, states.COMPLETE, why="complete: done, the point of no return passed")
     return result

@@ -118,9 +118,10 @@ class Orchestrator:
     # ---- what moves ---------------------------------------------------------------------
     def cutover_switch(self, migration: str, only: str | None) -> Switch:
         rec = self.store.migration(migration)
-        if rec.state == states.CUT_OVER:
-            raise MigrationError(f"migration {migration} is already cut over (`reshard complete` or `reshard rollback`)")
-        if rec.state != states.STREAMING:
+        if rec.state == states.BAKING:
+            raise MigrationError(f"migration {migration} is already cut over and baking "
+                                 "(`reshard complete` or `reshard rollback`)")
+        if rec.state not in states.SWITCHABLE:
             raise MigrationError(f"migration {migration} is {rec.state}; cutover needs it streaming (copy done)")
         active_epoch, active_map = self.store.require_active()
         final = self.store.get_map(rec.to_epoch)
@@ -132,7 +133,7 @@ class Orchestrator:
         rec = self.store.migration(migration)
         if not any(w["state"] == "cut" for w in self.store.waves(migration)):
             raise MigrationError(f"migration {migration} has no wave cut over: nothing to roll back")
-        if rec.state not in (states.STREAMING, states.CUT_OVER):
+        if rec.state not in (states.STREAMING, states.VALIDATING, states.BAKING):
             raise MigrationError(f"migration {migration} is {rec.state}; rollback is possible until `complete`")
         active_epoch, active_map = self.store.require_active()
         generations = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)}
@@ -191,7 +192,13 @@ class Orchestrator:
                                 f"backed it out (epoch {plan['active_epoch']} enforced everywhere again)")
             finally:
                 steps.close()
+            self._settle(migration, f"recovered the interrupted {a['kind']} attempt {a['attempt']}")
         return said
+
+    def _settle(self, migration: str, why: str) -> None:
+        """Out of switching, to where the migration now rests (baking, streaming, rolled back)."""
+        self.store.set_state(migration, self.store.settled_state(migration), why=why,
+                             only_from=(states.SWITCHING,))
 
     # ---- the run --------------------------------------------------------------------------------
     def run(self, sw: Switch, opts: SwitchOptions, *, check_gates: bool = True) -> SwitchResult:
@@ -212,6 +219,7 @@ class Orchestrator:
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
         attempt: int | None = None
         deadline = float("inf")
+        lease_lost = False
 
         def guard(name: str) -> None:
             """A process that stalled (GC, a paused VM, a lost network) must not act late:
@@ -252,6 +260,8 @@ class Orchestrator:
                 attempt = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
                     "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
                     "last": sw.last_wave, "budget_s": opts.max_write_pause})
+                self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {attempt}",
+                                     wave=sw.wave, epoch=epoch)
             budget = opts.max_write_pause
             self.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
                                f"on {', '.join(sw.from_side)} "
@@ -299,6 +309,7 @@ class Orchestrator:
                 return result
             except LeaseLost:
                 # another process holds the migration now and settles this attempt: touch nothing
+                lease_lost = True
                 raise
             except BaseException as exc:
                 # an unforeseen failure before the point of no return: back out, then report it
@@ -309,6 +320,7 @@ class Orchestrator:
                         self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
                 with contextlib.suppress(Exception):
                     step("quiet_reverse", steps.quiet_reverse)
+                result.outcome = f"failed ({type(exc).__name__}), backed out"
                 raise
             step("activate", steps.activate, epoch, round((time.monotonic() - t0) * 1000, 1), result.drain_ms or 0)
             result.pause_ms = round((time.monotonic() - t0) * 1000, 1)
@@ -329,6 +341,9 @@ class Orchestrator:
             return result
         finally:
             steps.close()
+            if attempt is not None and not lease_lost:
+                with contextlib.suppress(Exception):  # a rerun's recovery settles it otherwise
+                    self._settle(sw.migration, f"{sw.kind} attempt {attempt}: {result.outcome.replace('_', ' ')}")
 
 
 def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str]) -> SwitchResult | None:

@@ -24,7 +24,6 @@ from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 from reshard import fence, shard_schema
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
-from reshard.control import states
 from reshard.control.store import ControlStore, connect
 from reshard.errors import BudgetExceeded
 from reshard.kafka_admin import KafkaAdmin
@@ -226,14 +225,10 @@ class LiveSteps:
             client = ConnectClient(self.config.connect)
             for s in reverse_streams.streams(self.store, sw.migration):
                 client.wait_running(s.connector, timeout=60)
-            if sw.last_wave:
-                self.store.set_state(sw.migration, states.CUT_OVER)
             return {"reverse": [s.connector for s in reverse_streams.streams(self.store, sw.migration)]}
         # rollback: the reverse streams are no longer needed; forward resumes for a later attempt
         dropped = drop_streams(self.config, self.store, sw.migration,
                                reverse_streams.streams(self.store, sw.migration), sw.tables)
-        if self.store.migration(sw.migration).state == states.CUT_OVER:
-            self.store.set_state(sw.migration, states.STREAMING)
         return {"dropped": dropped}
 
     def back_out(self) -> dict:

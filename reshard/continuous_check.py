@@ -123,16 +123,23 @@ class ContinuousChecker:
         """Passes until ``passes`` are done, ``duration`` seconds passed, or ``stop`` is set."""
         results: list[PassResult] = []
         deadline = time.monotonic() + duration if duration else None
-        while not self.stop.is_set() and (passes is None or len(results) < passes):
-            results.append(self.one_pass(len(results) + 1, deadline))
-            if deadline is not None and time.monotonic() >= deadline:
-                break
+        store = self.co.store
+        store.set_state(self.migration, states.VALIDATING, why="verify --continuous started",
+                        only_from=(states.STREAMING, states.ROLLED_BACK))  # while baking it stays baking
+        try:
+            while not self.stop.is_set() and (passes is None or len(results) < passes):
+                results.append(self.one_pass(len(results) + 1, deadline))
+                if deadline is not None and time.monotonic() >= deadline:
+                    break
+        finally:  # a cutover may have moved it on meanwhile: then it is left where it is
+            store.set_state(self.migration, store.settled_state(self.migration), why="verify --continuous ended",
+                            only_from=(states.VALIDATING,), passes=len(results))
         return results
 
     def one_pass(self, number: int, deadline: float | None = None) -> PassResult:
         store = self.co.store
         rec, p = self.co.record(self.migration)
-        if rec.state not in (states.STREAMING, states.CUT_OVER):
+        if rec.state not in states.FLOWING:
             raise MigrationError(f"migration {self.migration} is {rec.state}; the continuous check needs its "
                                  "changes streaming (after the copy, before complete)")
         result = PassResult(number)

@@ -147,7 +147,7 @@ class Coordinator:
             KafkaAdmin(self.config.kafka).ensure_topics(
                 [dlq_topic(name)], 1, self.config.kafka.replication_factor)
             if rec.state == states.PLANNED:
-                self.store.set_state(name, states.SNAPSHOTTING)
+                self.store.set_state(name, states.BUILDING, why="start: slots and the snapshot copy")
 
             def on_slot(source: str, _lsn: str) -> None:
                 stream = forward(name, source)
@@ -163,13 +163,14 @@ class Coordinator:
                 for skipped in done.skipped:
                     self.progress.step(f"not created: {skipped}")
                 report.statements_skipped += done.skipped
-            self.store.set_state(name, states.STREAMING, **report.to_dict())
+            self.store.set_state(name, states.STREAMING, why="start: copy done, changes stream",
+                                 only_from=(states.BUILDING,), **report.to_dict())
             return report
 
     # ---- apply / wait -------------------------------------------------------------
     def applier(self, name: str, *, batch_size: int = 2000, **kw: Any) -> Applier:
         rec, p = self.record(name)
-        if rec.state not in (states.STREAMING, states.CUT_OVER):
+        if rec.state not in states.FLOWING:
             raise MigrationError(
                 f"migration {name} is {rec.state}; the applier runs while the migration streams (after the copy, "
                 f"before and after cutover). Run `reshard start {name}` first."
@@ -215,7 +216,7 @@ class Coordinator:
     def wait(self, name: str, timeout: float = 300.0) -> CaughtUp:
         """Prove every change committed so far, in either direction, is applied."""
         rec, _ = self.record(name)
-        if rec.state not in (states.STREAMING, states.CUT_OVER):
+        if rec.state not in states.FLOWING:
             raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming")
         streams, topics = self.streams(name)
         # reverse streams stopped by a cutover attempt that backed out carry nothing but
@@ -235,7 +236,7 @@ class Coordinator:
         """Compare; while the migration streams (and ``live``), differences that may be in
         flight are re-checked under row locks after proving catch-up."""
         rec, p = self.record(name)
-        streaming = rec.state in (states.STREAMING, states.CUT_OVER) and live
+        streaming = rec.state in states.FLOWING and live
         active = self.store.active()
         report = verify(self.config, p, max_diffs,
                         catch_up=(lambda: self.wait(name, timeout=60)) if streaming else None,
@@ -374,7 +375,7 @@ class Coordinator:
                         done.append(f"dropped {table} on {move.target}, which this migration created (empty now)")
         self.forget_bookkeeping(name, p)
         if rec.state != states.ABORTED:
-            self.store.set_state(name, states.ABORTED)
+            self.store.set_state(name, states.ABORTED, why="abort: what it created was dropped")
         with self.store.connect() as conn:
             self.store.audit(conn, name, "migration.teardown", actions=done)
         return done

@@ -81,7 +81,7 @@ def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
     recreate the sample table everywhere (which also drops its fence triggers)."""
     done = []
     for m in co.store.migrations():
-        if not m["settings"].get("demo") or m["state"] in (states.ABORTED, states.COMPLETED):
+        if not m["settings"].get("demo") or m["state"] in (states.ABORTED, states.COMPLETE):
             continue
         remove(co, m["name"])
         done.append(m["name"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import os
@@ -13,6 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import click
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -47,6 +49,13 @@ class MigrationRecord:
             "state": self.state, "moves": self.moves, "settings": self.settings, "error": self.error,
             "created_at": self.created_at.isoformat(), "updated_at": self.updated_at.isoformat(),
         }
+
+
+def actor() -> str:
+    """Who acts: the OS user, host and pid, and the reshard command running."""
+    ctx = click.get_current_context(silent=True)
+    command = ctx.command_path if ctx is not None else ""
+    return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}" + (f" ({command})" if command else "")
 
 
 def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection[Any]:
@@ -295,13 +304,19 @@ class ControlStore:
     def plan_of(self, rec: MigrationRecord) -> Plan:
         return plan(self.get_map(rec.from_epoch), self.get_map(rec.to_epoch))
 
-    def set_state(self, name: str, new: str, error: str | None = None, **detail: Any) -> str:
-        """Move the migration to ``new``; refuses transitions the state machine forbids."""
+    def set_state(self, name: str, new: str, error: str | None = None, *, why: str = "",
+                  only_from: tuple[str, ...] | None = None, **detail: Any) -> str:
+        """Move the migration to ``new``, recording who (this process) and why; refuses
+        transitions the lifecycle forbids (reshard/control/states.py). With ``only_from``,
+        moves only from those states and otherwise leaves it (a compare-and-set, for a
+        process handing back a state another may have moved on from). Returns the old state."""
         with self.connect() as conn, conn.transaction():
             row = conn.execute("SELECT state FROM reshard.migrations WHERE name = %s FOR UPDATE", (name,)).fetchone()
             if row is None:
                 raise MigrationError(f"no migration named {name!r}")
             old = row["state"]
+            if only_from is not None and old not in only_from:
+                return old
             if not states.can_move(old, new):
                 raise MigrationError(f"migration {name} is {old}; it cannot become {new}")
             conn.execute(
@@ -309,7 +324,8 @@ class ControlStore:
                 (new, error, name),
             )
             if old != new or error:
-                self.audit(conn, name, "migration.state", old=old, new=new, error=error, **detail)
+                self.audit(conn, name, "migration.state", old=old, new=new, error=error, by=actor(), why=why,
+                           **detail)
             return old
 
     def update_settings(self, name: str, **settings: Any) -> None:
@@ -460,6 +476,20 @@ class ControlStore:
             "drain_ms = coalesce(EXCLUDED.drain_ms, reshard.waves.drain_ms)",
             (migration, wave, Jsonb(buckets) if buckets is not None else None, epoch, state, pause_ms, drain_ms),
         )
+
+    def settled_state(self, migration: str) -> str:
+        """Where the migration rests when nothing runs on it, from its waves and the routing
+        map: baking once routing is its target map, rolled_back after a rollback, else
+        streaming (also with canary waves cut)."""
+        rec = self.migration(migration)
+        waves = self.waves(migration)
+        if any(w["state"] == "cut" for w in waves):
+            active = self.active()
+            final = self.get_map(rec.to_epoch)
+            return states.BAKING if active is not None and active[1].digest() == final.digest() else states.STREAMING
+        if any(w["state"] == "rolled_back" for w in waves):
+            return states.ROLLED_BACK
+        return states.STREAMING
 
     def roll_back_waves(self, conn: psycopg.Connection[Any], migration: str) -> None:
         """Every cut wave is rolled back (in the caller's transaction: the activation's)."""

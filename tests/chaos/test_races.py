@@ -50,7 +50,7 @@ def test_two_coordinators_racing_never_both_switch(env, tmp_path):
                     # after it and found nothing left to do
                     assert len(switched) == 1, (kind, results)
                     assert codes[1] in (ExitCode.OK, ExitCode.BUSY, ExitCode.BAD_INPUT), (kind, results)
-                    assert co.store.migration(name).state == ("cut_over" if kind == "cutover" else "streaming")
+                    assert co.store.migration(name).state == ("baking" if kind == "cutover" else "rolled_back")
         finally:
             stats = load.stop()
         co.wait(name, timeout=90)

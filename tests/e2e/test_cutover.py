@@ -41,7 +41,7 @@ def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale
     assert result.pause_ms < 2000 and result.drain_ms < result.pause_ms
     assert before > 500 and after - before > 500, (before, after)
     assert stats.rejected == 0, "routers should ride through the switch"
-    assert co.store.migration(name).state == states.CUT_OVER
+    assert co.store.migration(name).state == states.BAKING
     assert co.store.active_epoch() == result.epoch
     assert assert_acked_on_owners(env, load.acked, co) > 1000
     assert assert_no_stale_writes(env, co) > 1000
@@ -74,7 +74,13 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
-        assert co.store.migration(name).state == states.STREAMING
+        assert co.store.migration(name).state == states.ROLLED_BACK
+        # every transition on the way was recorded with who made it and why
+        moves = [e["detail"] for e in co.store.recent_events(name, 100) if e["event"] == "migration.state"]
+        assert [(m["old"], m["new"]) for m in moves][-4:] == [
+            (states.STREAMING, states.SWITCHING), (states.SWITCHING, states.BAKING),
+            (states.BAKING, states.SWITCHING), (states.SWITCHING, states.ROLLED_BACK)], moves
+        assert all(m["by"] and m["why"] for m in moves), moves
         assert co.store.active_epoch() == back.epoch > first.epoch
         assert co.store.get_map(back.epoch).digest() == co.store.get_map(co.store.migration(name).from_epoch).digest()
         assert stats.rejected == 0

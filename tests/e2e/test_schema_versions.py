@@ -29,13 +29,17 @@ def test_a_control_database_from_before_versioning_is_adopted_and_a_newer_one_re
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(migrations("reshard.control.migrations")[0].sql)  # what reshard created before versions
         conn.execute("INSERT INTO reshard.shard_maps (epoch, body, digest) VALUES (1, '{}', 'd1')")
+        conn.execute("INSERT INTO reshard.migrations (name, from_epoch, to_epoch, state, moves) "
+                     "VALUES ('old', 1, 1, 'cut_over', '[]')")
     with ControlStore(dsn).connect() as conn:
         pass
     with psycopg.connect(dsn, autocommit=True) as conn:
-        assert _versions(conn) == [("control", 1, "base")]
+        assert _versions(conn) == [("control", 1, "base"), ("control", 2, "lifecycle")]
         assert conn.execute("SELECT digest FROM reshard.shard_maps").fetchall() == [("d1",)]
+        # the lifecycle's names: a migration cut over before them is baking now
+        assert conn.execute("SELECT state FROM reshard.migrations").fetchall() == [("baking",)]
         conn.execute("INSERT INTO reshard.schema_version (scope, version, name) VALUES ('control', 99, 'future')")
-    with pytest.raises(SetupError, match="control schema at version 99, newer than this reshard knows .1.") as err:
+    with pytest.raises(SetupError, match="control schema at version 99, newer than this reshard knows .2.") as err:
         ControlStore(dsn).connect()
     assert err.value.exit_code == ExitCode.BAD_INPUT
 

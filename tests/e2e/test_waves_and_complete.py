@@ -44,7 +44,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
             assert "source1" in owners and owners & {"target1", "target2"}  # half-way: some moved, some not
             rest = cutover(env.config, co.store, name, SwitchOptions())
             assert rest.outcome == DONE and rest.wave == 2, rest.message
-            assert co.store.migration(name).state == states.CUT_OVER
+            assert co.store.migration(name).state == states.BAKING
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
@@ -60,7 +60,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
     assert done.returncode == 0, done.stderr
     deleted = json.loads(done.stdout)["deleted_rows"]
     assert deleted > 1000
-    assert co.store.migration(name).state == states.COMPLETED
+    assert co.store.migration(name).state == states.COMPLETE
     with env.conn("source1") as conn:
         left = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
     assert left == on_source_before - deleted
@@ -117,7 +117,7 @@ def test_scheduled_cutover_interface(env, tmp_path):
         assert real.returncode == 0, real.stdout + real.stderr
         result = json.loads(real.stdout)
         assert result["outcome"] == "done" and result["pause_ms"] < 2000
-    assert co.store.migration(name).state == states.CUT_OVER
+    assert co.store.migration(name).state == states.BAKING
 
 
 def test_abort_before_cutover_asks_first_and_leaves_the_sources_as_they_were(env, tmp_path):
