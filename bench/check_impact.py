@@ -30,28 +30,37 @@ from bench.copy_throughput import CLUSTERS, setup  # noqa: E402
 
 DB = "bench_check"
 NAME = "benchcheck"
+WARMUP_S = 4.0
 
 
 def cli(cfg: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off", *args]
 
 
-def phase(config, cfg: Path, kind: str, rate: float, seconds: float) -> dict:
+def phase(config, cfg: Path, kind: str, rate: float, seconds: float, checker_args: list[str]) -> dict:
+    """pgbench for ``seconds``; in the checker phase, while the checker runs. The checker is
+    started WARMUP_S before pgbench, so its process start (the interpreter, imports, the
+    control schema check) is not charged to it: it is the steady cost that is measured."""
     logs = Path(tempfile.mkdtemp(prefix=f"reshard-check-impact-{kind}-"))
+    checker = None
+    if kind == "checker":
+        checker = subprocess.Popen(cli(cfg, "verify", NAME, "--continuous", *checker_args, "--json"),
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        started = time.monotonic()
+        time.sleep(WARMUP_S)
     load = PgbenchLoad(config.cluster("source1").dsn, rate, logs)
     load.start()
-    out: dict = {}
-    if kind == "baseline":
-        time.sleep(seconds)
-    else:
-        proc = subprocess.run(cli(cfg, "verify", NAME, "--continuous", "--duration", str(seconds), "--json"),
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"verify --continuous failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-        doc = json.loads(proc.stdout)
-        rows = sum(p["rows"] for p in doc["passes"])
-        out.update(rows_checked=rows, rows_per_s=round(rows / seconds))
+    time.sleep(seconds)
     lat = load.stop()
+    out: dict = {}
+    if checker is not None:
+        checker.send_signal(signal.SIGTERM)  # it stops after its chunk and reports
+        stdout, stderr = checker.communicate(timeout=120)
+        ran = time.monotonic() - started
+        if checker.returncode != 0:
+            raise SystemExit(f"verify --continuous failed ({checker.returncode}):\n{stderr[-2000:]}")
+        rows = sum(p["rows"] for p in json.loads(stdout)["passes"])
+        out.update(rows_checked=rows, rows_per_s=round(rows / ran))
     out.update(transactions=len(lat), p50_ms=percentile(lat, 50), p99_ms=percentile(lat, 99))
     return out
 
@@ -62,8 +71,13 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=200.0, help="pgbench transactions/s on the source")
     ap.add_argument("--seconds", type=float, default=20.0, help="length of each phase")
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--chunk-rows", type=int, default=None, help="the checker's --chunk-rows (default: its own)")
+    ap.add_argument("--max-rows-per-second", type=float, default=None,
+                    help="the checker's --max-rows-per-second (default: its own)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    checker_args = ([f"--chunk-rows={args.chunk_rows}"] if args.chunk_rows else []) + \
+        ([f"--max-rows-per-second={args.max_rows_per_second}"] if args.max_rows_per_second else [])
 
     config, cfg, maps, _co, _before, _after = setup(DB, NAME, args.rows, CLUSTERS)
     subprocess.run(["pgbench", "-i", "-q", "-s", "4", config.cluster("source1").dsn], check=True, capture_output=True)
@@ -77,7 +91,7 @@ def main() -> None:
             kinds = ["baseline", "checker"] if r % 2 == 0 else ["checker", "baseline"]
             row: dict = {"round": r + 1}
             for kind in kinds:
-                row[kind] = phase(config, cfg, kind, args.rate, args.seconds)
+                row[kind] = phase(config, cfg, kind, args.rate, args.seconds, checker_args)
             row["load"] = load_average()
             rounds.append(row)
             print(f"round {r + 1}: baseline p99 {row['baseline']['p99_ms']} ms; checker p99 "
@@ -88,6 +102,7 @@ def main() -> None:
         applier.wait(timeout=60)
 
     doc = {"benchmark": "check_impact", "version": 1, "rows": args.rows, "pgbench_rate": args.rate,
+           "checker_args": checker_args,
            "seconds": args.seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "all": rounds}
     for kind in ("baseline", "checker"):
         doc[kind] = {k: median([x[kind][k] for x in rounds]) for k in ("p50_ms", "p99_ms")}
@@ -98,7 +113,7 @@ def main() -> None:
         print(json.dumps(doc, indent=2))
         return
     print(f"source pgbench at {args.rate:g} tx/s, {args.seconds:g} s phases, medians of {args.rounds} alternating "
-          f"rounds ({os.cpu_count()} CPUs), {args.rows:,} moving rows")
+          f"rounds ({os.cpu_count()} CPUs), {args.rows:,} moving rows, checker {' '.join(checker_args) or 'defaults'}")
     b, c = doc["baseline"], doc["checker"]
     print(f"  no checker                 p50 {b['p50_ms']:>7.2f} ms  p99 {b['p99_ms']:>7.2f} ms")
     print(f"  verify --continuous        p50 {c['p50_ms']:>7.2f} ms  p99 {c['p99_ms']:>7.2f} ms  "

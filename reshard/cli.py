@@ -812,9 +812,9 @@ def report(ctx: Ctx, name: str, out_path: str | None) -> None:
               help="Keep checking while the migration streams or bakes: walk the key space in primary-key chunks, "
                    "throttled, settle differing chunks under row locks after catch-up, report divergence as "
                    "events and in status; runs until SIGTERM/SIGINT, --passes or --duration.")
-@click.option("--chunk-rows", type=click.IntRange(min=10), default=5000, show_default=True,
-              help="--continuous: rows per chunk.")
-@click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=20000.0, show_default=True,
+@click.option("--chunk-rows", type=click.IntRange(min=10), default=200, show_default=True,
+              help="--continuous: rows per chunk (each chunk is one short burst of reads on both sides).")
+@click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=2000.0, show_default=True,
               help="--continuous: rows compared per second at most (both sides read them).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, help="--continuous: stop after this many passes.")
 @click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",

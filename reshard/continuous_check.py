@@ -31,10 +31,12 @@ from reshard.control.store import connect
 from reshard.errors import MigrationError
 from reshard.planner import Move, Plan
 from reshard.shardmap import qualified
-from reshard.verify import SESSION, TableCheck, check_move, recheck
+from reshard.verify import SESSION, TableCheck, compare, recheck
 
-DEFAULT_CHUNK_ROWS = 5000
-DEFAULT_MAX_ROWS_PER_SECOND = 20000.0
+# small chunks at a modest rate: each chunk is a short burst of work on the source, and
+# bursts, not the rows per second, are what the application's p99 feels (bench/check_impact.py)
+DEFAULT_CHUNK_ROWS = 200
+DEFAULT_MAX_ROWS_PER_SECOND = 2000.0
 
 
 @dataclass
@@ -164,22 +166,28 @@ class ContinuousChecker:
         return result
 
     def _walk(self, p: Plan, move: Move, table: str, result: PassResult, deadline: float | None) -> bool:
-        """Check one (move, table) chunk by chunk; False when told to stop."""
+        """Check one (move, table) chunk by chunk; False when told to stop. One session per
+        side for the whole walk (a connection per chunk would cost the source more than the
+        reads), each chunk in a short transaction of its own (no snapshot held between)."""
         pred = p.predicate_sql(move, table, alias="t")
         active = self.co.store.active()
-        with connect(self.co.config.cluster(move.source).dsn, f"source cluster {move.source}",
-                     autocommit=True) as src:
-            src.execute(SESSION)
+        config = self.co.config
+        with connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as walker, \
+                connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as src, \
+                connect(config.cluster(move.target).dsn, f"target cluster {move.target}", autocommit=True) as tgt:
+            for c in (walker, src, tgt):
+                c.execute(SESSION)
             info = require_table(src, table, move.source)
-            for lower, upper in chunk_bounds(src, table, info, pred, self.chunk_rows):
+            for lower, upper in chunk_bounds(walker, table, info, pred, self.chunk_rows):
                 if self.stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                     return False
                 t0 = time.monotonic()
-                check: TableCheck = check_move(self.co.config, p, move, table, self.max_diffs,
-                                               within=within(src, info, lower, upper))
+                with src.transaction(), tgt.transaction():  # the keyed comparison's cursors need one
+                    check: TableCheck = compare(src, tgt, p, move, table, info, self.max_diffs,
+                                                within=within(src, info, lower, upper))
                 if check.candidates:
                     result.rechecked_chunks += 1
-                    recheck(self.co.config, p, check, lambda: self.co.wait(self.migration, timeout=60), 3,
+                    recheck(config, p, check, lambda: self.co.wait(self.migration, timeout=60), 3,
                             self.max_diffs, active[1] if active else None)
                 for d in check.differences:
                     m = Mismatch(move.id, table, d["key"], d["problem"])

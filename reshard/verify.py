@@ -182,35 +182,39 @@ def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], wr
     return definite, doubtful, []
 
 
-def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int = 20, within: str | None = None
-               ) -> TableCheck:
-    """One (move, table): counts and checksums, and the differing keys when they differ.
-    ``within`` narrows it to part of the key space (a continuous check's chunk); the
-    misplaced-row count is then skipped (it reads the whole target table)."""
-    pred = p.predicate_sql(move, table, alias="t") + (f" AND {within}" if within else "")
-    group = p.new.groups[move.group]
+def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int = 20) -> TableCheck:
+    """One (move, table): counts and checksums, and the differing keys when they differ."""
     with connect(config.cluster(move.source).dsn, f"source cluster {move.source}") as src, \
             connect(config.cluster(move.target).dsn, f"target cluster {move.target}") as tgt:
         for c in (src, tgt):
             c.execute(SESSION)
-        info = require_table(src, table, move.source)
-        columns = [c.name for c in info.copyable]
-        s_rows, s_sum = _summary(src, table, columns, pred)
-        t_rows, t_sum = _summary(tgt, table, columns, pred)
-        misplaced = 0 if within else tgt.execute(
-            f"SELECT count(*) FROM {qualified(table)} t WHERE NOT {group.predicate_sql(table, move.target, 't')}"
-        ).fetchone()[0]
-        check = TableCheck(move.id, table, move.source, move.target, s_rows, t_rows, s_sum, t_sum, int(misplaced))
-        if (s_rows, s_sum) != (t_rows, t_sum):
-            pk = list(info.pk)
-            pk_types = [info.column(c).base_type for c in pk]
-            found = _diff(_keyed(src, table, pk, pk_types, columns, pred),
-                          _keyed(tgt, table, pk, pk_types, columns, pred), MAX_CANDIDATES + 1, move.target)
-            check.differences = _describe(found, max_diffs)
-            check.candidates = [k for k, _problem in found]
-            check.keys_compared = True
-        check.info = info
-        return check
+        return compare(src, tgt, p, move, table, require_table(src, table, move.source), max_diffs)
+
+
+def compare(src: psycopg.Connection[Any], tgt: psycopg.Connection[Any], p: Plan, move: Move, table: str,
+            info: Any, max_diffs: int = 20, within: str | None = None) -> TableCheck:
+    """check_move on sessions the caller holds (SESSION settings applied). ``within``
+    narrows it to part of the key space (a continuous check's chunk); the misplaced-row
+    count is then skipped (it reads the whole target table)."""
+    pred = p.predicate_sql(move, table, alias="t") + (f" AND {within}" if within else "")
+    group = p.new.groups[move.group]
+    columns = [c.name for c in info.copyable]
+    s_rows, s_sum = _summary(src, table, columns, pred)
+    t_rows, t_sum = _summary(tgt, table, columns, pred)
+    misplaced = 0 if within else tgt.execute(
+        f"SELECT count(*) FROM {qualified(table)} t WHERE NOT {group.predicate_sql(table, move.target, 't')}"
+    ).fetchone()[0]
+    check = TableCheck(move.id, table, move.source, move.target, s_rows, t_rows, s_sum, t_sum, int(misplaced))
+    if (s_rows, s_sum) != (t_rows, t_sum):
+        pk = list(info.pk)
+        pk_types = [info.column(c).base_type for c in pk]
+        found = _diff(_keyed(src, table, pk, pk_types, columns, pred),
+                      _keyed(tgt, table, pk, pk_types, columns, pred), MAX_CANDIDATES + 1, move.target)
+        check.differences = _describe(found, max_diffs)
+        check.candidates = [k for k, _problem in found]
+        check.keys_compared = True
+    check.info = info
+    return check
 
 
 def recheck(config: Config, p: Plan, check: TableCheck, catch_up: Callable[[], object], rounds: int,
