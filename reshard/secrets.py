@@ -23,7 +23,7 @@ def is_reference(value: str) -> bool:
     return bool(REFERENCE.match(value))
 
 
-def _properties(path: Path) -> dict[str, str]:
+def read_properties(path: Path) -> dict[str, str]:
     """The key=value (or key: value) lines of a Java properties file; no continuation lines."""
     out: dict[str, str] = {}
     for line in path.read_text().splitlines():
@@ -50,7 +50,7 @@ def resolve(value: str, where: str) -> str:
     if not sep or not path:
         raise ConfigError(f"{where}: a file reference is ${{file:/path:key}}, got {value!r}")
     try:
-        props = _properties(Path(path))
+        props = read_properties(Path(path))
     except OSError as exc:
         raise ConfigError(f"{where}: cannot read {path}: {exc.strerror}") from None
     if key not in props:

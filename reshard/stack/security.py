@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reshard.errors import StackError
+from reshard.secrets import read_properties
 
 KAFKA_USER = "reshard"
 CONNECT_USER = "reshard"
@@ -37,10 +38,6 @@ def _write_secret(path: Path, text: str) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
         f.write(text)
-
-
-def _properties(path: Path) -> dict[str, str]:
-    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ class Security:
         return self.secrets / "pgpass"
 
     def password(self, of: str) -> str:
-        return _properties(self.passwords_file)[of]
+        return read_properties(self.passwords_file)[of]
 
     def reference(self, of: str) -> str:
         return f"${{file:{self.passwords_file}:{of}}}"
