@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -159,7 +160,10 @@ def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: flo
     ends = admin.end_offsets(topics)
     said = time.monotonic()
     while True:
-        done = admin.committed(group, topics)
+        try:  # a slow answer must not carry the caller past its deadline (the write pause)
+            done = admin.committed(group, topics, timeout=max(0.05, deadline - time.monotonic()))
+        except FutureTimeout:
+            raise WaitTimeout(f"Kafka did not say the group {group}'s offsets before the deadline") from None
         behind = {tp: end for tp, end in ends.items() if done.get(tp, 0) < end}
         if not behind:
             return ends

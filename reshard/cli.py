@@ -805,6 +805,49 @@ def report(ctx: Ctx, name: str, out_path: str | None) -> None:
                  f"{done['from'][:19]} to {done['to'][:19]})")
 
 
+def _fraction_per_table(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, float]:
+    out = {}
+    for v in values:
+        table, sep, frac = v.rpartition("=")
+        try:
+            out[table] = float(frac)
+        except ValueError:
+            sep = ""
+        if not sep or not table:
+            raise click.BadParameter(f"{v!r}: write TABLE=FRACTION, e.g. public.accounts=0.05")
+    return out
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--sample", type=click.FloatRange(0, 1), default=0.01, show_default=True,
+              help="Fraction of the routers' reads of moving keys to repeat on the new owner.")
+@click.option("--table", "tables", multiple=True, metavar="TABLE=FRACTION", callback=_fraction_per_table,
+              help="A table's own fraction (repeatable), e.g. public.accounts=0.05.")
+@click.option("--off", is_flag=True, help="Stop shadow reads (the migration goes back to streaming).")
+@json_option
+@click.pass_obj
+def shadow(ctx: Ctx, name: str, sample: float, tables: dict[str, float], off: bool) -> None:
+    """Shadow reads: routers repeat a sample of reads on the new owners and compare.
+
+    Sets the migration's shadow sample in the control database; every Router made with
+    Router.from_config picks it up within seconds, repeats the sampled reads of moving
+    keys on their new owner off the request path, and settles differing results after
+    proving catch-up, so replication lag is not reported as corruption. A confirmed
+    mismatch is an event (shadow.mismatch) and a failed verification: the cutover gate
+    refuses until `reshard verify` passes again. The migration is `shadowing` meanwhile.
+    Counts per table: `reshard status` and the exporter's reshard_router_shadow_reads.
+    """
+    from reshard.coordinator import Coordinator
+
+    co = Coordinator.open(ctx.config())
+    done = co.shadow(name, 0.0 if off else sample, {t: 0.0 for t in tables} if off else tables)
+    emit(ctx, {"command": "shadow", "migration": name, **done},
+         lambda: f"{name}: {done['state']}; shadow reads "
+                 + ("off" if done["shadow"] is None else
+                    f"sample {sample:g}" + "".join(f", {t} {f:g}" for t, f in tables.items())))
+
+
 @cli.command()
 @click.argument("name")
 @click.option("--max-diffs", default=20, show_default=True, help="Differing keys to list per table.")

@@ -127,7 +127,7 @@ class ContinuousChecker:
         deadline = time.monotonic() + duration if duration else None
         store = self.co.store
         store.set_state(self.migration, states.VALIDATING, why="verify --continuous started",
-                        only_from=(states.STREAMING, states.ROLLED_BACK))  # while baking it stays baking
+                        only_from=(states.STREAMING, states.SHADOWING, states.ROLLED_BACK))  # while baking it stays baking
         try:
             while not self.stop.is_set() and (passes is None or len(results) < passes):
                 results.append(self.one_pass(len(results) + 1, deadline))

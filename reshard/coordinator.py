@@ -232,6 +232,43 @@ class Coordinator:
         streams, topics = self.streams(name)
         return lag(self.config, name, streams, topics)
 
+    def routers_view(self, tables: list[str], shadow: dict | None) -> dict[str, Any]:
+        """The routers reporting in the last minute: their summed counters, and the shadow
+        reads' outcomes for ``tables`` (reshard/router.py)."""
+        reports = self.store.router_reports(60.0)
+        totals: dict[str, int] = {}
+        per_table: dict[str, dict[str, int]] = {}
+        for r in reports:
+            for k, v in r["counters"].items():
+                totals[k] = totals.get(k, 0) + int(v)
+            for t, counts in r["shadow"].items():
+                if t in tables:
+                    acc = per_table.setdefault(t, {})
+                    for k, v in counts.items():
+                        acc[k] = acc.get(k, 0) + int(v)
+        return {"reporting": len(reports), "counters": totals, "shadow": {"setting": shadow, "tables": per_table}}
+
+    def shadow(self, name: str, sample: float, tables: dict[str, float]) -> dict[str, Any]:
+        """Turn shadow reads on (a fraction of reads, per table if given) or off (all 0):
+        routers pick the setting up within seconds (reshard/router.py)."""
+        rec, p = self.record(name)
+        unknown = sorted(set(tables) - set(p.tables()))
+        if unknown:
+            raise ConfigError(f"--table names table(s) that migration {name} does not move: {', '.join(unknown)} "
+                              f"(it moves {', '.join(p.tables())})")
+        bad = [f for f in (sample, *tables.values()) if not 0.0 <= f <= 1.0]
+        if bad:
+            raise ConfigError(f"a sample is a fraction of reads between 0 and 1, not {bad[0]}")
+        on = sample > 0 or any(f > 0 for f in tables.values())
+        if on and rec.state not in states.SHADOWABLE:
+            raise MigrationError(f"migration {name} is {rec.state}; shadow reads compare the new owners before "
+                                 "their cutover (streaming, after the copy)")
+        setting = {"sample": sample, "tables": tables} if on else None
+        self.store.update_settings(name, shadow=setting)
+        self.store.set_state(name, self.store.settled_state(name), only_from=(states.STREAMING, states.SHADOWING),
+                             why="reshard shadow " + ("on" if on else "off"))
+        return {"shadow": setting, "state": self.store.migration(name).state}
+
     def verify(self, name: str, max_diffs: int = 20, live: bool = True) -> VerifyReport:
         """Compare; while the migration streams (and ``live``), differences that may be in
         flight are re-checked under row locks after proving catch-up."""
@@ -335,6 +372,7 @@ class Coordinator:
         out["verification"] = {"at": last["at"].isoformat(), "equal": bool(last["detail"].get("equal")),
                                "mode": last["detail"].get("mode", "once"),
                                "differences": last["detail"].get("differences") or {}} if last else None
+        out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
         out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
         out["unreachable"] = unreachable
         return out

@@ -101,6 +101,7 @@ class MigrationCollector(Collector):
             self._part(f"control:{name}", lambda name=name: self._control(f, name))
             self._part(f"streams:{name}", lambda name=name: self._streams(f, name))
         self._part("fences", lambda: self._fences(f))
+        self._part("routers", lambda: self._routers(f))
         with self._lock:
             self._latest = list(f.by_name.values())
         REFRESH_SECONDS.set(time.monotonic() - t0)
@@ -185,6 +186,23 @@ class MigrationCollector(Collector):
                     ["migration"]).add_metric([name], float(d["rows"]))
             f.gauge("reshard_continuous_check_timestamp_seconds", "When the last continuous-check pass ended",
                     ["migration"]).add_metric([name], _ts(checked["at"]))
+
+    def _routers(self, f: Families) -> None:
+        """Routers that reported in the last minute (reshard/router.py): counters per router,
+        shadow-read outcomes per table summed over them."""
+        ops = f.counter("reshard_router_operations", "A router's operations by kind: reads, writes, errors, "
+                        "fence_rejections, hedged, hedge_won", ["router", "kind"])
+        shadow: dict[tuple[str, str], int] = {}
+        for r in self.co.store.router_reports(60.0):
+            for kind, v in r["counters"].items():
+                ops.add_metric([r["router"], kind], float(v))
+            for table, counts in r["shadow"].items():
+                for outcome, v in counts.items():
+                    shadow[(table, outcome)] = shadow.get((table, outcome), 0) + int(v)
+        reads = f.counter("reshard_router_shadow_reads", "Shadow reads by outcome (sampled, matched, differed, lag, "
+                          "mismatches, dropped, errors), summed over the routers reporting", ["table", "outcome"])
+        for (table, outcome), v in sorted(shadow.items()):
+            reads.add_metric([table, outcome], float(v))
 
     def _streams(self, f: Families, name: str) -> None:
         streams, topics = self.co.streams(name)

@@ -123,14 +123,15 @@ class KafkaAdmin:
         return out
 
     @_reachable
-    def committed(self, group: str, topics: Iterable[str]) -> dict[tuple[str, int], int]:
-        """The group's committed offset per partition (0 where it committed nothing)."""
+    def committed(self, group: str, topics: Iterable[str], timeout: float | None = None) -> dict[tuple[str, int], int]:
+        """The group's committed offset per partition (0 where it committed nothing).
+        ``timeout`` bounds the wait for Kafka's answer (concurrent.futures.TimeoutError)."""
         parts = self.topics()
         tps = [TopicPartition(t, p) for t in topics for p in range(parts.get(t, 0))]
         if not tps:
             return {}
         fut = self.admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group, tps)])[group]
-        result = fut.result()
+        result = fut.result(timeout=timeout)
         return {(tp.topic, tp.partition): max(tp.offset, 0) for tp in result.topic_partitions}
 
     def partition_lag(self, group: str, topics: list[str]) -> dict[tuple[str, int], int]:

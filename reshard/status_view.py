@@ -110,6 +110,19 @@ def human(d: dict, r: Rates | None = None) -> str:
     if v:
         lines.append(f"  last verification ({v['mode']}, {v['at'][:19]}): "
                      + ("equal" if v["equal"] else f"DIVERGENT {v['differences']}"))
+    rt = d.get("routers") or {}
+    if rt.get("reporting"):
+        c = rt["counters"]
+        lines.append(f"  routers: {rt['reporting']} reporting, {c.get('reads', 0):,} reads, {c.get('writes', 0):,} "
+                     f"writes, {c.get('errors', 0):,} errors, {c.get('fence_rejections', 0):,} fence rejections")
+    sh = rt.get("shadow") or {}
+    if sh.get("setting") or sh.get("tables"):
+        lines.append(f"  shadow reads: sample {sh['setting']['sample']:g}" if sh.get("setting") else
+                     "  shadow reads: off")
+        for t, n in sorted((sh.get("tables") or {}).items()):
+            lines.append(f"    {t}: {n.get('sampled', 0):,} compared, {n.get('matched', 0):,} matched, "
+                         f"{n.get('lag', 0):,} settled as lag, {n.get('mismatches', 0):,} MISMATCHED"
+                         + (f", {n['dropped']:,} dropped" if n.get("dropped") else ""))
     live = [w for w in d["workers"] if w.get("live")]
     lag = d.get("lag") or {}
     seconds = [v for w in live for v in ((w["stats"].get("lag_seconds") or {}).values())]

@@ -4,10 +4,12 @@ TRANSITIONS under a row lock (two processes can never both believe they moved a
 migration forward) and records it with who made it and why.
 
     planned -> building -> streaming                       (start)
-    streaming <-> validating                               (verify --continuous runs)
-    streaming | validating | rolled_back -> switching      (a cutover attempt)
+    streaming <-> shadowing                                (reshard shadow: routers sample reads)
+    streaming | shadowing <-> validating                   (verify --continuous runs)
+    streaming | shadowing | validating | rolled_back
+        -> switching                                       (a cutover attempt)
     switching -> baking                                    (the last wave cut over)
-    switching -> streaming                                 (a canary wave, or backed out)
+    switching -> streaming | shadowing                     (a canary wave, or backed out)
     baking -> switching -> rolled_back                     (rollback)
     baking -> finalizing -> complete                       (complete)
     any state before a cutover -> aborted                  (abort)
@@ -18,6 +20,7 @@ from __future__ import annotations
 PLANNED = "planned"          # maps and moves recorded, nothing created on any cluster
 BUILDING = "building"        # slots exist; the snapshot copy runs or can resume
 STREAMING = "streaming"      # copy done; changes stream forward (canary waves may be cut over)
+SHADOWING = "shadowing"      # streaming, and routers send a sample of reads to the new owners too
 VALIDATING = "validating"    # a continuous consistency check runs (verify --continuous)
 SWITCHING = "switching"      # a cutover or rollback attempt runs (fence, drain, flip)
 BAKING = "baking"            # every wave cut over; reverse replication keeps rollback possible
@@ -29,11 +32,12 @@ ABORTED = "aborted"          # stopped before cutover; what it created was dropp
 TRANSITIONS: dict[str, set[str]] = {
     PLANNED: {BUILDING, ABORTED},
     BUILDING: {STREAMING, ABORTED},
-    STREAMING: {VALIDATING, SWITCHING, ABORTED},
-    VALIDATING: {STREAMING, ROLLED_BACK, SWITCHING, ABORTED},
-    SWITCHING: {STREAMING, BAKING, ROLLED_BACK},  # where the attempt (or its back-out) leaves it
+    STREAMING: {SHADOWING, VALIDATING, SWITCHING, ABORTED},
+    SHADOWING: {STREAMING, VALIDATING, SWITCHING, ABORTED},
+    VALIDATING: {STREAMING, SHADOWING, ROLLED_BACK, SWITCHING, ABORTED},
+    SWITCHING: {STREAMING, SHADOWING, BAKING, ROLLED_BACK},  # where the attempt (or its back-out) leaves it
     BAKING: {SWITCHING, FINALIZING},
-    ROLLED_BACK: {VALIDATING, SWITCHING, ABORTED},
+    ROLLED_BACK: {SHADOWING, VALIDATING, SWITCHING, ABORTED},
     FINALIZING: {COMPLETE},
     COMPLETE: set(),
     ABORTED: set(),
@@ -41,11 +45,13 @@ TRANSITIONS: dict[str, set[str]] = {
 
 ALL = tuple(TRANSITIONS)
 # may still create, copy or stream rows
-LIVE = (PLANNED, BUILDING, STREAMING, VALIDATING, SWITCHING, BAKING, ROLLED_BACK, FINALIZING)
+LIVE = (PLANNED, BUILDING, STREAMING, SHADOWING, VALIDATING, SWITCHING, BAKING, ROLLED_BACK, FINALIZING)
 # changes stream (forward, and after a cutover in reverse): catch-up, verify and the applier work
-FLOWING = (STREAMING, VALIDATING, SWITCHING, BAKING, ROLLED_BACK)
+FLOWING = (STREAMING, SHADOWING, VALIDATING, SWITCHING, BAKING, ROLLED_BACK)
 # a cutover may start from these
-SWITCHABLE = (STREAMING, VALIDATING, ROLLED_BACK)
+SWITCHABLE = (STREAMING, SHADOWING, VALIDATING, ROLLED_BACK)
+# shadow reads run in these (before the keys' cutover; after it, hedged reads may go back)
+SHADOWABLE = (STREAMING, SHADOWING, VALIDATING, ROLLED_BACK)
 
 
 def can_move(current: str, new: str) -> bool:

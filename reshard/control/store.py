@@ -429,6 +429,27 @@ class ControlStore:
                 (migration,),
             ).fetchall()
 
+    # ---- routers ------------------------------------------------------------------------
+    def report_router(self, router: str, epoch: int, started_at: datetime, counters: dict,
+                      shadow: dict) -> None:
+        """A router's cumulative counters (reshard/router.py); old reports are pruned."""
+        host, pid = router.split(":")[:2]
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.router_reports (router, host, pid, epoch, started_at, counters, shadow) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (router) DO UPDATE SET at = now(), "
+                "epoch = EXCLUDED.epoch, counters = EXCLUDED.counters, shadow = EXCLUDED.shadow",
+                (router, host, int(pid), epoch, started_at, Jsonb(counters), Jsonb(shadow)))
+            conn.execute("DELETE FROM reshard.router_reports WHERE at < now() - interval '1 day'")
+
+    def router_reports(self, within_s: float = 60.0) -> list[dict]:
+        """Routers that reported in the last ``within_s`` seconds, with their counters."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT router, host, pid, epoch, started_at, at, counters, shadow, "
+                "extract(epoch FROM now() - at) AS age_s FROM reshard.router_reports "
+                "WHERE at > now() - make_interval(secs => %s) ORDER BY router", (within_s,)).fetchall()
+
     # ---- reverse streams, waves, cutover attempts ----------------------------------------
     def reverse_streams(self, migration: str) -> list[dict]:
         with self.connect() as conn:
@@ -480,16 +501,17 @@ class ControlStore:
     def settled_state(self, migration: str) -> str:
         """Where the migration rests when nothing runs on it, from its waves and the routing
         map: baking once routing is its target map, rolled_back after a rollback, else
-        streaming (also with canary waves cut)."""
+        streaming (also with canary waves cut), or shadowing while shadow reads are on."""
         rec = self.migration(migration)
+        streaming = states.SHADOWING if rec.settings.get("shadow") else states.STREAMING
         waves = self.waves(migration)
         if any(w["state"] == "cut" for w in waves):
             active = self.active()
             final = self.get_map(rec.to_epoch)
-            return states.BAKING if active is not None and active[1].digest() == final.digest() else states.STREAMING
+            return states.BAKING if active is not None and active[1].digest() == final.digest() else streaming
         if any(w["state"] == "rolled_back" for w in waves):
             return states.ROLLED_BACK
-        return states.STREAMING
+        return streaming
 
     def roll_back_waves(self, conn: psycopg.Connection[Any], migration: str) -> None:
         """Every cut wave is rolled back (in the caller's transaction: the activation's)."""

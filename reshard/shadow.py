@@ -1,0 +1,223 @@
+"""Shadow reads: a sample of the application's reads, repeated on the key's new owner
+and compared with the authoritative answer, off the request path.
+
+While a migration is ``shadowing`` (``reshard shadow NAME --sample 0.01``), a
+``Router.read`` of a moving key hands (table, key, read function, the owner's result)
+to this module's queue and returns at once; the application never waits on the
+shadow. One background thread runs the read function on the new owner and compares.
+
+Replication lag is not corruption. A result that differs is only a *candidate*: the
+candidates are confirmed in batches the way ``reshard verify`` settles a live load's
+candidates (reshard/verify.py): the key's rows are compared on both sides, and rows that
+still differ are locked FOR SHARE where they are written, catch-up is proven to a
+position taken under those locks, and only rows that differ then are a mismatch. A
+confirmed mismatch is recorded (event ``shadow.mismatch`` and a failed verification,
+so the cutover gate refuses until a verify passes again); the others count as lag.
+
+A full queue drops the sample (counted), never blocks the application.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from reshard.catalog import require_table
+from reshard.config import Config
+from reshard.control.store import ControlStore, connect
+from reshard.planner import Move, Plan
+from reshard.verify import SESSION, compare, recheck
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 1000
+CONFIRM_EVERY_S = 1.0   # candidates are confirmed in batches, at most this often
+MAX_BATCH_KEYS = 200    # keys per (move, table) per confirmation
+OUTCOMES = ("sampled", "matched", "differed", "lag", "mismatches", "dropped", "errors")
+
+
+@dataclass(frozen=True)
+class Shadowed:
+    """A moving key of a shadowing migration: where its reads go and where they are repeated."""
+    migration: str
+    plan: Plan
+    move: Move   # from the key's owner (the move's source) to its new owner (its target)
+
+
+@dataclass
+class _Job:
+    target: Shadowed
+    table: str
+    key: tuple
+    read: Callable[[psycopg.Connection[Any]], Any]
+    result: Any
+
+
+@dataclass
+class ShadowStats:
+    """Per-table outcome counters: sampled = matched + differed (+ errors);
+    differed settles into lag or mismatches."""
+    tables: dict[str, dict[str, int]] = field(default_factory=lambda: defaultdict(lambda: dict.fromkeys(OUTCOMES, 0)))
+
+    def add(self, table: str, outcome: str, n: int = 1) -> None:
+        self.tables[table][outcome] += n
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        return {t: dict(c) for t, c in self.tables.items()}
+
+
+def key_condition(conn: psycopg.Connection[Any], plan: Plan, move: Move, table: str,
+                  keys: list[tuple]) -> str:
+    """SQL true for the rows of ``table`` whose shard key is one of ``keys``."""
+    cols = plan.new.groups[move.group].key_columns(table)
+    one = [sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("t", c), sql.Literal(v))
+                                 for c, v in zip(cols, k, strict=True)) for k in keys]
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in one)).as_string(conn)
+
+
+class ShadowReader:
+    """The background half of shadow reads: a bounded queue and one thread."""
+
+    def __init__(self, config: Config, store: ControlStore,
+                 connection: Callable[[str], psycopg.Connection[Any]]):
+        self.config = config
+        self.store = store
+        self.connection = connection  # the router's per-thread connections (this thread's)
+        self.stats = ShadowStats()
+        self._lock = threading.Lock()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
+        self._pending: dict[tuple[str, Move, str], set[tuple]] = defaultdict(set)
+        self._plans: dict[tuple[str, Move, str], Plan] = {}
+        self._thread = threading.Thread(target=self._run, name="reshard-shadow", daemon=True)
+        self._coordinator: Any = None
+        self._thread.start()
+
+    def submit(self, target: Shadowed, table: str, key: tuple, read: Callable[[psycopg.Connection[Any]], Any],
+               result: Any) -> None:
+        try:
+            self._queue.put_nowait(_Job(target, table, key, read, result))
+        except queue.Full:
+            self._count(table, "dropped")
+
+    def _count(self, table: str, outcome: str, n: int = 1) -> None:
+        with self._lock:
+            self.stats.add(table, outcome, n)
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        with self._lock:
+            return self.stats.snapshot()
+
+    def drain(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued read is compared and every candidate settled (tests, shutdown)."""
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if self._queue.unfinished_tasks == 0 and not self._pending:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    # ---- the background thread ---------------------------------------------------------
+    def _run(self) -> None:
+        last_confirm = time.monotonic()
+        while True:
+            try:
+                job = self._queue.get(timeout=CONFIRM_EVERY_S)
+            except queue.Empty:
+                job = None
+                if self._pending:
+                    self._confirm()
+                    last_confirm = time.monotonic()
+                continue
+            if job is None:
+                self._queue.task_done()
+                return
+            try:
+                self._compare(job)
+            finally:
+                self._queue.task_done()
+            if self._pending and time.monotonic() - last_confirm >= CONFIRM_EVERY_S:
+                self._confirm()
+                last_confirm = time.monotonic()
+
+    def _compare(self, job: _Job) -> None:
+        self._count(job.table, "sampled")
+        try:
+            conn = self.connection(job.target.move.target)
+            with conn.transaction():
+                shadow = job.read(conn)
+        except psycopg.Error as exc:
+            self._count(job.table, "errors")
+            log.warning("shadow read of %s key %s on %s failed: %s", job.table, list(job.key), job.target.move.target,
+                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+            return
+        if shadow == job.result:
+            self._count(job.table, "matched")
+            return
+        self._count(job.table, "differed")
+        unit = (job.target.migration, job.target.move, job.table)
+        self._plans[unit] = job.target.plan
+        self._pending[unit].add(job.key)
+
+    def _confirm(self) -> None:
+        """Settle the candidates: lag, or a mismatch proven under row locks after catch-up."""
+        units, self._pending = self._pending, defaultdict(set)
+        for (migration, move, table), keys in units.items():
+            batch = sorted(keys, key=repr)[:MAX_BATCH_KEYS]
+            try:
+                confirmed = self._confirm_unit(migration, self._plans[(migration, move, table)], move, table, batch)
+            except Exception as exc:  # a confirmation that cannot run now is retried with the next batch
+                log.warning("shadow reads: could not confirm %d candidate(s) of %s on %s: %s", len(batch), table,
+                            move.target, exc)
+                self._pending[(migration, move, table)].update(keys)
+                continue
+            self._count(table, "mismatches", len(confirmed))
+            self._count(table, "lag", len(batch) - len({tuple(d["shard_key"]) for d in confirmed}))
+            if len(keys) > len(batch):  # the rest waits for the next round
+                self._pending[(migration, move, table)].update(set(keys) - set(batch))
+            for d in confirmed:
+                self.store.record_event(migration, "shadow.mismatch", move=move.id, table=table, **d)
+                log.error("shadow reads: %s key %s differs between %s and %s: %s", table, d["key"], move.source,
+                          move.target, d["problem"])
+            if confirmed:
+                with self.store.connect() as conn:  # a failed verification: the cutover gate refuses
+                    self.store.audit(conn, migration, "verify", equal=False, mode="shadow",
+                                     differences={f"{move.id}/{table}": confirmed[:10]})
+
+    def _coordinator_for_catch_up(self) -> Any:
+        if self._coordinator is None:
+            from reshard.coordinator import Coordinator  # the catch-up proof lives there
+            self._coordinator = Coordinator.open(self.config)
+        return self._coordinator
+
+    def _confirm_unit(self, migration: str, plan: Plan, move: Move, table: str, keys: list[tuple]) -> list[dict]:
+        cfg = self.config
+        with connect(cfg.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as src, \
+                connect(cfg.cluster(move.target).dsn, f"target cluster {move.target}", autocommit=True) as tgt:
+            for c in (src, tgt):
+                c.execute(SESSION)
+            info = require_table(src, table, move.source)
+            with src.transaction(), tgt.transaction():
+                check = compare(src, tgt, plan, move, table, info, within=key_condition(src, plan, move, table, keys))
+        if not check.candidates:
+            return []
+        co = self._coordinator_for_catch_up()
+        active = self.store.active()
+        recheck(cfg, plan, check, lambda: co.wait(migration, timeout=60), 3, len(keys),
+                active[1] if active else None)
+        key_cols = plan.new.groups[move.group].key_columns(table)
+        positions = [list(info.pk).index(c) for c in key_cols]
+        return [{"key": d["key"], "shard_key": [d["key"][i] for i in positions] if d["key"] else [],
+                 "problem": d["problem"]} for d in check.differences]
