@@ -15,14 +15,33 @@ resuming them: no change travels through Kafka twice while the migration streams
 
 from __future__ import annotations
 
+import time
+
 from reshard.cdc_applier.connector import ensure_connector
 
 from reshard import shard_schema
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
+from reshard.errors import WaitTimeout
 from reshard.replication import advance_slot, create_slot, ensure_publication
 from reshard.streams import Stream, reverse
+
+
+def _wait_streaming(config: Config, cluster: str, slot: str, timeout: float) -> None:
+    """Connect calls a task RUNNING before Debezium opened its replication stream; the
+    slot turns active when it has. Until then the task's start-up still competes with the
+    forward stream for the worker, which the drain inside the write pause waits on."""
+    deadline = time.monotonic() + timeout
+    with connect(config.cluster(cluster).dsn, f"target cluster {cluster}", autocommit=True) as conn:
+        while True:
+            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+            if row is not None and row[0]:
+                return
+            if time.monotonic() > deadline:
+                raise WaitTimeout(f"the reverse stream's slot {slot} on {cluster} is not streaming after "
+                                  f"{timeout:.0f}s; is its connector running? (reshard status)")
+            time.sleep(0.1)
 
 
 def prepare(config: Config, store: ControlStore, migration: str, target: str, tables: list[str]) -> dict:
@@ -46,6 +65,7 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
     if target in existing:
         start = existing[target]["start_lsn"]
     topics = ensure_connector(config, stream, tables)
+    _wait_streaming(config, target, stream.slot, timeout=60.0)
     store.record_reverse(migration, target, stream.slot, stream.publication, start, stream.connector, topics,
                          generation)
     return {**out, "start_lsn": start}

@@ -142,6 +142,12 @@ class LiveSteps:
         # above, and a Kafka client that has fetched metadata once
         self.admin = KafkaAdmin(self.config.kafka)
         self.admin.end_offsets(sw.drain_topics()[:1])
+        # the drain waits on Debezium inside the pause: see that it confirms promptly now,
+        # with the new reverse tasks started (their start-up competes for the worker)
+        t = time.monotonic()
+        wait_confirmed(self.config, mark_positions(self.config, sw.migration, sw.drain_streams, self.conns),
+                       t + 60.0, self.conns)
+        out["confirm_probe_ms"] = round((time.monotonic() - t) * 1000, 1)
         return out
 
     def register_map(self) -> int:

@@ -970,6 +970,21 @@ def _switch_human(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
+    """'30m', '90s', '2h' or plain seconds."""
+    if value is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600}
+    text = value.strip().lower()
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
+    except ValueError:
+        seconds = -1.0
+    if seconds <= 0:
+        raise click.BadParameter(f"{value!r}: write a duration such as 30m, 90s or 2h")
+    return seconds
+
+
 def _switch_flags(f: Callable) -> Callable:
     f = click.option("--dry-run", is_flag=True,
                      help="Print the exact steps with today's positions and gate values; change nothing.")(f)
@@ -1002,11 +1017,32 @@ def _switch_flags(f: Callable) -> Callable:
 @click.option("--timezone", default="local", show_default=True, help="Time zone of --window (e.g. UTC).")
 @click.option("--wait-for-gates", default=0.0, show_default=True, metavar="SECONDS",
               help="Wait up to this long (and within --window) for the gates to pass before giving up.")
+@click.option("--bake", "bake_for", default=None, metavar="DURATION", callback=_duration,
+              help="After the last wave, watch rollback triggers this long (e.g. 30m, 90s) and roll back by "
+                   "itself on the first that fires (exit 14); see the Bake section of the README.")
+@click.option("--bake-check", "bake_checks", multiple=True, metavar="COMMAND",
+              help="--bake: a command run at every look; exit 0 is healthy, anything else (or a timeout) rolls back.")
+@click.option("--prometheus", "prometheus_url", default=None, metavar="URL",
+              help="--bake: the Prometheus that --bake-query asks (e.g. http://127.0.0.1:9090).")
+@click.option("--bake-query", "bake_queries", multiple=True, metavar="PROMQL",
+              help="--bake: a PromQL query asked at every look; a non-zero value rolls back.")
+@click.option("--bake-interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True, metavar="SECONDS",
+              help="--bake: seconds between two looks at the triggers.")
+@click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
+              help="--bake: the routers' error rate (errors per operation over 15 s) that rolls back.")
+@click.option("--max-fence-rejections", type=click.IntRange(min=0), default=1000, show_default=True,
+              help="--bake: fence rejections the routers may meet during the bake before it rolls back.")
+@click.option("--max-reverse-lag", type=click.IntRange(min=0), default=100_000, show_default=True,
+              help="--bake: reverse-stream Kafka records not yet applied to the sources that roll back.")
+@click.option("--complete-after-bake", is_flag=True, help="--bake: run `reshard complete` after a clean bake.")
 @json_option
 @click.pass_obj
 def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write_pause: float, lock_timeout: int,
                 dry_run: bool, reconcile_path: str | None, only: str | None, sequence_gap: int, skip_verify_gate: bool, window: str | None,
-                timezone: str, wait_for_gates: float) -> None:
+                timezone: str, wait_for_gates: float, bake_for: float | None, bake_checks: tuple[str, ...],
+                prometheus_url: str | None, bake_queries: tuple[str, ...], bake_interval: float,
+                max_error_rate: float, max_fence_rejections: int, max_reverse_lag: int,
+                complete_after_bake: bool) -> None:
     """Cut migration NAME over: fence, drain, flip routing, start reverse replication.
 
     \b
@@ -1018,12 +1054,32 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
     notified). Reverse replication then keeps `reshard rollback` possible. Past the
     budget it backs out (exit 12): sources accept writes again, routing unchanged.
     Rerunning after a crash finishes or backs out the interrupted attempt first.
+
+    With --bake, after the last wave it keeps watching rollback triggers (the routers'
+    error rate and fence rejections, shadow and continuous-check mismatches, reverse
+    lag, --bake-check commands, --bake-query Prometheus queries) and rolls back by
+    itself on the first that fires (exit 14), within the same write-pause budget; a
+    clean bake exits 0, and --complete-after-bake then completes the migration.
     """
     from reshard.control import ControlStore
-    from reshard.cutover.orchestrator import GATES, Orchestrator, cutover
+    from reshard.cutover.orchestrator import DONE, GATES, Orchestrator, cutover
     from reshard.cutover.schedule import parse_window
     from reshard.cutover.schedule import wait_for_gates as wait_gates
 
+    bake = None
+    if bake_for is not None:
+        if only is not None or dry_run:
+            raise click.UsageError("--bake follows the last wave of a real cutover: not with --only or --dry-run")
+        if bake_queries and not prometheus_url:
+            raise click.UsageError("--bake-query needs --prometheus URL")
+        from reshard.cutover.bake import BakeOptions
+
+        bake = BakeOptions(bake_for, bake_interval, max_error_rate=max_error_rate,
+                           max_fence_rejections=max_fence_rejections, max_reverse_lag=max_reverse_lag,
+                           checks=list(bake_checks), prometheus_url=prometheus_url, queries=list(bake_queries),
+                           complete_after=complete_after_bake)
+    elif complete_after_bake or bake_checks or bake_queries:
+        raise click.UsageError("--complete-after-bake, --bake-check and --bake-query need --bake DURATION")
     config = ctx.config()
     win = parse_window(window, timezone) if window else None
     if win is not None and not win.contains():
@@ -1049,11 +1105,27 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
                      + "; ".join(f"{gt.name}: {gt.detail}" for gt in failed))
                 sys.exit(failed[0].code)
         result = cutover(config, store, name, opts, progress)
+        baked = None
+        if bake is not None and result.outcome == DONE:
+            baked = _bake(config, name, bake, opts, progress)
     finally:
         progress.stop()
-    doc = {"command": "cutover", **result.to_dict()}
-    emit(ctx, doc, lambda: _switch_human(doc))
-    sys.exit(result.exit_code)
+    doc = {"command": "cutover", **result.to_dict(), **({"bake": baked.to_dict()} if baked else {})}
+    emit(ctx, doc, lambda: _switch_human(doc) + (f"\nbake: {baked.message}" if baked else ""))
+    sys.exit(baked.exit_code if baked else result.exit_code)
+
+
+def _bake(config: Config, name: str, bake, opts, progress):
+    import signal
+
+    from reshard.coordinator import Coordinator
+    from reshard.cutover.bake import Baker
+
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    co = Coordinator.open(config, progress)
+    return Baker(co, name, bake, opts, say=progress.step, stop=stop).run()
 
 
 @cli.command("rollback")

@@ -23,6 +23,7 @@ class ExitCode(enum.IntEnum):
     OUTSIDE_WINDOW = 11
     CUTOVER_ABORTED = 12
     RECONCILE_FAILED = 13
+    BAKE_ROLLED_BACK = 14
     GATE_LAG = 20
     GATE_UNVERIFIED = 21
     GATE_REVERSE = 22
@@ -45,6 +46,8 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     "unchanged, writes are accepted where they were, streams keep running",
     ExitCode.RECONCILE_FAILED: "the cutover (or rollback) backed out because a reconciliation check (--reconcile) "
     "disagreed between the sources' moving rows and the targets at the fence; routing is unchanged",
+    ExitCode.BAKE_ROLLED_BACK: "cutover --bake: a rollback trigger fired during the bake and the migration was "
+    "rolled back (the trigger and its evidence are in the output and the events)",
     ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
     ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
     ExitCode.GATE_REVERSE: "gate failed: reverse replication cannot be set up on a target; nothing was fenced",

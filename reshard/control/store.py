@@ -611,6 +611,13 @@ class ControlStore:
             ).fetchall()
         return rows[::-1]
 
+    def events_since(self, migration: str, since: datetime, kinds: tuple[str, ...]) -> list[dict]:
+        """The migration's audit entries of these kinds recorded after ``since``, oldest first."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT at, event, detail FROM reshard.audit_log WHERE migration = %s AND at > %s "
+                "AND event = ANY(%s) ORDER BY id", (migration, since, list(kinds))).fetchall()
+
     def last_verification(self, migration: str) -> dict | None:
         return self.last_event(migration, "verify")
 

@@ -1,0 +1,136 @@
+"""The bake after a cutover, on the real stack: a user check that starts failing, or a
+jump in the routers' error rate, rolls the migration back by itself, and every write
+acknowledged on the targets during the bake is on the sources afterwards; a clean
+bake completes with --complete-after-bake."""
+
+import json
+import subprocess
+import threading
+import time
+
+import psycopg
+from reshard.cutover.bake import BakeOptions, Baker
+from reshard.cutover.orchestrator import SwitchOptions
+
+from reshard.control import states
+from reshard.exit_codes import ExitCode
+from reshard.router import Router
+from tests.e2e.cutover_helpers import CLUSTERS, RouterLoad, assert_acked_on_owners, moving_keys, setup
+from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, wait_for, write_config_file
+
+
+def _events(co, name: str) -> list[str]:
+    return [e["event"] for e in co.store.recent_events(name, 200)]
+
+
+def test_a_failing_user_check_rolls_back_and_the_bakes_writes_are_on_the_sources(env, tmp_path):
+    co, name = setup(env)
+    co.start(name)
+    cfg = write_config_file(env, tmp_path)
+    unhealthy = tmp_path / "unhealthy"
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        load = RouterLoad(env.config, threads=2, rate=200, seed=5).start()
+        try:
+            proc = subprocess.Popen(
+                reshard_cmd(cfg, "cutover", name, "--bake", "120s", "--bake-interval", "1",
+                            "--bake-check", f"test ! -e {unhealthy}", "--json"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            wait_for(lambda: proc.poll() is not None or co.store.migration(name).state == states.BAKING, 90,
+                     "the cutover")
+            if proc.poll() is not None:
+                failed = json.loads(proc.communicate()[0])
+                raise AssertionError(f"the cutover did not cut over: {failed['message']} {failed['steps']}")
+            cut_epoch = co.store.active_epoch()
+            time.sleep(4.0)  # the targets take writes during the bake
+            unhealthy.touch()  # the user's check starts failing
+            out, err = proc.communicate(timeout=120)
+            time.sleep(1.0)  # writes go on, to the sources again
+        finally:
+            stats = load.stop()
+        assert proc.returncode == ExitCode.BAKE_ROLLED_BACK, err[-3000:]
+        doc = json.loads(out)
+        bake = doc["bake"]
+        assert bake["outcome"] == "rolled_back" and bake["trigger"]["name"] == "check", bake
+        assert bake["trigger"]["evidence"]["exit"] == 1
+        assert bake["rollback"]["outcome"] == "done" and bake["rollback"]["pause_ms"] < 2000, bake["rollback"]
+        assert co.store.migration(name).state == states.ROLLED_BACK
+        events = _events(co, name)
+        for kind in ("bake.started", "bake.trigger", "bake.rolled_back"):
+            assert kind in events, kind
+        co.wait(name, timeout=60)
+    assert stats.rejected == 0 and not stats.failed, stats
+    # writes the targets acknowledged during the bake...
+    during = 0
+    for c in CLUSTERS[1:]:
+        with env.conn(c) as conn:
+            during += conn.execute("SELECT count(*) FROM app_writes WHERE epoch = %s", (cut_epoch,)).fetchone()[0]
+    assert during > 100, during
+    # ...and every acknowledged write is on its owner now: the sources
+    assert co.store.active_epoch() != cut_epoch
+    assert assert_acked_on_owners(env, load.acked, co) > 500
+
+
+def test_a_jump_in_the_routers_error_rate_rolls_back(env):
+    co, name = setup(env, rows=2000, audit=False)
+    co.start(name)
+    keys = moving_keys(50)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        assert co.cutover(name).exit_code == ExitCode.OK
+        stop, failing = threading.Event(), threading.Event()
+
+        def reads(router: Router) -> None:
+            i = 0
+            while not stop.is_set():
+                k = keys[i % len(keys)]
+                i += 1
+                sql = "SELECT * FROM no_such_table" if failing.is_set() else "SELECT id FROM accounts WHERE id = %s"
+                try:
+                    router.read("public.accounts", [k], lambda conn, sql=sql, k=k: conn.execute(
+                        sql, (k,) if "%s" in sql else None).fetchall())
+                except psycopg.Error:
+                    pass
+                stop.wait(0.01)
+
+        with Router.from_config(env.config, report_every=1.0) as router:
+            t = threading.Thread(target=reads, args=(router,))
+            t.start()
+            try:
+                # a first, short bake: healthy reads, no trigger, still baking afterwards
+                clean = Baker(co, name, BakeOptions(duration=4, interval=1, window=5), SwitchOptions()).run()
+                assert clean.outcome == "clean" and clean.trigger is None and clean.looks >= 3, clean
+                assert co.store.migration(name).state == states.BAKING
+                threading.Timer(3.0, failing.set).start()  # then the routers' reads start failing
+                result = Baker(co, name, BakeOptions(duration=60, interval=1, window=5), SwitchOptions()).run()
+            finally:
+                stop.set()
+                t.join()
+        assert result.outcome == "rolled_back" and result.exit_code == ExitCode.BAKE_ROLLED_BACK, result
+        assert result.trigger.name == "routers.error_rate" and result.trigger.evidence["rate"] > 0.05, result.trigger
+        assert result.seconds < 30, result.seconds
+        assert co.store.migration(name).state == states.ROLLED_BACK
+        routing = co.store.active()[1]  # the sources' map again (under a new epoch)
+        assert routing.digest() == co.store.get_map(co.store.migration(name).from_epoch).digest()
+        assert "bake.clean" in _events(co, name)
+
+
+def test_a_clean_bake_completes_with_complete_after_bake(env, tmp_path):
+    co, name = setup(env, rows=1000, audit=False)
+    co.start(name)
+    cfg = write_config_file(env, tmp_path)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        out = subprocess.run(reshard_cmd(cfg, "cutover", name, "--bake", "3s", "--bake-interval", "1",
+                                         "--bake-check", "true", "--complete-after-bake", "--json"),
+                             capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    bake = json.loads(out.stdout)["bake"]
+    assert bake["outcome"] == "clean" and bake["trigger"] is None and bake["completed"], bake
+    assert co.store.migration(name).state == states.COMPLETE
+    bad = subprocess.run(reshard_cmd(cfg, "cutover", name, "--complete-after-bake"), capture_output=True, text=True,
+                         timeout=60)
+    assert bad.returncode == ExitCode.BAD_INPUT and "--bake DURATION" in bad.stderr, bad.stderr
