@@ -6,14 +6,25 @@ that row streams over the damage and the cutover then passes with the same check
 import json
 import signal
 import subprocess
+import time
 
 import yaml
+from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
 
 from reshard.control import ControlStore
 from reshard.demo import demo_maps
 from reshard.exit_codes import ExitCode
 from reshard.workload import TABLE, create_table, seed
-from tests.e2e.helpers import TARGETS, assert_targets_equal_source, reshard_cmd, spawn, write_config_file
+from tests.e2e.cutover_helpers import RouterLoad, assert_acked_on_owners, moving_keys, setup
+from tests.e2e.helpers import (
+    TARGETS,
+    ApplierThread,
+    assert_targets_equal_source,
+    assert_verified,
+    reshard_cmd,
+    spawn,
+    write_config_file,
+)
 
 RULES = {"checks": [
     {"name": "ledger", "table": TABLE, "aggregates": ["sum(balance)", "count(*)"]},
@@ -103,3 +114,37 @@ def test_checks_that_do_not_compile_are_refused_before_anything_is_fenced(env, t
     out = subprocess.run(reshard_cmd(cfg, "cutover", name, "--reconcile", str(typo)), capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == ExitCode.BAD_INPUT and "checks[0].aggregate: unknown key" in out.stderr, out.stderr
+
+
+def test_a_failing_reconciliation_under_a_live_router_load_backs_out_and_loses_nothing(env):
+    """The same disagreement found while routers write: the fence, the checks and the
+    back-out all happen under the load, no write is refused past the routers' bound,
+    and every acknowledged write is on its owner (the source) afterwards."""
+    co, name = setup(env, rows=5000, audit=False)
+    co.start(name)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        # a moving key the load never writes (it writes keys 1..4000): the damage stays
+        victim = next(k for k in moving_keys(4000) if k > 4000)
+        target = co.store.plan_of(co.store.migration(name)).owners(TABLE, [victim])[1]
+        with env.conn(target) as conn:
+            conn.execute("SET reshard.writer = 'applier'")  # past the fence, outside the stream
+            conn.execute(f"UPDATE {TABLE} SET balance = balance + 0.01 WHERE id = %s", (victim,))
+        epoch_before = co.store.active_epoch()
+        load = RouterLoad(env.config, threads=2, rate=200, keyspace=4000, seed=9).start()
+        try:
+            time.sleep(1.5)
+            result = cutover(env.config, co.store, name, SwitchOptions(reconcile=RULES["checks"]))
+            time.sleep(1.5)  # writes go on where they were
+        finally:
+            stats = load.stop()
+        assert result.outcome == RECONCILE_FAILED and result.exit_code == ExitCode.RECONCILE_FAILED, result.message
+        failed = {(c["check"], c["target"]) for c in result.reconciliation if not c["ok"]}
+        assert ("ledger", target) in failed, result.reconciliation
+        assert result.unfenced_after_ms < 2000, result.unfenced_after_ms
+        assert co.store.active_epoch() == epoch_before  # routing never flipped
+        co.wait(name, timeout=60)
+    assert stats.rejected == 0 and not stats.failed, stats
+    assert stats.writes > 300, stats
+    assert assert_acked_on_owners(env, load.acked, co) > 300
