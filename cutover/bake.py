@@ -149,17 +149,25 @@ def run_check(command: str, timeout: float) -> Trigger | None:
                     "stderr": done.stderr[-500:]})
 
 
+def query_values(doc: dict[str, Any]) -> list[float]:
+    """The values of a /api/v1/query answer: a vector's samples, or a scalar (an empty
+    vector is no value: nothing fires, as with an alert expression)."""
+    data = doc.get("data") or {}
+    if data.get("resultType") == "vector":
+        return [float(r["value"][1]) for r in data.get("result", [])]
+    if data.get("resultType") == "scalar":
+        return [float(data["result"][1])]
+    raise ValueError(f"a query for a bake trigger must return a vector or a scalar, not {data.get('resultType')}")
+
+
 def run_query(url: str, query: str, timeout: float) -> Trigger | None:
     """A PromQL instant query; fires on a non-zero value (or when Prometheus cannot answer)."""
     full = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
         with urllib.request.urlopen(full, timeout=timeout) as resp:  # noqa: S310 (an operator's URL)
-            doc = json.load(resp)
+            values = query_values(json.load(resp))
     except (OSError, ValueError) as exc:
         return Trigger("prometheus", f"Prometheus could not answer `{query}`: {exc}", {"query": query})
-    data = doc.get("data") or {}
-    values = [float(r["value"][1]) for r in data.get("result", [])] if data.get("resultType") == "vector" else \
-        [float(data["result"][1])] if data.get("resultType") == "scalar" else []
     firing = [v for v in values if v != 0]
     if not firing:
         return None

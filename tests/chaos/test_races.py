@@ -11,6 +11,7 @@ import signal
 import subprocess
 import time
 
+import pytest
 import yaml
 
 from reshard.connect_client import ConnectClient
@@ -25,6 +26,7 @@ def _cli(cfg, *args: str) -> subprocess.Popen:
     return subprocess.Popen(reshard_cmd(cfg, *args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
+@pytest.mark.long  # 70 s; test_ownership's one-switch-at-a-time test stays in `make test`
 def test_two_coordinators_racing_never_both_switch(env, tmp_path):
     co, name = setup(env)
     cfg = write_config_file(env, tmp_path)

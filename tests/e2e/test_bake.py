@@ -1,22 +1,25 @@
 """The bake after a cutover, on the real stack: a user check that starts failing, or a
 jump in the routers' error rate, rolls the migration back by itself, and every write
-acknowledged on the targets during the bake is on the sources afterwards; a clean
-bake completes with --complete-after-bake."""
+acknowledged on the targets during the bake is on the sources afterwards; Prometheus
+queries are asked of a real Prometheus; a clean bake completes with --complete-after-bake."""
 
 import json
 import subprocess
 import threading
 import time
+from contextlib import contextmanager
 
 import psycopg
-from reshard.cutover.bake import BakeOptions, Baker
+from reshard.cutover.bake import BakeOptions, Baker, run_query
 from reshard.cutover.orchestrator import SwitchOptions
 
 from reshard.control import states
 from reshard.exit_codes import ExitCode
 from reshard.router import Router
+from reshard.stack.stack import free_port
 from tests.e2e.cutover_helpers import CLUSTERS, RouterLoad, assert_acked_on_owners, moving_keys, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, wait_for, write_config_file
+from tests.monitoring import prometheus_binary
 
 
 def _events(co, name: str) -> list[str]:
@@ -72,7 +75,25 @@ def test_a_failing_user_check_rolls_back_and_the_bakes_writes_are_on_the_sources
     assert assert_acked_on_owners(env, load.acked, co) > 500
 
 
-def test_a_jump_in_the_routers_error_rate_rolls_back(env):
+@contextmanager
+def prometheus(tmp_path):
+    """A real Prometheus on loopback (no scrape targets: the bake's queries are expressions)."""
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text("global:\n  evaluation_interval: 1s\n")
+    with open(tmp_path / "prometheus.log", "wb") as log:
+        proc = subprocess.Popen([str(prometheus_binary()), f"--config.file={tmp_path / 'prometheus.yml'}",
+                                 f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: run_query(url, "vector(0)", 2) is None, 30, "Prometheus to answer")
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_a_jump_in_the_routers_error_rate_rolls_back(env, tmp_path):
     co, name = setup(env, rows=2000, audit=False)
     co.start(name)
     keys = moving_keys(50)
@@ -95,13 +116,18 @@ def test_a_jump_in_the_routers_error_rate_rolls_back(env):
                     pass
                 stop.wait(0.01)
 
-        with Router.from_config(env.config, report_every=1.0) as router:
+        with Router.from_config(env.config, report_every=1.0) as router, prometheus(tmp_path) as prom:
             t = threading.Thread(target=reads, args=(router,))
             t.start()
             try:
-                # a first, short bake: healthy reads, no trigger, still baking afterwards
-                clean = Baker(co, name, BakeOptions(duration=4, interval=1, window=5), SwitchOptions()).run()
+                # a first, short bake: healthy reads and a quiet Prometheus query, no trigger,
+                # still baking afterwards
+                quiet = BakeOptions(duration=4, interval=1, window=5, prometheus_url=prom,
+                                    queries=["sum(vector(0))", "absent(vector(1))"])
+                clean = Baker(co, name, quiet, SwitchOptions()).run()
                 assert clean.outcome == "clean" and clean.trigger is None and clean.looks >= 3, clean
+                loud = run_query(prom, "vector(1) * 2", 5)  # what a firing query looks like to the bake
+                assert loud is not None and loud.name == "prometheus" and loud.evidence["values"] == [2.0], loud
                 assert co.store.migration(name).state == states.BAKING
                 threading.Timer(3.0, failing.set).start()  # then the routers' reads start failing
                 result = Baker(co, name, BakeOptions(duration=60, interval=1, window=5), SwitchOptions()).run()

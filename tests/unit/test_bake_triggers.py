@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import pytest
-from reshard.cutover.bake import RouterTotals, error_rate_trigger, run_check
+from reshard.cutover.bake import RouterTotals, error_rate_trigger, query_values, run_check
 
 from reshard.cli import _duration
 
@@ -58,3 +58,13 @@ def test_bake_durations(text, seconds):
 def test_bad_bake_durations_are_refused(text):
     with pytest.raises(click.BadParameter):
         _duration(None, None, text)  # type: ignore[arg-type]
+
+
+def test_prometheus_answers_give_their_values_and_a_matrix_is_refused():
+    vector = {"status": "success", "data": {"resultType": "vector", "result": [
+        {"metric": {"job": "app"}, "value": [1763800000.0, "1"]}, {"metric": {}, "value": [1763800000.0, "0"]}]}}
+    assert query_values(vector) == [1.0, 0.0]
+    assert query_values({"data": {"resultType": "vector", "result": []}}) == []  # no series: nothing fires
+    assert query_values({"data": {"resultType": "scalar", "result": [1763800000.0, "0.5"]}}) == [0.5]
+    with pytest.raises(ValueError, match="vector or a scalar"):
+        query_values({"data": {"resultType": "matrix", "result": []}})

@@ -56,3 +56,16 @@ def test_unreachable_parts_are_named():
 
 def test_bytes():
     assert human_bytes(512) == "512 B" and human_bytes(1536) == "1.5 KiB" and human_bytes(None) == "?"
+
+
+def test_routers_and_shadow_reads_are_sentences():
+    doc = _doc(5000)
+    doc["state"] = "shadowing"
+    doc["routers"] = {"reporting": 2, "counters": {"reads": 12000, "writes": 3400, "errors": 3, "fence_rejections": 7},
+                      "shadow": {"setting": {"sample": 0.01, "tables": {}}, "tables": {"public.accounts": {
+                          "sampled": 120, "matched": 117, "differed": 3, "lag": 2, "mismatches": 1, "dropped": 0}}}}
+    text = human(doc)
+    assert "routers: 2 reporting, 12,000 reads, 3,400 writes, 3 errors, 7 fence rejections" in text
+    assert "shadow reads: sample 0.01" in text
+    assert "public.accounts: 120 compared, 117 matched, 2 settled as lag, 1 MISMATCHED" in text
+    assert "dropped" not in text
