@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +31,7 @@ from reshard.control.store import connect
 from reshard.errors import MigrationError
 from reshard.planner import Move, Plan
 from reshard.shardmap import qualified
-from reshard.verify import SESSION, TableCheck, compare, recheck
+from reshard.verify import SESSION, TableCheck, compare, recheck, row_hash, summary
 
 # small chunks at a modest rate: each chunk is a short burst of work on the source, and
 # bursts, not the rows per second, are what the application's p99 feels (bench/check_impact.py)
@@ -74,26 +74,31 @@ def _bound(values: tuple, info: Any) -> sql.Composable:
         sql.SQL("{}::{}").format(sql.Literal(v), sql.SQL(info.column(c).base_type)) for c, v in zip(info.pk, values)))
 
 
-def chunk_bounds(conn: psycopg.Connection[Any], table: str, info: Any, predicate: str, chunk_rows: int
-                 ) -> Iterator[tuple[tuple | None, tuple | None]]:
-    """(lower exclusive, upper inclusive) primary-key bounds of consecutive chunks of about
-    ``chunk_rows`` of the source's moving rows, found by keyset steps (an index range scan
-    each); the last chunk is open above, so rows inserted past it are covered too."""
-    pk = _pk_tuple(info)
-    lower: tuple | None = None
-    while True:
-        where = sql.SQL(predicate) if lower is None else sql.SQL("{} AND {} > {}").format(
-            sql.SQL(predicate), pk, _bound(lower, info))
-        row = conn.execute(sql.SQL("SELECT {} FROM {} t WHERE {} ORDER BY {} OFFSET {} LIMIT 1").format(
-            sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in info.pk), sql.SQL(qualified(table)),
-            where, sql.SQL(", ").join(sql.SQL("t.") + sql.Identifier(c) for c in info.pk),
-            sql.Literal(chunk_rows - 1))).fetchone()
-        if row is None:
-            yield lower, None
-            return
-        upper = tuple(row)
-        yield lower, upper
-        lower = upper
+@dataclass
+class SourceChunk:
+    rows: int
+    checksum: str
+    last: tuple | None  # the chunk's greatest primary key (None: no rows)
+
+
+def source_chunk(conn: psycopg.Connection[Any], table: str, info: Any, columns: list[str], predicate: str,
+                 lower: tuple | None, chunk_rows: int) -> SourceChunk:
+    """The next chunk of the source's moving rows above ``lower`` (exclusive): its count,
+    checksum and last key, in one keyset read (an index range scan of ``chunk_rows`` rows).
+    One round trip a chunk on the source: the application shares it."""
+    pk = [sql.Identifier(c) for c in info.pk]
+    where = sql.SQL(predicate) if lower is None else sql.SQL("{} AND {} > {}").format(
+        sql.SQL(predicate), _pk_tuple(info), _bound(lower, info))
+    row = conn.execute(sql.SQL(
+        "SELECT count(*) OVER (), sum(c.reshard_hash) OVER ()::text, {pk} FROM "
+        "(SELECT {t_pk}, {hash} AS reshard_hash FROM {table} t WHERE {where} ORDER BY {t_pk} LIMIT {n}) c "
+        "ORDER BY {desc} LIMIT 1").format(
+        pk=sql.SQL(", ").join(sql.SQL("c.") + c for c in pk), t_pk=sql.SQL(", ").join(sql.SQL("t.") + c for c in pk),
+        hash=sql.SQL(row_hash(columns)), table=sql.SQL(qualified(table)), where=where, n=sql.Literal(chunk_rows),
+        desc=sql.SQL(", ").join(sql.SQL("c.") + c + sql.SQL(" DESC") for c in pk))).fetchone()
+    if row is None:
+        return SourceChunk(0, "0", None)
+    return SourceChunk(int(row[0]), row[1], tuple(row[2:]))
 
 
 def within(conn: psycopg.Connection[Any], info: Any, lower: tuple | None, upper: tuple | None) -> str:
@@ -168,36 +173,50 @@ class ContinuousChecker:
     def _walk(self, p: Plan, move: Move, table: str, result: PassResult, deadline: float | None) -> bool:
         """Check one (move, table) chunk by chunk; False when told to stop. One session per
         side for the whole walk (a connection per chunk would cost the source more than the
-        reads), each chunk in a short transaction of its own (no snapshot held between)."""
+        reads); a chunk is one statement on each side, and only a chunk whose count or
+        checksum differs is compared key by key (in a transaction, for the cursors)."""
         pred = p.predicate_sql(move, table, alias="t")
         active = self.co.store.active()
         config = self.co.config
-        with connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as walker, \
-                connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as src, \
+        with connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as src, \
                 connect(config.cluster(move.target).dsn, f"target cluster {move.target}", autocommit=True) as tgt:
-            for c in (walker, src, tgt):
+            for c in (src, tgt):
                 c.execute(SESSION)
             info = require_table(src, table, move.source)
-            for lower, upper in chunk_bounds(walker, table, info, pred, self.chunk_rows):
+            columns = [c.name for c in info.copyable]
+            lower: tuple | None = None
+            while True:
                 if self.stop.is_set() or (deadline is not None and time.monotonic() >= deadline):
                     return False
                 t0 = time.monotonic()
-                with src.transaction(), tgt.transaction():  # the keyed comparison's cursors need one
-                    check: TableCheck = compare(src, tgt, p, move, table, info, self.max_diffs,
-                                                within=within(src, info, lower, upper))
-                if check.candidates:
-                    result.rechecked_chunks += 1
-                    recheck(config, p, check, lambda: self.co.wait(self.migration, timeout=60), 3,
-                            self.max_diffs, active[1] if active else None)
-                for d in check.differences:
-                    m = Mismatch(move.id, table, d["key"], d["problem"])
-                    result.mismatches.append(m)
-                    self.co.store.record_event(self.migration, "check.mismatch", **asdict(m))
-                    self.say(f"divergence: {table} key {d['key']} ({move.source} -> {move.target}): {d['problem']}")
+                chunk = source_chunk(src, table, info, columns, pred, lower, self.chunk_rows)
+                # a short chunk is the last: open above, so rows past it on the target are covered too
+                upper = chunk.last if chunk.rows >= self.chunk_rows else None
+                cond = within(src, info, lower, upper)
+                if summary(tgt, table, columns, f"{pred} AND {cond}") != (chunk.rows, chunk.checksum):
+                    self._settle(p, move, table, info, src, tgt, cond, active, result)
                 result.chunks += 1
-                result.rows += check.source_rows
+                result.rows += chunk.rows
+                if upper is None:
+                    return True
+                lower = upper
                 # throttle: this chunk's rows at the allowed rate, less the time it already took
-                wait = check.source_rows / self.max_rows_per_second - (time.monotonic() - t0)
+                wait = chunk.rows / self.max_rows_per_second - (time.monotonic() - t0)
                 if wait > 0:
                     self.stop.wait(wait)
-        return True
+
+    def _settle(self, p: Plan, move: Move, table: str, info: Any, src: psycopg.Connection[Any],
+                tgt: psycopg.Connection[Any], cond: str, active: Any, result: PassResult) -> None:
+        """A chunk whose summaries differ: its keys compared, and differing keys re-checked
+        under row locks after catch-up (lag settles; what still differs is divergence)."""
+        with src.transaction(), tgt.transaction():  # the keyed comparison's cursors need one
+            check: TableCheck = compare(src, tgt, p, move, table, info, self.max_diffs, within=cond)
+        if check.candidates:
+            result.rechecked_chunks += 1
+            recheck(self.co.config, p, check, lambda: self.co.wait(self.migration, timeout=60), 3,
+                    self.max_diffs, active[1] if active else None)
+        for d in check.differences:
+            m = Mismatch(move.id, table, d["key"], d["problem"])
+            result.mismatches.append(m)
+            self.co.store.record_event(self.migration, "check.mismatch", **asdict(m))
+            self.say(f"divergence: {table} key {d['key']} ({move.source} -> {move.target}): {d['problem']}")

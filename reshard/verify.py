@@ -92,10 +92,14 @@ def _row_expr(columns: list[str], alias: str = "t") -> str:
     return "ROW(" + ", ".join(f"{alias}.{quote_ident(c)}" for c in sorted(columns)) + ")::text"
 
 
-def _summary(conn: psycopg.Connection[Any], table: str, columns: list[str], predicate: str) -> tuple[int, str]:
+def row_hash(columns: list[str], alias: str = "t") -> str:
+    """A row's 64-bit slice of md5 as numeric: the checksum is the sum of these."""
+    return f"('x' || substr(md5({_row_expr(columns, alias)}), 1, 16))::bit(64)::bigint::numeric"
+
+
+def summary(conn: psycopg.Connection[Any], table: str, columns: list[str], predicate: str) -> tuple[int, str]:
     row = conn.execute(
-        f"SELECT count(*), coalesce(sum(('x' || substr(md5({_row_expr(columns)}), 1, 16))::bit(64)::bigint::numeric), 0)"
-        f"::text FROM {qualified(table)} t WHERE {predicate}"
+        f"SELECT count(*), coalesce(sum({row_hash(columns)}), 0)::text FROM {qualified(table)} t WHERE {predicate}"
     ).fetchone()
     return int(row[0]), row[1]
 
@@ -199,8 +203,8 @@ def compare(src: psycopg.Connection[Any], tgt: psycopg.Connection[Any], p: Plan,
     pred = p.predicate_sql(move, table, alias="t") + (f" AND {within}" if within else "")
     group = p.new.groups[move.group]
     columns = [c.name for c in info.copyable]
-    s_rows, s_sum = _summary(src, table, columns, pred)
-    t_rows, t_sum = _summary(tgt, table, columns, pred)
+    s_rows, s_sum = summary(src, table, columns, pred)
+    t_rows, t_sum = summary(tgt, table, columns, pred)
     misplaced = 0 if within else tgt.execute(
         f"SELECT count(*) FROM {qualified(table)} t WHERE NOT {group.predicate_sql(table, move.target, 't')}"
     ).fetchone()[0]
