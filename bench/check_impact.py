@@ -106,7 +106,7 @@ def main() -> None:
            "checker_args": checker_args,
            "seconds": args.seconds, "rounds": args.rounds, "cpus": os.cpu_count(), "all": rounds}
     for kind in ("baseline", "checker"):
-        doc[kind] = {k: round(statistics.median([x[kind][k] for x in rounds]), 2) for k in ("p50_ms", "p99_ms")}
+        doc[kind] = {k: median([x[kind][k] for x in rounds]) for k in ("p50_ms", "p99_ms")}
     doc["checker"]["rows_per_s"] = median([x["checker"]["rows_per_s"] for x in rounds])
     doc["checker"]["p99_vs_baseline"] = round(doc["checker"]["p99_ms"] / doc["baseline"]["p99_ms"], 2)
     doc["p99_ratio_per_round"] = [round(x["checker"]["p99_ms"] / x["baseline"]["p99_ms"], 2) for x in rounds]
