@@ -12,13 +12,21 @@ Every ``interval`` seconds, while reverse replication keeps rollback possible:
   (shadow reads, ``verify --continuous``);
 - reverse lag: Kafka records of the reverse streams not yet applied to the sources;
 - user checks: commands (exit 0 healthy, anything else fires; a timeout fires) and
-  Prometheus queries (a non-zero value in the result fires, like an alert expression).
+  Prometheus queries (a non-zero value in the result fires, like an alert expression);
+- reconciliation: the migration's reconciliation checks (``--reconcile``), which need a
+  consistent point: every ``reconcile_every`` seconds, and once more before a bake is
+  declared clean, a probe runs the rollback's write pause (targets fenced, reverse
+  streams drained) up to the checks and backs out (orchestrator.reconcile_probe). A
+  disagreement fires; the rollback it starts skips the checks it would only fail on
+  (its drain still proves every write the targets acknowledged reached the sources).
 
 A trigger is recorded with its evidence (event ``bake.trigger``) and the rollback runs
 at once, within the same write-pause budget as the cutover; its result is recorded
 too (``bake.rolled_back``). A rollback that cannot run (a gate, the budget) is tried
 again each interval until the bake's time is up. A bake that ends with no trigger
-is recorded as ``bake.clean``; ``complete_after`` then runs ``complete``.
+is recorded as ``bake.clean``; ``complete_after`` then runs ``complete``. A bake whose
+final reconciliation probe could not run (a gate, the budget; three tries) is not
+clean: ``unreconciled``, and nothing is completed.
 """
 
 from __future__ import annotations
@@ -32,12 +40,20 @@ import urllib.parse
 import urllib.request
 from collections import deque
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from reshard.cdc_applier.offsets import applier_group
-from reshard.cutover.orchestrator import DONE, SwitchOptions, SwitchResult, rollback
+from reshard.cutover.orchestrator import (
+    DONE,
+    RECONCILE_FAILED,
+    RECONCILED,
+    SwitchOptions,
+    SwitchResult,
+    reconcile_probe,
+    rollback,
+)
 from reshard.cutover.steps import ROLLBACK
 
 from reshard.control import states
@@ -47,6 +63,8 @@ from reshard.kafka_admin import KafkaAdmin
 from reshard.streams import FORWARD
 
 CLEAN, ROLLED_BACK, ROLLBACK_FAILED, STOPPED = "clean", "rolled_back", "rollback_failed", "stopped"
+UNRECONCILED = "unreconciled"
+FINAL_PROBE_TRIES = 3
 MISMATCH_EVENTS = ("shadow.mismatch", "check.mismatch")
 
 
@@ -63,13 +81,15 @@ class BakeOptions:
     prometheus_url: str | None = None
     queries: list[str] = field(default_factory=list)  # PromQL: a non-zero value fires
     check_timeout: float = 30.0
+    reconcile_every: float | None = None  # seconds between reconciliation probes (None: only the final one)
     complete_after: bool = False
     complete_kw: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class Trigger:
-    name: str        # routers.error_rate, routers.fence_rejections, mismatch, reverse_lag, check, prometheus
+    name: str        # routers.error_rate, routers.fence_rejections, mismatch, reverse_lag, check, prometheus,
+    #                  reconciliation
     detail: str
     evidence: dict[str, Any]
 
@@ -84,6 +104,7 @@ class BakeResult:
     trigger: Trigger | None = None
     rollback: dict[str, Any] | None = None
     completed: dict[str, Any] | None = None
+    reconciliations: list[dict[str, Any]] = field(default_factory=list)  # the probes: outcome, pause, checks
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -239,15 +260,16 @@ class Baker:
                            max_reverse_lag=o.max_reverse_lag, complete_after=o.complete_after)
         totals = RouterTotals(began)
         history: deque[tuple[float, dict[str, int]]] = deque()
+        rules = rec.settings.get("reconcile", [])
+        next_probe = started + o.reconcile_every if rules and o.reconcile_every else float("inf")
         while True:
             fired = self.triggers(began, totals, history)
             result.looks += 1
+            if not fired and time.monotonic() >= next_probe:
+                next_probe = time.monotonic() + (o.reconcile_every or 0)
+                fired = [t for t in [self.probe(result, started)[1]] if t]
             if fired:
-                result.trigger = fired[0]
-                store.record_event(name, "bake.trigger", trigger=fired[0].name, detail=fired[0].detail,
-                                   evidence=fired[0].evidence, also=[t.name for t in fired[1:]])
-                self.say(f"bake trigger: {fired[0].detail}; rolling back")
-                return self._roll_back(result, started, end)
+                return self._fire(result, fired, started, end)
             left = end - time.monotonic()
             if left <= 0 or self.stop.is_set():
                 break
@@ -259,7 +281,24 @@ class Baker:
             result.message = f"bake stopped after {result.seconds:.0f}s with no trigger; still baking"
             store.record_event(name, "bake.stopped", seconds=result.seconds, looks=result.looks)
             return result
-        store.record_event(name, "bake.clean", seconds=result.seconds, looks=result.looks)
+        if rules:
+            for _try in range(FINAL_PROBE_TRIES):
+                ran, trigger = self.probe(result, started)
+                if trigger:
+                    return self._fire(result, [trigger], started, time.monotonic() + 60.0)  # tries for a minute
+                if ran:
+                    break
+                self.stop.wait(o.interval)
+            else:
+                last = result.reconciliations[-1]
+                result.outcome, result.exit_code = UNRECONCILED, ExitCode(last["exit_code"])
+                result.seconds = round(time.monotonic() - started, 1)
+                result.message = (f"the bake saw no trigger, but its final reconciliation probe did not run "
+                                  f"({last['message']}): not clean, nothing completed")
+                store.record_event(name, "bake.unreconciled", seconds=result.seconds, probe=last)
+                return result
+        store.record_event(name, "bake.clean", seconds=result.seconds, looks=result.looks,
+                           reconciliations=len(result.reconciliations))
         result.message = f"clean bake: {result.looks} looks over {result.seconds:.0f}s, no trigger fired"
         if o.complete_after:
             self.say("clean bake: completing")
@@ -267,11 +306,41 @@ class Baker:
             result.message += "; completed"
         return result
 
+    def probe(self, result: BakeResult, started: float) -> tuple[bool, Trigger | None]:
+        """One reconciliation probe: (whether it ran, the trigger if the checks disagree)."""
+        store, name = self.co.store, self.migration
+        self.say(f"baking {name}: comparing the reconciliation checks at a consistent point")
+        try:
+            rb = reconcile_probe(self.co.config, store, name, self.rollback_opts)
+        except ReshardError as exc:  # e.g. another process holds the lease: try again later
+            rb = SwitchResult(ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
+        summary = {"at_s": round(time.monotonic() - started, 1), "outcome": rb.outcome,
+                   "exit_code": int(rb.exit_code), "message": rb.message,
+                   "pause_ms": rb.pause_ms if rb.pause_ms is not None else rb.unfenced_after_ms,
+                   "reconciliation": rb.reconciliation}
+        result.reconciliations.append(summary)
+        store.record_event(name, "bake.reconciled", **summary)
+        if rb.outcome != RECONCILE_FAILED:
+            return rb.outcome == RECONCILED, None
+        differing = [r for r in rb.reconciliation if not r.get("ok")]
+        return True, Trigger("reconciliation", f"the reconciliation checks disagree at a consistent point: "
+                             f"{rb.message}", {"checks": differing[:10], "pause_ms": rb.pause_ms})
+
+    def _fire(self, result: BakeResult, fired: list[Trigger], started: float, end: float) -> BakeResult:
+        result.trigger = fired[0]
+        self.co.store.record_event(self.migration, "bake.trigger", trigger=fired[0].name, detail=fired[0].detail,
+                                   evidence=fired[0].evidence, also=[t.name for t in fired[1:]])
+        self.say(f"bake trigger: {fired[0].detail}; rolling back")
+        return self._roll_back(result, started, end)
+
     def _roll_back(self, result: BakeResult, started: float, end: float) -> BakeResult:
         store, name = self.co.store, self.migration
+        # the checks already disagree: the rollback would only back out on them
+        opts = replace(self.rollback_opts, reconcile=[]) if result.trigger and \
+            result.trigger.name == "reconciliation" else self.rollback_opts
         while True:
             try:
-                rb = rollback(self.co.config, store, name, self.rollback_opts)
+                rb = rollback(self.co.config, store, name, opts)
             except ReshardError as exc:  # e.g. another process holds the lease: try again
                 rb = SwitchResult(ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
             result.rollback = rb.to_dict()

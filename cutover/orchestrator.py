@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from psycopg import errors as pgerr
@@ -43,6 +43,7 @@ from reshard.reconcile import ReconciliationFailed
 
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 RECONCILE_FAILED = "reconciliation_failed"
+RECONCILED = "reconciled"  # a probe: the pause ran to the reconciliation checks, which agreed, and backed out
 FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)
 
 
@@ -71,6 +72,9 @@ class SwitchOptions:
     require_verified: bool = True
     # the user's reconciliation checks (reshard/reconcile.py); None: the migration's stored ones
     reconcile: list[dict] | None = None
+    # run the pause up to the reconciliation checks, then back out on purpose: the sides
+    # compared at a consistent point, routing unchanged (a bake's reconciliation probe)
+    probe: bool = False
 
 
 @dataclass
@@ -278,7 +282,8 @@ class Orchestrator:
                 attempt = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
                     "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
                     "last": sw.last_wave, "budget_s": opts.max_write_pause})
-                self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {attempt}",
+                self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {attempt}"
+                                     + (" (a reconciliation probe)" if opts.probe else ""),
                                      wave=sw.wave, epoch=epoch)
             budget = opts.max_write_pause
             self.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
@@ -296,6 +301,17 @@ class Orchestrator:
                 if rules:
                     checked = step("reconcile", steps.reconcile, rules, deadline - _margin(budget))
                     result.reconciliation = [r.to_dict() for r in checked]
+                if opts.probe:
+                    back_out()
+                    if attempt is not None:
+                        self.store.finish_attempt(sw.migration, attempt, "backed_out",
+                                                  {"reason": "reconciliation probe",
+                                                   "reconciliation": result.reconciliation})
+                    result.outcome = RECONCILED
+                    result.pause_ms = result.unfenced_after_ms
+                    result.message = (f"the reconciliation checks agree at a consistent point; writes were accepted "
+                                      f"again after {result.unfenced_after_ms:.0f} ms; routing unchanged")
+                    return result
                 if not opts.dry_run and time.monotonic() > deadline - _margin(budget):
                     raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
                 step("flip_from", steps.flip_from, epoch, deadlines)
@@ -395,6 +411,20 @@ def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOpt
         result = orch.run(orch.cutover_switch(migration, opts.only), opts)
         result.recovered = recovered
         return result
+
+
+def reconcile_probe(config: Config, store: ControlStore, migration: str, opts: SwitchOptions) -> SwitchResult:
+    """While baking: the rollback's pause (targets fenced, reverse streams drained) up to the
+    migration's reconciliation checks, then backed out: the sides compared at a consistent
+    point without moving anything. RECONCILED, RECONCILE_FAILED (nothing moved either),
+    or why it could not run (gates, budget)."""
+    rules = opts.reconcile if opts.reconcile is not None else store.migration(migration).settings.get("reconcile", [])
+    if not rules:
+        raise MigrationError(f"migration {migration} has no reconciliation checks to probe")
+    with store.pinned() as pinned, _lease(pinned, migration, ROLLBACK, opts) as lease:
+        orch = Orchestrator(config, pinned, None, lease)
+        orch.recover(migration)  # an attempt a crash left running is settled first, as a rollback would
+        return orch.run(orch.rollback_switch(migration), replace(opts, probe=True, reconcile=rules))
 
 
 def rollback(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,

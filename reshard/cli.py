@@ -1034,6 +1034,10 @@ def _switch_flags(f: Callable) -> Callable:
               help="--bake: fence rejections the routers may meet during the bake before it rolls back.")
 @click.option("--max-reverse-lag", type=click.IntRange(min=0), default=100_000, show_default=True,
               help="--bake: reverse-stream Kafka records not yet applied to the sources that roll back.")
+@click.option("--bake-reconcile-every", default=None, metavar="DURATION", callback=_duration,
+              help="--bake: compare the migration's reconciliation checks (--reconcile) at a consistent point this "
+                   "often, each time in a write pause backed out on purpose (a disagreement rolls back). With "
+                   "checks, one such comparison always ends the bake before it is called clean.")
 @click.option("--complete-after-bake", is_flag=True, help="--bake: run `reshard complete` after a clean bake.")
 @json_option
 @click.pass_obj
@@ -1042,7 +1046,7 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
                 timezone: str, wait_for_gates: float, bake_for: float | None, bake_checks: tuple[str, ...],
                 prometheus_url: str | None, bake_queries: tuple[str, ...], bake_interval: float,
                 max_error_rate: float, max_fence_rejections: int, max_reverse_lag: int,
-                complete_after_bake: bool) -> None:
+                bake_reconcile_every: float | None, complete_after_bake: bool) -> None:
     """Cut migration NAME over: fence, drain, flip routing, start reverse replication.
 
     \b
@@ -1057,9 +1061,10 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
 
     With --bake, after the last wave it keeps watching rollback triggers (the routers'
     error rate and fence rejections, shadow and continuous-check mismatches, reverse
-    lag, --bake-check commands, --bake-query Prometheus queries) and rolls back by
-    itself on the first that fires (exit 14), within the same write-pause budget; a
-    clean bake exits 0, and --complete-after-bake then completes the migration.
+    lag, --bake-check commands, --bake-query Prometheus queries, the reconciliation
+    checks at a consistent point) and rolls back by itself on the first that fires
+    (exit 14), within the same write-pause budget; a clean bake exits 0, and
+    --complete-after-bake then completes the migration.
     """
     from reshard.control import ControlStore
     from reshard.cutover.orchestrator import DONE, GATES, Orchestrator, cutover
@@ -1077,9 +1082,10 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
         bake = BakeOptions(bake_for, bake_interval, max_error_rate=max_error_rate,
                            max_fence_rejections=max_fence_rejections, max_reverse_lag=max_reverse_lag,
                            checks=list(bake_checks), prometheus_url=prometheus_url, queries=list(bake_queries),
-                           complete_after=complete_after_bake)
-    elif complete_after_bake or bake_checks or bake_queries:
-        raise click.UsageError("--complete-after-bake, --bake-check and --bake-query need --bake DURATION")
+                           complete_after=complete_after_bake, reconcile_every=bake_reconcile_every)
+    elif complete_after_bake or bake_checks or bake_queries or bake_reconcile_every:
+        raise click.UsageError("--complete-after-bake, --bake-check, --bake-query and --bake-reconcile-every need "
+                               "--bake DURATION")
     config = ctx.config()
     win = parse_window(window, timezone) if window else None
     if win is not None and not win.contains():

@@ -17,6 +17,8 @@ from reshard.control import states
 from reshard.exit_codes import ExitCode
 from reshard.router import Router
 from reshard.stack.stack import free_port
+from reshard.streams import FORWARD
+from reshard.workload import TABLE
 from tests.e2e.cutover_helpers import CLUSTERS, RouterLoad, assert_acked_on_owners, moving_keys, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, wait_for, write_config_file
 from tests.monitoring import prometheus_binary
@@ -160,3 +162,58 @@ def test_a_clean_bake_completes_with_complete_after_bake(env, tmp_path):
     bad = subprocess.run(reshard_cmd(cfg, "cutover", name, "--complete-after-bake"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == ExitCode.BAD_INPUT and "--bake DURATION" in bad.stderr, bad.stderr
+
+
+def test_the_bake_compares_the_reconciliation_checks_and_a_disagreement_rolls_back(env, tmp_path):
+    """A probe every 2 s (the rollback's pause up to the checks, backed out) agrees while a
+    router load writes; then a row changes on a target and no stream carries it (written
+    under the forward applier's replication origin, which the reverse stream skips as an
+    echo): the next probe disagrees and the bake rolls back, losing no acknowledged write."""
+    co, name = setup(env, rows=2000, audit=False)
+    co.start(name)
+    cfg = write_config_file(env, tmp_path)
+    rules = tmp_path / "checks.yaml"
+    rules.write_text(json.dumps({"checks": [{"name": "ledger", "table": TABLE,
+                                             "aggregates": ["sum(balance)", "count(*)"]}]}))
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        # the load writes keys 1..1000 (a write of the victim would carry its whole row back)
+        load = RouterLoad(env.config, threads=2, rate=100, seed=9, keyspace=1000).start()
+        try:
+            proc = subprocess.Popen(
+                reshard_cmd(cfg, "cutover", name, "--reconcile", str(rules), "--bake", "120s", "--bake-interval", "1",
+                            "--bake-reconcile-every", "2", "--json"),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+            def probes() -> list[dict]:
+                return [e["detail"] for e in co.store.recent_events(name, 200) if e["event"] == "bake.reconciled"]
+
+            wait_for(lambda: proc.poll() is not None or len(probes()) >= 2, 120, "two reconciliation probes")
+            assert proc.poll() is None, proc.communicate()
+            assert all(p["outcome"] == "reconciled" for p in probes()), probes()
+            assert co.store.migration(name).state == states.BAKING
+            with env.conn("target1") as conn:  # behind the streams' back
+                victim = conn.execute(f"SELECT min(id) FROM {TABLE} WHERE id > 1000").fetchone()[0]
+                origin = f"reshard_{FORWARD}_{name}_tamper"  # the forward applier's pool prefix
+                conn.execute("SELECT pg_replication_origin_create(%s)", (origin,))
+                conn.execute("SELECT pg_replication_origin_session_setup(%s)", (origin,))
+                conn.execute(f"UPDATE {TABLE} SET balance = balance + 1000 WHERE id = %s", (victim,))
+                conn.execute("SELECT pg_replication_origin_session_reset()")
+                conn.execute("SELECT pg_replication_origin_drop(%s)", (origin,))
+            out, err = proc.communicate(timeout=120)
+            time.sleep(1.0)  # writes go on, to the sources again
+        finally:
+            stats = load.stop()
+        assert proc.returncode == ExitCode.BAKE_ROLLED_BACK, err[-3000:]
+        bake = json.loads(out)["bake"]
+        assert bake["trigger"]["name"] == "reconciliation", bake["trigger"]
+        (differs,) = bake["trigger"]["evidence"]["checks"]
+        assert differs["check"] == "ledger" and differs["source"] == "target1", differs  # the rollback's move: from target1
+        assert [p["outcome"] for p in bake["reconciliations"]][-1] == "reconciliation_failed", bake["reconciliations"]
+        assert all(p["pause_ms"] < 2000 for p in bake["reconciliations"]), bake["reconciliations"]
+        assert bake["rollback"]["outcome"] == "done", bake["rollback"]
+        assert co.store.migration(name).state == states.ROLLED_BACK
+        co.wait(name, timeout=60)
+    assert stats.rejected == 0 and not stats.failed, stats
+    assert assert_acked_on_owners(env, load.acked, co) > 200
