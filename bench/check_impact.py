@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -111,7 +110,7 @@ def main() -> None:
     doc["checker"]["p99_vs_baseline"] = round(doc["checker"]["p99_ms"] / doc["baseline"]["p99_ms"], 2)
     doc["p99_ratio_per_round"] = [round(x["checker"]["p99_ms"] / x["baseline"]["p99_ms"], 2) for x in rounds]
     # each round's two phases ran back to back: their ratio is less exposed to the machine's drift
-    doc["p99_ratio_paired_median"] = round(statistics.median(doc["p99_ratio_per_round"]), 2)
+    doc["p99_ratio_paired_median"] = median(doc["p99_ratio_per_round"])
     if args.json:
         print(json.dumps(doc, indent=2))
         return

@@ -52,6 +52,7 @@ from reshard.cutover.orchestrator import (
     SwitchOptions,
     SwitchResult,
     reconcile_probe,
+    reconcile_rules,
     rollback,
 )
 from reshard.cutover.steps import ROLLBACK
@@ -260,14 +261,15 @@ class Baker:
                            max_reverse_lag=o.max_reverse_lag, complete_after=o.complete_after)
         totals = RouterTotals(began)
         history: deque[tuple[float, dict[str, int]]] = deque()
-        rules = rec.settings.get("reconcile", [])
+        rules = reconcile_rules(store, name, self.rollback_opts)
         next_probe = started + o.reconcile_every if rules and o.reconcile_every else float("inf")
         while True:
             fired = self.triggers(began, totals, history)
             result.looks += 1
             if not fired and time.monotonic() >= next_probe:
                 next_probe = time.monotonic() + (o.reconcile_every or 0)
-                fired = [t for t in [self.probe(result, started)[1]] if t]
+                _ran, disagree = self.probe(result, started)
+                fired = [disagree] if disagree else []
             if fired:
                 return self._fire(result, fired, started, end)
             left = end - time.monotonic()

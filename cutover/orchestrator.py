@@ -100,6 +100,11 @@ class SwitchResult:
         return {**self.__dict__, "exit_code": int(self.exit_code)}
 
 
+def reconcile_rules(store: ControlStore, migration: str, opts: SwitchOptions) -> list[dict]:
+    """The reconciliation checks a switch runs: the options' own, or the migration's stored ones."""
+    return opts.reconcile if opts.reconcile is not None else store.migration(migration).settings.get("reconcile", [])
+
+
 def _margin(budget: float) -> float:
     """Time kept in hand to back out within the budget (restoring the fence on every
     involved cluster took up to 0.2 s on a loaded 2-core machine)."""
@@ -218,8 +223,7 @@ class Orchestrator:
                 result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
                 self.store.record_event(sw.migration, "gates.failed", kind=sw.kind, gates=result.gates)
                 return result
-        rules = opts.reconcile if opts.reconcile is not None else \
-            self.store.migration(sw.migration).settings.get("reconcile", [])
+        rules = reconcile_rules(self.store, sw.migration, opts)
         steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
         attempt: int | None = None
@@ -418,7 +422,7 @@ def reconcile_probe(config: Config, store: ControlStore, migration: str, opts: S
     migration's reconciliation checks, then backed out: the sides compared at a consistent
     point without moving anything. RECONCILED, RECONCILE_FAILED (nothing moved either),
     or why it could not run (gates, budget)."""
-    rules = opts.reconcile if opts.reconcile is not None else store.migration(migration).settings.get("reconcile", [])
+    rules = reconcile_rules(store, migration, opts)
     if not rules:
         raise MigrationError(f"migration {migration} has no reconciliation checks to probe")
     with store.pinned() as pinned, _lease(pinned, migration, ROLLBACK, opts) as lease:
