@@ -217,3 +217,27 @@ def test_the_bake_compares_the_reconciliation_checks_and_a_disagreement_rolls_ba
         co.wait(name, timeout=60)
     assert stats.rejected == 0 and not stats.failed, stats
     assert assert_acked_on_owners(env, load.acked, co) > 200
+
+
+def test_a_bake_whose_final_reconciliation_cannot_run_is_not_clean_and_completes_nothing(env):
+    """Another process holds the migration's lease through the bake's end: the final
+    probe cannot run in three tries, so the bake is `unreconciled` with the refusal's exit
+    code, --complete-after-bake completes nothing, and the migration is still baking."""
+    co, name = setup(env, rows=1000, audit=False)
+    co.start(name)
+    rules = [{"name": "ledger", "table": TABLE, "aggregates": ["sum(balance)", "count(*)"]}]
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        assert co.cutover(name).exit_code == ExitCode.OK
+        with co.store.lease(name, "a test holding it"):
+            result = Baker(co, name, BakeOptions(duration=1, interval=0.5, complete_after=True),
+                           SwitchOptions(reconcile=rules)).run()
+        assert result.outcome == "unreconciled" and result.trigger is None and result.completed is None, result
+        assert len(result.reconciliations) == 3 and "busy" in result.reconciliations[-1]["message"], result
+        assert result.exit_code == result.reconciliations[-1]["exit_code"] != ExitCode.OK, result
+        assert co.store.migration(name).state == states.BAKING
+        assert "bake.unreconciled" in _events(co, name) and "bake.clean" not in _events(co, name)
+        # with the lease free, the same bake's probe runs and agrees: clean
+        clean = Baker(co, name, BakeOptions(duration=1, interval=0.5), SwitchOptions(reconcile=rules)).run()
+        assert clean.outcome == "clean" and [p["outcome"] for p in clean.reconciliations] == ["reconciled"], clean
