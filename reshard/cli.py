@@ -103,6 +103,16 @@ def json_option(f: Callable) -> Callable:
                         help="Print one JSON document on stdout (for jobs); progress stays on stderr.")(f)
 
 
+def interrupt_on_signals() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt, which ends a watch with exit 0.
+
+    Set explicitly: a process started in the background by a shell without job control
+    (a CI script, ``cmd &``) inherits SIGINT *ignored*, and Python then leaves it ignored,
+    so a Ctrl-C (or a test's SIGINT) would never stop the watch."""
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, signal.default_int_handler)
+
+
 EPILOG = "Exit codes:\n\n\b\n" + describe()
 
 
@@ -771,6 +781,7 @@ def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
         ) or "no migrations")
         return
     if watch:
+        interrupt_on_signals()
         status_view.watch(lambda: {"command": "status", **co.status(name)}, interval,
                           dump=(lambda doc: dumps(doc, indent=None)) if ctx.json else None)
         return

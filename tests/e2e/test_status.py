@@ -7,7 +7,6 @@ worker recorded."""
 import json
 import signal
 import subprocess
-import time
 
 from tests.e2e.helpers import prepare, reshard_cmd, spawn, wait_for, write_config_file
 
@@ -38,14 +37,21 @@ def test_status_once_and_watched(env, tmp_path):
         assert groups.returncode == 0, groups.stderr
         assert f"reshard.{name}.fwd.source1.public.accounts" in groups.stdout and "LAG" in groups.stdout
 
-        watch = subprocess.Popen(reshard_cmd(cfg, "status", name, "--watch", "--json", "--interval", "0.5"),
-                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(4)
-        watch.send_signal(signal.SIGINT)
-        out, err = watch.communicate(timeout=30)
-        assert watch.returncode == 0, err
-        docs = [json.loads(line) for line in out.splitlines()]
-        assert len(docs) >= 2, out
+        # started as a background job is (SIGINT ignored, as a shell without job control
+        # leaves it): the watch must still stop on SIGINT, and on SIGTERM
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            out_file = tmp_path / f"watch-{sig.name}.out"
+            with open(out_file, "wb") as out_fh:
+                watch = subprocess.Popen(reshard_cmd(cfg, "status", name, "--watch", "--json", "--interval", "0.5"),
+                                         stdout=out_fh, stderr=subprocess.PIPE, text=True,
+                                         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+                wait_for(lambda out_file=out_file: out_file.read_bytes().count(b"\n") >= 2, 60,
+                         "two documents from status --watch --json")
+                watch.send_signal(sig)
+                _out, err = watch.communicate(timeout=30)
+            assert watch.returncode == 0, err
+        docs = [json.loads(line) for line in out_file.read_text().splitlines()]
+        assert len(docs) >= 2, docs
         assert all(d["command"] == "status" and d["migration"] == name and d["lag"]["records"] == 0 for d in docs)
 
         # the worker recorded samples as it ran: a PNG of its rate and lag
