@@ -5,38 +5,49 @@
     -> flip from-side -> flip to-side -> ACTIVATE          from the fence request
     -> after flip (reverse streams / their teardown)       to the activation)
 
-Every step is recorded in the control database before and after it runs. The point
-of no return is ``activate``: one control transaction moves routing to the new epoch
-(and records the wave). Before it, any failure or the budget running out backs out:
-every involved cluster enforces the active map again, routing never moved, the streams
-keep running. A rerun after a crash looks at the ground truth, whether the attempt's
-epoch is active: if so it finishes the leftover steps, if not it backs out; then it
+Every step is recorded in the control database before and after it runs.
+
+THE POINT OF NO RETURN is the start of the to-side's flip (``flip_to``): from that
+moment a target may accept writes for the moving keys. Before it, any failure or the
+budget running out backs out: every involved cluster enforces the active map again,
+routing never moved, no target ever accepted a moving key, the streams keep running.
+From it on, the switch only goes forward (flip_to, activate, after_flip), whatever the
+budget says and however long this process was frozen, because backing out would
+discard writes the targets acknowledged. A rerun after a crash or stall decides the
+same way from the control database: an attempt whose flip_to was recorded as started
+(it is recorded before it runs) is finished forward, any other is backed out; then it
 starts a fresh attempt. At no point do two clusters accept the same key (see
-reshard/fence.py), and the fence lapses by itself at the budget's deadline even if
-this process dies.
+reshard/fence.py).
+
+What a frozen coordinator can cost: before the sources' flip, nothing beyond the budget
+(the fence lapses by itself at its deadline, and the server ends a fence transaction the
+process stopped acting in, see fence.HOLD_MS); between the sources' flip and the
+activation, the moving keys have no owner that routers write to until the process
+resumes (or its lease session ends and a rerun finishes forward) - refused, retried,
+never lost or accepted twice.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import psycopg
 from psycopg import errors as pgerr
 from reshard.cdc_applier.offsets import applier_group
 from reshard.cutover import gates as g
-from reshard.cutover.steps import CUTOVER, ROLLBACK, DryRunSteps, LiveSteps, Switch
+from reshard.cutover.steps import CUTOVER, ROLLBACK, CutoverSteps, DryRunSteps, LiveSteps, Switch
 from reshard.cutover.waves import next_wave
 
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease
-from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, WaitTimeout
+from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, SwitchIncomplete, Unavailable, WaitTimeout
 from reshard.exit_codes import ExitCode
+from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV, failpoint  # noqa: F401  (tests name them here)
 from reshard.kafka_admin import KafkaAdmin
 from reshard.progress import Progress
 from reshard.reconcile import ReconciliationFailed
@@ -44,22 +55,6 @@ from reshard.reconcile import ReconciliationFailed
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 RECONCILE_FAILED = "reconciliation_failed"
 RECONCILED = "reconciled"  # a probe: the pause ran to the reconciliation checks, which agreed, and backed out
-FAILPOINT_ENV = "RESHARD_FAILPOINT"  # "<step>:before" or "<step>:after": stop there (crash tests)
-
-
-FAILPOINT_SLEEP_ENV = "RESHARD_FAILPOINT_SLEEP"  # seconds to stall there (default 120: wait to be killed)
-
-
-def failpoint(step: str, when: str) -> None:
-    """Failure injection for tests: announce the point on stderr and stall there (to be
-    killed, or to wake up late like a paused VM).
-
-    Only active when RESHARD_FAILPOINT names this step; never set in production."""
-    if os.environ.get(FAILPOINT_ENV) == f"{step}:{when}":
-        print(f"reshard: failpoint {step}:{when} reached", file=sys.stderr, flush=True)
-        time.sleep(float(os.environ.get(FAILPOINT_SLEEP_ENV, "120")))
-
-
 @dataclass
 class SwitchOptions:
     max_lag: int = 1000  # Kafka records not yet applied
@@ -171,8 +166,9 @@ class Orchestrator:
 
     # ---- recovery ----------------------------------------------------------------------------
     def recover(self, migration: str) -> list[str]:
-        """Settle attempts a crash left running: finish them if they passed the point of
-        no return, back them out if not. Returns one sentence per attempt settled.
+        """Settle attempts a crash (or a stall) left running: finish them forward if they
+        passed the point of no return (the targets' flip had started), back them out if
+        not. Returns one sentence per attempt settled.
 
         Called with the migration's lease held: every live attempt holds that lease for
         its whole run, so an attempt still marked running now belongs to a holder that is
@@ -186,20 +182,30 @@ class Orchestrator:
                         self.store.get_map(plan["epoch"]), a["wave"], plan.get("buckets"), plan.get("last", True),
                         {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)})
             steps = LiveSteps(self.config, self.store, sw)
+            recorded = self.store.steps(migration, a["attempt"])
             try:
-                if self.store.active_epoch() == plan["epoch"]:
-                    steps.flip_to(plan["epoch"])  # idempotent: the flips preceded the activation
+                if self.store.active_epoch() == plan["epoch"] or "flip_to" in recorded:
+                    # past the point of no return: a target may have accepted writes, so the
+                    # only safe way is forward (the flips are idempotent)
+                    steps.flip_to(plan["epoch"])
+                    if self.store.active_epoch() != plan["epoch"]:
+                        fence_at = recorded["fence"]["started_at"] if "fence" in recorded else None
+                        pause_ms = self.store.ms_since(fence_at) if fence_at is not None else None
+                        steps.activate(plan["epoch"], pause_ms, (recorded.get("drain") or {}).get(
+                            "detail", {}).get("ms") or 0)
                     steps.after_flip()
                     self.store.finish_attempt(migration, a["attempt"], "done", {"recovered": "finished"})
-                    said.append(f"{a['kind']} attempt {a['attempt']} had passed the point of no return: finished it")
+                    said.append(f"{a['kind']} attempt {a['attempt']} had passed the point of no return (the "
+                                f"targets' flip): finished it forward, epoch {plan['epoch']} active")
                     self.finished = (a, plan["epoch"])
                 else:
                     steps.back_out()
                     self.store.finish_attempt(migration, a["attempt"], "backed_out", {"recovered": "backed out"})
                     with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
                         steps.quiet_reverse()
-                    said.append(f"{a['kind']} attempt {a['attempt']} had not activated epoch {plan['epoch']}: "
-                                f"backed it out (epoch {plan['active_epoch']} enforced everywhere again)")
+                    said.append(f"{a['kind']} attempt {a['attempt']} had not reached the targets' flip of epoch "
+                                f"{plan['epoch']}: backed it out (epoch {plan['active_epoch']} enforced everywhere "
+                                "again)")
             finally:
                 steps.close()
             self._settle(migration, f"recovered the interrupted {a['kind']} attempt {a['attempt']}")
@@ -223,163 +229,225 @@ class Orchestrator:
                 result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
                 self.store.record_event(sw.migration, "gates.failed", kind=sw.kind, gates=result.gates)
                 return result
-        rules = reconcile_rules(self.store, sw.migration, opts)
         steps = DryRunSteps(self.config, self.store, sw) if opts.dry_run else LiveSteps(
             self.config, self.store, sw, lock_timeout_ms=opts.lock_timeout_ms, sequence_gap=opts.sequence_gap)
-        attempt: int | None = None
-        deadline = float("inf")
-        lease_lost = False
-        failure: list[tuple[str, str]] = []  # a failed step inside the pause, recorded after the back-out
-
-        def guard(name: str) -> None:
-            """A process that stalled (GC, a paused VM, a lost network) must not act late:
-            after the fence, every step re-checks the lease and the budget first."""
-            if opts.dry_run or name not in GUARDED:
-                return
-            if self.lease is not None:
-                self.lease.check()
-            if name in ("flip_to", "activate") and time.monotonic() > deadline:
-                raise BudgetExceeded(f"{opts.max_write_pause:.2f}s write-pause budget spent before {name}")
-
-        def step(name: str, fn: Callable[..., Any], *args: Any) -> Any:
-            failpoint(name, "before")
-            guard(name)
-            if attempt is not None:
-                self.store.step(sw.migration, attempt, name, "started")
-            t = time.monotonic()
-            try:
-                out = fn(*args)
-            except Exception as exc:
-                if attempt is not None and deadline != float("inf"):
-                    failure.append((name, str(exc)))  # unfence first: recorded by back_out()
-                elif attempt is not None:
-                    self.store.step(sw.migration, attempt, name, "failed", error=str(exc))
-                raise
-            ms = round((time.monotonic() - t) * 1000, 1)
-            detail = out if isinstance(out, dict) and all(isinstance(k, str) for k in out) else {}
-            if attempt is not None:
-                self.store.step(sw.migration, attempt, name, "done", ms=ms, **detail)
-            result.steps.append({"step": name, "ms": ms})
-            failpoint(name, "after")
-            return out
-
-        def back_out() -> None:
-            """Restore the fences first, then record the failed step and the back-out: in the
-            write pause, the control database's round trips wait until the writes flow again."""
-            t = time.monotonic()
-            out = steps.back_out()
-            result.unfenced_after_ms = round((time.monotonic() - t0) * 1000, 1)
-            if attempt is not None:
-                for name, error in failure:
-                    self.store.step(sw.migration, attempt, name, "failed", error=error)
-                self.store.step(sw.migration, attempt, "back_out", "done",
-                                ms=round((time.monotonic() - t) * 1000, 1), **out)
-            result.steps.append({"step": "back_out", "ms": round((time.monotonic() - t) * 1000, 1)})
-
-        t0 = time.monotonic()
+        attempt = _Attempt(self, sw, opts, steps, result)
         try:
-            self.progress.step(f"{sw.kind} of {sw.migration}: preparing ({result.keys})")
-            step("prepare", steps.prepare)
-            epoch = step("register_map", steps.register_map)
-            result.epoch = epoch
-            if not opts.dry_run:
-                attempt = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
-                    "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
-                    "last": sw.last_wave, "budget_s": opts.max_write_pause})
-                self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {attempt}"
-                                     + (" (a reconciliation probe)" if opts.probe else ""),
-                                     wave=sw.wave, epoch=epoch)
-            budget = opts.max_write_pause
-            self.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
-                               f"on {', '.join(sw.from_side)} "
-                               f"(budget {budget:.2f}s)")
-            t0 = time.monotonic()
-            deadline = t0 + budget
-            try:
-                deadlines = step("fence", steps.fence_from, budget)
-                positions = step("drain_position", steps.drain_position)
-                t_drain = time.monotonic()
-                step("drain", steps.drain, positions, deadline - _margin(budget))
-                result.drain_ms = round((time.monotonic() - t_drain) * 1000, 1)
-                step("sequences", steps.sync_sequences)
-                if rules:
-                    checked = step("reconcile", steps.reconcile, rules, deadline - _margin(budget))
-                    result.reconciliation = [r.to_dict() for r in checked]
-                if opts.probe:
-                    back_out()
-                    if attempt is not None:
-                        self.store.finish_attempt(sw.migration, attempt, "backed_out",
-                                                  {"reason": "reconciliation probe",
-                                                   "reconciliation": result.reconciliation})
-                    result.outcome = RECONCILED
-                    result.pause_ms = result.unfenced_after_ms
-                    result.message = (f"the reconciliation checks agree at a consistent point; writes were accepted "
-                                      f"again after {result.unfenced_after_ms:.0f} ms; routing unchanged")
-                    return result
-                if not opts.dry_run and time.monotonic() > deadline - _margin(budget):
-                    raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
-                step("flip_from", steps.flip_from, epoch, deadlines)
-                step("flip_to", steps.flip_to, epoch)
-            except (BudgetExceeded, WaitTimeout, pgerr.DeadlockDetected, pgerr.LockNotAvailable) as exc:
-                back_out()
-                if attempt is not None:
-                    self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
-                with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
-                    step("quiet_reverse", steps.quiet_reverse)
-                result.outcome, result.exit_code = ABORTED, ExitCode.CUTOVER_ABORTED
-                result.message = (f"aborted: {exc}; writes were accepted again where they were after "
-                                  f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
-                return result
-            except ReconciliationFailed as exc:
-                # the user's checks disagree at the consistent point: nothing flipped, back out
-                back_out()
-                result.reconciliation = [r.to_dict() for r in exc.results]
-                if attempt is not None:
-                    self.store.finish_attempt(sw.migration, attempt, "aborted",
-                                              {"reason": str(exc), "reconciliation": result.reconciliation})
-                with contextlib.suppress(Exception):
-                    step("quiet_reverse", steps.quiet_reverse)
-                result.outcome, result.exit_code = RECONCILE_FAILED, ExitCode.RECONCILE_FAILED
-                result.message = (f"{exc}; writes were accepted again where they were after "
-                                  f"{result.unfenced_after_ms:.0f} ms; routing unchanged")
-                return result
-            except LeaseLost:
-                # another process holds the migration now and settles this attempt: touch nothing
-                lease_lost = True
-                raise
-            except BaseException as exc:
-                # an unforeseen failure before the point of no return: back out, then report it
-                with contextlib.suppress(Exception):
-                    back_out()
-                with contextlib.suppress(Exception):
-                    if attempt is not None:
-                        self.store.finish_attempt(sw.migration, attempt, "aborted", {"reason": str(exc)})
-                with contextlib.suppress(Exception):
-                    step("quiet_reverse", steps.quiet_reverse)
-                result.outcome = f"failed ({type(exc).__name__}), backed out"
-                raise
-            step("activate", steps.activate, epoch, round((time.monotonic() - t0) * 1000, 1), result.drain_ms or 0)
-            result.pause_ms = round((time.monotonic() - t0) * 1000, 1)
-            if not opts.dry_run and sw.kind == CUTOVER:
-                self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)
-            step("after_flip", steps.after_flip)
-            if attempt is not None:
-                self.store.finish_attempt(sw.migration, attempt, "done",
-                                          {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch,
-                                           "reconciliation": result.reconciliation})
-            if opts.dry_run:
-                assert isinstance(steps, DryRunSteps)
-                result.outcome, result.plan = DRY_RUN, list(steps.sentences)
-                result.pause_ms = result.drain_ms = None
-            else:
-                result.message = (f"{sw.kind} done: epoch {epoch} active; write pause {result.pause_ms:.0f} ms "
-                                  f"(drain {result.drain_ms:.0f} ms)")
-            return result
+            return attempt.run()
         finally:
             steps.close()
-            if attempt is not None and not lease_lost:
+            if attempt.number is not None and not attempt.left_to_recovery:
                 with contextlib.suppress(Exception):  # a rerun's recovery settles it otherwise
-                    self._settle(sw.migration, f"{sw.kind} attempt {attempt}: {result.outcome.replace('_', ' ')}")
+                    self._settle(sw.migration, f"{sw.kind} attempt {attempt.number}: "
+                                               f"{result.outcome.replace('_', ' ')}")
+
+
+# what makes the pause back out (before the point of no return) with exit 12: the budget,
+# a bounded wait, a lock, or a cluster connection lost (also the server ending a frozen
+# session: idle_in_transaction_session_timeout)
+BACK_OUT_ON = (BudgetExceeded, WaitTimeout, pgerr.DeadlockDetected, pgerr.LockNotAvailable, psycopg.OperationalError,
+               pgerr.IdleInTransactionSessionTimeout, Unavailable)
+# past the point of no return a step is retried on these (a target briefly unreachable, a
+# session the server ended while this process was frozen) for this long, then the command
+# exits 15 and a rerun finishes it
+FORWARD_RETRY_ON = (psycopg.Error, Unavailable, WaitTimeout)
+FORWARD_RETRY_S = 30.0
+
+
+class _Attempt:
+    """One attempt of a switch: the steps in order, each recorded, with two policies.
+
+    Before the point of no return a failure (or the budget running out) backs out:
+    every involved cluster enforces the active map again and no target ever accepted a
+    write. THE POINT OF NO RETURN is the start of the targets' flip (``flip_to``): from
+    then on a target may accept writes for the moving keys, so backing out would discard
+    acknowledged writes. Past it the attempt only goes forward (flip_to, activate,
+    after_flip), whatever the budget says, retrying what fails; if it cannot, the attempt
+    stays running and a rerun's recovery finishes it forward."""
+
+    def __init__(self, orch: Orchestrator, sw: Switch, opts: SwitchOptions, steps: CutoverSteps,
+                 result: SwitchResult):
+        self.orch, self.store, self.sw, self.opts, self.steps, self.result = orch, orch.store, sw, opts, steps, result
+        self.number: int | None = None  # the attempt's number in the control database (None: dry run)
+        self.t0 = time.monotonic()
+        self.deadline = float("inf")  # monotonic: fence request + budget
+        self.failures: list[tuple[str, str]] = []  # steps failed inside the pause, recorded after the back-out
+        self.left_to_recovery = False  # past the point of no return and not finished, or the lease was lost
+
+    # ---- recording ---------------------------------------------------------------------------
+    def guard(self, name: str) -> None:
+        """A process that stalled (GC, a paused VM, a lost network) must not act late:
+        after the fence, every step re-checks the lease first."""
+        if not self.opts.dry_run and name in GUARDED and self.orch.lease is not None:
+            self.orch.lease.check()
+
+    def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        failpoint(name, "before")
+        self.guard(name)
+        if self.number is not None:
+            self.store.step(self.sw.migration, self.number, name, "started")
+        t = time.monotonic()
+        try:
+            out = fn(*args)
+        except Exception as exc:
+            if self.number is not None and self.deadline != float("inf") and not self.left_to_recovery:
+                self.failures.append((name, str(exc)))  # unfence first: recorded by back_out()
+            elif self.number is not None:
+                with contextlib.suppress(Exception):
+                    self.store.step(self.sw.migration, self.number, name, "failed", error=str(exc))
+            raise
+        ms = round((time.monotonic() - t) * 1000, 1)
+        detail = out if isinstance(out, dict) and all(isinstance(k, str) for k in out) else {}
+        if self.number is not None:
+            self.store.step(self.sw.migration, self.number, name, "done", ms=ms, **detail)
+        self.result.steps.append({"step": name, "ms": ms})
+        failpoint(name, "after")
+        return out
+
+    def finish(self, state: str, detail: dict) -> None:
+        if self.number is not None:
+            self.store.finish_attempt(self.sw.migration, self.number, state, detail)
+
+    # ---- before the point of no return: back out -----------------------------------------------
+    def back_out(self) -> None:
+        """Restore the fences (the from-side first: its writes are the paused ones), then
+        record the failed step and the back-out: in the write pause, the control database's
+        round trips wait until the writes flow again. ``unfenced_after_ms`` is when the
+        from-side accepted writes again, not when a slow or frozen to-side answered."""
+        t = time.monotonic()
+        out = self.steps.back_out()
+        unfenced = getattr(self.steps, "unfenced_at", None) or time.monotonic()
+        self.result.unfenced_after_ms = round((unfenced - self.t0) * 1000, 1)
+        ms = round((time.monotonic() - t) * 1000, 1)
+        if self.number is not None:
+            for name, error in self.failures:
+                self.store.step(self.sw.migration, self.number, name, "failed", error=error)
+            self.store.step(self.sw.migration, self.number, "back_out", "done", ms=ms, **out)
+        self.result.steps.append({"step": "back_out", "ms": ms})
+
+    def backed_out(self, outcome: str, code: ExitCode, message: str, detail: dict) -> SwitchResult:
+        """The end of an attempt that backed out: recorded, reverse streams quieted, reported."""
+        self.finish("aborted", detail)
+        with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
+            self.step("quiet_reverse", self.steps.quiet_reverse)
+        self.result.outcome, self.result.exit_code = outcome, code
+        self.result.message = (f"{message}; writes were accepted again where they were after "
+                               f"{self.result.unfenced_after_ms:.0f} ms; routing unchanged")
+        return self.result
+
+    # ---- the attempt ---------------------------------------------------------------------------
+    def run(self) -> SwitchResult:
+        sw, opts, steps, result = self.sw, self.opts, self.steps, self.result
+        rules = reconcile_rules(self.store, sw.migration, opts)
+        self.orch.progress.step(f"{sw.kind} of {sw.migration}: preparing ({result.keys})")
+        self.step("prepare", steps.prepare)
+        epoch = self.step("register_map", steps.register_map)
+        result.epoch = epoch
+        if not opts.dry_run:
+            self.number = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
+                "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
+                "last": sw.last_wave, "budget_s": opts.max_write_pause})
+            self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {self.number}"
+                                 + (" (a reconciliation probe)" if opts.probe else ""), wave=sw.wave, epoch=epoch)
+        budget = opts.max_write_pause
+        self.orch.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
+                                f"on {', '.join(sw.from_side)} (budget {budget:.2f}s)")
+        self.t0 = time.monotonic()
+        self.deadline = self.t0 + budget
+        try:
+            deadlines = self.step("fence", steps.fence_from, budget)
+            positions = self.step("drain_position", steps.drain_position)
+            t_drain = time.monotonic()
+            self.step("drain", steps.drain, positions, self.deadline - _margin(budget))
+            result.drain_ms = round((time.monotonic() - t_drain) * 1000, 1)
+            self.step("sequences", steps.sync_sequences)
+            if rules:
+                checked = self.step("reconcile", steps.reconcile, rules, self.deadline - _margin(budget))
+                result.reconciliation = [r.to_dict() for r in checked]
+            if opts.probe:
+                self.back_out()
+                self.finish("backed_out", {"reason": "reconciliation probe", "reconciliation": result.reconciliation})
+                result.outcome = RECONCILED
+                result.pause_ms = result.unfenced_after_ms
+                result.message = (f"the reconciliation checks agree at a consistent point; writes were accepted "
+                                  f"again after {result.unfenced_after_ms:.0f} ms; routing unchanged")
+                return result
+            if not opts.dry_run and time.monotonic() > self.deadline - _margin(budget):
+                raise BudgetExceeded(f"{budget:.2f}s write-pause budget nearly spent before the flip")
+            self.step("flip_from", steps.flip_from, epoch, deadlines)
+            failpoint("flip_to", "before")  # fires here, not in step(): a stall here is before the point of no return
+            if not opts.dry_run and time.monotonic() > self.deadline:
+                raise BudgetExceeded(f"{budget:.2f}s write-pause budget spent before the targets' flip")
+        except BACK_OUT_ON as exc:
+            self.back_out()
+            return self.backed_out(ABORTED, ExitCode.CUTOVER_ABORTED, f"aborted: {exc}", {"reason": str(exc)})
+        except ReconciliationFailed as exc:
+            # the user's checks disagree at the consistent point: nothing flipped, back out
+            self.back_out()
+            result.reconciliation = [r.to_dict() for r in exc.results]
+            return self.backed_out(RECONCILE_FAILED, ExitCode.RECONCILE_FAILED, str(exc),
+                                   {"reason": str(exc), "reconciliation": result.reconciliation})
+        except LeaseLost:
+            # another process holds the migration now and settles this attempt: touch nothing
+            self.left_to_recovery = True
+            raise
+        except BaseException as exc:
+            # an unforeseen failure before the point of no return: back out, then report it
+            with contextlib.suppress(Exception):
+                self.back_out()
+            with contextlib.suppress(Exception):
+                self.finish("aborted", {"reason": str(exc)})
+            with contextlib.suppress(Exception):
+                self.step("quiet_reverse", steps.quiet_reverse)
+            result.outcome = f"failed ({type(exc).__name__}), backed out"
+            raise
+        return self.forward(epoch)
+
+    # ---- past the point of no return: only forward -----------------------------------------------
+    def forward(self, epoch: int) -> SwitchResult:
+        """The targets' flip, the activation and what follows, never backed out."""
+        sw, opts, steps, result = self.sw, self.opts, self.steps, self.result
+        self.left_to_recovery = not opts.dry_run  # until it is finished, a rerun's recovery finishes it
+        self.persist("flip_to", steps.flip_to, epoch)
+        self.persist("activate", lambda: steps.activate(epoch, round((time.monotonic() - self.t0) * 1000, 1),
+                                                         result.drain_ms or 0))
+        result.pause_ms = round((time.monotonic() - self.t0) * 1000, 1)
+        if not opts.dry_run and sw.kind == CUTOVER:
+            self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)
+        self.persist("after_flip", steps.after_flip)
+        self.finish("done", {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch,
+                             "reconciliation": result.reconciliation})
+        self.left_to_recovery = False
+        if opts.dry_run:
+            assert isinstance(steps, DryRunSteps)
+            result.outcome, result.plan = DRY_RUN, list(steps.sentences)
+            result.pause_ms = result.drain_ms = None
+            return result
+        over = result.pause_ms > opts.max_write_pause * 1000
+        result.message = (f"{sw.kind} done: epoch {epoch} active; write pause {result.pause_ms:.0f} ms "
+                          f"(drain {result.drain_ms:.0f} ms)"
+                          + (f", over the {opts.max_write_pause:.2f}s budget: this process was held up past the "
+                             "point of no return, where a switch only goes forward" if over else ""))
+        return result
+
+    def persist(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
+        """A step past the point of no return: retried on what can pass (a cluster briefly
+        unreachable, a session the server ended while this process was frozen) for
+        FORWARD_RETRY_S, then SwitchIncomplete (exit 15) with the attempt left running."""
+        give_up = time.monotonic() + FORWARD_RETRY_S
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                return self.step(name, fn, *args)
+            except FORWARD_RETRY_ON as exc:
+                if self.opts.dry_run or time.monotonic() > give_up:
+                    raise SwitchIncomplete(
+                        f"{self.sw.kind} of {self.sw.migration} passed its point of no return (the targets' flip) "
+                        f"but {name} failed for {FORWARD_RETRY_S:.0f}s ({tries} tries): {exc}. The moving keys are "
+                        f"refused until `reshard {self.sw.kind} {self.sw.migration}` is run again, which finishes "
+                        "it forward; nothing acknowledged is lost") from exc
+                time.sleep(min(2.0, 0.1 * 2 ** min(tries, 5)))
 
 
 def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str]) -> SwitchResult | None:

@@ -34,6 +34,8 @@ from reshard.shardmap import ShardMap
 from reshard.streams import Stream, forward, reverse
 
 CUTOVER, ROLLBACK = "cutover", "rollback"
+STATEMENT_TIMEOUT_MS = 30_000  # every statement of a switch is short; reconcile sets its own from the budget
+FORWARD_HOLD_MS = 500  # past the budget, a target's flip still holds each table lock at most this long
 
 
 @dataclass
@@ -93,7 +95,7 @@ class CutoverSteps(Protocol):
     def reconcile(self, rules: list[dict], deadline: float) -> list[CheckResult]: ...
     def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict: ...
     def flip_to(self, epoch: int) -> dict: ...
-    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict: ...
+    def activate(self, epoch: int, pause_ms: float | None, drain_ms: float) -> dict: ...
     def after_flip(self) -> dict: ...
     def back_out(self) -> dict: ...
     def quiet_reverse(self) -> dict: ...
@@ -112,6 +114,8 @@ class LiveSteps:
         self.sequence_gap = sequence_gap
         self.conns: dict[str, psycopg.Connection[Any]] = {}
         self.admin: KafkaAdmin | None = None
+        self.deadline: float | None = None  # monotonic end of the write-pause budget, set by the fence
+        self.unfenced_at: float | None = None  # when back_out restored the from-side (its writes flow again)
 
     def close(self) -> None:
         for c in self.conns.values():
@@ -122,12 +126,20 @@ class LiveSteps:
 
     def _conn(self, cluster: str) -> psycopg.Connection[Any]:
         conn = self.conns.get(cluster)
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.broken:
             conn = connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
+            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
             shard_schema.install(conn)
             shard_schema.writer_session(conn)
             self.conns[cluster] = conn
         return conn
+
+    def _hold_ms(self, floor_ms: int = fence.MIN_HOLD_MS) -> int:
+        """How long a fence transaction may hold its table lock now: what is left of the
+        budget (at least ``floor_ms``), enforced by the server (see reshard/fence.py)."""
+        if self.deadline is None:
+            return fence.HOLD_MS
+        return max(floor_ms, int((self.deadline - time.monotonic()) * 1000))
 
     def prepare(self) -> dict:
         sw = self.sw
@@ -158,12 +170,14 @@ class LiveSteps:
 
     def fence_from(self, budget_s: float) -> dict[str, str]:
         sw = self.sw
+        self.deadline = time.monotonic() + budget_s
         deadlines = {}
         for c in sw.from_side:
             conn = self._conn(c)
             d = fence.server_deadline(conn, budget_s)
             fence.install(conn, fence.moving(c, sw.active_epoch, sw.active_map, sw.plan, list(sw.plan.moves),
-                                             note=f"{sw.kind} of {sw.migration}", deadline=d), self.lock_timeout_ms)
+                                             note=f"{sw.kind} of {sw.migration}", deadline=d), self.lock_timeout_ms,
+                          hold_ms=self._hold_ms(), point="fence")
             deadlines[c] = d
         return deadlines
 
@@ -202,16 +216,19 @@ class LiveSteps:
         sw = self.sw
         for c in sw.from_side:
             fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
-                          only_before=deadlines[c])
+                          only_before=deadlines[c], hold_ms=self._hold_ms(), point="flip_from")
         return {"clusters": sw.from_side, "epoch": epoch}
 
     def flip_to(self, epoch: int) -> dict:
+        """Past the point of no return (see the orchestrator): runs even after the budget,
+        so its locks are held at most FORWARD_HOLD_MS if this process freezes inside."""
         sw = self.sw
         for c in sw.to_side:
-            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms)
+            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
+                          hold_ms=self._hold_ms(FORWARD_HOLD_MS), point="flip_to")
         return {"clusters": sw.to_side, "epoch": epoch}
 
-    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict:
+    def activate(self, epoch: int, pause_ms: float | None, drain_ms: float) -> dict:
         """The point of no return: routing moves to ``epoch``. One control transaction
         records it together with the wave, so a rerun after a crash knows for sure."""
         sw = self.sw
@@ -239,12 +256,27 @@ class LiveSteps:
 
     def back_out(self) -> dict:
         """Before the point of no return: every involved cluster enforces the active map
-        again (the from-side accepts its keys, the to-side does not)."""
+        again (the from-side accepts its keys, the to-side does not). The from-side first:
+        its writes are the ones paused; ``unfenced_at`` records when they flow again."""
         sw = self.sw
         done = {}
-        for c in sw.clusters:
-            done[c] = fence.install(self._conn(c), fence.steady(c, sw.active_epoch, sw.active_map),
-                                    max(self.lock_timeout_ms, 2000))
+
+        def restore(c: str) -> None:
+            spec = fence.steady(c, sw.active_epoch, sw.active_map)
+            try:
+                done[c] = fence.install(self._conn(c), spec, max(self.lock_timeout_ms, 2000), point="back_out")
+            except (psycopg.OperationalError, psycopg.errors.IdleInTransactionSessionTimeout):
+                # the session was ended (by the server's hold limit while this process was
+                # frozen, or a restart): once more on a new one
+                self.conns.pop(c).close()
+                done[c] = fence.install(self._conn(c), spec, max(self.lock_timeout_ms, 2000))
+
+        for c in sw.from_side:
+            restore(c)
+        self.unfenced_at = time.monotonic()
+        for c in sw.to_side:
+            if c not in done:
+                restore(c)
         return {"restored_epoch": sw.active_epoch, "clusters": list(done)}
 
     def quiet_reverse(self) -> dict:
@@ -354,7 +386,7 @@ class DryRunSteps:
         self._say(f"install the fence of epoch {epoch} on {', '.join(self.sw.to_side)}: they accept the moving keys")
         return {}
 
-    def activate(self, epoch: int, pause_ms: float, drain_ms: float) -> dict:
+    def activate(self, epoch: int, pause_ms: float | None, drain_ms: float) -> dict:
         self._say(f"activate epoch {epoch} in the control database and notify routers (point of no return)")
         return {}
 

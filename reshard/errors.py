@@ -66,6 +66,13 @@ class BudgetExceeded(ReshardError):
     exit_code = ExitCode.CUTOVER_ABORTED
 
 
+class SwitchIncomplete(ReshardError):
+    """A switch past its point of no return could not finish: only going forward is safe
+    now, and rerunning the same command does it (its recovery finishes the attempt)."""
+
+    exit_code = ExitCode.SWITCH_INCOMPLETE
+
+
 class Busy(ReshardError):
     """Another reshard process holds the migration's lease; nothing was done."""
 

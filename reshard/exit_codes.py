@@ -24,6 +24,7 @@ class ExitCode(enum.IntEnum):
     CUTOVER_ABORTED = 12
     RECONCILE_FAILED = 13
     BAKE_ROLLED_BACK = 14
+    SWITCH_INCOMPLETE = 15
     GATE_LAG = 20
     GATE_UNVERIFIED = 21
     GATE_REVERSE = 22
@@ -48,6 +49,9 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     "disagreed between the sources' moving rows and the targets at the fence; routing is unchanged",
     ExitCode.BAKE_ROLLED_BACK: "cutover --bake: a rollback trigger fired during the bake and the migration was "
     "rolled back (the trigger and its evidence are in the output and the events)",
+    ExitCode.SWITCH_INCOMPLETE: "the cutover (or rollback) passed its point of no return (a target's flip) and "
+    "could not finish (a cluster or the control database unreachable): the moving keys are refused until the "
+    "same command is run again, which finishes it forward; nothing acknowledged is lost",
     ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
     ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
     ExitCode.GATE_REVERSE: "gate failed: reverse replication cannot be set up on a target; nothing was fenced",

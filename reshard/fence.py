@@ -19,6 +19,12 @@ write that passed the old check cannot commit after the change) and holds new wr
 back until the new rules commit. One table at a time, so a fence change can never be
 half of a lock cycle with an application transaction that writes several tables in
 any order (invariant 9); ``lock_timeout`` bounds the whole change.
+
+The server, not this process, bounds how long such a transaction holds its lock: each
+one sets ``idle_in_transaction_session_timeout`` and ``statement_timeout`` locally to
+``hold_ms``, so a reshard process frozen inside it (a paused VM, a swap storm, SIGSTOP)
+has its session ended and the transaction rolled back, and the application's writes
+flow again, instead of waiting as long as the freeze lasts.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ import psycopg
 from psycopg import errors as pgerr
 
 from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
+from reshard.failpoints import failpoint
 from reshard.planner import Move, Plan
 from reshard.shard_schema import WRITER_GUC
 from reshard.shardmap import ShardMap, qualified, quote_ident
@@ -189,10 +196,13 @@ def _present(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
 
 
 TRY_LOCK_MS = 200  # one try's wait for a table, far below PostgreSQL's default deadlock_timeout (1 s)
+HOLD_MS = 2000  # default server-side limit on a fence transaction (see the module docstring)
+MIN_HOLD_MS = 100  # the least a caller's remaining budget may shrink that limit to
 
 
 @contextmanager
-def _one_table(conn: psycopg.Connection[Any], table: str, give_up: float, changed: list[str]) -> Iterator[None]:
+def _one_table(conn: psycopg.Connection[Any], table: str, give_up: float, changed: list[str],
+               hold_ms: int = HOLD_MS) -> Iterator[None]:
     """A transaction that holds exactly one table's SHARE ROW EXCLUSIVE lock.
 
     This is what keeps fence changes out of deadlocks (invariant 9): a transaction that
@@ -206,8 +216,14 @@ def _one_table(conn: psycopg.Connection[Any], table: str, give_up: float, change
     A try waits at most TRY_LOCK_MS; where allowed, this session is also the one that
     would detect a cycle (deadlock_timeout 10 ms), so an application never sees 40P01
     from it. Tries repeat after a jittered pause until ``give_up`` (monotonic time).
+
+    The transaction ends on the server if this process stops acting in it for ``hold_ms``
+    (or one statement takes that long): a frozen caller cannot hold the lock longer.
     """
+    hold = str(max(MIN_HOLD_MS, int(hold_ms)))
     with conn.transaction():
+        conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, true), "
+                     "set_config('statement_timeout', %s, true)", (hold, hold))
         _lock_one(conn, table, give_up, changed)
         yield
 
@@ -236,14 +252,16 @@ def _lock_one(conn: psycopg.Connection[Any], table: str, give_up: float, changed
 
 
 def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int = 2000,
-            only_before: str | None = None) -> list[str]:
+            only_before: str | None = None, hold_ms: int = HOLD_MS, point: str = "install") -> list[str]:
     """Install or replace the fence on every table of the spec present on this cluster.
 
     Idempotent. ``conn`` must be in autocommit mode; each table changes in a transaction
     of its own (see ``_one_table``), all within ``lock_timeout_ms``. With ``only_before``
     (a timestamptz), a table changes only if, once it is locked, this cluster's clock is
     still before it; else BudgetExceeded. A failure leaves the tables before it changed
-    and the rest not: callers back out (cutover) or rerun (the fence command).
+    and the rest not: callers back out (cutover) or rerun (the fence command). No table's
+    lock is held longer than ``hold_ms``, enforced by the server (see ``_one_table``).
+    ``point`` names the failpoint ``<point>:locked``, reached holding the first table's lock.
     Returns the tables fenced.
     """
     tables = sorted(_present(conn, spec.table_list()))
@@ -253,7 +271,8 @@ def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int
     give_up = time.monotonic() + lock_timeout_ms / 1000
     changed: list[str] = []
     for t in tables:
-        with _one_table(conn, t, give_up, changed):
+        with _one_table(conn, t, give_up, changed, hold_ms):
+            failpoint(point, "locked")
             if only_before is not None:
                 in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
                 if not in_time:

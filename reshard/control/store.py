@@ -586,6 +586,12 @@ class ControlStore:
             ).fetchall()
         return {r["step"]: r for r in rows}
 
+    def ms_since(self, at: datetime) -> float:
+        """Milliseconds from ``at`` (a time this database recorded) to now, on its clock."""
+        with self.connect() as conn:
+            return round(float(conn.execute("SELECT extract(epoch FROM now() - %s::timestamptz) * 1000 AS ms",
+                                            (at,)).fetchone()["ms"]), 1)
+
     def finish_attempt(self, migration: str, attempt: int, state: str, result: dict) -> None:
         with self.connect() as conn, conn.transaction():
             conn.execute(

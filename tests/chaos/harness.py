@@ -14,6 +14,7 @@ key that shard owned at the epoch it was at (a trigger records each one with
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -220,3 +221,130 @@ def report_lines() -> list[str]:
     widths = [max(len(x[i]) for x in [head, *rows]) for i in range(len(head) - 1)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths) + "  {}"
     return [fmt.format(*head), *(fmt.format(*r) for r in rows)]
+
+
+# ---- a probe that writes straight to the shards ----------------------------------------------
+class DirectProbe:
+    """For each key, a thread writes ``balance + 1`` every few ms alternately on the key's
+    old owner and on its new one, straight to the shards (no router: a writer with a stale
+    map, or one that guesses), and records every acknowledged write: the cluster, when it
+    was acknowledged and how long it took. Refusals (RS001/RS002) are not acknowledged.
+
+    What it proves after a stall or a kill: no acknowledged write is lost (the owner's
+    balance grew by exactly the number of acknowledgements, once replication caught up);
+    no key was owned twice (the acknowledging cluster changes at most once per switch);
+    and how long writes to a key paused (the longest gap between acknowledgements)."""
+
+    def __init__(self, env, keys: list[int], every: float = 0.005, max_seconds: float = 900.0):
+        self.env, self.keys, self.every, self.max_seconds = env, keys, every, max_seconds
+        before, after = parse_map(BEFORE), parse_map(AFTER)
+        self.pairs = {k: (before.owner("public.accounts", [k]), after.owner("public.accounts", [k])) for k in keys}
+        with env.conn("source1") as conn:
+            self.initial = dict(conn.execute("SELECT id, balance FROM public.accounts WHERE id = ANY(%s)",
+                                             (keys,)).fetchall())
+        self.acks: dict[int, list[tuple[str, float]]] = {k: [] for k in keys}
+        self.max_latency: dict[str, float] = {}  # cluster -> the longest single write (acknowledged or not), s
+        self.errors: list[str] = []
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in keys]
+
+    def start(self) -> DirectProbe:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(timeout=60)
+
+    def _run(self, k: int) -> None:
+        conns: dict[str, psycopg.Connection] = {}
+        ends = time.monotonic() + self.max_seconds
+        try:
+            while not self._stop.is_set() and time.monotonic() < ends:
+                for c in self.pairs[k]:
+                    self._write(conns, c, k)
+                    time.sleep(self.every)
+        finally:
+            for conn in conns.values():
+                conn.close()
+
+    def _write(self, conns: dict[str, psycopg.Connection], c: str, k: int) -> None:
+        t = time.monotonic()
+        try:
+            if c not in conns or conns[c].closed:
+                conns[c] = psycopg.connect(self.env.dsn(c), autocommit=True, connect_timeout=5)
+                conns[c].execute("SET statement_timeout = '60s'")
+            conns[c].execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,))
+            self.acks[k].append((c, time.monotonic()))
+        except psycopg.Error as exc:
+            if exc.sqlstate not in (fence.FENCED, fence.NOT_OWNER):
+                self.errors.append(f"{c} key {k}: {exc.sqlstate} {str(exc).strip()[:200]}")
+                conns.pop(c, None)
+        finally:
+            self.max_latency[c] = max(self.max_latency.get(c, 0.0), time.monotonic() - t)
+
+    # ---- what it proves --------------------------------------------------------------------
+    def lost(self, co: Coordinator) -> dict[int, tuple[int, int]]:
+        """Keys whose owner's balance is not the initial one plus every acknowledged write:
+        key -> (acknowledged, applied). Call after the load stopped and replication caught up."""
+        _epoch, m = co.store.active()
+        out = {}
+        for k in self.keys:
+            with self.env.conn(m.owner("public.accounts", [k])) as conn:
+                balance = conn.execute("SELECT balance FROM public.accounts WHERE id = %s", (k,)).fetchone()[0]
+            if balance - self.initial[k] != len(self.acks[k]):
+                out[k] = (len(self.acks[k]), int(balance - self.initial[k]))
+        return out
+
+    def owner_changes(self, since: float = 0.0) -> dict[int, int]:
+        """Per key: how often the acknowledging cluster changed, in acknowledgement order."""
+        out = {}
+        for k, acks in self.acks.items():
+            seq = [c for c, at in acks if at >= since]
+            out[k] = sum(1 for a, b in zip(seq, seq[1:]) if a != b)
+        return out
+
+    def longest_gap(self, since: float, until: float) -> float:
+        """The longest time any key went without an acknowledged write between two moments, s."""
+        worst = 0.0
+        for acks in self.acks.values():
+            times = [since] + [at for _c, at in acks if since <= at <= until] + [until]
+            worst = max(worst, max(b - a for a, b in zip(times, times[1:])))
+        return worst
+
+
+def stalled_switch(cmd: list[str], log, point: str, seconds: float) -> tuple[int, dict | None, float, float]:
+    """Run a switch command that freezes itself whole (SIGSTOP) at ``point``, leave it
+    frozen ``seconds``, thaw it (SIGCONT) and let it finish. Returns its exit code, its
+    --json document, and when the freeze began and ended (monotonic). A command that
+    ends before reaching the point is returned as it ended (freeze times equal)."""
+    import json
+    import os
+    import signal
+    import subprocess
+
+    from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
+    from tests.e2e.helpers import wait_for
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=open(log, "wb"),
+                            env={**os.environ, FAILPOINT_ENV: point, FAILPOINT_SLEEP_ENV: "stop"})
+    wait_for(lambda: b"failpoint" in log.read_bytes() or proc.poll() is not None, 180, f"the switch to reach {point}")
+    frozen = time.monotonic()
+    if proc.poll() is None:
+        wait_for(lambda: _stopped(proc.pid), 10, "the process to stop itself")
+        time.sleep(seconds)
+        os.kill(proc.pid, signal.SIGCONT)
+    thawed = time.monotonic() if proc.poll() is None else frozen
+    out, _ = proc.communicate(timeout=240)
+    try:
+        doc = json.loads(out) if out.strip() else None
+    except ValueError:
+        doc = None
+    return proc.returncode, doc, frozen, thawed
+
+
+def _stopped(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] == "T"
