@@ -24,7 +24,7 @@ from reshard.cdc_applier.worker import streams_of
 from reshard import fence, shard_schema
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore, Lease, connect
 from reshard.errors import MigrationError
 from reshard.planner import plan as make_plan
 from reshard.progress import Progress
@@ -47,6 +47,16 @@ class CompleteResult:
 def complete(config: Config, store: ControlStore, migration: str, *, keep_source_data: bool = False,
              drop_fences: bool = False, batch_rows: int = 5000, pause_s: float = 0.05,
              progress: Progress | None = None) -> CompleteResult:
+    """Complete the migration under its lease, as every command that changes it does: a
+    cutover or rollback of the same migration running meanwhile makes this exit 7 (Busy)
+    before anything is read or changed, and each step re-checks the lease first."""
+    with store.lease(migration, "complete") as lease:
+        return _complete(config, store, migration, lease, keep_source_data=keep_source_data,
+                         drop_fences=drop_fences, batch_rows=batch_rows, pause_s=pause_s, progress=progress)
+
+
+def _complete(config: Config, store: ControlStore, migration: str, lease: Lease, *, keep_source_data: bool,
+              drop_fences: bool, batch_rows: int, pause_s: float, progress: Progress | None) -> CompleteResult:
     progress = progress or Progress("off")
     rec = store.migration(migration)
     running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
@@ -68,6 +78,7 @@ def complete(config: Config, store: ControlStore, migration: str, *, keep_source
         if done.get(name, {}).get("status") == "done":
             result.steps.append({"step": name, "note": "done before"})
             return
+        lease.check()
         store.step(migration, attempt, name, "started")
         t = time.monotonic()
         detail = fn() or {}

@@ -352,6 +352,7 @@ class _Attempt:
         budget = opts.max_write_pause
         self.orch.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
                                 f"on {', '.join(sw.from_side)} (budget {budget:.2f}s)")
+        failpoint("fence", "before")  # fires here, not in step(): the budget starts at the fence request
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget
         try:
@@ -409,9 +410,12 @@ class _Attempt:
         sw, opts, steps, result = self.sw, self.opts, self.steps, self.result
         self.left_to_recovery = not opts.dry_run  # until it is finished, a rerun's recovery finishes it
         self.persist("flip_to", steps.flip_to, epoch)
-        self.persist("activate", lambda: steps.activate(epoch, round((time.monotonic() - self.t0) * 1000, 1),
-                                                         result.drain_ms or 0))
-        result.pause_ms = round((time.monotonic() - self.t0) * 1000, 1)
+        def activate() -> dict:
+            result.pause_ms = round((time.monotonic() - self.t0) * 1000, 1)  # fence request -> activation
+            return steps.activate(epoch, result.pause_ms, result.drain_ms or 0)
+
+        self.persist("activate", activate)
+        assert result.pause_ms is not None
         if not opts.dry_run and sw.kind == CUTOVER:
             self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)
         self.persist("after_flip", steps.after_flip)

@@ -76,7 +76,7 @@ def quiet(config: Config, store: ControlStore, migration: str) -> list[str]:
     application writes, so all they would carry is echoes). Returns the ones stopped."""
     if any(w["state"] == "cut" for w in store.waves(migration)):
         return []
-    client = ConnectClient(config.connect)
+    client = ConnectClient(config.connect, timeout=5.0)  # after the pause: a frozen Connect only delays the exit
     stopped = []
     for s in streams(store, migration):
         if client.status(s.connector) is not None and not client.stopped(s.connector):

@@ -1007,7 +1007,8 @@ def _switch_flags(f: Callable) -> Callable:
     f = click.option("--lock-timeout", default=500, show_default=True,
                      help="Milliseconds a fence change may wait for writes in progress before backing out.")(f)
     f = click.option("--max-write-pause", default=2.0, show_default=True,
-                     help="Hard budget in seconds for the write pause; past it the switch backs out.")(f)
+                     help="Hard budget in seconds for the write pause up to the targets' flip (the point of "
+                          "no return); past it the switch backs out.")(f)
     f = click.option("--max-lag-bytes", default=64 << 20, show_default=True,
                      help="Gate: WAL bytes not yet confirmed by Debezium, at most.")(f)
     f = click.option("--max-lag", default=1000, show_default=True,
@@ -1068,7 +1069,10 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
     bring sequences past, flip the fences, activate the new map epoch (routers are
     notified). Reverse replication then keeps `reshard rollback` possible. Past the
     budget it backs out (exit 12): sources accept writes again, routing unchanged.
-    Rerunning after a crash finishes or backs out the interrupted attempt first.
+    The point of no return is the targets' flip: from there it only goes forward, even
+    past the budget (a frozen process finishes when it thaws; exit 15 if it cannot, and
+    a rerun finishes it). Rerunning after a crash finishes or backs out the
+    interrupted attempt first.
 
     With --bake, after the last wave it keeps watching rollback triggers (the routers'
     error rate and fence rejections, shadow and continuous-check mismatches, reverse

@@ -301,8 +301,7 @@ class Coordinator:
     def complete(self, name: str, **kw):
         from reshard.cutover.complete import complete
 
-        with self.store.lease(name, "complete"):
-            return complete(self.config, self.store, name, progress=self.progress, **kw)
+        return complete(self.config, self.store, name, progress=self.progress, **kw)  # takes the lease
 
     # ---- status ---------------------------------------------------------------------
     def status(self, name: str) -> dict:

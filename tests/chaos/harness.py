@@ -177,9 +177,9 @@ def finish(env, co: Coordinator, name: str, load: LedgerLoad) -> LoadStats:
     return stats
 
 
-def moving_keys(n: int = 20) -> list[int]:
+def moving_keys(n: int = 20, start: int = 1) -> list[int]:
     before, after = parse_map(BEFORE), parse_map(AFTER)
-    return [k for k in range(1, 10_000) if before.owner("public.accounts", [k]) !=
+    return [k for k in range(start, start + 10_000) if before.owner("public.accounts", [k]) !=
             after.owner("public.accounts", [k])][:n]
 
 
@@ -240,12 +240,19 @@ class DirectProbe:
         before, after = parse_map(BEFORE), parse_map(AFTER)
         self.pairs = {k: (before.owner("public.accounts", [k]), after.owner("public.accounts", [k])) for k in keys}
         with env.conn("source1") as conn:
+            # its own rows when its keys are beyond the seeded ones (no other load writes them);
+            # call it while the source owns every key
+            conn.execute("INSERT INTO public.accounts (id, owner, balance) SELECT k, 'probe', 0 "
+                         "FROM unnest(%s::bigint[]) k ON CONFLICT (id) DO NOTHING", (keys,))
             self.initial = dict(conn.execute("SELECT id, balance FROM public.accounts WHERE id = ANY(%s)",
                                              (keys,)).fetchall())
         self.acks: dict[int, list[tuple[str, float]]] = {k: [] for k in keys}
         self.max_latency: dict[str, float] = {}  # cluster -> the longest single write (acknowledged or not), s
         self.errors: list[str] = []
         self._stop = threading.Event()
+        self._running = threading.Event()
+        self._running.set()
+        self._idle = {k: threading.Event() for k in keys}
         self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in keys]
 
     def start(self) -> DirectProbe:
@@ -263,6 +270,11 @@ class DirectProbe:
         ends = time.monotonic() + self.max_seconds
         try:
             while not self._stop.is_set() and time.monotonic() < ends:
+                if not self._running.is_set():
+                    self._idle[k].set()
+                    self._running.wait(1.0)
+                    continue
+                self._idle[k].clear()
                 for c in self.pairs[k]:
                     self._write(conns, c, k)
                     time.sleep(self.every)
@@ -276,14 +288,26 @@ class DirectProbe:
             if c not in conns or conns[c].closed:
                 conns[c] = psycopg.connect(self.env.dsn(c), autocommit=True, connect_timeout=5)
                 conns[c].execute("SET statement_timeout = '60s'")
-            conns[c].execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,))
-            self.acks[k].append((c, time.monotonic()))
+            cur = conns[c].execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,))
+            if cur.rowcount == 1:  # 0: the row has not reached this cluster yet (no trigger ran, nothing written)
+                self.acks[k].append((c, time.monotonic()))
         except psycopg.Error as exc:
             if exc.sqlstate not in (fence.FENCED, fence.NOT_OWNER):
                 self.errors.append(f"{c} key {k}: {exc.sqlstate} {str(exc).strip()[:200]}")
                 conns.pop(c, None)
         finally:
             self.max_latency[c] = max(self.max_latency.get(c, 0.0), time.monotonic() - t)
+
+    def pause(self) -> None:
+        """Stop writing, once the writes in flight are answered."""
+        for e in self._idle.values():
+            e.clear()
+        self._running.clear()
+        for k, e in self._idle.items():
+            assert e.wait(120), f"the probe of key {k} did not pause"
+
+    def resume(self) -> None:
+        self._running.set()
 
     # ---- what it proves --------------------------------------------------------------------
     def lost(self, co: Coordinator) -> dict[int, tuple[int, int]]:

@@ -58,7 +58,7 @@ def test_the_coordinator_frozen_at_every_cutover_and_rollback_step(env, tmp_path
     co, name = setup(env)
     cfg = write_config_file(env, tmp_path)
     co.start(name)
-    keys = moving_keys(4)
+    keys = moving_keys(4, start=100_000)  # beyond the transfers' keyspace: only the probe writes them
     outcomes = []
     f = Fault(f"coordinator frozen {FREEZE:.0f}s at each of {len(POINTS)} points", "cutover and rollback")
     with ApplierThread(co, name):
@@ -91,6 +91,11 @@ def test_the_coordinator_frozen_at_every_cutover_and_rollback_step(env, tmp_path
                     outcomes.append((kind, point, code, round(gap, 2), doc["message"][:90]))
                     if point not in UNBOUNDED:
                         assert gap <= BUDGET + SLACK, (kind, point, gap, doc["message"])
+                    # every write the probe saw acknowledged is on the owner, once caught up
+                    probe.pause()
+                    co.wait(name, timeout=120)
+                    assert probe.lost(co) == {}, (kind, point, code, "lost: key -> (acknowledged, applied)")
+                    probe.resume()
                     # back to where the next point starts
                     if kind == "cutover" and code == ExitCode.OK:
                         switch("rollback", env, co, name)

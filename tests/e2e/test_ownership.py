@@ -196,8 +196,8 @@ def test_a_second_cutover_or_rollback_is_refused_while_one_runs_and_a_late_waker
                                    env={**os.environ, FAILPOINT_ENV: "flip_to:before", FAILPOINT_SLEEP_ENV: "6"})
         wait_for(lambda: b"failpoint" in log.read_bytes() or stalled.poll() is not None, 60, "the stall")
         assert stalled.poll() is None, log.read_text()
-        for command in ("cutover", "rollback", "abort"):
-            second = subprocess.run(reshard_cmd(cfg, command, name, "--yes") if command == "abort"
+        for command in ("cutover", "rollback", "abort", "complete"):
+            second = subprocess.run(reshard_cmd(cfg, command, name, "--yes") if command in ("abort", "complete")
                                     else reshard_cmd(cfg, command, name), capture_output=True, text=True, timeout=60)
             assert second.returncode == 7, (command, second.stdout, second.stderr)
             assert "holds its lease" in second.stderr, second.stderr
@@ -214,3 +214,17 @@ def test_a_second_cutover_or_rollback_is_refused_while_one_runs_and_a_late_waker
         assert json.loads(again.stdout)["outcome"] == "done"
         recorded = [a for a in co.store.attempts(name) if a["kind"] == "cutover"]
         assert [a["state"] for a in recorded] == ["aborted", "done"], recorded
+
+        # complete waits its turn behind a rollback too (it used to take no lease from the CLI)
+        log = tmp_path / "rollback.log"
+        rolling = subprocess.Popen(reshard_cmd(cfg, "rollback", name, "--json"), stdout=subprocess.PIPE,
+                                   stderr=open(log, "wb"),
+                                   env={**os.environ, FAILPOINT_ENV: "drain:before", FAILPOINT_SLEEP_ENV: "4"})
+        wait_for(lambda: b"failpoint" in log.read_bytes() or rolling.poll() is not None, 60, "the rollback's stall")
+        assert rolling.poll() is None, log.read_text()
+        refused = subprocess.run(reshard_cmd(cfg, "complete", name, "--yes"), capture_output=True, text=True,
+                                 timeout=60)
+        assert refused.returncode == 7 and "holds its lease" in refused.stderr, (refused.stdout, refused.stderr)
+        rolling.communicate(timeout=120)
+        assert not [a for a in co.store.attempts(name) if a["kind"] == "complete"]
+        assert co.store.migration(name).state != "complete"
