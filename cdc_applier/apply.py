@@ -30,9 +30,9 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
-from reshard.cdc_applier.decode import ChangeEvent
 
 from reshard.catalog import TableInfo
+from reshard.cdc_applier.decode import ChangeEvent
 from reshard.errors import MigrationPaused, SchemaMismatch
 from reshard.shard_schema import pk_text_sql
 

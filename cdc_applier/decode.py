@@ -23,6 +23,7 @@ from decimal import Decimal
 from typing import Any
 
 import orjson
+
 from reshard.cdc_applier import avro
 
 PLACEHOLDER = "__debezium_unavailable_value"

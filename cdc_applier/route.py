@@ -9,7 +9,6 @@ Changes the other direction wrote (an echo, by replication origin) go nowhere.
 from __future__ import annotations
 
 from reshard.cdc_applier.decode import ChangeEvent, DecodeError
-
 from reshard.errors import ConfigError
 from reshard.planner import Plan
 from reshard.streams import FORWARD, Stream

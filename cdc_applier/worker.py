@@ -33,6 +33,9 @@ from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from reshard import shard_schema
+from reshard.catalog import require_table
 from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
@@ -41,9 +44,6 @@ from reshard.cdc_applier.dlq import DeadLetters
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from reshard.cdc_applier.offsets import applier_group
 from reshard.cdc_applier.route import Router
-
-from reshard import shard_schema
-from reshard.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable

@@ -45,6 +45,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reshard.cdc_applier.offsets import applier_group
+from reshard.control import states
 from reshard.cutover.orchestrator import (
     DONE,
     RECONCILE_FAILED,
@@ -56,8 +57,6 @@ from reshard.cutover.orchestrator import (
     rollback,
 )
 from reshard.cutover.steps import ROLLBACK
-
-from reshard.control import states
 from reshard.errors import MigrationError, ReshardError
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin

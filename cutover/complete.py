@@ -18,10 +18,9 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from reshard import fence, shard_schema
 from reshard.cdc_applier.connector import drop_streams
 from reshard.cdc_applier.worker import streams_of
-
-from reshard import fence, shard_schema
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease, connect

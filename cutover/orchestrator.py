@@ -37,14 +37,14 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
-from reshard.cdc_applier.offsets import applier_group
-from reshard.cutover import gates as g
-from reshard.cutover.steps import CUTOVER, ROLLBACK, CutoverSteps, DryRunSteps, LiveSteps, Switch
-from reshard.cutover.waves import next_wave
 
+from reshard.cdc_applier.offsets import applier_group
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease
+from reshard.cutover import gates as g
+from reshard.cutover.steps import CUTOVER, ROLLBACK, CutoverSteps, DryRunSteps, LiveSteps, Switch
+from reshard.cutover.waves import next_wave
 from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, SwitchIncomplete, Unavailable, WaitTimeout
 from reshard.exit_codes import ExitCode
 from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV, failpoint  # noqa: F401  (tests name them here)

@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import time
 
-from reshard.cdc_applier.connector import ensure_connector
-
 from reshard import shard_schema
+from reshard.cdc_applier.connector import ensure_connector
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect

@@ -16,15 +16,15 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import psycopg
-from reshard.cdc_applier.connector import drop_streams
-from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
-from reshard.cutover import reverse as reverse_streams
-from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 
 from reshard import fence, shard_schema
+from reshard.cdc_applier.connector import drop_streams
+from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
+from reshard.cutover import reverse as reverse_streams
+from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 from reshard.errors import BudgetExceeded
 from reshard.kafka_admin import KafkaAdmin
 from reshard.planner import Plan

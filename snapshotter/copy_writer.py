@@ -18,10 +18,10 @@ from typing import Any
 import psycopg
 from psycopg import errors, pq
 from psycopg.types.json import Jsonb
-from reshard.snapshotter.cursor import KeysetCursor
-from reshard.snapshotter.throttle import CopyThrottle
 
 from reshard.shardmap import qualified, quote_ident
+from reshard.snapshotter.cursor import KeysetCursor
+from reshard.snapshotter.throttle import CopyThrottle
 
 
 @dataclass

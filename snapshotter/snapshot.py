@@ -26,11 +26,6 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
-from reshard.snapshotter.cursor import KeysetCursor
-from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
-from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
-
 from reshard import shard_schema
 from reshard.catalog import TableInfo, check_compatible, check_source, require_table, table_info
 from reshard.config import Config
@@ -41,6 +36,10 @@ from reshard.planner import Move, Plan
 from reshard.progress import Progress
 from reshard.replication import ensure_publication, slot_lsn
 from reshard.shardmap import qualified
+from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
+from reshard.snapshotter.cursor import KeysetCursor
+from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
+from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 from reshard.streams import forward
 
 DEFAULT_BATCH_ROWS = 100_000  # rows per target commit: a crash redoes at most this many per unit

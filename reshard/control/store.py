@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import socket
+import sys
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import click
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
@@ -52,8 +52,11 @@ class MigrationRecord:
 
 
 def actor() -> str:
-    """Who acts: the OS user, host and pid, and the reshard command running."""
-    ctx = click.get_current_context(silent=True)
+    """Who acts: the OS user, host and pid, and the reshard command running (read from
+    click's context when the CLI runs; a library caller such as an application's router
+    never loads click for it)."""
+    click = sys.modules.get("click")
+    ctx = click.get_current_context(silent=True) if click is not None else None
     command = ctx.command_path if ctx is not None else ""
     return f"{getpass.getuser()}@{socket.gethostname()}:{os.getpid()}" + (f" ({command})" if command else "")
 

@@ -19,10 +19,10 @@ import time
 from dataclasses import dataclass
 
 import psycopg
-from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
 
 from reshard import fence
 from reshard.coordinator import Coordinator
+from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
 from reshard.shardmap import parse_map
 from reshard.workload import create_table, seed
 from tests.e2e.cutover_helpers import LoadStats, RouterLoad

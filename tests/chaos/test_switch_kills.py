@@ -16,8 +16,8 @@ import subprocess
 import time
 
 import pytest
-from reshard.cutover.orchestrator import FAILPOINT_ENV
 
+from reshard.cutover.orchestrator import FAILPOINT_ENV
 from reshard.exit_codes import ExitCode
 from tests.chaos.harness import Fault, LedgerLoad, acceptors, audit, moving_keys, setup, switch
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, spawn, wait_for, write_config_file

@@ -10,8 +10,8 @@ from confluent_kafka import Consumer, Producer
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
-from reshard.cdc_applier.dlq import dlq_topic
 
+from reshard.cdc_applier.dlq import dlq_topic
 from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.errors import SetupError

@@ -10,10 +10,10 @@ import time
 from contextlib import contextmanager
 
 import psycopg
-from reshard.cutover.bake import BakeOptions, Baker, run_query
-from reshard.cutover.orchestrator import SwitchOptions
 
 from reshard.control import states
+from reshard.cutover.bake import BakeOptions, Baker, run_query
+from reshard.cutover.orchestrator import SwitchOptions
 from reshard.exit_codes import ExitCode
 from reshard.router import Router
 from reshard.stack.stack import free_port

@@ -6,6 +6,7 @@ import time
 
 import psycopg
 import pytest
+
 from reshard.snapshotter.copy_writer import BLOCK_BYTES, _copy_out
 
 

@@ -2,11 +2,10 @@
 
 import time
 
-from reshard.cutover import reverse as reverse_streams
-from reshard.cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
-
 from reshard.connect_client import ConnectClient
 from reshard.control import states
+from reshard.cutover import reverse as reverse_streams
+from reshard.cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import KafkaAdmin
 from reshard.router import Router

@@ -17,10 +17,10 @@ import time
 from collections import Counter
 
 import psycopg
-from reshard.cutover.orchestrator import SwitchOptions
 
 from reshard import fence
 from reshard.coordinator import Coordinator
+from reshard.cutover.orchestrator import SwitchOptions
 from reshard.shardmap import parse_map
 from reshard.workload import create_table, seed
 from tests.e2e.cutover_helpers import CLUSTERS

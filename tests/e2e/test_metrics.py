@@ -7,9 +7,9 @@ import signal
 import urllib.request
 
 from prometheus_client.parser import text_string_to_metric_families
-from reshard.cutover.gates import applier_gate
 
 from reshard.control.store import ControlStore
+from reshard.cutover.gates import applier_gate
 from reshard.stack.stack import free_port
 from tests.e2e.helpers import prepare, spawn, wait_for, write_config_file
 

@@ -10,10 +10,10 @@ import subprocess
 import threading
 
 import pytest
-from reshard.cutover.orchestrator import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 
 from reshard.connect_client import ConnectClient
 from reshard.coordinator import Coordinator
+from reshard.cutover.orchestrator import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 from reshard.demo import DEFAULT_BUCKETS, demo_maps
 from reshard.errors import MigrationError, SetupError
 from reshard.shardmap import parse_map

@@ -9,9 +9,9 @@ import subprocess
 import time
 
 import yaml
-from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
 
 from reshard.control import ControlStore
+from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
 from reshard.demo import demo_maps
 from reshard.exit_codes import ExitCode
 from reshard.workload import TABLE, create_table, seed

@@ -11,9 +11,9 @@ import threading
 import time
 
 import psycopg
-from reshard.cutover.orchestrator import GATES
 
 from reshard.control import states
+from reshard.cutover.orchestrator import GATES
 from reshard.exit_codes import ExitCode
 from reshard.router import Router
 from tests.e2e.cutover_helpers import RouterLoad, moving_keys, setup

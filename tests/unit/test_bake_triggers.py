@@ -6,9 +6,9 @@ from datetime import UTC, datetime, timedelta
 
 import click
 import pytest
-from reshard.cutover.bake import RouterTotals, error_rate_trigger, query_values, run_check
 
 from reshard.cli import _duration
+from reshard.cutover.bake import RouterTotals, error_rate_trigger, query_values, run_check
 
 
 def ops(reads: int, writes: int = 0, errors: int = 0) -> dict[str, int]:

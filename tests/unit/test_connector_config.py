@@ -5,7 +5,6 @@ import re
 from pathlib import Path
 
 from reshard.cdc_applier.connector import ECHO_PREDICATE, render
-
 from reshard.config import parse_config
 from reshard.streams import forward, reverse
 from tests.unit.test_config import GOOD
@@ -53,8 +52,8 @@ def test_the_connector_config_carries_a_reference_never_the_password(tmp_path):
     import stat
 
     import pytest
-    from reshard.cdc_applier.connector import connect_password
 
+    from reshard.cdc_applier.connector import connect_password
     from reshard.errors import ConfigError
 
     dsn = "host=pg1 dbname=app user=rs password=s3cr:et sslmode=verify-full sslrootcert=/ca.pem"

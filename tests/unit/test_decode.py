@@ -6,6 +6,7 @@ import json
 from decimal import Decimal
 
 import pytest
+
 from reshard.cdc_applier.decode import PLACEHOLDER, DecodeError, decode
 
 FIELDS = [

@@ -7,9 +7,9 @@ import struct
 
 import fastavro
 import pytest
+
 from reshard.cdc_applier.avro import UnknownSchema, WriterSchemas
 from reshard.cdc_applier.decode import PLACEHOLDER, DecodeError, decode
-
 from tests.unit.test_decode import ROW, envelope
 
 NS = "reshard.m.fwd.source1.public.accounts"

@@ -61,8 +61,8 @@ def test_nothing_moves_between_equal_maps():
 
 def test_waves_refuse_bucket_ranges_past_the_map():
     import pytest
-    from reshard.cutover.waves import parse_only
 
+    from reshard.cutover.waves import parse_only
     from reshard.errors import ConfigError
 
     left = {"accounts": [1, 2, 3, 4000]}

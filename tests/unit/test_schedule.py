@@ -1,8 +1,8 @@
 from datetime import datetime
 
 import pytest
-from reshard.cutover.schedule import parse_window, wait_for_gates
 
+from reshard.cutover.schedule import parse_window, wait_for_gates
 from reshard.errors import ConfigError
 
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import psycopg
 import pytest
-from reshard.cutover import orchestrator as o
-from reshard.cutover.steps import CUTOVER, Switch
 
 from reshard.control import states
+from reshard.cutover import orchestrator as o
+from reshard.cutover.steps import CUTOVER, Switch
 from reshard.errors import BudgetExceeded, SwitchIncomplete
 from reshard.exit_codes import ExitCode
 from reshard.shardmap import parse_map
