@@ -38,8 +38,8 @@ from confluent_kafka import Consumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from reshard.catchup import applier_group, mark_positions, wait_confirmed  # noqa: E402
 from reshard.cdc_applier.connector import converters  # noqa: E402
-from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_confirmed  # noqa: E402
 from reshard.config import FORMATS, KafkaConfig, write_config  # noqa: E402
 from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402

@@ -20,10 +20,7 @@ from confluent_kafka import Producer
 from reshard.config import KafkaConfig
 from reshard.kafka_admin import client_conf
 from reshard.own_records import RecordWriter
-
-
-def dlq_topic(migration: str) -> str:
-    return f"reshard.{migration}.dlq"
+from reshard.streams import dlq_topic
 
 
 def lsn_text(lsn: int | None) -> str | None:

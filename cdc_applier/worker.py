@@ -36,13 +36,13 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Topic
 
 from reshard import shard_schema
 from reshard.catalog import require_table
+from reshard.catchup import applier_group
 from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
 from reshard.cdc_applier.decode import DecodeError, decode
 from reshard.cdc_applier.dlq import DeadLetters
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
-from reshard.cdc_applier.offsets import applier_group
 from reshard.cdc_applier.route import Router
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
@@ -52,7 +52,7 @@ from reshard.kafka_admin import client_conf
 from reshard.logs import bind
 from reshard.planner import Plan
 from reshard.progress import Task
-from reshard.streams import FORWARD, REVERSE, Stream, forward, reverse
+from reshard.streams import FORWARD, REVERSE, Stream, streams_of
 
 log = logging.getLogger("reshard.cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
@@ -112,13 +112,6 @@ def tag_origin(conn: psycopg.Connection[Any], prefix: str) -> str:
         except (psycopg.errors.ObjectInUse, psycopg.errors.UniqueViolation):
             continue
     raise Unavailable(f"all {ORIGIN_POOL} replication origins {prefix}_* are in use: too many applier workers")
-
-
-def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[Stream]:
-    """Forward streams from every source; reverse streams the cutover recorded."""
-    out = [forward(rec.name, s) for s in plan.sources()]
-    out += [reverse(rec.name, r["cluster"], r["generation"]) for r in store.reverse_streams(rec.name)]
-    return out
 
 
 @dataclass

@@ -44,7 +44,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from reshard.cdc_applier.offsets import applier_group
+from reshard.catchup import applier_group
 from reshard.control import states
 from reshard.cutover.orchestrator import (
     DONE,

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 
 from reshard import fence, shard_schema
 from reshard.cdc_applier.connector import drop_streams
-from reshard.cdc_applier.worker import streams_of
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease, connect
@@ -28,6 +27,7 @@ from reshard.errors import MigrationError
 from reshard.planner import plan as make_plan
 from reshard.progress import Progress
 from reshard.shardmap import qualified
+from reshard.streams import streams_of
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
 

@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 
-from reshard.cdc_applier.offsets import applier_group
+from reshard.catchup import applier_group
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease

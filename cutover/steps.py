@@ -18,8 +18,8 @@ from typing import Any, Protocol
 import psycopg
 
 from reshard import fence, shard_schema
+from reshard.catchup import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.cdc_applier.connector import drop_streams
-from reshard.cdc_applier.offsets import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.config import Config
 from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect

@@ -16,11 +16,10 @@ from typing import Any
 
 from reshard import shard_schema
 from reshard.catalog import table_info
+from reshard.catchup import CaughtUp, Lag, lag, prove_caught_up, slot_lag, topic_lag
 from reshard.cdc_applier.connector import drop_streams, ensure_connector
-from reshard.cdc_applier.dlq import dlq_topic
-from reshard.cdc_applier.offsets import CaughtUp, Lag, lag, slot_lag, topic_lag, wait_caught_up
 from reshard.cdc_applier.route import Router
-from reshard.cdc_applier.worker import Applier, ApplierStats, streams_of
+from reshard.cdc_applier.worker import Applier, ApplierStats
 from reshard.config import Config, check_name
 from reshard.connect_client import ConnectClient
 from reshard.control import states
@@ -35,7 +34,7 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Sna
 from reshard.snapshotter.target_tables import create_tables, drop_created, finish_tables
 from reshard.snapshotter.throttle import ThrottleSettings
 from reshard.stack.connect import DEBEZIUM_CLASS
-from reshard.streams import FORWARD, Stream, forward
+from reshard.streams import FORWARD, Stream, dlq_topic, forward, streams_of
 from reshard.verify import VerifyReport, verify
 
 STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
@@ -215,18 +214,8 @@ class Coordinator:
 
     def wait(self, name: str, timeout: float = 300.0) -> CaughtUp:
         """Prove every change committed so far, in either direction, is applied."""
-        rec, _ = self.record(name)
-        if rec.state not in states.FLOWING:
-            raise MigrationError(f"migration {name} is {rec.state}; nothing is streaming")
-        streams, topics = self.streams(name)
-        # reverse streams stopped by a cutover attempt that backed out carry nothing but
-        # echoes (no wave is cut): there is nothing of theirs to catch up with
-        client = ConnectClient(self.config.connect)
-        live = [s for s in streams if s.direction == FORWARD or not client.stopped(s.connector)]
-        topics = [t for t in topics if any(t.startswith(f"{s.prefix}.") for s in live)]
-        proof = wait_caught_up(self.config, name, live, topics, timeout)
-        self.store.record_event(name, "catchup.proved", **proof.to_dict())
-        return proof
+        self.record(name)
+        return prove_caught_up(self.config, self.store, name, timeout)
 
     def lag(self, name: str) -> Lag:
         streams, topics = self.streams(name)

@@ -26,12 +26,12 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from reshard import fence
-from reshard.cdc_applier.dlq import dlq_topic
-from reshard.cdc_applier.offsets import applier_group, slot_lag
+from reshard.catchup import applier_group, slot_lag
 from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import connect
 from reshard.kafka_admin import KafkaAdmin
+from reshard.streams import dlq_topic
 
 log = logging.getLogger(__name__)
 

@@ -99,11 +99,15 @@ class Router:
     def __init__(self, control_dsn: str, shards: dict[str, str], *, listen: bool = True,
                  retry_for: float = 2.0, wait_switching: float | None = None,
                  connect_timeout: int = 5, config: Config | None = None,
-                 hedge_after: float | None = None, report_every: float = 5.0):
+                 hedge_after: float | None = None, report_every: float = 5.0,
+                 catch_up: Callable[[str], Any] | None = None):
         """``shards`` maps cluster names to DSNs. ``retry_for`` bounds how long a rejected
         write is retried; ``wait_switching``, if set, lets writes to keys that are
         switching owner (fenced, RS001) wait that long instead. ``config`` (given by
-        ``from_config``) enables shadow reads; ``hedge_after`` (seconds) hedged reads."""
+        ``from_config``) enables shadow reads; ``hedge_after`` (seconds) hedged reads.
+        ``catch_up(migration)`` proves the targets hold every change committed so far,
+        which settling a shadow read's difference needs (default: reshard.catchup's proof,
+        loaded when first needed; never the coordinator or the CLI)."""
         self.store = ControlStore(control_dsn)
         self.config = config
         self.hedge_after = hedge_after
@@ -125,7 +129,7 @@ class Router:
         self._epoch, self._map = self._load()
         self._closed = threading.Event()
         self.refreshes = 0
-        self.shadow = ShadowReader(config, self.store, self.connection) if config is not None else None
+        self.shadow = ShadowReader(config, self.store, self.connection, catch_up) if config is not None else None
         self._poll_migrations()
         self._listener: threading.Thread | None = None
         if listen:

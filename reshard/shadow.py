@@ -88,17 +88,20 @@ class ShadowReader:
     """The background half of shadow reads: a bounded queue and one thread."""
 
     def __init__(self, config: Config, store: ControlStore,
-                 connection: Callable[[str], psycopg.Connection[Any]]):
+                 connection: Callable[[str], psycopg.Connection[Any]],
+                 catch_up: Callable[[str], Any] | None = None):
         self.config = config
         self.store = store
         self.connection = connection  # the router's per-thread connections (this thread's)
+        # proves a migration's targets hold every change committed so far (settling a
+        # difference needs it); by default reshard's proof, loaded only when first needed
+        self.catch_up = catch_up or self._prove
         self.stats = ShadowStats()
         self._lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue(QUEUE_SIZE)
         self._pending: dict[tuple[str, Move, str], set[tuple]] = defaultdict(set)
         self._plans: dict[tuple[str, Move, str], Plan] = {}
         self._thread = threading.Thread(target=self._run, name="reshard-shadow", daemon=True)
-        self._coordinator: Any = None
         self._thread.start()
 
     def submit(self, target: Shadowed, table: str, key: tuple, read: Callable[[psycopg.Connection[Any]], Any],
@@ -196,11 +199,10 @@ class ShadowReader:
                     self.store.audit(conn, migration, "verify", equal=False, mode="shadow",
                                      differences={f"{move.id}/{table}": confirmed[:10]})
 
-    def _coordinator_for_catch_up(self) -> Any:
-        if self._coordinator is None:
-            from reshard.coordinator import Coordinator  # the catch-up proof lives there
-            self._coordinator = Coordinator.open(self.config)
-        return self._coordinator
+    def _prove(self, migration: str) -> Any:
+        from reshard.catchup import prove_caught_up  # Kafka's client: loaded only if a read differs
+
+        return prove_caught_up(self.config, self.store, migration, timeout=60)
 
     def _confirm_unit(self, migration: str, plan: Plan, move: Move, table: str, keys: list[tuple]) -> list[dict]:
         cfg = self.config
@@ -213,9 +215,8 @@ class ShadowReader:
                 check = compare(src, tgt, plan, move, table, info, within=key_condition(src, plan, move, table, keys))
         if not check.candidates:
             return []
-        co = self._coordinator_for_catch_up()
         active = self.store.active()
-        recheck(cfg, plan, check, lambda: co.wait(migration, timeout=60), 3, len(keys),
+        recheck(cfg, plan, check, lambda: self.catch_up(migration), 3, len(keys),
                 active[1] if active else None)
         key_cols = plan.new.groups[move.group].key_columns(table)
         positions = [list(info.pk).index(c) for c in key_cols]

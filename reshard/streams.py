@@ -17,6 +17,11 @@ that still arrive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only for the annotations: streams.py is imported by the store itself
+    from reshard.control.store import ControlStore, MigrationRecord
+    from reshard.planner import Plan
 
 FORWARD = "fwd"
 REVERSE = "rev"
@@ -85,3 +90,15 @@ def forward(migration: str, source: str) -> Stream:
 
 def reverse(migration: str, target: str, generation: int) -> Stream:
     return Stream(migration, REVERSE, target, generation)
+
+
+def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[Stream]:
+    """Forward streams from every source; reverse streams the cutover recorded."""
+    out = [forward(rec.name, s) for s in plan.sources()]
+    out += [reverse(rec.name, r["cluster"], r["generation"]) for r in store.reverse_streams(rec.name)]
+    return out
+
+
+def dlq_topic(migration: str) -> str:
+    """The migration's dead-letter topic (cdc_applier/dlq.py writes it)."""
+    return f"reshard.{migration}.dlq"

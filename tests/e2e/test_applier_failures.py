@@ -10,9 +10,9 @@ from confluent_kafka.admin import AdminClient
 
 from reshard import shard_schema
 from reshard.catalog import require_table
+from reshard.catchup import applier_group
 from reshard.cdc_applier.apply import Routed, TargetWriter
 from reshard.cdc_applier.decode import ChangeEvent
-from reshard.cdc_applier.offsets import applier_group
 from reshard.config import KafkaConfig
 from reshard.kafka_admin import KafkaAdmin, client_conf
 from reshard.workload import Workload, create_table

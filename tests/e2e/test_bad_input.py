@@ -11,14 +11,13 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from reshard.cdc_applier.dlq import dlq_topic
 from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.errors import SetupError
 from reshard.exit_codes import ExitCode
 from reshard.kafka_admin import client_conf
 from reshard.shardmap import parse_map
-from reshard.streams import forward
+from reshard.streams import dlq_topic, forward
 from tests.e2e.helpers import (
     ApplierThread,
     assert_targets_equal_source,

@@ -29,12 +29,14 @@ from typing import Any
 import psycopg
 
 from reshard.config import Config
-from reshard.control.store import connect
+from reshard.connect_client import ConnectClient
+from reshard.control import states
+from reshard.control.store import ControlStore, connect
 from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka_admin import KafkaAdmin
-from reshard.streams import Stream
+from reshard.streams import FORWARD, Stream, streams_of
 
-log = logging.getLogger("reshard.cdc_applier.offsets")
+log = logging.getLogger("reshard.catchup")
 SAY_EVERY_S = 5.0  # a wait says what it waits for this often
 
 
@@ -207,3 +209,21 @@ def wait_caught_up(config: Config, migration: str, streams: list[Stream], topics
         ends = wait_applied(admin, applier_group(migration), topics, deadline)
     return CaughtUp({f"{s.direction}:{s.cluster}": x for s, x in positions.items()}, ends,
                     time.monotonic() - started, confirmed - started)
+
+
+def prove_caught_up(config: Config, store: ControlStore, migration: str, timeout: float = 300.0) -> CaughtUp:
+    """Prove every change committed so far on the migration's live streams, either way, is
+    applied, and record the proof. The one door for ``reshard wait``, the demo and the
+    router's shadow reads (which must not load the coordinator to ask for it)."""
+    rec = store.migration(migration)
+    if rec.state not in states.FLOWING:
+        raise MigrationError(f"migration {migration} is {rec.state}; nothing is streaming")
+    plan = store.plan_of(rec)
+    # reverse streams stopped by a cutover attempt that backed out carry nothing but
+    # echoes (no wave is cut): there is nothing of theirs to catch up with
+    client = ConnectClient(config.connect)
+    live = [s for s in streams_of(store, rec, plan) if s.direction == FORWARD or not client.stopped(s.connector)]
+    topics = sorted(s.topic(t) for s in live for t in plan.tables())
+    proof = wait_caught_up(config, migration, live, topics, timeout)
+    store.record_event(migration, "catchup.proved", **proof.to_dict())
+    return proof
