@@ -128,7 +128,7 @@ class LiveSteps:
         conn = self.conns.get(cluster)
         if conn is None or conn.closed or conn.broken:
             conn = connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
-            conn.execute(f"SET statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            conn.execute("SELECT set_config('statement_timeout', %s, false)", (str(STATEMENT_TIMEOUT_MS),))
             shard_schema.install(conn)
             shard_schema.writer_session(conn)
             self.conns[cluster] = conn

@@ -1081,10 +1081,9 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
     (exit 14), within the same write-pause budget; a clean bake exits 0, and
     --complete-after-bake then completes the migration.
     """
-    from reshard.control import ControlStore
-    from reshard.cutover.orchestrator import DONE, GATES, Orchestrator, cutover
+    from reshard.coordinator import Coordinator
+    from reshard.cutover.orchestrator import DONE, GATES
     from reshard.cutover.schedule import parse_window
-    from reshard.cutover.schedule import wait_for_gates as wait_gates
 
     bake = None
     if bake_for is not None:
@@ -1108,16 +1107,14 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
                "exit_code": int(ExitCode.OUTSIDE_WINDOW)}
         emit(ctx, doc, lambda: f"{name}: now is outside the window {win}; nothing done")
         sys.exit(ExitCode.OUTSIDE_WINDOW)
-    store = ControlStore(config.control_dsn)
+    progress = ctx.progress()
+    co = Coordinator.open(config, progress)
     opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, only=only,
                            sequence_gap=sequence_gap, require_verified=not skip_verify_gate,
-                           reconcile=_reconcile_rules(config, store, name, reconcile_path, dry_run))
-    progress = ctx.progress()
+                           reconcile=_reconcile_rules(config, co.store, name, reconcile_path, dry_run))
     try:
         if wait_for_gates > 0 and not dry_run:
-            orch = Orchestrator(config, store, progress)
-            sw = orch.cutover_switch(name, only)
-            gates = wait_gates(lambda: orch.gates(sw, opts), wait_for_gates, win, say=progress.step)
+            gates = co.wait_for_gates(name, opts, wait_for_gates, win)
             if not all(gt.ok for gt in gates):
                 failed = [gt for gt in gates if not gt.ok]
                 doc = {"command": "cutover", "migration": name, "outcome": GATES,
@@ -1125,7 +1122,7 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
                 emit(ctx, doc, lambda: f"{name}: gates not met after {wait_for_gates:.0f}s: "
                      + "; ".join(f"{gt.name}: {gt.detail}" for gt in failed))
                 sys.exit(failed[0].code)
-        result = cutover(config, store, name, opts, progress)
+        result = co.cutover(name, opts)
         baked = None
         if bake is not None and result.outcome == DONE:
             baked = _bake(config, name, bake, opts, progress)
@@ -1163,16 +1160,15 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
     sources. Possible until `reshard complete`. The forward stream keeps running, so a
     later `reshard cutover` can try again. Same budget and exit codes as cutover.
     """
-    from reshard.control import ControlStore
-    from reshard.cutover.orchestrator import rollback
+    from reshard.coordinator import Coordinator
 
     config = ctx.config()
-    store = ControlStore(config.control_dsn)
-    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False,
-                           reconcile=_reconcile_rules(config, store, name, reconcile_path, dry_run))
     progress = ctx.progress()
+    co = Coordinator.open(config, progress)
+    opts = _switch_options(max_lag, max_lag_bytes, max_write_pause, lock_timeout, dry_run, require_verified=False,
+                           reconcile=_reconcile_rules(config, co.store, name, reconcile_path, dry_run))
     try:
-        result = rollback(config, store, name, opts, progress)
+        result = co.rollback(name, opts)
     finally:
         progress.stop()
     doc = {"command": "rollback", **result.to_dict()}
@@ -1209,16 +1205,16 @@ def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool,
     Every step is recorded and idempotent: rerun it after a crash. Rollback is no
     longer possible afterwards. Fences stay, enforcing the final map, unless --drop-fences.
     """
-    from reshard.control import ControlStore
-    from reshard.cutover.complete import complete
+    from reshard.coordinator import Coordinator
 
     _confirm(yes, f"Complete migration {name}? Rollback will no longer be possible"
              + ("." if keep_source_data else " and the moved rows will be deleted from the sources."))
     config = ctx.config()
     progress = ctx.progress()
     try:
-        result = complete(config, ControlStore(config.control_dsn), name, keep_source_data=keep_source_data,
-                          drop_fences=drop_fences, batch_rows=batch_rows, pause_s=throttle, progress=progress)
+        result = Coordinator.open(config, progress).complete(name, keep_source_data=keep_source_data,
+                                                            drop_fences=drop_fences, batch_rows=batch_rows,
+                                                            pause_s=throttle)
     finally:
         progress.stop()
     doc = {"command": "complete", **result.to_dict()}

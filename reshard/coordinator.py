@@ -282,6 +282,16 @@ class Coordinator:
 
         return cutover(self.config, self.store, name, opts or SwitchOptions(), self.progress)
 
+    def wait_for_gates(self, name: str, opts, seconds: float, window=None) -> list:
+        """The next cutover wave's gates, looked at until they all pass, ``seconds`` pass,
+        or the window closes (cutover/schedule.py); returns the last look."""
+        from reshard.cutover.orchestrator import Orchestrator
+        from reshard.cutover.schedule import wait_for_gates
+
+        orch = Orchestrator(self.config, self.store, self.progress)
+        sw = orch.cutover_switch(name, opts.only)
+        return wait_for_gates(lambda: orch.gates(sw, opts), seconds, window, say=self.progress.step)
+
     def rollback(self, name: str, opts=None):
         from reshard.cutover.orchestrator import SwitchOptions, rollback
 
