@@ -107,7 +107,7 @@ def _margin(budget: float) -> float:
 
 
 # the steps of the pause that act on clusters or routing: each runs only if this process
-# still holds the migration's lease and the write-pause budget is not spent
+# still holds the migration's lease (the budget is checked before the flips, see _Attempt.run)
 GUARDED = ("drain_position", "drain", "sequences", "flip_from", "flip_to", "activate")
 
 
