@@ -40,6 +40,7 @@ from psycopg import errors as pgerr
 
 from reshard.catchup import applier_group
 from reshard.config import Config
+from reshard.connect_client import ConnectError
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease
 from reshard.cutover import gates as g
@@ -248,9 +249,9 @@ class Orchestrator:
 BACK_OUT_ON = (BudgetExceeded, WaitTimeout, pgerr.DeadlockDetected, pgerr.LockNotAvailable, psycopg.OperationalError,
                pgerr.IdleInTransactionSessionTimeout, Unavailable)
 # past the point of no return a step is retried on these (a target briefly unreachable, a
-# session the server ended while this process was frozen) for this long, then the command
+# session the server ended while this process was frozen, Connect rebalancing) for this long, then the command
 # exits 15 and a rerun finishes it
-FORWARD_RETRY_ON = (psycopg.Error, Unavailable, WaitTimeout)
+FORWARD_RETRY_ON = (psycopg.Error, Unavailable, WaitTimeout, ConnectError)
 FORWARD_RETRY_S = 30.0
 
 

@@ -13,7 +13,7 @@ from typing import Any
 from reshard.config import ConnectConfig
 from reshard.errors import ReshardError, Unavailable, WaitTimeout
 
-REBALANCE_WAIT_S = 30.0  # how long a call waits out a worker-group rebalance (HTTP 409)
+REBALANCE_WAIT_S = 30.0  # how long a call waits out a worker-group rebalance (HTTP 409, or a 500 saying so)
 
 
 class ConnectError(ReshardError):
@@ -44,7 +44,9 @@ class ConnectClient:
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
         """One REST call. 409 (the worker group is rebalancing, e.g. right after a connector
-        was created, changed or resumed) is transient: retried for up to REBALANCE_WAIT_S."""
+        was created, changed or resumed) is transient: retried for up to REBALANCE_WAIT_S, and
+        so is a 500 whose message says a rebalance is expected (seen right after a switch's
+        connectors came and went)."""
         data = json.dumps(body).encode() if body is not None else None
         deadline = time.monotonic() + REBALANCE_WAIT_S
         while True:
@@ -60,7 +62,8 @@ class ConnectClient:
                 if exc.code in (401, 403):
                     raise ConnectError(f"Kafka Connect at {self.url} refused reshard's credentials ({exc.code}): "
                                        "check connect.username and connect.password") from None
-                if exc.code == 409 and time.monotonic() < deadline:
+                rebalancing = exc.code == 409 or (exc.code == 500 and "rebalance" in detail.lower())
+                if rebalancing and time.monotonic() < deadline:
                     time.sleep(0.5)
                     continue
                 raise ConnectError(f"Kafka Connect {method} {path} failed ({exc.code}): {detail}") from None

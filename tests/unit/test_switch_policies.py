@@ -8,6 +8,7 @@ from __future__ import annotations
 import psycopg
 import pytest
 
+from reshard.connect_client import ConnectError
 from reshard.control import states
 from reshard.cutover import orchestrator as o
 from reshard.cutover.steps import CUTOVER, Switch
@@ -116,7 +117,9 @@ def test_the_budget_spent_before_the_targets_flip_backs_out():
 def test_past_the_targets_flip_it_retries_and_goes_forward(monkeypatch):
     monkeypatch.setattr(o.time, "sleep", lambda _s: None)
     lost = psycopg.OperationalError("terminating connection due to idle-in-transaction timeout")
-    steps = FakeSteps(fail={"flip_to": [lost, lost], "activate": [psycopg.OperationalError("control db gone")]})
+    steps = FakeSteps(fail={"flip_to": [lost, lost], "activate": [psycopg.OperationalError("control db gone")],
+                            "after_flip": [ConnectError("(500) Cannot complete request because a rebalance is "
+                                                        "expected")]})
     a, store = attempt(steps)
     result = a.run()
     assert result.exit_code == ExitCode.OK and result.outcome == o.DONE
