@@ -84,6 +84,7 @@ class RouterLoad:
         self.seed = seed
         self.max_seconds = max_seconds
         self.acked: dict[int, str] = {}
+        self.in_doubt: dict[int, set[str]] = {}  # key -> values written after its last ack whose commit is unknown
         self.stats = LoadStats()
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -118,11 +119,16 @@ class RouterLoad:
             except psycopg.Error as exc:  # a shard down, a connection cut: not acknowledged
                 with self._lock:
                     self.stats.failed[exc.sqlstate or type(exc).__name__] += 1
+                    if isinstance(exc, psycopg.OperationalError):
+                        # the server may have committed it and died before answering (an
+                        # immediate stop): in doubt, so the key may hold this value instead
+                        self.in_doubt.setdefault(k, set()).add(v)
                 self._stop.wait(0.2)
                 continue
             ms = (time.monotonic() - t) * 1000
             with self._lock:
                 self.acked_one(k, v)
+                self.in_doubt.pop(k, None)  # this acknowledged write is newer than any in doubt
                 self.stats.writes += 1
                 if ms > self.stats.max_stall_ms:
                     self.stats.max_stall_ms = ms
