@@ -12,7 +12,7 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reshard.config import ClusterConfig, Config, state_dir  # noqa: E402
-from reshard.connect_client import ConnectClient  # noqa: E402
+from reshard.kafka.connect_client import ConnectClient  # noqa: E402
 from reshard.stack import Stack  # noqa: E402
 
 
@@ -53,8 +53,8 @@ def fresh_databases(base: Config, db: str, migration: str) -> Config:
 def seed_split(config: Config, rows: int, targets: list[str]) -> tuple[dict, dict]:
     """The sample table on source1 (``rows`` rows, analyzed) and empty on the targets;
     returns the demo's (before, after) maps, which move every key to the targets."""
-    from reshard.demo import demo_maps
-    from reshard.workload import TABLE, create_table, seed
+    from reshard.stack.demo import demo_maps
+    from reshard.stack.workload import TABLE, create_table, seed
 
     for c in ("source1", *targets):
         with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:

@@ -38,17 +38,17 @@ from confluent_kafka import Consumer, TopicPartition
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
-from reshard.catchup import applier_group, mark_positions, wait_confirmed  # noqa: E402
 from reshard.cdc_applier.connector import converters  # noqa: E402
 from reshard.config import FORMATS, KafkaConfig, write_config  # noqa: E402
-from reshard.connect_client import ConnectClient  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.kafka_admin import (
+from reshard.kafka.admin import (
     KafkaAdmin,  # noqa: E402
     client_conf,  # noqa: E402
 )
-from reshard.shardmap import parse_map  # noqa: E402
-from reshard.workload import create_table, seed  # noqa: E402
+from reshard.kafka.connect_client import ConnectClient  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
+from reshard.proof.catchup import applier_group, mark_positions, wait_confirmed  # noqa: E402
+from reshard.stack.workload import create_table, seed  # noqa: E402
 
 DB = "bench_apply"
 NAME = "benchapply"

@@ -43,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.planner import plan  # noqa: E402
-from reshard.shardmap import parse_map  # noqa: E402
-from reshard.workload import TABLE  # noqa: E402
+from reshard.maps.planner import plan  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
+from reshard.stack.workload import TABLE  # noqa: E402
 
 DB = "bench_copy"
 NAME = "benchcopy"

@@ -25,11 +25,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fresh_databases, seed_split, stack_config  # noqa: E402
-from reshard import fence  # noqa: E402
+from reshard.cluster import fence  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
-from reshard.shardmap import parse_map  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
 from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
 
 DB = "bench_cutover"

@@ -29,12 +29,12 @@ import psycopg
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import fresh_databases, load_average, seed_split, stack_config  # noqa: E402
-from reshard import fence  # noqa: E402
+from reshard.cluster import fence  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
-from reshard.kafka_admin import KafkaAdmin  # noqa: E402
-from reshard.shardmap import parse_map  # noqa: E402
-from reshard.streams import forward  # noqa: E402
+from reshard.kafka.admin import KafkaAdmin  # noqa: E402
+from reshard.kafka.streams import forward  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
 from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
 
 DB = "bench_echo"

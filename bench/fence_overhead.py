@@ -28,9 +28,9 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from reshard import fence, shard_schema  # noqa: E402
+from reshard.cluster import fence, shard_schema  # noqa: E402
 from reshard.config import state_dir  # noqa: E402
-from reshard.shardmap import parse_map  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
 from reshard.stack import Stack  # noqa: E402
 from reshard.stack.postgres import find_bindir  # noqa: E402
 

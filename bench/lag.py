@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import fresh_databases, load_average, seed_split, stack_config  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.shardmap import parse_map  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
 
 DB = "bench_lag"
 NAME = "benchlag"

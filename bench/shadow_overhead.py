@@ -34,7 +34,7 @@ from bench.check_impact import cli  # noqa: E402
 from bench.copy_impact import percentile  # noqa: E402
 from bench.copy_throughput import CLUSTERS, setup  # noqa: E402
 from reshard.router import POLL_EVERY_S, Router  # noqa: E402
-from reshard.workload import TABLE  # noqa: E402
+from reshard.stack.workload import TABLE  # noqa: E402
 
 DB = "bench_shadow"
 NAME = "benchshadow"

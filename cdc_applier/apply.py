@@ -31,10 +31,10 @@ import psycopg
 from psycopg import errors as pgerr
 from psycopg import sql
 
-from reshard.catalog import TableInfo
 from reshard.cdc_applier.decode import ChangeEvent
+from reshard.cluster.catalog import TableInfo
+from reshard.cluster.shard_schema import pk_text_sql
 from reshard.errors import MigrationPaused, SchemaMismatch
-from reshard.shard_schema import pk_text_sql
 
 FULL, PARTIAL, DELETE = "u", "p", "d"  # what a staged row does to the target row
 

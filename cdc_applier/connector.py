@@ -16,10 +16,10 @@ from string import Template
 import psycopg
 
 from reshard.config import Config
-from reshard.connect_client import ConnectClient
 from reshard.errors import ConfigError
-from reshard.kafka_admin import KafkaAdmin
-from reshard.streams import Stream
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import Stream
 
 TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
@@ -151,9 +151,9 @@ def drop_connector(config: Config, stream: Stream) -> bool:
 def drop_streams(config: Config, store, migration: str, streams: list[Stream], tables: list[str]) -> list[str]:
     """Delete the streams' connectors, slots, publications and topics (and forget reverse
     streams in the control database). Idempotent; returns what it did."""
+    from reshard.cluster.replication import drop_publication, drop_slot
     from reshard.control.store import connect
-    from reshard.replication import drop_publication, drop_slot
-    from reshard.streams import REVERSE
+    from reshard.kafka.streams import REVERSE
 
     done: list[str] = []
     for s in streams:

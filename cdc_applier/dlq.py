@@ -18,9 +18,9 @@ import time
 from confluent_kafka import Producer
 
 from reshard.config import KafkaConfig
-from reshard.kafka_admin import client_conf
-from reshard.own_records import RecordWriter
-from reshard.streams import dlq_topic
+from reshard.kafka.admin import client_conf
+from reshard.kafka.own_records import RecordWriter
+from reshard.kafka.streams import dlq_topic
 
 
 def lsn_text(lsn: int | None) -> str | None:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from reshard.cdc_applier.decode import ChangeEvent, DecodeError
 from reshard.errors import ConfigError
-from reshard.planner import Plan
-from reshard.streams import FORWARD, Stream
+from reshard.kafka.streams import FORWARD, Stream
+from reshard.maps.planner import Plan
 
 MEMO_KEYS = 1 << 17  # routes remembered (~200 bytes each, ~30 MB at most), then forgotten at once
 

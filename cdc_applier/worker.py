@@ -34,9 +34,6 @@ from typing import Any
 import psycopg
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
-from reshard import shard_schema
-from reshard.catalog import require_table
-from reshard.catchup import applier_group
 from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
@@ -44,15 +41,18 @@ from reshard.cdc_applier.decode import DecodeError, decode
 from reshard.cdc_applier.dlq import DeadLetters
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from reshard.cdc_applier.route import Router
+from reshard.cluster import shard_schema
+from reshard.cluster.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
-from reshard.events import EventRelay
-from reshard.kafka_admin import client_conf
-from reshard.logs import bind
-from reshard.planner import Plan
-from reshard.progress import Task
-from reshard.streams import FORWARD, REVERSE, Stream, streams_of
+from reshard.kafka.admin import client_conf
+from reshard.kafka.streams import FORWARD, REVERSE, Stream, streams_of
+from reshard.maps.planner import Plan
+from reshard.observe.events import EventRelay
+from reshard.observe.logs import bind
+from reshard.observe.progress import Task
+from reshard.proof.catchup import applier_group
 
 log = logging.getLogger("reshard.cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
@@ -363,7 +363,7 @@ class Applier:
 
     def _relay_events(self) -> None:
         """Publish the control database's new audit entries to ``reshard.events`` (see
-        reshard/events.py); a failure is said once and retried next heartbeat: the
+        reshard/observe/events.py); a failure is said once and retried next heartbeat: the
         events wait in the audit log, and applying never waits on them."""
         if not self.config.kafka.schema_registry_url or self._kafka_down_since is not None:
             return

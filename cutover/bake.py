@@ -44,7 +44,6 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from reshard.catchup import applier_group
 from reshard.control import states
 from reshard.cutover.orchestrator import (
     DONE,
@@ -59,8 +58,9 @@ from reshard.cutover.orchestrator import (
 from reshard.cutover.steps import ROLLBACK
 from reshard.errors import MigrationError, ReshardError
 from reshard.exit_codes import ExitCode
-from reshard.kafka_admin import KafkaAdmin
-from reshard.streams import FORWARD
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.streams import FORWARD
+from reshard.proof.catchup import applier_group
 
 CLEAN, ROLLED_BACK, ROLLBACK_FAILED, STOPPED = "clean", "rolled_back", "rollback_failed", "stopped"
 UNRECONCILED = "unreconciled"

@@ -18,16 +18,16 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from reshard import fence, shard_schema
 from reshard.cdc_applier.connector import drop_streams
+from reshard.cluster import fence, shard_schema
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease, connect
 from reshard.errors import MigrationError
-from reshard.planner import plan as make_plan
-from reshard.progress import Progress
-from reshard.shardmap import qualified
-from reshard.streams import streams_of
+from reshard.kafka.streams import streams_of
+from reshard.maps.planner import plan as make_plan
+from reshard.maps.shardmap import qualified
+from reshard.observe.progress import Progress
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
 

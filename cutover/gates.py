@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from reshard.config import Config
 from reshard.control.store import ControlStore, connect
 from reshard.exit_codes import ExitCode
-from reshard.streams import Stream
+from reshard.kafka.streams import Stream
 
 APPLIER_FRESH_S = 10.0
 

@@ -17,7 +17,7 @@ discard writes the targets acknowledged. A rerun after a crash or stall decides 
 same way from the control database: an attempt whose flip_to was recorded as started
 (it is recorded before it runs) is finished forward, any other is backed out; then it
 starts a fresh attempt. At no point do two clusters accept the same key (see
-reshard/fence.py).
+reshard/cluster/fence.py).
 
 What a frozen coordinator can cost: before the sources' flip, nothing beyond the budget
 (the fence lapses by itself at its deadline, and the server ends a fence transaction the
@@ -38,9 +38,7 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 
-from reshard.catchup import applier_group
 from reshard.config import Config
-from reshard.connect_client import ConnectError
 from reshard.control import states
 from reshard.control.store import ControlStore, Lease
 from reshard.cutover import gates as g
@@ -49,9 +47,11 @@ from reshard.cutover.waves import next_wave
 from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, SwitchIncomplete, Unavailable, WaitTimeout
 from reshard.exit_codes import ExitCode
 from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV, failpoint  # noqa: F401  (tests name them here)
-from reshard.kafka_admin import KafkaAdmin
-from reshard.progress import Progress
-from reshard.reconcile import ReconciliationFailed
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectError
+from reshard.observe.progress import Progress
+from reshard.proof.catchup import applier_group
+from reshard.proof.reconcile import ReconciliationFailed
 
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 RECONCILE_FAILED = "reconciliation_failed"
@@ -66,7 +66,7 @@ class SwitchOptions:
     only: str | None = None
     dry_run: bool = False
     require_verified: bool = True
-    # the user's reconciliation checks (reshard/reconcile.py); None: the migration's stored ones
+    # the user's reconciliation checks (reshard/proof/reconcile.py); None: the migration's stored ones
     reconcile: list[dict] | None = None
     # run the pause up to the reconciliation checks, then back out on purpose: the sides
     # compared at a consistent point, routing unchanged (a bake's reconciliation probe)

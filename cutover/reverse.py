@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import time
 
-from reshard import shard_schema
 from reshard.cdc_applier.connector import ensure_connector
+from reshard.cluster import shard_schema
+from reshard.cluster.replication import advance_slot, create_slot, ensure_publication
 from reshard.config import Config
-from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
 from reshard.errors import WaitTimeout
-from reshard.replication import advance_slot, create_slot, ensure_publication
-from reshard.streams import Stream, reverse
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import Stream, reverse
 
 
 def _wait_streaming(config: Config, cluster: str, slot: str, timeout: float) -> None:

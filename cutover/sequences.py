@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from reshard.shardmap import qualified
+from reshard.maps.shardmap import qualified
 
 
 def owned_sequences(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, str]:

@@ -17,21 +17,21 @@ from typing import Any, Protocol
 
 import psycopg
 
-from reshard import fence, shard_schema
-from reshard.catchup import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.cdc_applier.connector import drop_streams
+from reshard.cluster import fence, shard_schema
 from reshard.config import Config
-from reshard.connect_client import ConnectClient
 from reshard.control.store import ControlStore, connect
 from reshard.cutover import reverse as reverse_streams
 from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 from reshard.errors import BudgetExceeded
-from reshard.kafka_admin import KafkaAdmin
-from reshard.planner import Plan
-from reshard.planner import plan as make_plan
-from reshard.reconcile import CheckResult, ReconciliationFailed, reconcile
-from reshard.shardmap import ShardMap
-from reshard.streams import Stream, forward, reverse
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import Stream, forward, reverse
+from reshard.maps.planner import Plan
+from reshard.maps.planner import plan as make_plan
+from reshard.maps.shardmap import ShardMap
+from reshard.proof.catchup import applier_group, mark_positions, wait_applied, wait_confirmed
+from reshard.proof.reconcile import CheckResult, ReconciliationFailed, reconcile
 
 CUTOVER, ROLLBACK = "cutover", "rollback"
 STATEMENT_TIMEOUT_MS = 30_000  # every statement of a switch is short; reconcile sets its own from the budget
@@ -136,7 +136,7 @@ class LiveSteps:
 
     def _hold_ms(self, floor_ms: int = fence.MIN_HOLD_MS) -> int:
         """How long a fence transaction may hold its table lock now: what is left of the
-        budget (at least ``floor_ms``), enforced by the server (see reshard/fence.py)."""
+        budget (at least ``floor_ms``), enforced by the server (see reshard/cluster/fence.py)."""
         if self.deadline is None:
             return fence.HOLD_MS
         return max(floor_ms, int((self.deadline - time.monotonic()) * 1000))
@@ -202,7 +202,7 @@ class LiveSteps:
         return out
 
     def reconcile(self, rules: list[dict], deadline: float) -> list[CheckResult]:
-        """The user's checks at the consistent point (fenced and drained); see reshard/reconcile.py.
+        """The user's checks at the consistent point (fenced and drained); see reshard/proof/reconcile.py.
         Raises ReconciliationFailed on a disagreement, BudgetExceeded when out of time."""
         try:
             results = reconcile(self.sw.plan, rules, self._conn, deadline)

@@ -14,8 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from reshard.errors import ConfigError
-from reshard.planner import Plan, plan
-from reshard.shardmap import HashScheme, ShardMap, TableGroup, bucket_ranges_text
+from reshard.maps.planner import Plan, plan
+from reshard.maps.shardmap import HashScheme, ShardMap, TableGroup, bucket_ranges_text
 
 
 @dataclass(frozen=True)

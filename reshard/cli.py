@@ -27,9 +27,9 @@ from reshard.config import Config, load_config, state_dir
 from reshard.errors import ReshardError
 from reshard.exit_codes import ExitCode, describe
 from reshard.json_schemas import check_if_asked
-from reshard.logs import FORMATS, LEVELS
-from reshard.logs import configure as configure_logging
-from reshard.progress import Progress
+from reshard.observe.logs import FORMATS, LEVELS
+from reshard.observe.logs import configure as configure_logging
+from reshard.observe.progress import Progress
 from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
 
 JSON_VERSION = 1
@@ -305,8 +305,8 @@ def demo(ctx: Ctx, rows: int, write_rate: float, stream_seconds: float, name: st
     connector runs and its slot keeps WAL until it is removed, as the report says how;
     --cleanup removes it at once, and the next demo removes earlier ones.
     """
-    from reshard.demo import render, run_demo
     from reshard.stack import Stack
+    from reshard.stack.demo import render, run_demo
 
     home = state_dir()
     progress = ctx.progress()
@@ -348,7 +348,7 @@ def map_register(ctx: Ctx, path: str, note: str, initial: bool) -> None:
     Registering the newest version's exact content again returns its epoch.
     """
     from reshard.coordinator import Coordinator
-    from reshard.shardmap import load_map
+    from reshard.maps.shardmap import load_map
 
     config = ctx.config()
     m = load_map(path, config.clusters)
@@ -410,9 +410,9 @@ def plan_cmd(ctx: Ctx, to_path: str, from_path: str | None, estimates: bool, sho
     that selects them. Nothing is written anywhere.
     """
     from reshard.coordinator import Coordinator
-    from reshard.estimate import estimate_plan
-    from reshard.planner import plan
-    from reshard.shardmap import load_map
+    from reshard.maps.estimate import estimate_plan
+    from reshard.maps.planner import plan
+    from reshard.maps.shardmap import load_map
 
     config = ctx.config()
     new = load_map(to_path, config.clusters)
@@ -487,7 +487,7 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
 
     Idempotent. Each cluster's change waits for writes in progress, then applies atomically.
     """
-    from reshard import fence
+    from reshard.cluster import fence
     from reshard.control import ControlStore
     from reshard.errors import ConfigError
 
@@ -513,7 +513,7 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
 @click.pass_obj
 def fence_remove(ctx: Ctx, lock_timeout: int) -> None:
     """Remove reshard's fence from every table that has one, on every cluster. Idempotent."""
-    from reshard import fence
+    from reshard.cluster import fence
     from reshard.control.store import connect
 
     config = ctx.config()
@@ -531,7 +531,7 @@ def fence_remove(ctx: Ctx, lock_timeout: int) -> None:
 @click.pass_obj
 def fence_status(ctx: Ctx) -> None:
     """Per cluster and table: the fence's epoch, mode (steady, switching, fenced), and whether it is active."""
-    from reshard import fence
+    from reshard.cluster import fence
     from reshard.control.store import connect
 
     config = ctx.config()
@@ -581,7 +581,7 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
     progress and `reshard status` show the limit in force and why.
     """
     from reshard.coordinator import Coordinator
-    from reshard.shardmap import load_map
+    from reshard.maps.shardmap import load_map
     from reshard.snapshotter.throttle import ThrottleSettings
 
     config = ctx.config()
@@ -719,8 +719,8 @@ def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval
     """
     from dataclasses import replace
 
-    from reshard import exporter as exp
     from reshard.coordinator import Coordinator
+    from reshard.observe import exporter as exp
 
     co = replace(Coordinator.open(ctx.config()), log_context=False)
     stop = threading.Event()
@@ -770,8 +770,8 @@ def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
     Connect or a cluster could not be reached: what could be read is still shown, and
     the document's "unreachable" names what was not.
     """
-    from reshard import status_view
     from reshard.coordinator import Coordinator
+    from reshard.observe import status_view
 
     co = Coordinator.open(ctx.config())
     if name is None:
@@ -806,7 +806,7 @@ def report(ctx: Ctx, name: str, out_path: str | None) -> None:
     from pathlib import Path
 
     from reshard.coordinator import Coordinator
-    from reshard.report import write_png
+    from reshard.observe.report import write_png
 
     co = Coordinator.open(ctx.config())
     co.record(name)
@@ -914,7 +914,7 @@ def _verify_continuous(ctx: Ctx, co, name: str, max_diffs: int, chunk_rows: int,
     import signal
     import threading
 
-    from reshard.continuous_check import ContinuousChecker
+    from reshard.proof.continuous_check import ContinuousChecker
 
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -952,7 +952,7 @@ def _switch_options(max_lag: int, max_lag_bytes: int, max_write_pause: float, lo
 def _reconcile_rules(config, store, name: str, path: str | None, dry_run: bool) -> list[dict] | None:
     """--reconcile's checks, compiled on every cluster (kept with the migration unless a dry
     run); None without it: the migration's stored checks run."""
-    from reshard.reconcile import adopt
+    from reshard.proof.reconcile import adopt
 
     return adopt(config, store, name, path, keep=not dry_run) if path else None
 

@@ -14,28 +14,28 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-from reshard import shard_schema
-from reshard.catalog import table_info
-from reshard.catchup import CaughtUp, Lag, lag, prove_caught_up, slot_lag, topic_lag
 from reshard.cdc_applier.connector import drop_streams, ensure_connector
 from reshard.cdc_applier.route import Router
 from reshard.cdc_applier.worker import Applier, ApplierStats
+from reshard.cluster import shard_schema
+from reshard.cluster.catalog import table_info
 from reshard.config import Config, check_name
-from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import ConfigError, MigrationError, Unavailable
-from reshard.kafka_admin import KafkaAdmin
-from reshard.logs import bind
-from reshard.planner import Plan, plan
-from reshard.progress import Progress, Task
-from reshard.shardmap import ShardMap
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import FORWARD, Stream, dlq_topic, forward, streams_of
+from reshard.maps.planner import Plan, plan
+from reshard.maps.shardmap import ShardMap
+from reshard.observe.logs import bind
+from reshard.observe.progress import Progress, Task
+from reshard.proof.catchup import CaughtUp, Lag, lag, prove_caught_up, slot_lag, topic_lag
+from reshard.proof.verify import VerifyReport, verify
 from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
 from reshard.snapshotter.target_tables import create_tables, drop_created, finish_tables
 from reshard.snapshotter.throttle import ThrottleSettings
 from reshard.stack.connect import DEBEZIUM_CLASS
-from reshard.streams import FORWARD, Stream, dlq_topic, forward, streams_of
-from reshard.verify import VerifyReport, verify
 
 STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
 

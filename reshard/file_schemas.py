@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from reshard.config import ConfigFile
-from reshard.shardmap_file import MapFile
+from reshard.maps.shardmap_file import MapFile
 
 # schemas/files in the repository (an editable install's package data is the checkout itself)
 DIRECTORY = Path(str(resources.files("reshard.schemas") / "files"))

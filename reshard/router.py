@@ -22,7 +22,7 @@ Proof features (issue 12), for routers made with ``from_config``:
 
 - **Shadow reads.** While a migration is shadowing (``reshard shadow NAME --sample F``),
   ``read`` repeats a sample of the reads of moving keys on their new owner, off the
-  request path, and compares (reshard/shadow.py). A read function must read only the
+  request path, and compares (reshard/proof/shadow.py). A read function must read only the
   rows of the key it is given, and return comparable values (rows, not cursors).
 - **Hedged reads.** With ``hedge_after`` set, a read of a key whose migration is baking
   (cut over, reverse replication running) that its new owner has not answered within
@@ -51,14 +51,14 @@ from typing import Any, TypeVar
 
 import psycopg
 
+from reshard.cluster.fence import FENCED, NOT_OWNER
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import MAP_CHANNEL, ControlStore
 from reshard.errors import ConfigError, ReshardError, Unavailable
-from reshard.fence import FENCED, NOT_OWNER
-from reshard.planner import Move, Plan, plan
-from reshard.shadow import Shadowed, ShadowReader
-from reshard.shardmap import ShardMap
+from reshard.maps.planner import Move, Plan, plan
+from reshard.maps.shardmap import ShardMap
+from reshard.proof.shadow import Shadowed, ShadowReader
 
 log = logging.getLogger(__name__)
 POLL_EVERY_S = 2.0  # how often migrations (shadow settings, baking) are reloaded
@@ -106,7 +106,7 @@ class Router:
         switching owner (fenced, RS001) wait that long instead. ``config`` (given by
         ``from_config``) enables shadow reads; ``hedge_after`` (seconds) hedged reads.
         ``catch_up(migration)`` proves the targets hold every change committed so far,
-        which settling a shadow read's difference needs (default: reshard.catchup's proof,
+        which settling a shadow read's difference needs (default: reshard.proof.catchup's proof,
         loaded when first needed; never the coordinator or the CLI)."""
         self.store = ControlStore(control_dsn)
         self.config = config

@@ -4,6 +4,7 @@
 # mapping), which mypy cannot follow in an editable install. Settings: pyproject.toml.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
+rm -rf "$repo/build"  # a stale build/ from an older layout would be installed too
 tree=$(mktemp -d)
 trap 'rm -rf "$tree"' EXIT
 "$repo/.venv/bin/pip" install --quiet --no-deps --target "$tree" "$repo" 2>/dev/null

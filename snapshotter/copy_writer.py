@@ -19,7 +19,7 @@ import psycopg
 from psycopg import errors, pq
 from psycopg.types.json import Jsonb
 
-from reshard.shardmap import qualified, quote_ident
+from reshard.maps.shardmap import qualified, quote_ident
 from reshard.snapshotter.cursor import KeysetCursor
 from reshard.snapshotter.throttle import CopyThrottle
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import psycopg
 
-from reshard.catalog import TableInfo
-from reshard.shardmap import qualified, quote_ident
+from reshard.cluster.catalog import TableInfo
+from reshard.maps.shardmap import qualified, quote_ident
 
 SAMPLE_ROWS_PER_BATCH = 2000  # sampled keys per batch: 2 % of the pages at 100,000-row batches
 

@@ -26,21 +26,21 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from reshard import shard_schema
-from reshard.catalog import TableInfo, check_compatible, check_source, require_table, table_info
+from reshard.cluster import shard_schema
+from reshard.cluster.catalog import TableInfo, check_compatible, check_source, require_table, table_info
+from reshard.cluster.replication import ensure_publication, slot_lsn
 from reshard.config import Config
 from reshard.control.store import ControlStore, MigrationRecord, connect
 from reshard.errors import MigrationError, SetupError
-from reshard.estimate import move_rows
-from reshard.planner import Move, Plan
-from reshard.progress import Progress
-from reshard.replication import ensure_publication, slot_lsn
-from reshard.shardmap import qualified
+from reshard.kafka.streams import forward
+from reshard.maps.estimate import move_rows
+from reshard.maps.planner import Move, Plan
+from reshard.maps.shardmap import qualified
+from reshard.observe.progress import Progress
 from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
 from reshard.snapshotter.cursor import KeysetCursor
 from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
 from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
-from reshard.streams import forward
 
 DEFAULT_BATCH_ROWS = 100_000  # rows per target commit: a crash redoes at most this many per unit
 PROGRESS_EVERY_S = 1.0  # copy progress mirrored to the control database at most this often

@@ -24,11 +24,11 @@ from typing import Any
 import psycopg
 from psycopg import errors, sql
 
-from reshard import shard_schema
+from reshard.cluster import shard_schema
 from reshard.config import Config
 from reshard.control.store import connect
 from reshard.errors import SetupError
-from reshard.shardmap import qualified
+from reshard.maps.shardmap import qualified
 
 # a statement that already took effect (a rerun after a crash): nothing to do
 _PRESENT = (errors.DuplicateTable, errors.DuplicateObject, errors.InvalidTableDefinition)

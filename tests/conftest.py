@@ -19,7 +19,7 @@ import psycopg
 import pytest
 
 from reshard.config import ClusterConfig, Config
-from reshard.connect_client import ConnectClient
+from reshard.kafka.connect_client import ConnectClient
 from reshard.stack import Stack
 
 _counter = itertools.count(1)

@@ -21,9 +21,9 @@ from psycopg.types.json import Jsonb
 
 from reshard.control import states
 from reshard.errors import Busy, ConfigError, LeaseLost, MigrationError, Unavailable
-from reshard.planner import Plan, overlap, plan
+from reshard.maps.planner import Plan, overlap, plan
+from reshard.maps.shardmap import ShardMap, parse_map
 from reshard.schema_migrations import upgrade
-from reshard.shardmap import ShardMap, parse_map
 
 ACTOR = f"{socket.gethostname()}:{os.getpid()}"
 MAP_CHANNEL = "reshard_map"  # NOTIFY channel: payload is the newly active epoch

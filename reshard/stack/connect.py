@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from reshard.config import ConnectConfig
-from reshard.connect_client import ConnectClient
 from reshard.errors import ReshardError
+from reshard.kafka.connect_client import ConnectClient
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.kafka import java_argv, write_log4j
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy

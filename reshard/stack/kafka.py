@@ -12,7 +12,7 @@ from confluent_kafka.admin import AdminClient
 
 from reshard.config import KafkaConfig
 from reshard.errors import StackError
-from reshard.kafka_admin import client_conf
+from reshard.kafka.admin import client_conf
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 from reshard.stack.security import Security

@@ -20,11 +20,11 @@ from dataclasses import dataclass
 
 import psycopg
 
-from reshard import fence
+from reshard.cluster import fence
 from reshard.coordinator import Coordinator
 from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
-from reshard.shardmap import parse_map
-from reshard.workload import create_table, seed
+from reshard.maps.shardmap import parse_map
+from reshard.stack.workload import create_table, seed
 from tests.e2e.cutover_helpers import LoadStats, RouterLoad
 from tests.e2e.helpers import assert_verified
 

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from reshard.connect_client import ConnectClient
-from reshard.streams import forward
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import forward
 from tests.chaos.harness import Fault, LedgerLoad, audit, setup
 from tests.e2e.helpers import assert_verified, spawn, wait_for, write_config_file
 

@@ -14,10 +14,10 @@ import time
 import pytest
 import yaml
 
-from reshard.connect_client import ConnectClient
 from reshard.exit_codes import ExitCode
-from reshard.shardmap import parse_map
-from reshard.streams import forward
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import forward
+from reshard.maps.shardmap import parse_map
 from tests.chaos.harness import AFTER, Fault, LedgerLoad, audit, finish, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, spawn, wait_for, write_config_file
 

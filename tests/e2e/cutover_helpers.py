@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from reshard import fence
+from reshard.cluster import fence
 from reshard.coordinator import Coordinator
+from reshard.maps.shardmap import parse_map
 from reshard.router import FenceRejected, Router
-from reshard.shardmap import parse_map
-from reshard.workload import create_table, seed
+from reshard.stack.workload import create_table, seed
 
 CLUSTERS = ("source1", "target1", "target2")
 GROUP = {"key": "bigint", "tables": {"public.accounts": "id"}}

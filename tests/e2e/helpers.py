@@ -12,9 +12,9 @@ import psycopg
 
 from reshard.config import write_config
 from reshard.coordinator import Coordinator
-from reshard.demo import demo_maps
-from reshard.shardmap import parse_map
-from reshard.workload import TABLE, create_table, seed
+from reshard.maps.shardmap import parse_map
+from reshard.stack.demo import demo_maps
+from reshard.stack.workload import TABLE, create_table, seed
 
 TARGETS = ["target1", "target2"]
 

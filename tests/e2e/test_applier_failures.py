@@ -8,14 +8,14 @@ import time
 from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from reshard import shard_schema
-from reshard.catalog import require_table
-from reshard.catchup import applier_group
 from reshard.cdc_applier.apply import Routed, TargetWriter
 from reshard.cdc_applier.decode import ChangeEvent
+from reshard.cluster import shard_schema
+from reshard.cluster.catalog import require_table
 from reshard.config import KafkaConfig
-from reshard.kafka_admin import KafkaAdmin, client_conf
-from reshard.workload import Workload, create_table
+from reshard.kafka.admin import KafkaAdmin, client_conf
+from reshard.proof.catchup import applier_group
+from reshard.stack.workload import Workload, create_table
 from tests.e2e.helpers import (
     ApplierThread,
     all_rows,

@@ -15,9 +15,9 @@ from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.errors import SetupError
 from reshard.exit_codes import ExitCode
-from reshard.kafka_admin import client_conf
-from reshard.shardmap import parse_map
-from reshard.streams import dlq_topic, forward
+from reshard.kafka.admin import client_conf
+from reshard.kafka.streams import dlq_topic, forward
+from reshard.maps.shardmap import parse_map
 from tests.e2e.helpers import (
     ApplierThread,
     assert_targets_equal_source,

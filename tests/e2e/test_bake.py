@@ -15,10 +15,10 @@ from reshard.control import states
 from reshard.cutover.bake import BakeOptions, Baker, run_query
 from reshard.cutover.orchestrator import SwitchOptions
 from reshard.exit_codes import ExitCode
+from reshard.kafka.streams import FORWARD
 from reshard.router import Router
 from reshard.stack.stack import free_port
-from reshard.streams import FORWARD
-from reshard.workload import TABLE
+from reshard.stack.workload import TABLE
 from tests.e2e.cutover_helpers import CLUSTERS, RouterLoad, assert_acked_on_owners, moving_keys, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, wait_for, write_config_file
 from tests.monitoring import prometheus_binary

@@ -6,9 +6,9 @@ side is read."""
 
 import psycopg
 
-from reshard.catalog import require_table
-from reshard.continuous_check import source_chunk, within
-from reshard.verify import SESSION, summary
+from reshard.cluster.catalog import require_table
+from reshard.proof.continuous_check import source_chunk, within
+from reshard.proof.verify import SESSION, summary
 
 TABLE = "public.check_chunks"
 

@@ -8,10 +8,10 @@ import subprocess
 import threading
 import time
 
-from reshard.continuous_check import ContinuousChecker
 from reshard.cutover.orchestrator import GATES
 from reshard.exit_codes import ExitCode
-from reshard.workload import TABLE, Workload
+from reshard.proof.continuous_check import ContinuousChecker
+from reshard.stack.workload import TABLE, Workload
 from tests.e2e.helpers import ApplierThread, prepare, reshard_cmd, write_config_file
 
 

@@ -8,7 +8,7 @@ import time
 import psycopg
 import yaml
 
-from reshard.demo import demo_maps
+from reshard.stack.demo import demo_maps
 from tests.e2e.helpers import (
     ApplierThread,
     assert_targets_equal_source,

@@ -2,12 +2,12 @@
 
 import time
 
-from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.cutover import reverse as reverse_streams
 from reshard.cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
 from reshard.exit_codes import ExitCode
-from reshard.kafka_admin import KafkaAdmin
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
 from reshard.router import Router
 from tests.e2e.cutover_helpers import (
     RouterLoad,

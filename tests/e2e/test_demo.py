@@ -3,7 +3,7 @@
 import json
 import subprocess
 
-from reshard.connect_client import ConnectClient
+from reshard.kafka.connect_client import ConnectClient
 from tests.e2e.helpers import assert_targets_equal_source, reshard_cmd, write_config_file
 
 

@@ -3,10 +3,10 @@
 import re
 from pathlib import Path
 
-from reshard import fence, shard_schema
+from reshard.cluster import fence, shard_schema
 from reshard.config import write_config
 from reshard.coordinator import Coordinator
-from reshard.shardmap import parse_map
+from reshard.maps.shardmap import parse_map
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 

@@ -6,9 +6,9 @@ import time
 import psycopg
 import pytest
 
-from reshard import fence, shard_schema
+from reshard.cluster import fence, shard_schema
 from reshard.errors import WaitTimeout
-from reshard.shardmap import parse_map
+from reshard.maps.shardmap import parse_map
 
 KV = {"key": "bigint", "tables": {"public.kv": "k"}}
 SPLIT = parse_map({"groups": {"kv": {**KV, "hash": {"buckets": 4096, "clusters": {

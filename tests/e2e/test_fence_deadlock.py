@@ -18,11 +18,11 @@ from collections import Counter
 
 import psycopg
 
-from reshard import fence
+from reshard.cluster import fence
 from reshard.coordinator import Coordinator
 from reshard.cutover.orchestrator import SwitchOptions
-from reshard.shardmap import parse_map
-from reshard.workload import create_table, seed
+from reshard.maps.shardmap import parse_map
+from reshard.stack.workload import create_table, seed
 from tests.e2e.cutover_helpers import CLUSTERS
 from tests.e2e.helpers import ApplierThread, assert_verified
 

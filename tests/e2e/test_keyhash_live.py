@@ -11,7 +11,8 @@ import uuid
 
 import pytest
 
-from reshard import keyhash, shard_schema
+from reshard.cluster import shard_schema
+from reshard.maps import keyhash
 
 N = 100_000
 ALPHABET = string.ascii_letters + string.digits + " -_é€😀ßø"

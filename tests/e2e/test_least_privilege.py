@@ -11,8 +11,8 @@ import psycopg
 import yaml
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from reshard.demo import demo_maps
-from reshard.workload import TABLE, create_table, seed
+from reshard.stack.demo import demo_maps
+from reshard.stack.workload import TABLE, create_table, seed
 from tests.e2e.helpers import TARGETS, reshard_cmd, spawn, write_config_file
 
 ROLES = Path(__file__).resolve().parents[2] / "docs" / "roles.sql"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
-from reshard.connect_client import ConnectClient
-from reshard.demo import demo_maps
-from reshard.streams import forward
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import forward
+from reshard.stack.demo import demo_maps
 from tests.e2e.helpers import TARGETS, prepare, reshard_cmd, write_config_file
 
 SECRET = "Pw-n0t-f0r-l0gs"
@@ -41,7 +41,7 @@ def test_json_logs_have_context_and_no_password(env, tmp_path):
                            capture_output=True, text=True, timeout=300)
     assert start.returncode == 0, start.stderr
     lines = _json_lines(start.stderr)
-    assert all(line["migration"] == name for line in lines if line["logger"] == "reshard.progress")
+    assert all(line["migration"] == name for line in lines if line["logger"] == "reshard.observe.progress")
     copy = [line for line in lines if line.get("task") == "copy"]
     assert copy and copy[-1]["finished"] is True and copy[-1]["done"] > 0 and "rate_per_s" in copy[-1]
 

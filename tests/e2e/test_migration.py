@@ -2,7 +2,7 @@
 
 import time
 
-from reshard.workload import Workload
+from reshard.stack.workload import Workload
 from tests.e2e.helpers import ApplierThread, assert_targets_equal_source, assert_verified, prepare, wait_for
 
 

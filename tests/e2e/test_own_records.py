@@ -12,7 +12,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from reshard.streams import forward
+from reshard.kafka.streams import forward
 from tests.e2e.helpers import ApplierThread, prepare
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"

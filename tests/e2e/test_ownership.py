@@ -11,12 +11,12 @@ import threading
 
 import pytest
 
-from reshard.connect_client import ConnectClient
 from reshard.coordinator import Coordinator
 from reshard.cutover.orchestrator import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
-from reshard.demo import DEFAULT_BUCKETS, demo_maps
 from reshard.errors import MigrationError, SetupError
-from reshard.shardmap import parse_map
+from reshard.kafka.connect_client import ConnectClient
+from reshard.maps.shardmap import parse_map
+from reshard.stack.demo import DEFAULT_BUCKETS, demo_maps
 from tests.e2e.cutover_helpers import acceptors, moving_keys, setup
 from tests.e2e.helpers import (
     TARGETS,

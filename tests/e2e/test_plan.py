@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from reshard.config import ClusterConfig, write_config
-from reshard.shardmap import load_map, parse_map
+from reshard.maps.shardmap import load_map, parse_map
 from tests.e2e.helpers import reshard_cmd
 
 MAPS = Path(__file__).resolve().parents[2] / "examples" / "maps"

@@ -12,9 +12,9 @@ import yaml
 
 from reshard.control import ControlStore
 from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
-from reshard.demo import demo_maps
 from reshard.exit_codes import ExitCode
-from reshard.workload import TABLE, create_table, seed
+from reshard.stack.demo import demo_maps
+from reshard.stack.workload import TABLE, create_table, seed
 from tests.e2e.cutover_helpers import RouterLoad, assert_acked_on_owners, moving_keys, setup
 from tests.e2e.helpers import (
     TARGETS,

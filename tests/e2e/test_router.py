@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from reshard import fence, shard_schema
+from reshard.cluster import fence, shard_schema
 from reshard.control.store import ControlStore
 from reshard.coordinator import Coordinator
 from reshard.router import FenceRejected, Router

@@ -5,7 +5,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from reshard import shard_schema
+from reshard.cluster import shard_schema
 from reshard.control.store import ControlStore
 from reshard.errors import SetupError
 from reshard.exit_codes import ExitCode
@@ -48,11 +48,11 @@ def test_a_control_database_from_before_versioning_is_adopted_and_a_newer_one_re
 def test_a_shard_cluster_from_before_chunks_gets_them_and_keeps_its_cursors(env):
     dsn = _fresh_database(env.dsn("target1"), f"{env.name}_shard_old")
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(migrations("reshard.shard_sql")[0].sql)  # the layout before copy chunks
+        conn.execute(migrations("reshard.cluster.shard_sql")[0].sql)  # the layout before copy chunks
         conn.execute("INSERT INTO reshard.copy_cursor (migration, move_id, tbl, cursor, snapshot_lsn, done) "
                      "VALUES ('m', 'g:a->b', 'public.t', '[\"41\"]', '0/16B3748', false)")
         shard_schema.install(conn)
-        every = [("shard", m.version, m.name) for m in migrations("reshard.shard_sql")]
+        every = [("shard", m.version, m.name) for m in migrations("reshard.cluster.shard_sql")]
         assert every[:2] == [("shard", 1, "base"), ("shard", 2, "copy_chunks")]
         assert _versions(conn) == every
         assert conn.execute("SELECT chunk, chunk_lower, chunk_upper, cursor FROM reshard.copy_cursor").fetchall() \

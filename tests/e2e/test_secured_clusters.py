@@ -27,14 +27,14 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
 from reshard.config import Config, KafkaConfig, write_config
-from reshard.connect_client import ConnectClient, ConnectError
-from reshard.demo import demo_maps
 from reshard.errors import Unavailable
 from reshard.json_schemas import CHECK_ENV
-from reshard.kafka_admin import KafkaAdmin, client_conf
+from reshard.kafka.admin import KafkaAdmin, client_conf
+from reshard.kafka.connect_client import ConnectClient, ConnectError
 from reshard.stack import Stack
+from reshard.stack.demo import demo_maps
 from reshard.stack.security import Security
-from reshard.workload import TABLE, create_table, seed
+from reshard.stack.workload import TABLE, create_table, seed
 from tests.e2e.helpers import TARGETS
 
 ROLES = Path(__file__).resolve().parents[2] / "docs" / "roles.sql"

@@ -10,8 +10,8 @@ import psycopg
 import pytest
 import yaml
 
-from reshard.demo import demo_maps
-from reshard.workload import Workload
+from reshard.stack.demo import demo_maps
+from reshard.stack.workload import Workload
 from tests.e2e.helpers import (
     ApplierThread,
     assert_targets_equal_source,

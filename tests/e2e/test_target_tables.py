@@ -5,7 +5,7 @@ secondary indexes after it; abort drops what it created."""
 import psycopg
 
 from reshard.coordinator import Coordinator
-from reshard.shardmap import parse_map
+from reshard.maps.shardmap import parse_map
 from tests.e2e.helpers import ApplierThread
 
 DDL = """

@@ -15,9 +15,9 @@ from confluent_kafka import Consumer
 
 from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
-from reshard.kafka_admin import client_conf
-from reshard.shardmap import DEFAULT_BUCKETS, parse_map
-from reshard.streams import forward
+from reshard.kafka.admin import client_conf
+from reshard.kafka.streams import forward
+from reshard.maps.shardmap import DEFAULT_BUCKETS, parse_map
 from tests.e2e.helpers import TARGETS, ApplierThread
 
 TABLE = "public.typed"

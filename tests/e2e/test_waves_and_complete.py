@@ -4,10 +4,10 @@ import json
 import subprocess
 from datetime import datetime, timedelta
 
-from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
+from reshard.kafka.connect_client import ConnectClient
 from tests.e2e.cutover_helpers import RouterLoad, acceptors, assert_acked_on_owners, moving_keys, setup
 from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, write_config_file
 

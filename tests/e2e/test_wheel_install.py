@@ -19,7 +19,7 @@ def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path, in
     for data in ("reshard/connectors/debezium-postgres.json", "reshard/connectors/pom.xml",
                  "reshard/connectors/echo-filter/src/main/java/dev/reshard/connect/OriginStartsWith.java",
                  "reshard/schemas/dead_letter.avsc", "reshard/schemas/cli/envelope.schema.json",
-                 "reshard/control/migrations/0001_base.sql", "reshard/shard_sql/0002_copy_chunks.sql",
+                 "reshard/control/migrations/0001_base.sql", "reshard/cluster/shard_sql/0002_copy_chunks.sql",
                  "reshard/py.typed", "reshard/snapshotter/snapshot.py", "reshard/cdc_applier/worker.py"):
         assert data in names, data
     meta = zipfile.ZipFile(wheel).read(next(n for n in names if n.endswith("/METADATA"))).decode()

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from reshard.cdc_applier.connector import ECHO_PREDICATE, render
 from reshard.config import parse_config
-from reshard.streams import forward, reverse
+from reshard.kafka.streams import forward, reverse
 from tests.unit.test_config import GOOD
 
 

@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from reshard.estimate import hash_fraction
-from reshard.planner import plan
-from reshard.shardmap import load_map, parse_map
+from reshard.maps.estimate import hash_fraction
+from reshard.maps.planner import plan
+from reshard.maps.shardmap import load_map, parse_map
 
 MAPS = Path(__file__).resolve().parents[2] / "examples" / "maps"
 
@@ -36,7 +36,7 @@ def test_fraction_is_relative_to_the_source_share():
 
 
 def test_sampling_agrees_with_exact_counting():
-    from reshard import estimate
+    from reshard.maps import estimate
 
     old = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c"]}}}}).groups["g"].scheme
     new = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "hash": {"modulo": ["a", "b", "c", "d", "e", "f", "g"]}}}}

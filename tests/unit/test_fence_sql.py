@@ -1,8 +1,8 @@
 """The fence trigger's generated SQL (its behaviour is tested on a live server in e2e)."""
 
-from reshard import fence
-from reshard.planner import plan
-from reshard.shardmap import parse_map
+from reshard.cluster import fence
+from reshard.maps.planner import plan
+from reshard.maps.shardmap import parse_map
 
 
 def maps():

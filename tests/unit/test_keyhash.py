@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from reshard import keyhash as kh
+from reshard.maps import keyhash as kh
 
 S = kh.PARTITION_SEED
 U = kh.M64

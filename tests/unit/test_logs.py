@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from reshard import logs
+from reshard.observe import logs
 
 
 @pytest.fixture
@@ -62,7 +62,7 @@ def test_json_lines_carry_context_and_fields_and_no_secret(capture):
 def test_text_lines_say_the_same(capture):
     buf = capture("text")
     logs.bind(migration="m1")
-    logging.getLogger("reshard.exporter").warning("could not read %s", "postgresql://u:s3cr3t@h/db")
+    logging.getLogger("reshard.observe.exporter").warning("could not read %s", "postgresql://u:s3cr3t@h/db")
     line = buf.getvalue().strip()
-    assert "WARNING" in line and "reshard.exporter" in line and "migration=m1" in line
+    assert "WARNING" in line and "reshard.observe.exporter" in line and "migration=m1" in line
     assert "s3cr3t" not in line and "could not read postgresql://u:***@h/db" in line

@@ -49,7 +49,7 @@ def test_example_scrape_config_is_valid():
 
 
 def test_write_pause_histogram_buckets_are_cumulative():
-    from reshard.exporter import pause_histogram
+    from reshard.observe.exporter import pause_histogram
 
     buckets, total = pause_histogram([0.05, 0.3, 0.3, 4.0, 60.0])
     as_dict = dict(buckets)

@@ -1,7 +1,7 @@
 """Moves between map versions: split, merge, N->M, tenant move, scheme change."""
 
-from reshard.planner import plan
-from reshard.shardmap import parse_map
+from reshard.maps.planner import plan
+from reshard.maps.shardmap import parse_map
 
 TABLES = {"accounts": "id", "orders": "account_id"}
 
@@ -72,7 +72,7 @@ def test_waves_refuse_bucket_ranges_past_the_map():
 
 
 def test_overlap_between_migrations_is_exact_for_bucket_maps():
-    from reshard.planner import overlap
+    from reshard.maps.planner import overlap
 
     def m(**clusters):
         return parse_map({"groups": {"accounts": {"key": "bigint", "tables": {"public.accounts": "id"},

@@ -1,6 +1,6 @@
 import io
 
-from reshard.progress import Progress, human_seconds
+from reshard.observe.progress import Progress, human_seconds
 
 
 def test_plain_lines_carry_rate_and_eta():

@@ -4,7 +4,7 @@ import pytest
 import yaml
 
 from reshard.errors import ConfigError
-from reshard.reconcile import load_rules
+from reshard.proof.reconcile import load_rules
 
 
 def _write(tmp_path, doc):

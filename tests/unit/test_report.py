@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from reshard.report import series
+from reshard.observe.report import series
 
 T0 = datetime(2026, 11, 22, 0, 0, 0, tzinfo=UTC)
 

@@ -20,7 +20,7 @@ def test_importing_the_router_loads_no_cli_click_or_coordinator():
 
 
 def test_a_shadow_reads_catch_up_proof_loads_no_cli_click_or_coordinator():
-    loaded = _loaded_by("reshard.router", "reshard.catchup")
+    loaded = _loaded_by("reshard.router", "reshard.proof.catchup")
     assert not {"click", "reshard.cli", "reshard.coordinator", "reshard.cdc_applier"} & loaded, sorted(loaded)
 
 

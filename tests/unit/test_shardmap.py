@@ -5,7 +5,7 @@ import uuid
 import pytest
 
 from reshard.errors import ConfigError
-from reshard.shardmap import parse_map
+from reshard.maps.shardmap import parse_map
 
 
 def hash_map(clusters, buckets=4096, tables=None, key="bigint"):

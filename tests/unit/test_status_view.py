@@ -1,7 +1,7 @@
 """The human status: figures as sentences (no Python reprs), estimates labelled, copy
 progress never past 100 %, rates and ETAs only from two readings."""
 
-from reshard.status_view import human, human_bytes, rates
+from reshard.observe.status_view import human, human_bytes, rates
 
 
 def _doc(copied: int, done: bool = False, lag_records: int = 500) -> dict:

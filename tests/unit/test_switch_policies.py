@@ -8,13 +8,13 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from reshard.connect_client import ConnectError
 from reshard.control import states
 from reshard.cutover import orchestrator as o
 from reshard.cutover.steps import CUTOVER, Switch
 from reshard.errors import BudgetExceeded, SwitchIncomplete
 from reshard.exit_codes import ExitCode
-from reshard.shardmap import parse_map
+from reshard.kafka.connect_client import ConnectError
+from reshard.maps.shardmap import parse_map
 
 GROUP = {"key": "bigint", "tables": {"public.accounts": "id"}}
 BEFORE = parse_map({"name": "b", "groups": {"a": {**GROUP, "hash": {"buckets": 16, "clusters": {"s": "0-15"}}}}})

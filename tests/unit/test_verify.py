@@ -1,6 +1,6 @@
 """Verification's verdict from what it found (the comparisons run against live servers in e2e)."""
 
-from reshard.verify import TableCheck
+from reshard.proof.verify import TableCheck
 
 
 def check(**kw):

@@ -1,6 +1,6 @@
 -- reshard control database. Everything needed to resume after any crash lives here
 -- (or, for what must commit atomically with target rows, on the targets themselves:
--- see reshard/shard_sql/). Applied by reshard.schema_migrations as version 1, written with
+-- see reshard/cluster/shard_sql/). Applied by reshard.schema_migrations as version 1, written with
 -- IF NOT EXISTS so it also adopts a control database from before versioning.
 
 CREATE SCHEMA IF NOT EXISTS reshard;
@@ -106,7 +106,7 @@ CREATE INDEX IF NOT EXISTS audit_log_migration ON reshard.audit_log (migration, 
 
 -- The audit log is also the outbox of the `reshard.events` topic: a relay publishes the
 -- rows after last_id and advances it in one transaction, holding the row's lock so that
--- one relay at a time publishes (reshard/events.py).
+-- one relay at a time publishes (reshard/observe/events.py).
 CREATE TABLE IF NOT EXISTS reshard.event_relay (
     topic   text PRIMARY KEY,
     last_id bigint NOT NULL DEFAULT 0

@@ -8,7 +8,7 @@ shadow. One background thread runs the read function on the new owner and compar
 
 Replication lag is not corruption. A result that differs is only a *candidate*: the
 candidates are confirmed in batches the way ``reshard verify`` settles a live load's
-candidates (reshard/verify.py): the key's rows are compared on both sides, and rows that
+candidates (reshard/proof/verify.py): the key's rows are compared on both sides, and rows that
 still differ are locked FOR SHARE where they are written, catch-up is proven to a
 position taken under those locks, and only rows that differ then are a mismatch. A
 confirmed mismatch is recorded (event ``shadow.mismatch`` and a failed verification,
@@ -31,11 +31,11 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from reshard.catalog import require_table
+from reshard.cluster.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import ControlStore, connect
-from reshard.planner import Move, Plan
-from reshard.verify import SESSION, compare, recheck
+from reshard.maps.planner import Move, Plan
+from reshard.proof.verify import SESSION, compare, recheck
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class ShadowReader:
                                      differences={f"{move.id}/{table}": confirmed[:10]})
 
     def _prove(self, migration: str) -> Any:
-        from reshard.catchup import prove_caught_up  # Kafka's client: loaded only if a read differs
+        from reshard.proof.catchup import prove_caught_up  # Kafka's client: loaded only if a read differs
 
         return prove_caught_up(self.config, self.store, migration, timeout=60)
 

@@ -2,7 +2,7 @@
 
 While a migration streams or bakes, it walks every (move, table) of the key space in
 primary-key chunks, comparing the source's and the target's rows of each chunk by count
-and checksum (reshard/verify.py, narrowed to the chunk), throttled to a row rate so the
+and checksum (reshard/proof/verify.py, narrowed to the chunk), throttled to a row rate so the
 sources keep their latency. A chunk that differs is settled key by key under row locks
 after proving catch-up past the lock position (verify's re-check), so replication lag
 is never reported as corruption; what still differs is divergence. So silent
@@ -25,13 +25,13 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from reshard.catalog import require_table
+from reshard.cluster.catalog import require_table
 from reshard.control import states
 from reshard.control.store import connect
 from reshard.errors import MigrationError
-from reshard.planner import Move, Plan
-from reshard.shardmap import qualified
-from reshard.verify import SESSION, TableCheck, compare, recheck, row_hash, summary
+from reshard.maps.planner import Move, Plan
+from reshard.maps.shardmap import qualified
+from reshard.proof.verify import SESSION, TableCheck, compare, recheck, row_hash, summary
 
 # small chunks at a modest rate: each chunk is a short burst of work on the source, and
 # bursts, not the rows per second, are what the application's p99 feels (bench/check_impact.py)

@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 
 from reshard.errors import MigrationError
-from reshard.shardmap import qualified
+from reshard.maps.shardmap import qualified
 
 HEARTBEAT_TABLE = "reshard.heartbeat"
 

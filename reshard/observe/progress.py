@@ -29,7 +29,7 @@ from rich.progress import (
 )
 
 PLAIN_INTERVAL = 3.0
-log = logging.getLogger("reshard.progress")
+log = logging.getLogger("reshard.observe.progress")
 
 
 def human_rate(n: float, unit: str) -> str:

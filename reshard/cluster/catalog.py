@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from reshard.errors import SetupError
-from reshard.shardmap import qualified
+from reshard.maps.shardmap import qualified
 
 
 @dataclass(frozen=True)

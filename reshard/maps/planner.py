@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from reshard.errors import ConfigError
-from reshard.keyhash import partition_hash
-from reshard.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text, coerce_key
+from reshard.maps.keyhash import partition_hash
+from reshard.maps.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text, coerce_key
 
 
 @dataclass(frozen=True)

@@ -6,17 +6,17 @@ from typing import Any
 
 import psycopg
 
-from reshard.keyhash import HASH_COMBINE64_SQL
+from reshard.maps.keyhash import HASH_COMBINE64_SQL
 from reshard.schema_migrations import upgrade
 
 SHARD_LOCK = 7265736861726401  # serializes reshard processes installing on one cluster at once
 
 
 def install(conn: psycopg.Connection[Any]) -> None:
-    """Bring reshard's schema on a shard cluster to this version (``reshard.shard_sql``'s
+    """Bring reshard's schema on a shard cluster to this version (``reshard.cluster.shard_sql``'s
     migrations, see reshard.schema_migrations), and (re)create the hash function."""
     where = f"the cluster at {conn.info.host}:{conn.info.port} (database {conn.info.dbname})"
-    upgrade(conn, "reshard.shard_sql", "shard", SHARD_LOCK, where)
+    upgrade(conn, "reshard.cluster.shard_sql", "shard", SHARD_LOCK, where)
     with conn.transaction():
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (SHARD_LOCK,))
         conn.execute(HASH_COMBINE64_SQL)
@@ -60,7 +60,7 @@ def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
 def pk_text_sql(pk: list[str], alias: str) -> str:
     """The key's identity in ``reshard.applied_rows.pk``, computed from the row itself, so
     the applier (which stages typed rows) and teardown always agree on it."""
-    from reshard.shardmap import quote_ident
+    from reshard.maps.shardmap import quote_ident
 
     return f"jsonb_build_array({', '.join(f'{alias}.{quote_ident(c)}' for c in pk)})::text"
 
@@ -72,7 +72,7 @@ def delete_written_rows(conn: psycopg.Connection[Any], migration: str, move_id: 
     Rows that were there before, or that another migration wrote, stay: a refused or
     aborted migration never deletes a neighbour's data (invariant 8). ``predicate``
     must refer to the table as ``t``."""
-    from reshard.shardmap import qualified, quote_ident
+    from reshard.maps.shardmap import qualified, quote_ident
 
     pk_cols = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
 

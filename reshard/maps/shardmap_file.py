@@ -3,7 +3,7 @@
 Unknown keys are refused (``buckts: 1024`` is an error, not 4096 buckets), every group
 must say its key type, and each group has exactly one scheme. What only the whole map
 can tell (bucket ranges that overlap or leave gaps, range bounds in the key's type,
-clusters reshard.yaml does not know) is checked afterwards by ``reshard.shardmap``.
+clusters reshard.yaml does not know) is checked afterwards by ``reshard.maps.shardmap``.
 Published as schemas/shard-map.schema.json.
 """
 

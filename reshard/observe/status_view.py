@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from reshard.progress import human_seconds
+from reshard.observe.progress import human_seconds
 
 
 def human_bytes(n: float | None) -> str:

@@ -4,7 +4,7 @@ A map is a set of *table groups*. A group's tables share a shard key type and
 always move together (``accounts`` by ``id`` and ``orders`` by ``account_id``), and
 the group has one *scheme*:
 
-- ``hash``: the key's PostgreSQL partition hash (``reshard.keyhash``) picks one of N
+- ``hash``: the key's PostgreSQL partition hash (``reshard.maps.keyhash``) picks one of N
   virtual buckets (4096 by default); buckets are assigned to clusters as ranges,
   as ``modulo`` (bucket i -> i-th cluster: plain ``hash % N``), or as a ``ring``
   (consistent hashing with virtual nodes, computed into the same bucket table);
@@ -31,9 +31,9 @@ from typing import Any, Protocol
 import yaml
 from pydantic import ValidationError
 
-from reshard import keyhash
 from reshard.errors import ConfigError
-from reshard.shardmap_file import MAP_FORMAT, DirectorySection, HashSection, MapFile, RangeEntry
+from reshard.maps import keyhash
+from reshard.maps.shardmap_file import MAP_FORMAT, DirectorySection, HashSection, MapFile, RangeEntry
 from reshard.validation import describe_errors
 
 DEFAULT_BUCKETS = 4096
@@ -432,7 +432,7 @@ def _parse_directory(spec: DirectorySection, types: tuple[str, ...], where: str)
 
 
 def parse_map(data: Any, known_clusters: Iterable[str] | None = None, where: str = "shard map") -> ShardMap:
-    """Build and validate a map: first the file's shape (``reshard.shardmap_file``), then
+    """Build and validate a map: first the file's shape (``reshard.maps.shardmap_file``), then
     what it means. Every error names the file, the path in it and the problem."""
     try:
         f = MapFile.model_validate(data)

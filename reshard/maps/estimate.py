@@ -24,11 +24,11 @@ from typing import Any
 
 import psycopg
 
-from reshard.catalog import TableInfo, table_info
+from reshard.cluster.catalog import TableInfo, table_info
 from reshard.config import Config
 from reshard.control.store import connect
-from reshard.planner import Move, Plan
-from reshard.shardmap import HashScheme, qualified
+from reshard.maps.planner import Move, Plan
+from reshard.maps.shardmap import HashScheme, qualified
 
 EXACT_LCM_LIMIT = 2_000_000
 SAMPLES = 200_000

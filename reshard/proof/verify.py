@@ -26,12 +26,12 @@ from typing import Any
 
 import psycopg
 
-from reshard.catalog import TableInfo as TableInfoT
-from reshard.catalog import require_table
+from reshard.cluster.catalog import TableInfo as TableInfoT
+from reshard.cluster.catalog import require_table
 from reshard.config import Config
 from reshard.control.store import connect
-from reshard.planner import Move, Plan
-from reshard.shardmap import ShardMap, qualified, quote_ident
+from reshard.maps.planner import Move, Plan
+from reshard.maps.shardmap import ShardMap, qualified, quote_ident
 
 SESSION = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "

@@ -41,11 +41,11 @@ from typing import Any
 import psycopg
 from psycopg import errors as pgerr
 
+from reshard.cluster.shard_schema import WRITER_GUC
 from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
 from reshard.failpoints import failpoint
-from reshard.planner import Move, Plan
-from reshard.shard_schema import WRITER_GUC
-from reshard.shardmap import ShardMap, qualified, quote_ident
+from reshard.maps.planner import Move, Plan
+from reshard.maps.shardmap import ShardMap, qualified, quote_ident
 
 FENCED = "RS001"  # the key is switching owners: retry shortly
 NOT_OWNER = "RS002"  # the key belongs to another cluster at this epoch: refresh the map
@@ -334,7 +334,7 @@ def state(conn: psycopg.Connection[Any]) -> list[dict]:
 # ---- across clusters -----------------------------------------------------------------
 
 def _cluster_conn(config, cluster: str) -> psycopg.Connection[Any]:
-    from reshard import shard_schema
+    from reshard.cluster import shard_schema
     from reshard.control.store import connect
 
     conn = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)

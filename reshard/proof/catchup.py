@@ -29,14 +29,14 @@ from typing import Any
 import psycopg
 
 from reshard.config import Config
-from reshard.connect_client import ConnectClient
 from reshard.control import states
 from reshard.control.store import ControlStore, connect
 from reshard.errors import MigrationError, WaitTimeout
-from reshard.kafka_admin import KafkaAdmin
-from reshard.streams import FORWARD, Stream, streams_of
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import FORWARD, Stream, streams_of
 
-log = logging.getLogger("reshard.catchup")
+log = logging.getLogger("reshard.proof.catchup")
 SAY_EVERY_S = 5.0  # a wait says what it waits for this often
 
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for the annotations: streams.py is imported by the store itself
     from reshard.control.store import ControlStore, MigrationRecord
-    from reshard.planner import Plan
+    from reshard.maps.planner import Plan
 
 FORWARD = "fwd"
 REVERSE = "rev"

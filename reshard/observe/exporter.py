@@ -25,13 +25,13 @@ from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from reshard import fence
-from reshard.catchup import applier_group, slot_lag
-from reshard.connect_client import ConnectClient
+from reshard.cluster import fence
 from reshard.control import states
 from reshard.control.store import connect
-from reshard.kafka_admin import KafkaAdmin
-from reshard.streams import dlq_topic
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import dlq_topic
+from reshard.proof.catchup import applier_group, slot_lag
 
 log = logging.getLogger(__name__)
 

@@ -1,5 +1,5 @@
 -- reshard's bookkeeping on a shard cluster (source or target), in its own schema.
--- Installed by reshard.shard_schema (reshard.schema_migrations) before a migration touches the
+-- Installed by reshard.cluster.shard_schema (reshard.schema_migrations) before a migration touches the
 -- cluster; written with IF NOT EXISTS so it also adopts a cluster from before versioning.
 
 CREATE SCHEMA IF NOT EXISTS reshard;

@@ -20,8 +20,8 @@ from confluent_kafka import Producer
 from reshard.config import Config
 from reshard.control.store import ControlStore
 from reshard.errors import Unavailable
-from reshard.kafka_admin import KafkaAdmin, client_conf
-from reshard.own_records import RecordWriter
+from reshard.kafka.admin import KafkaAdmin, client_conf
+from reshard.kafka.own_records import RecordWriter
 
 EVENTS_TOPIC = "reshard.events"
 BATCH = 1000

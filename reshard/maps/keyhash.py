@@ -209,7 +209,7 @@ def sql_bucket(columns_sql: Sequence[str], types: Sequence[str], modulus: int) -
 
 
 # reshard.hash_combine64(a numeric (unsigned 64-bit), b bigint (a column hash)) -> numeric.
-# Installed on shards by reshard.shard_schema; written with numeric arithmetic for the
+# Installed on shards by reshard.cluster.shard_schema; written with numeric arithmetic for the
 # unsigned wrap-around and bigint '#' for the xor.
 HASH_COMBINE64_SQL = f"""
 CREATE OR REPLACE FUNCTION reshard.hash_combine64(a numeric, b bigint) RETURNS numeric

@@ -28,8 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from reshard.config import Config
 from reshard.control.store import ControlStore, connect
 from reshard.errors import ConfigError, ReshardError
-from reshard.planner import Plan
-from reshard.shardmap import qualified
+from reshard.maps.planner import Plan
+from reshard.maps.shardmap import qualified
 from reshard.validation import describe_errors
 
 MAX_REPORTED = 10  # differing groups reported per check and move

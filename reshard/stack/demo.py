@@ -20,16 +20,16 @@ import threading
 import time
 from datetime import UTC, datetime
 
-from reshard import fence
+from reshard.cluster import fence
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import connect
 from reshard.coordinator import Coordinator
 from reshard.errors import ConfigError
-from reshard.progress import Progress
+from reshard.maps.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
+from reshard.observe.progress import Progress
 from reshard.router import Router
-from reshard.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
-from reshard.workload import TABLE, Workload, create_table, seed
+from reshard.stack.workload import TABLE, Workload, create_table, seed
 
 SOURCE = "source1"
 

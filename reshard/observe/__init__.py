@@ -1,0 +1,1 @@
+"""What a migration tells people and tools: metrics, logs, progress, status, the report and the events topic."""
