@@ -152,7 +152,7 @@ def drop_streams(config: Config, store, migration: str, streams: list[Stream], t
     """Delete the streams' connectors, slots, publications and topics (and forget reverse
     streams in the control database). Idempotent; returns what it did."""
     from reshard.cluster.replication import drop_publication, drop_slot
-    from reshard.control.store import connect
+    from reshard.cluster.session import connect
     from reshard.kafka.streams import REVERSE
 
     done: list[str] = []

@@ -43,8 +43,10 @@ from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from reshard.cdc_applier.route import Router
 from reshard.cluster import shard_schema
 from reshard.cluster.catalog import require_table
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, MigrationRecord, connect
+from reshard.control.records import MigrationRecord
+from reshard.control.store import ControlStore
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
 from reshard.kafka.admin import client_conf
 from reshard.kafka.streams import FORWARD, REVERSE, Stream, streams_of

@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 
 from reshard.cdc_applier.connector import drop_streams
 from reshard.cluster import fence, shard_schema
+from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import ControlStore, Lease, connect
+from reshard.control.lease import Lease
+from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
 from reshard.kafka.streams import streams_of
 from reshard.maps.planner import plan as make_plan

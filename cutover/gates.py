@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.exit_codes import ExitCode
 from reshard.kafka.streams import Stream
 

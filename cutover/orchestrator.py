@@ -40,7 +40,8 @@ from psycopg import errors as pgerr
 
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import ControlStore, Lease
+from reshard.control.lease import Lease
+from reshard.control.store import ControlStore
 from reshard.cutover import gates as g
 from reshard.cutover.steps import CUTOVER, ROLLBACK, CutoverSteps, DryRunSteps, LiveSteps, Switch
 from reshard.cutover.waves import next_wave

@@ -20,8 +20,9 @@ import time
 from reshard.cdc_applier.connector import ensure_connector
 from reshard.cluster import shard_schema
 from reshard.cluster.replication import advance_slot, create_slot, ensure_publication
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.errors import WaitTimeout
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Stream, reverse

@@ -19,8 +19,9 @@ import psycopg
 
 from reshard.cdc_applier.connector import drop_streams
 from reshard.cluster import fence, shard_schema
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.cutover import reverse as reverse_streams
 from reshard.cutover.sequences import bring_past, last_values, owned_sequences
 from reshard.errors import BudgetExceeded
@@ -232,14 +233,12 @@ class LiveSteps:
         """The point of no return: routing moves to ``epoch``. One control transaction
         records it together with the wave, so a rerun after a crash knows for sure."""
         sw = self.sw
-        with self.store.connect() as conn, conn.transaction():
-            self.store.activate(conn, epoch)
+        with self.store.unit() as uow:
+            uow.activate(epoch)
             if sw.kind == CUTOVER:
-                self.store.record_wave(conn, sw.migration, sw.wave or 1,
-                                       sw.wave_buckets, epoch, "cut",
-                                       pause_ms, drain_ms)
+                uow.record_wave(sw.migration, sw.wave or 1, sw.wave_buckets, epoch, "cut", pause_ms, drain_ms)
             else:
-                self.store.roll_back_waves(conn, sw.migration)
+                uow.roll_back_waves(sw.migration)
         return {"epoch": epoch}
 
     def after_flip(self) -> dict:

@@ -367,7 +367,7 @@ def map_show(ctx: Ctx, epoch: int | None) -> None:
     """Print a map version as YAML (default: the active one)."""
     import yaml
 
-    from reshard.control import ControlStore
+    from reshard.control.store import ControlStore
     from reshard.errors import ConfigError
 
     store = ControlStore(ctx.config().control_dsn)
@@ -387,7 +387,7 @@ def map_show(ctx: Ctx, epoch: int | None) -> None:
 @click.pass_obj
 def map_history(ctx: Ctx) -> None:
     """Every registered map version, oldest first, with the active one marked."""
-    from reshard.control import ControlStore
+    from reshard.control.store import ControlStore
 
     rows = ControlStore(ctx.config().control_dsn).map_history()
     emit(ctx, {"command": "map history", "versions": rows}, lambda: "\n".join(
@@ -488,7 +488,7 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
     Idempotent. Each cluster's change waits for writes in progress, then applies atomically.
     """
     from reshard.cluster import fence
-    from reshard.control import ControlStore
+    from reshard.control.store import ControlStore
     from reshard.errors import ConfigError
 
     config = ctx.config()
@@ -514,7 +514,7 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
 def fence_remove(ctx: Ctx, lock_timeout: int) -> None:
     """Remove reshard's fence from every table that has one, on every cluster. Idempotent."""
     from reshard.cluster import fence
-    from reshard.control.store import connect
+    from reshard.cluster.session import connect
 
     config = ctx.config()
     done = {}
@@ -532,7 +532,7 @@ def fence_remove(ctx: Ctx, lock_timeout: int) -> None:
 def fence_status(ctx: Ctx) -> None:
     """Per cluster and table: the fence's epoch, mode (steady, switching, fenced), and whether it is active."""
     from reshard.cluster import fence
-    from reshard.control.store import connect
+    from reshard.cluster.session import connect
 
     config = ctx.config()
     out = {}

@@ -19,9 +19,11 @@ from reshard.cdc_applier.route import Router
 from reshard.cdc_applier.worker import Applier, ApplierStats
 from reshard.cluster import shard_schema
 from reshard.cluster.catalog import table_info
+from reshard.cluster.session import connect
 from reshard.config import Config, check_name
 from reshard.control import states
-from reshard.control.store import ControlStore, MigrationRecord, connect
+from reshard.control.records import MigrationRecord
+from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
@@ -78,8 +80,7 @@ class Coordinator:
         elif from_map is not None:
             from_epoch = self.store.find_epoch(from_map) or self.store.register_map(
                 from_map, note=f"current map, for migration {name}")[0]
-            with self.store.connect() as conn, conn.transaction():
-                self.store.activate(conn, from_epoch)
+            self.store.activate(from_epoch)
         elif active is None:
             raise ConfigError("no active shard map yet: pass --from with the map that describes today's placement")
         else:
@@ -110,8 +111,7 @@ class Coordinator:
             raise ConfigError(f"a map is already active (epoch {active}); --initial is only for the first one")
         epoch, created = self.store.register_map(m, note)
         if initial:
-            with self.store.connect() as conn, conn.transaction():
-                self.store.activate(conn, epoch)
+            self.store.activate(epoch)
         return epoch, created, initial
 
     def record(self, name: str) -> tuple[MigrationRecord, Plan]:
@@ -134,8 +134,7 @@ class Coordinator:
             if rec.state == states.ABORTED:
                 raise MigrationError(f"migration {name} was aborted; create a new one")
             if rec.state == states.PLANNED:
-                with self.store.connect() as conn, conn.transaction():
-                    self.store.check_no_overlap(conn, name, p)  # before any slot, connector or row
+                self.store.check_no_overlap(name, p)  # before any slot, connector or row
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             self.check_services()
             setup = check_setup(self.config, p)
@@ -267,12 +266,11 @@ class Coordinator:
         report = verify(self.config, p, max_diffs,
                         catch_up=(lambda: self.wait(name, timeout=60)) if streaming else None,
                         active=active[1] if active else None)
-        with self.store.connect() as conn:
-            self.store.audit(conn, name, "verify", equal=report.equal,
-                             rechecked=sum(c.rechecked for c in report.checks),
-                             rows={c.move + "/" + c.table: c.source_rows for c in report.checks},
-                             differences={c.move + "/" + c.table: c.differences[:10] for c in report.checks
-                                          if not c.equal})
+        self.store.record_event(name, "verify", equal=report.equal,
+                                rechecked=sum(c.rechecked for c in report.checks),
+                                rows={c.move + "/" + c.table: c.source_rows for c in report.checks},
+                                differences={c.move + "/" + c.table: c.differences[:10] for c in report.checks
+                                             if not c.equal})
         return report
 
     # ---- cutover, rollback, complete ---------------------------------------------------
@@ -412,6 +410,5 @@ class Coordinator:
         self.forget_bookkeeping(name, p)
         if rec.state != states.ABORTED:
             self.store.set_state(name, states.ABORTED, why="abort: what it created was dropped")
-        with self.store.connect() as conn:
-            self.store.audit(conn, name, "migration.teardown", actions=done)
+        self.store.record_event(name, "migration.teardown", actions=done)
         return done

@@ -54,7 +54,8 @@ import psycopg
 from reshard.cluster.fence import FENCED, NOT_OWNER
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import MAP_CHANNEL, ControlStore
+from reshard.control.maps import MAP_CHANNEL
+from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, ReshardError, Unavailable
 from reshard.maps.planner import Move, Plan, plan
 from reshard.maps.shardmap import ShardMap

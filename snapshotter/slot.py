@@ -6,8 +6,8 @@ from typing import Any
 
 import psycopg
 
+from reshard.cluster.session import connect
 from reshard.config import ClusterConfig
-from reshard.control.store import connect
 
 
 class ExportedSnapshot:

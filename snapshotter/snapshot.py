@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from reshard.cluster import shard_schema
 from reshard.cluster.catalog import TableInfo, check_compatible, check_source, require_table, table_info
 from reshard.cluster.replication import ensure_publication, slot_lsn
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, MigrationRecord, connect
+from reshard.control.records import MigrationRecord
+from reshard.control.store import ControlStore
 from reshard.errors import MigrationError, SetupError
 from reshard.kafka.streams import forward
 from reshard.maps.estimate import move_rows
@@ -206,8 +208,7 @@ class Snapshotter:
             # the ordering that makes copy and stream meet exactly: slot (and its snapshot)
             # first, position recorded before any row is copied, connector on that slot
             self.store.record_source(self.rec.name, source, slot_name=slot, publication=pub, consistent_lsn=snap.lsn)
-            with self.store.connect() as conn:
-                self.store.audit(conn, self.rec.name, "slot.created", cluster=source, slot=slot, lsn=snap.lsn)
+            self.store.record_event(self.rec.name, "slot.created", cluster=source, slot=slot, lsn=snap.lsn)
             self.progress.step(f"{source}: slot {slot} created at {snap.lsn} with an exported snapshot")
             consistent, resumed_lsn = snap.lsn, None
         else:
@@ -227,9 +228,8 @@ class Snapshotter:
             snap = ExportedSnapshot(c, tmp, temporary=True)
             resumed_lsn = snap.lsn
             report.resumed = True
-            with self.store.connect() as conn:
-                self.store.audit(conn, self.rec.name, "copy.resumed", cluster=source, snapshot_lsn=snap.lsn,
-                                 pending=[f"{u.move.id}/{u.table}" for u in pending])
+            self.store.record_event(self.rec.name, "copy.resumed", cluster=source, snapshot_lsn=snap.lsn,
+                                    pending=[f"{u.move.id}/{u.table}" for u in pending])
             self.progress.step(f"{source}: resuming {len(pending)} unfinished copy unit(s) from a fresh snapshot at {snap.lsn}")
         # the source's probe baseline is taken now, before this source's copy loads it
         def show(text: str) -> None:

@@ -25,8 +25,8 @@ import psycopg
 from psycopg import errors, sql
 
 from reshard.cluster import shard_schema
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import connect
 from reshard.errors import SetupError
 from reshard.maps.shardmap import qualified
 

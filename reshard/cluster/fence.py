@@ -335,7 +335,7 @@ def state(conn: psycopg.Connection[Any]) -> list[dict]:
 
 def _cluster_conn(config, cluster: str) -> psycopg.Connection[Any]:
     from reshard.cluster import shard_schema
-    from reshard.control.store import connect
+    from reshard.cluster.session import connect
 
     conn = connect(config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True)
     shard_schema.install(conn)
@@ -382,6 +382,5 @@ def switch_ownership(config, store, new_epoch: int, lock_timeout_ms: int = 2000)
         install_everywhere(config, [steady(c, old_epoch, old) for c in switched], lock_timeout_ms)
         raise
     install_everywhere(config, [steady(c, new_epoch, new) for c in clusters], lock_timeout_ms)
-    with store.connect() as conn, conn.transaction():
-        store.activate(conn, new_epoch)
+    store.activate(new_epoch)
     return {"from_epoch": old_epoch, "to_epoch": new_epoch, "clusters": clusters}

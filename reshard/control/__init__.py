@@ -1,5 +1,2 @@
-"""The control store: map versions, migrations and their state, checkpoints, audit log."""
-
-from reshard.control.store import ControlStore, MigrationRecord
-
-__all__ = ["ControlStore", "MigrationRecord"]
+"""The control database: map versions, migrations and their state, what workers report,
+the switch's records, the audit log and the lease (store.py composes them)."""

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for the annotations: streams.py is imported by the store itself
-    from reshard.control.store import ControlStore, MigrationRecord
+    from reshard.control.records import MigrationRecord
+    from reshard.control.store import ControlStore
     from reshard.maps.planner import Plan
 
 FORWARD = "fwd"

@@ -25,8 +25,8 @@ from typing import Any
 import psycopg
 
 from reshard.cluster.catalog import TableInfo, table_info
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import connect
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import HashScheme, qualified
 

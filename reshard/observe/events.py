@@ -48,11 +48,11 @@ class EventRelay:
         (0 when another relay holds the cursor)."""
         sent = 0
         while True:
-            with self.store.connect() as conn, conn.transaction():
-                last = self.store.claim_relay(conn, EVENTS_TOPIC)
+            with self.store.unit() as uow:
+                last = uow.claim_relay(EVENTS_TOPIC)
                 if last is None:
                     return sent
-                rows = self.store.audit_after(conn, last, BATCH)
+                rows = uow.audit_after(last, BATCH)
                 if not rows:
                     return sent
                 for r in rows:
@@ -64,7 +64,7 @@ class EventRelay:
                     reason = self.failed[0] if self.failed else f"no acknowledgement within {timeout:.0f}s"
                     self.failed.clear()
                     raise Unavailable(f"Kafka did not take the {EVENTS_TOPIC} records: {reason}")
-                self.store.advance_relay(conn, EVENTS_TOPIC, rows[-1]["id"])
+                uow.advance_relay(EVENTS_TOPIC, rows[-1]["id"])
                 sent += len(rows)
             if len(rows) < BATCH:
                 return sent

@@ -26,8 +26,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from prometheus_client.registry import Collector
 
 from reshard.cluster import fence
+from reshard.cluster.session import connect
 from reshard.control import states
-from reshard.control.store import connect
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import dlq_topic

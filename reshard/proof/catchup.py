@@ -28,9 +28,10 @@ from typing import Any
 
 import psycopg
 
+from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient

@@ -26,8 +26,8 @@ import psycopg
 from psycopg import sql
 
 from reshard.cluster.catalog import require_table
+from reshard.cluster.session import connect
 from reshard.control import states
-from reshard.control.store import connect
 from reshard.errors import MigrationError
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import qualified
@@ -162,9 +162,8 @@ class ContinuousChecker:
                            mismatches=[asdict(m) for m in result.mismatches[:self.max_diffs]])
         if result.complete or result.mismatches:
             # a verification like `reshard verify`'s: the cutover's gate reads the last one
-            with store.connect() as conn:
-                store.audit(conn, self.migration, "verify", equal=result.equal, mode="continuous", pass_number=number,
-                            rows=result.rows, differences={f"{m.move}/{m.table}": [m.key] for m in result.mismatches})
+            store.record_event(self.migration, "verify", equal=result.equal, mode="continuous", pass_number=number,
+                               rows=result.rows, differences={f"{m.move}/{m.table}": [m.key] for m in result.mismatches})
         self.say(f"pass {number}: {result.chunks} chunks, {result.rows:,} rows in {result.seconds:.1f}s, "
                  + ("no divergence" if result.equal else f"{len(result.mismatches)} key(s) diverge")
                  + ("" if result.complete else " (stopped part-way)"))

@@ -25,8 +25,9 @@ import yaml
 from psycopg import sql
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, ReshardError
 from reshard.maps.planner import Plan
 from reshard.maps.shardmap import qualified

@@ -32,8 +32,9 @@ import psycopg
 from psycopg import sql
 
 from reshard.cluster.catalog import require_table
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import ControlStore, connect
+from reshard.control.store import ControlStore
 from reshard.maps.planner import Move, Plan
 from reshard.proof.verify import SESSION, compare, recheck
 
@@ -195,9 +196,9 @@ class ShadowReader:
                 log.error("shadow reads: %s key %s differs between %s and %s: %s", table, d["key"], move.source,
                           move.target, d["problem"])
             if confirmed:
-                with self.store.connect() as conn:  # a failed verification: the cutover gate refuses
-                    self.store.audit(conn, migration, "verify", equal=False, mode="shadow",
-                                     differences={f"{move.id}/{table}": confirmed[:10]})
+                # a failed verification: the cutover gate refuses
+                self.store.record_event(migration, "verify", equal=False, mode="shadow",
+                                        differences={f"{move.id}/{table}": confirmed[:10]})
 
     def _prove(self, migration: str) -> Any:
         from reshard.proof.catchup import prove_caught_up  # Kafka's client: loaded only if a read differs

@@ -28,8 +28,8 @@ import psycopg
 
 from reshard.cluster.catalog import TableInfo as TableInfoT
 from reshard.cluster.catalog import require_table
+from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control.store import connect
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import ShardMap, qualified, quote_ident
 

@@ -21,9 +21,9 @@ import time
 from datetime import UTC, datetime
 
 from reshard.cluster import fence
+from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control import states
-from reshard.control.store import connect
 from reshard.coordinator import Coordinator
 from reshard.errors import ConfigError
 from reshard.maps.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
@@ -88,8 +88,7 @@ def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
     active = co.store.active()
     if active is not None and active[1].digest() != before.digest():
         epoch = co.store.register_map(before, "demo reset")[0]
-        with co.store.connect() as conn, conn.transaction():
-            co.store.activate(conn, epoch)
+        co.store.activate(epoch)
     for cluster in [SOURCE, *targets]:
         with connect(co.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True) as conn:
             create_table(conn)

@@ -10,7 +10,7 @@ import time
 
 import yaml
 
-from reshard.control import ControlStore
+from reshard.control.store import ControlStore
 from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
 from reshard.stack.demo import demo_maps

@@ -1,0 +1,120 @@
+"""What running processes report: source positions, copy checkpoints, applier heartbeats and samples, routers' counters."""
+
+from __future__ import annotations
+
+import os
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from reshard.control.base import Records
+
+
+class WorkerRecords(Records):
+    """Facts the copy, the appliers and the routers record as they run."""
+
+    def record_source(self, migration: str, cluster: str, **fields: Any) -> None:
+        """Insert or update the migration's row for a source cluster with ``fields``."""
+        with self.connect() as conn, conn.transaction():
+            sets = ", ".join(f"{k} = %s" for k in fields)
+            updated = conn.execute(
+                f"UPDATE reshard.migration_sources SET {sets} WHERE migration = %s AND cluster = %s",
+                [*fields.values(), migration, cluster],
+            ).rowcount if fields else 0
+            if not updated:
+                cols = ["migration", "cluster", *fields]
+                conn.execute(
+                    f"INSERT INTO reshard.migration_sources ({', '.join(cols)}) "
+                    f"VALUES ({', '.join(['%s'] * len(cols))}) ON CONFLICT DO NOTHING",
+                    [migration, cluster, *fields.values()],
+                )
+
+    def record_copy(self, migration: str, move_id: str, tbl: str, **fields: Any) -> None:
+        cols = ["migration", "move_id", "tbl", *fields, "updated_at"]
+        vals = [migration, move_id, tbl, *fields.values()]
+        updates = ", ".join([f"{k} = EXCLUDED.{k}" for k in fields] + ["updated_at = now()"])
+        with self.connect() as conn, conn.transaction():
+            conn.execute(
+                f"INSERT INTO reshard.copy_progress ({', '.join(cols)}) "
+                f"VALUES ({', '.join(['%s'] * len(vals))}, now()) "
+                f"ON CONFLICT (migration, move_id, tbl) DO UPDATE SET {updates}",
+                vals,
+            )
+            self._audit(conn, migration, "copy.checkpoint", move=move_id, table=tbl, **fields)
+
+    def copy_progress(self, migration: str) -> list[dict]:
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT * FROM reshard.copy_progress WHERE migration = %s ORDER BY move_id, tbl", (migration,)
+            ).fetchall()
+
+    def heartbeat(self, migration: str, worker: str, kind: str, stats: dict) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.workers (migration, worker, kind, pid, stats) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (migration, worker) DO UPDATE SET last_seen = now(), stats = EXCLUDED.stats, "
+                "pid = EXCLUDED.pid, stopped_at = NULL",
+                (migration, worker, kind, os.getpid(), Jsonb(stats)),
+            )
+
+    def record_sample(self, migration: str, worker: str, records: int, applied: int, lag_seconds: float | None,
+                      lag_records: int | None) -> None:
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.apply_samples (migration, worker, records, applied, lag_seconds, lag_records) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING",
+                (migration, worker, records, applied, lag_seconds, lag_records),
+            )
+
+    def samples(self, migration: str) -> list[dict]:
+        """Every applier sample of the migration, oldest first."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT worker, at, records, applied, lag_seconds, lag_records FROM reshard.apply_samples "
+                "WHERE migration = %s ORDER BY at, worker", (migration,),
+            ).fetchall()
+
+    def worker_stopped(self, migration: str, worker: str, stats: dict) -> None:
+        """A worker that stops cleanly says so: it is no longer live from this moment."""
+        with self.connect() as conn:
+            conn.execute("UPDATE reshard.workers SET stopped_at = now(), last_seen = now(), stats = %s "
+                         "WHERE migration = %s AND worker = %s", (Jsonb(stats), migration, worker))
+
+    def prune_workers(self, migration: str, keep_s: float = 3600.0) -> int:
+        """Forget workers of the migration that stopped, or stopped reporting, over ``keep_s`` ago."""
+        with self.connect() as conn:
+            return conn.execute(
+                "DELETE FROM reshard.workers WHERE migration = %s AND last_seen < now() - make_interval(secs => %s)",
+                (migration, keep_s)).rowcount
+
+    def workers(self, migration: str) -> list[dict]:
+        """Every recorded worker; ``live`` when it reported in the last 10 s and did not stop."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT worker, kind, pid, started_at, last_seen, stopped_at, stats, "
+                "extract(epoch FROM now() - last_seen) AS idle_s, "
+                "(stopped_at IS NULL AND last_seen > now() - interval '10 seconds') AS live "
+                "FROM reshard.workers WHERE migration = %s ORDER BY worker",
+                (migration,),
+            ).fetchall()
+
+    def report_router(self, router: str, epoch: int, started_at: datetime, counters: dict,
+                      shadow: dict) -> None:
+        """A router's cumulative counters (reshard/router.py); old reports are pruned."""
+        host, pid = router.split(":")[:2]
+        with self.connect() as conn:
+            conn.execute(
+                "INSERT INTO reshard.router_reports (router, host, pid, epoch, started_at, counters, shadow) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (router) DO UPDATE SET at = now(), "
+                "epoch = EXCLUDED.epoch, counters = EXCLUDED.counters, shadow = EXCLUDED.shadow",
+                (router, host, int(pid), epoch, started_at, Jsonb(counters), Jsonb(shadow)))
+            conn.execute("DELETE FROM reshard.router_reports WHERE at < now() - interval '1 day'")
+
+    def router_reports(self, within_s: float = 60.0) -> list[dict]:
+        """Routers that reported in the last ``within_s`` seconds, with their counters."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT router, host, pid, epoch, started_at, at, counters, shadow, "
+                "extract(epoch FROM now() - at) AS age_s FROM reshard.router_reports "
+                "WHERE at > now() - make_interval(secs => %s) ORDER BY router", (within_s,)).fetchall()
