@@ -143,7 +143,7 @@ def main() -> None:
     config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets)
     tmp = cfg.parent
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
-    predicates = {m.target: p.predicate_sql(m, TABLE) for m in p.moves}
+    predicates = {m.target: p.predicate_sql(m, TABLE).as_string(None) for m in p.moves}
     rounds = []
     kinds = ["reshard", "raw"] + (["pgcopydb"] if shutil.which("pgcopydb") else [])
     for r in range(args.rounds):

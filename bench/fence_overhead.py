@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -52,7 +53,7 @@ def prepare(admin_dsn: str, dsn: str, accounts: int) -> int:
         conn.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{DB}"')
     group = MAP.groups["accounts"]
-    owned = group.scheme.predicate_sql(["g"], group.key_types, "source1")
+    owned = group.scheme.predicate_sql([sql.Identifier("g")], group.key_types, "source1").as_string(None)
     with psycopg.connect(dsn, autocommit=True) as conn:
         shard_schema.install(conn)
         conn.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, balance numeric NOT NULL DEFAULT 0)")

@@ -127,7 +127,7 @@ class TableWriter:
             "ON CONFLICT (migration, tbl, pk) DO UPDATE SET lsn = EXCLUDED.lsn, deleted = EXCLUDED.deleted "
             "WHERE a.lsn < EXCLUDED.lsn RETURNING a.pk) "
             "DELETE FROM {stage} s WHERE NOT EXISTS (SELECT 1 FROM v WHERE v.pk = {pk})"
-        ).format(pk=sql.SQL(pk_text_sql(self.pk, "s")), stage=self.stage)
+        ).format(pk=pk_text_sql(self.pk, "s"), stage=self.stage)
         self.clear_sql = sql.SQL("DELETE FROM {}").format(self.stage)
         self.delete_sql = sql.SQL("DELETE FROM {} t USING {} s WHERE s.__op = 'd' AND {}").format(
             self.target, self.stage, self._on_pk("t", "s"))

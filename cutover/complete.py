@@ -18,6 +18,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from psycopg import sql
+
 from reshard.cdc_applier.connector import drop_streams
 from reshard.cluster import fence, shard_schema
 from reshard.cluster.session import connect
@@ -28,7 +30,7 @@ from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
 from reshard.kafka.streams import streams_of
 from reshard.maps.planner import plan as make_plan
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 from reshard.observe.progress import Progress
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
@@ -101,10 +103,9 @@ def _complete(config: Config, store: ControlStore, migration: str, lease: Lease,
                 for table in sorted(full.new.groups[move.group].tables):
                     pred = full.predicate_sql(move, table, "t")
                     while True:
-                        n = conn.execute(
-                            f"DELETE FROM {qualified(table)} WHERE ctid = ANY(ARRAY("
-                            f"SELECT t.ctid FROM {qualified(table)} t WHERE {pred} LIMIT {int(batch_rows)}))"
-                        ).rowcount
+                        n = conn.execute(sql.SQL(
+                            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT t.ctid FROM {table} t WHERE {pred} LIMIT {n}))"
+                        ).format(table=table_ident(table), pred=pred, n=sql.Literal(int(batch_rows)))).rowcount
                         total += n
                         task.advance(n)
                         if n < batch_rows:

@@ -425,7 +425,7 @@ def plan_cmd(ctx: Ctx, to_path: str, from_path: str | None, estimates: bool, sho
     doc = {"command": "plan", "from_epoch": from_epoch, "moves": [m.to_dict() for m in p.moves],
            "estimate": est.to_dict() if est else None}
     if not est:
-        doc["predicates"] = {m.id: {t: p.predicate_sql(m, t) for t in sorted(p.new.groups[m.group].tables)}
+        doc["predicates"] = {m.id: {t: p.predicate_sql(m, t).as_string(None) for t in sorted(p.new.groups[m.group].tables)}
                              for m in p.moves}
     emit(ctx, doc, lambda: _plan_human(p, est, from_epoch, show_sql))
 
@@ -448,7 +448,7 @@ def _plan_human(p, est, from_epoch, show_sql: bool) -> str:
             lines.append(f"  {m.source:>10} -> {m.target:<10} {m.group}: {m.summary}")
             if show_sql:
                 for t in sorted(p.new.groups[m.group].tables):
-                    lines.append(f"      {t}: {p.predicate_sql(m, t)}")
+                    lines.append(f"      {t}: {p.predicate_sql(m, t).as_string(None)}")
         return "\n".join(lines)
     lines.append(f"  {'source':>10}    {'target':<10} {'table':<24} {'est. rows':>12} {'est. size':>11}  keys")
     for e in est.moves:

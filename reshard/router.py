@@ -50,6 +50,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.fence import FENCED, NOT_OWNER
 from reshard.config import Config
@@ -175,7 +176,7 @@ class Router:
         while not self._closed.is_set():
             try:
                 with psycopg.connect(self.store.dsn, autocommit=True, connect_timeout=self.connect_timeout) as conn:
-                    conn.execute(f"LISTEN {MAP_CHANNEL}")
+                    conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(MAP_CHANNEL)))
                     self.refresh()  # whatever was announced while we were not listening
                     delay = 0.2
                     while not self._closed.is_set():

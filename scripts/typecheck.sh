@@ -6,7 +6,7 @@ set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rm -rf "$repo/build"  # a stale build/ from an older layout would be installed too
 tree=$(mktemp -d)
-trap 'rm -rf "$tree"' EXIT
+trap 'rm -rf "$tree" "$repo/build"' EXIT
 "$repo/.venv/bin/pip" install --quiet --no-deps --target "$tree" "$repo" 2>/dev/null
 cd "$tree"
 "$repo/.venv/bin/mypy" --config-file "$repo/pyproject.toml" -p reshard

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
-from psycopg import errors, pq
+from psycopg import errors, pq, sql
 from psycopg.types.json import Jsonb
 
-from reshard.maps.shardmap import qualified, quote_ident
+from reshard.maps.shardmap import table_ident
 from reshard.snapshotter.cursor import KeysetCursor
 from reshard.snapshotter.throttle import CopyThrottle
 
@@ -184,7 +184,7 @@ def binary_safe(conn: psycopg.Connection[Any], table: str, columns: list[str]) -
     row = conn.execute(
         "SELECT bool_and(t.typsend <> 0 AND t.typreceive <> 0) FROM pg_attribute a "
         "JOIN pg_type t ON t.oid = a.atttypid WHERE a.attrelid = %s::regclass AND a.attname = ANY(%s)",
-        (qualified(table), columns),
+        (table_ident(table).as_string(conn), columns),
     ).fetchone()
     return bool(row and row[0])
 
@@ -209,13 +209,13 @@ def copy_batch(
     ``src`` must already be inside the imported snapshot's transaction.
     """
     select, params = cursor.batch_select(upper, columns)
-    col_list = ", ".join(quote_ident(c) for c in columns)
-    fmt = " (FORMAT binary)" if binary else ""
+    col_list = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+    fmt = sql.SQL(" (FORMAT binary)" if binary else "")
     done = upper is None
     with tgt.transaction():
         tcur = tgt.cursor()
-        with tcur.copy(f"COPY {qualified(cursor.table.name)} ({col_list}) FROM STDIN{fmt}") as inp:
-            statement = psycopg.ClientCursor(src).mogrify(f"COPY ({select}) TO STDOUT{fmt}", params)
+        with tcur.copy(sql.SQL("COPY {} ({}) FROM STDIN{}").format(table_ident(cursor.table.name), col_list, fmt)) as inp:
+            statement = psycopg.ClientCursor(src).mogrify(sql.SQL("COPY ({}) TO STDOUT{}").format(select, fmt), params)
             nbytes = _pipe(src, statement, inp, throttle)
         rows = tcur.rowcount
         tgt.execute(

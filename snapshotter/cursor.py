@@ -14,9 +14,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.catalog import TableInfo
-from reshard.maps.shardmap import qualified, quote_ident
+from reshard.maps.shardmap import column, table_ident
 
 SAMPLE_ROWS_PER_BATCH = 2000  # sampled keys per batch: 2 % of the pages at 100,000-row batches
 
@@ -24,29 +25,31 @@ SAMPLE_ROWS_PER_BATCH = 2000  # sampled keys per batch: 2 % of the pages at 100,
 @dataclass
 class KeysetCursor:
     table: TableInfo
-    predicate: str
+    predicate: sql.Composable
     after: list[str] | None = None
     until: list[str] | None = None  # the chunk's last key (inclusive); None: no bound
 
-    @property
-    def _pk(self) -> str:
-        return ", ".join(quote_ident(c) for c in self.table.pk)
+    def _pk(self, alias: str | None = None) -> sql.Composable:
+        return sql.SQL(", ").join(column(c, alias) for c in self.table.pk)
 
-    def _row(self, values: list[str]) -> tuple[str, list[str]]:
-        casts = ", ".join(f"%s::{self.table.column(c).type}" for c in self.table.pk)
-        return f"({casts})", list(values)
+    def _row(self, values: list[str]) -> tuple[sql.Composable, list[str]]:
+        casts = sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(self.table.column(c).type)) for c in self.table.pk)
+        return sql.SQL("({})").format(casts), list(values)
 
-    def _after(self) -> tuple[str, list[Any]]:
+    def _bound(self, op: str, values: list[str]) -> tuple[sql.Composable, list[str]]:
+        row, params = self._row(values)
+        return sql.SQL(" AND ({}) {} {}").format(self._pk(), sql.SQL(op), row), params
+
+    def _after(self) -> tuple[sql.Composable, list[Any]]:
         """The cursor's range: after its position, up to the chunk's end."""
-        cond, params = "", list[Any]()
-        if self.after is not None:
-            row, params = self._row(self.after)
-            cond = f" AND ({self._pk}) > {row}"
-        if self.until is not None:
-            row, up = self._row(self.until)
-            cond += f" AND ({self._pk}) <= {row}"
-            params = [*params, *up]
-        return cond, params
+        parts: list[sql.Composable] = []
+        params: list[Any] = []
+        for op, values in ((">", self.after), ("<=", self.until)):
+            if values is not None:
+                cond, more = self._bound(op, values)
+                parts.append(cond)
+                params += more
+        return sql.Composed(parts), params
 
     def uppers(self, conn: psycopg.Connection[Any], batch_rows: int) -> list[list[str]]:
         """The last key of every batch of about ``batch_rows`` rows after the cursor, in key
@@ -60,26 +63,28 @@ class KeysetCursor:
         text form, which would sort every remaining key per batch), ends a batch. Below
         that many rows per batch the pass is exact."""
         cond, params = self._after()
-        cols = ", ".join(f"t.{quote_ident(c)}" for c in self.table.pk)
-        texts = ", ".join(f"k.{quote_ident(c)}::text" for c in self.table.pk)
+        texts = sql.SQL(", ").join(sql.SQL("{}::text").format(column(c, "k")) for c in self.table.pk)
         percent = 100.0 * SAMPLE_ROWS_PER_BATCH / batch_rows
         if percent >= 100.0:
-            sample, every = "", batch_rows
+            sample: sql.Composable = sql.SQL("")
+            every = batch_rows
         else:
-            sample, every = f" TABLESAMPLE SYSTEM ({percent:.6f}) REPEATABLE (0)", SAMPLE_ROWS_PER_BATCH
-        sql = (
-            f"SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS reshard_n "
-            f"FROM {qualified(self.table.name)} t{sample} WHERE {self.predicate}{cond}) k "
-            f"WHERE k.reshard_n %% %s = 0 ORDER BY k.reshard_n"
-        )
-        return [list(r) for r in conn.execute(sql, [*params, every]).fetchall()]
+            sample = sql.SQL(" TABLESAMPLE SYSTEM ({}) REPEATABLE (0)").format(sql.Literal(round(percent, 6)))
+            every = SAMPLE_ROWS_PER_BATCH
+        query = sql.SQL(
+            "SELECT {texts} FROM (SELECT {cols}, row_number() OVER (ORDER BY {cols}) AS reshard_n "
+            "FROM {table} t{sample} WHERE {predicate}{cond}) k "
+            "WHERE k.reshard_n %% %s = 0 ORDER BY k.reshard_n"
+        ).format(texts=texts, cols=self._pk("t"), table=table_ident(self.table.name), sample=sample,
+                 predicate=self.predicate, cond=cond)
+        return [list(r) for r in conn.execute(query, [*params, every]).fetchall()]
 
-    def batch_select(self, upper: list[str] | None, columns: list[str]) -> tuple[str, list[Any]]:
+    def batch_select(self, upper: list[str] | None, columns: list[str]) -> tuple[sql.Composable, list[Any]]:
         """SELECT of the rows in (after, upper] (to the chunk's end when upper is None)."""
         cond, params = self._after()
         if upper is not None:
-            row, up = self._row(upper)
-            cond += f" AND ({self._pk}) <= {row}"
-            params += up
-        cols = ", ".join(quote_ident(c) for c in columns)
-        return f"SELECT {cols} FROM {qualified(self.table.name)} WHERE {self.predicate}{cond}", params
+            more, up = self._bound("<=", upper)
+            cond, params = sql.Composed([cond, more]), [*params, *up]
+        cols = sql.SQL(", ").join(sql.Identifier(c) for c in columns)
+        return sql.SQL("SELECT {} FROM {} WHERE {}{}").format(cols, table_ident(self.table.name), self.predicate,
+                                                              cond), params

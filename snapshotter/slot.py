@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.session import connect
 from reshard.config import ClusterConfig
@@ -27,7 +28,8 @@ class ExportedSnapshot:
         self.slot = slot
         self.conn = connect(cluster.replication_dsn(), f"cluster {cluster.name} (replication)", autocommit=True)
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
-        row = self.conn.execute(f"CREATE_REPLICATION_SLOT {slot} {kind} pgoutput (SNAPSHOT 'export')").fetchone()
+        row = self.conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export')").format(
+            sql.Identifier(slot), sql.SQL(kind))).fetchone()
         assert row is not None
         _slot, self.lsn, self.snapshot_name, _plugin = row
 
@@ -44,4 +46,4 @@ class ExportedSnapshot:
 def import_snapshot(conn: psycopg.Connection[Any], snapshot_name: str) -> None:
     """Start a read-only transaction that sees exactly the exported snapshot."""
     conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-    conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_name}'")
+    conn.execute(sql.SQL("SET TRANSACTION SNAPSHOT {}").format(sql.Literal(snapshot_name)))

@@ -26,6 +26,8 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from psycopg import sql
+
 from reshard.cluster import shard_schema
 from reshard.cluster.catalog import TableInfo, check_compatible, check_source, require_table, table_info
 from reshard.cluster.replication import ensure_publication, slot_lsn
@@ -37,7 +39,7 @@ from reshard.errors import MigrationError, SetupError
 from reshard.kafka.streams import forward
 from reshard.maps.estimate import move_rows
 from reshard.maps.planner import Move, Plan
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 from reshard.observe.progress import Progress
 from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
 from reshard.snapshotter.cursor import KeysetCursor
@@ -53,7 +55,7 @@ class CopyUnit:
     move: Move
     table: str
     src_info: TableInfo
-    predicate: str
+    predicate: sql.Composable
     estimate: int
 
 
@@ -242,7 +244,7 @@ class Snapshotter:
         self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed)
         if self.throttle_settings.max_rows_per_s:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
-                self.throttle.hint_width(conn, sorted({qualified(u.table) for u in pending}))
+                self.throttle.hint_width(conn, sorted({table_ident(u.table).as_string(conn) for u in pending}))
         show(self.throttle.describe())
         copy_started = time.monotonic()
         try:
@@ -279,7 +281,8 @@ class Snapshotter:
         with connect(tgt_c.dsn, f"target cluster {tgt_c.name}", autocommit=True) as tgt:
             chunks = load_chunks(tgt, self.rec.name, u.move.id, u.table)
             if not chunks:
-                clash = tgt.execute(f"SELECT 1 FROM {qualified(u.table)} WHERE {u.predicate} LIMIT 1").fetchone()
+                clash = tgt.execute(sql.SQL("SELECT 1 FROM {} WHERE {} LIMIT 1").format(
+                    table_ident(u.table), u.predicate)).fetchone()
                 if clash:
                     raise SetupError(
                         f"{tgt_c.name} already holds rows of {u.table} in the range this move copies "

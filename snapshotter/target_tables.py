@@ -28,7 +28,7 @@ from reshard.cluster import shard_schema
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.errors import SetupError
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 
 # a statement that already took effect (a rerun after a crash): nothing to do
 _PRESENT = (errors.DuplicateTable, errors.DuplicateObject, errors.InvalidTableDefinition)
@@ -47,7 +47,7 @@ def _dump(source_dsn: str, table: str, section: str) -> list[str]:
     comments or session settings."""
     out = subprocess.run(
         ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", "--no-comments", f"--section={section}",
-         "--table", qualified(table), "--dbname", source_dsn],
+         "--table", table_ident(table).as_string(None), "--dbname", source_dsn],
         capture_output=True, text=True, timeout=120,
     )
     if out.returncode != 0:
@@ -126,9 +126,10 @@ def drop_created(conn: psycopg.Connection[Any], migration: str) -> list[str]:
         return dropped
     for (table,) in conn.execute("SELECT tbl FROM reshard.created_tables WHERE migration = %s",
                                  (migration,)).fetchall():
-        if conn.execute("SELECT to_regclass(%s)", (qualified(table),)).fetchone()[0] is not None:
-            if conn.execute(f"SELECT NOT EXISTS (SELECT 1 FROM {qualified(table)})").fetchone()[0]:
-                conn.execute(f"DROP TABLE {qualified(table)}")
+        name = table_ident(table)
+        if conn.execute("SELECT to_regclass(%s)", (name.as_string(conn),)).fetchone()[0] is not None:
+            if conn.execute(sql.SQL("SELECT NOT EXISTS (SELECT 1 FROM {})").format(name)).fetchone()[0]:
+                conn.execute(sql.SQL("DROP TABLE {}").format(name))
                 dropped.append(table)
         conn.execute("DELETE FROM reshard.created_tables WHERE migration = %s AND tbl = %s", (migration, table))
     return dropped

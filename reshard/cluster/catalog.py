@@ -14,7 +14,7 @@ from typing import Any
 import psycopg
 
 from reshard.errors import SetupError
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class TableInfo:
 
 
 def table_info(conn: psycopg.Connection[Any], table: str) -> TableInfo | None:
-    row = conn.execute("SELECT to_regclass(%s)::oid", (qualified(table),)).fetchone()
+    row = conn.execute("SELECT to_regclass(%s)::oid", (table_ident(table).as_string(conn),)).fetchone()
     if row is None or row[0] is None:
         return None
     oid = row[0]

@@ -40,18 +40,19 @@ from typing import Any
 
 import psycopg
 from psycopg import errors as pgerr
+from psycopg import sql
 
 from reshard.cluster.shard_schema import WRITER_GUC
 from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
 from reshard.failpoints import failpoint
 from reshard.maps.planner import Move, Plan
-from reshard.maps.shardmap import ShardMap, qualified, quote_ident
+from reshard.maps.shardmap import FALSE, ShardMap, column, table_ident
 
 FENCED = "RS001"  # the key is switching owners: retry shortly
 NOT_OWNER = "RS002"  # the key belongs to another cluster at this epoch: refresh the map
 TRIGGER = "reshard_fence"
 
-Predicate = Callable[[str, str], str]  # (table, row alias) -> SQL boolean
+Predicate = Callable[[str, str], sql.Composable]  # (table, row alias) -> SQL boolean
 
 
 @dataclass(frozen=True)
@@ -75,7 +76,7 @@ def steady(cluster: str, epoch: int, m: ShardMap) -> FenceSpec:
     """Accept exactly the keys ``m`` gives ``cluster``."""
     return FenceSpec(cluster, epoch, m,
                      owned=lambda t, a: m.group_of(t).predicate_sql(t, cluster, a),
-                     fenced=lambda t, a: "false", mode="steady")
+                     fenced=lambda t, a: FALSE, mode="steady")
 
 
 def switching(cluster: str, epoch: int, old: ShardMap, new: ShardMap) -> FenceSpec:
@@ -84,12 +85,13 @@ def switching(cluster: str, epoch: int, old: ShardMap, new: ShardMap) -> FenceSp
     Installed on every cluster before any cluster takes the new map, so no key is ever
     accepted by two clusters: for a moment a moving key is accepted by none.
     """
-    def owned(t: str, a: str) -> str:
-        return f"({old.group_of(t).predicate_sql(t, cluster, a)} AND {new.group_of(t).predicate_sql(t, cluster, a)})"
+    def owned(t: str, a: str) -> sql.Composable:
+        return sql.SQL("({} AND {})").format(old.group_of(t).predicate_sql(t, cluster, a),
+                                             new.group_of(t).predicate_sql(t, cluster, a))
 
-    def fenced(t: str, a: str) -> str:
-        return (f"({old.group_of(t).predicate_sql(t, cluster, a)} AND NOT "
-                f"{new.group_of(t).predicate_sql(t, cluster, a)})")
+    def fenced(t: str, a: str) -> sql.Composable:
+        return sql.SQL("({} AND NOT {})").format(old.group_of(t).predicate_sql(t, cluster, a),
+                                                 new.group_of(t).predicate_sql(t, cluster, a))
 
     return FenceSpec(cluster, epoch, new, owned, fenced, mode="switching")
 
@@ -105,12 +107,14 @@ def moving(cluster: str, epoch: int, m: ShardMap, p: Plan, moves: list[Move], no
     """
     mine = [mv for mv in moves if mv.source == cluster]
 
-    def fenced(t: str, a: str) -> str:
+    def fenced(t: str, a: str) -> sql.Composable:
         preds = [p.predicate_sql(mv, t, a) for mv in mine if t in p.new.groups[mv.group].tables]
         if not preds:
-            return "false"
-        body = "(" + " OR ".join(preds) + ")"
-        return f"(clock_timestamp() < '{deadline}'::timestamptz AND {body})" if deadline else body
+            return FALSE
+        body = sql.SQL("({})").format(sql.SQL(" OR ").join(preds))
+        if deadline is None:
+            return body
+        return sql.SQL("(clock_timestamp() < {}::timestamptz AND {})").format(sql.Literal(deadline), body)
 
     return FenceSpec(cluster, epoch, m, owned=lambda t, a: m.group_of(t).predicate_sql(t, cluster, a),
                      fenced=fenced, mode="fenced", note=note)
@@ -123,51 +127,64 @@ def function_name(table: str) -> str:
     return base
 
 
-def _quote_literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
-
-
-def trigger_function_sql(spec: FenceSpec, table: str) -> str:
-    """The plpgsql trigger function for one table, with the rules compiled in."""
-    group = spec.owner_map.group_of(table)
-    cols = group.key_columns(table)
-    checks = []
-    key_changed = " OR ".join(f"NEW.{quote_ident(c)} IS DISTINCT FROM OLD.{quote_ident(c)}" for c in cols)
-    for row in ("NEW", "OLD"):
-        key_text = " || ',' || ".join(f"{row}.{quote_ident(c)}::text" for c in cols)
-        # an UPDATE that keeps the key is fully checked through NEW; OLD only matters when the key moves
-        when = ("TG_OP IN ('INSERT', 'UPDATE')" if row == "NEW"
-                else f"TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({key_changed}))")
-        fenced = spec.fenced(table, row)
-        fenced_check = "" if fenced == "false" else f"""
+_FENCED_CHECK = """
     IF {fenced} THEN
-      RAISE EXCEPTION USING ERRCODE = '{FENCED}',
-        MESSAGE = format('reshard: key %s of %s is fenced on {spec.cluster} at epoch {spec.epoch}: it is switching owner',
-                         {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME),
-        DETAIL = format('owner at epoch {spec.epoch}: %s', {group.owner_sql(table, row)}),
+      RAISE EXCEPTION USING ERRCODE = {code},
+        MESSAGE = format({message}, {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME),
+        DETAIL = format({detail}, {owner}),
         HINT = 'retry after the switch completes (reshard routers retry by themselves)';
     END IF;"""
-        checks.append(f"""
+
+_CHECK = """
   IF {when} THEN{fenced_check}
-    IF NOT {spec.owned(table, row)} THEN
-      RAISE EXCEPTION USING ERRCODE = '{NOT_OWNER}',
-        MESSAGE = format('reshard: key %s of %s belongs to %s at epoch {spec.epoch}, not to {spec.cluster}',
-                         {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, {group.owner_sql(table, row)}),
+    IF NOT {owned} THEN
+      RAISE EXCEPTION USING ERRCODE = {code},
+        MESSAGE = format({message}, {key_text}, TG_TABLE_SCHEMA || '.' || TG_TABLE_NAME, {owner}),
         HINT = 'refresh the shard map and write to the owner';
     END IF;
-  END IF;""")
-    return f"""
-CREATE OR REPLACE FUNCTION reshard.{function_name(table)}() RETURNS trigger
+  END IF;"""
+
+_FUNCTION = """
+CREATE OR REPLACE FUNCTION reshard.{name}() RETURNS trigger
 LANGUAGE plpgsql AS $fence$
--- reshard fence for {table} on {spec.cluster}: epoch {spec.epoch}, {spec.mode}. {spec.note}
+{comment}
 BEGIN
-  IF current_setting({_quote_literal(WRITER_GUC)}, true) = 'applier' THEN
+  IF current_setting({writer_guc}, true) = 'applier' THEN
     RETURN COALESCE(NEW, OLD);
-  END IF;{''.join(checks)}
+  END IF;{checks}
   RETURN COALESCE(NEW, OLD);
 END
 $fence$;
 """
+
+
+def trigger_function_sql(spec: FenceSpec, table: str) -> sql.Composed:
+    """The plpgsql trigger function for one table, with the rules compiled in."""
+    group = spec.owner_map.group_of(table)
+    cols = group.key_columns(table)
+    checks = []
+    key_changed = sql.SQL(" OR ").join(sql.SQL("{} IS DISTINCT FROM {}").format(column(c, "NEW"), column(c, "OLD"))
+                                       for c in cols)
+    for row in ("NEW", "OLD"):
+        key_text = sql.SQL(" || ',' || ").join(sql.SQL("{}::text").format(column(c, row)) for c in cols)
+        # an UPDATE that keeps the key is fully checked through NEW; OLD only matters when the key moves
+        when = (sql.SQL("TG_OP IN ('INSERT', 'UPDATE')") if row == "NEW"
+                else sql.SQL("TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND ({}))").format(key_changed))
+        fenced = spec.fenced(table, row)
+        owner = group.owner_sql(table, row)
+        fenced_check = sql.SQL("") if fenced == FALSE else sql.SQL(_FENCED_CHECK).format(
+            fenced=fenced, code=sql.Literal(FENCED), key_text=key_text, owner=owner,
+            message=sql.Literal(f"reshard: key %s of %s is fenced on {spec.cluster} at epoch {spec.epoch}: "
+                                "it is switching owner"),
+            detail=sql.Literal(f"owner at epoch {spec.epoch}: %s"))
+        checks.append(sql.SQL(_CHECK).format(
+            when=when, fenced_check=fenced_check, owned=spec.owned(table, row), code=sql.Literal(NOT_OWNER),
+            key_text=key_text, owner=owner,
+            message=sql.Literal(f"reshard: key %s of %s belongs to %s at epoch {spec.epoch}, not to {spec.cluster}")))
+    note = " ".join(spec.note.split())  # one line: it is a comment
+    return sql.SQL(_FUNCTION).format(
+        name=sql.Identifier(function_name(table)), writer_guc=sql.Literal(WRITER_GUC), checks=sql.Composed(checks),
+        comment=sql.SQL(f"-- reshard fence for {table} on {spec.cluster}: epoch {spec.epoch}, {spec.mode}. {note}"))
 
 
 STATE_SQL = """
@@ -192,7 +209,7 @@ def server_deadline(conn: psycopg.Connection[Any], seconds: float) -> str:
 
 
 def _present(conn: psycopg.Connection[Any], tables: list[str]) -> list[str]:
-    return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (qualified(t),)).fetchone()[0]]
+    return [t for t in tables if conn.execute("SELECT to_regclass(%s)", (table_ident(t).as_string(conn),)).fetchone()[0]]
 
 
 TRY_LOCK_MS = 200  # one try's wait for a table, far below PostgreSQL's default deadlock_timeout (1 s)
@@ -237,10 +254,10 @@ def _lock_one(conn: psycopg.Connection[Any], table: str, give_up: float, changed
         left_ms = int((give_up - time.monotonic()) * 1000)
         try:
             with conn.transaction():
-                conn.execute(f"SET LOCAL lock_timeout = {max(1, min(TRY_LOCK_MS, left_ms))}")
+                conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(max(1, min(TRY_LOCK_MS, left_ms))),))
                 if detector:
                     conn.execute("SET LOCAL deadlock_timeout = 10")
-                conn.execute(f"LOCK TABLE {qualified(table)} IN SHARE ROW EXCLUSIVE MODE")
+                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table_ident(table)))
             return
         except (pgerr.LockNotAvailable, pgerr.DeadlockDetected):
             if time.monotonic() >= give_up:
@@ -277,20 +294,17 @@ def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int
                 in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
                 if not in_time:
                     raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
-            conn.execute(
-                f"CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
-                f"AS $$ SELECT {int(spec.epoch)}::bigint $$"
-            )
+            conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
+                                 "AS $$ SELECT {}::bigint $$").format(sql.Literal(int(spec.epoch))))
             conn.execute(trigger_function_sql(spec, t))
             exists = conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s", (qualified(t), TRIGGER)
-            ).fetchone()
+                "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
+                (table_ident(t).as_string(conn), TRIGGER)).fetchone()
             if not exists:
-                conn.execute(
-                    f"CREATE TRIGGER {TRIGGER} BEFORE INSERT OR UPDATE OR DELETE ON {qualified(t)} "
-                    f"FOR EACH ROW EXECUTE FUNCTION reshard.{function_name(t)}()"
-                )
-            conn.execute(f"ALTER TABLE {qualified(t)} ENABLE ALWAYS TRIGGER {TRIGGER}")
+                conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
+                                     "FOR EACH ROW EXECUTE FUNCTION reshard.{}()").format(
+                    sql.Identifier(TRIGGER), table_ident(t), sql.Identifier(function_name(t))))
+            conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table_ident(t), sql.Identifier(TRIGGER)))
             conn.execute(
                 "INSERT INTO reshard.fence_state (tbl, cluster, epoch, mode, note) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (tbl) DO UPDATE SET cluster = EXCLUDED.cluster, epoch = EXCLUDED.epoch, "
@@ -310,9 +324,9 @@ def remove(conn: psycopg.Connection[Any], tables: list[str], lock_timeout_ms: in
     for t in sorted(tables):
         if t in present:
             with _one_table(conn, t, give_up, removed):
-                conn.execute(f"DROP TRIGGER IF EXISTS {TRIGGER} ON {qualified(t)}")
+                conn.execute(sql.SQL("DROP TRIGGER IF EXISTS {} ON {}").format(sql.Identifier(TRIGGER), table_ident(t)))
             removed.append(t)
-        conn.execute(f"DROP FUNCTION IF EXISTS reshard.{function_name(t)}()")
+        conn.execute(sql.SQL("DROP FUNCTION IF EXISTS reshard.{}()").format(sql.Identifier(function_name(t))))
         if has_state:
             conn.execute("DELETE FROM reshard.fence_state WHERE tbl = %s", (t,))
     return removed

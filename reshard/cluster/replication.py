@@ -10,25 +10,27 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.errors import MigrationError
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 
 HEARTBEAT_TABLE = "reshard.heartbeat"
 
 
 def ensure_publication(conn: psycopg.Connection[Any], publication: str, tables: list[str]) -> None:
     """The moving tables plus reshard's heartbeat table (for catch-up proofs)."""
-    wanted = [qualified(t) for t in tables] + [qualified(HEARTBEAT_TABLE)]
+    wanted = [table_ident(t) for t in [*tables, HEARTBEAT_TABLE]]
     row = conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone()
     if row is None:
-        conn.execute(f"CREATE PUBLICATION {publication} FOR TABLE {', '.join(wanted)}")
+        conn.execute(sql.SQL("CREATE PUBLICATION {} FOR TABLE {}").format(sql.Identifier(publication),
+                                                                          sql.SQL(", ").join(wanted)))
 
 
 def drop_publication(conn: psycopg.Connection[Any], publication: str) -> bool:
     if conn.execute("SELECT 1 FROM pg_publication WHERE pubname = %s", (publication,)).fetchone() is None:
         return False
-    conn.execute(f"DROP PUBLICATION {publication}")
+    conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(publication)))
     return True
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.maps.keyhash import HASH_COMBINE64_SQL
+from reshard.maps.shardmap import column, table_ident
 from reshard.schema_migrations import upgrade
 
 SHARD_LOCK = 7265736861726401  # serializes reshard processes installing on one cluster at once
@@ -34,7 +36,7 @@ def writer_session(conn: psycopg.Connection[Any]) -> None:
     ALWAYS), which lets it through and stops everyone else.
     """
     conn.execute("SET session_replication_role = replica")
-    conn.execute(f"SET {WRITER_GUC} = 'applier'")
+    conn.execute("SELECT set_config(%s, 'applier', false)", (WRITER_GUC,))
 
 
 def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
@@ -43,7 +45,8 @@ def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
     dropped = []
     if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
         for t in ("applied_rows", "applied_offsets", "copy_cursor"):
-            conn.execute(f"DELETE FROM reshard.{t} WHERE migration IN (%s, %s)", (migration, f"{migration}:rev"))
+            conn.execute(sql.SQL("DELETE FROM reshard.{} WHERE migration IN (%s, %s)").format(sql.Identifier(t)),
+                         (migration, f"{migration}:rev"))
         conn.execute("DELETE FROM reshard.heartbeat WHERE migration = %s", (migration,))
     for (origin,) in conn.execute(
         "SELECT roname FROM pg_replication_origin WHERE roname LIKE %s OR roname LIKE %s",
@@ -57,42 +60,41 @@ def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
     return dropped
 
 
-def pk_text_sql(pk: list[str], alias: str) -> str:
+def pk_text_sql(pk: list[str], alias: str) -> sql.Composable:
     """The key's identity in ``reshard.applied_rows.pk``, computed from the row itself, so
     the applier (which stages typed rows) and teardown always agree on it."""
-    from reshard.maps.shardmap import quote_ident
-
-    return f"jsonb_build_array({', '.join(f'{alias}.{quote_ident(c)}' for c in pk)})::text"
+    return sql.SQL("jsonb_build_array({})::text").format(sql.SQL(", ").join(column(c, alias) for c in pk))
 
 
-def delete_written_rows(conn: psycopg.Connection[Any], migration: str, move_id: str, info, predicate: str) -> int:
+def delete_written_rows(conn: psycopg.Connection[Any], migration: str, move_id: str, info,
+                        predicate: sql.Composable) -> int:
     """Delete, on a target, only the rows this migration wrote there: rows of the move's
     predicate that its copy committed (each chunk's range up to its committed cursor, or
     the whole range once that chunk finished) and rows its applier wrote (per-key positions).
     Rows that were there before, or that another migration wrote, stay: a refused or
     aborted migration never deletes a neighbour's data (invariant 8). ``predicate``
     must refer to the table as ``t``."""
-    from reshard.maps.shardmap import qualified, quote_ident
+    pk_cols = sql.SQL(", ").join(column(c, "t") for c in info.pk)
 
-    pk_cols = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
+    def key(field: str) -> sql.Composable:  # a chunk bound or cursor (a JSON array of key texts) as a typed row
+        return sql.SQL(", ").join(sql.SQL("({}->>{})::{}").format(column(field, "c"), sql.Literal(i),
+                                                                  sql.SQL(info.column(col).type))
+                                  for i, col in enumerate(info.pk))
 
-    def key(column: str) -> str:  # a chunk bound or cursor (a JSON array of key texts) as a typed row
-        return ", ".join(f"(c.{column}->>{i})::{info.column(col).type}" for i, col in enumerate(info.pk))
-
-    def bounded(column: str) -> str:
-        return f"coalesce(jsonb_typeof(c.{column}) = 'array', false)"
+    def bounded(field: str) -> sql.Composable:
+        return sql.SQL("coalesce(jsonb_typeof({}) = 'array', false)").format(column(field, "c"))
 
     # each chunk of the copy wrote (chunk_lower, cursor], or its whole range once done
-    copied = (
-        f"(NOT {bounded('chunk_lower')} OR ({pk_cols}) > ({key('chunk_lower')})) AND ("
-        f"(c.done AND (NOT {bounded('chunk_upper')} OR ({pk_cols}) <= ({key('chunk_upper')}))) "
-        f"OR ({bounded('cursor')} AND ({pk_cols}) <= ({key('cursor')})))"
-    )
-    return conn.execute(
-        f"DELETE FROM {qualified(info.name)} t WHERE {predicate} AND ("
-        f"EXISTS (SELECT 1 FROM reshard.copy_cursor c WHERE c.migration = %s AND c.move_id = %s AND c.tbl = %s "
-        f"AND {copied}) "
-        f"OR {pk_text_sql(list(info.pk), 't')} IN (SELECT a.pk FROM reshard.applied_rows a "
-        f"WHERE a.migration = %s AND a.tbl = %s AND NOT a.deleted))",
+    copied = sql.SQL(
+        "(NOT {lb} OR ({pk}) > ({lk})) AND ((c.done AND (NOT {ub} OR ({pk}) <= ({uk}))) OR ({cb} AND ({pk}) <= ({ck})))"
+    ).format(lb=bounded("chunk_lower"), lk=key("chunk_lower"), ub=bounded("chunk_upper"), uk=key("chunk_upper"),
+             cb=bounded("cursor"), ck=key("cursor"), pk=pk_cols)
+    return conn.execute(sql.SQL(
+        "DELETE FROM {table} t WHERE {predicate} AND ("
+        "EXISTS (SELECT 1 FROM reshard.copy_cursor c WHERE c.migration = %s AND c.move_id = %s AND c.tbl = %s "
+        "AND {copied}) "
+        "OR {pk_text} IN (SELECT a.pk FROM reshard.applied_rows a "
+        "WHERE a.migration = %s AND a.tbl = %s AND NOT a.deleted))").format(
+            table=table_ident(info.name), predicate=predicate, copied=copied, pk_text=pk_text_sql(list(info.pk), "t")),
         (migration, move_id, info.name, migration, info.name),
     ).rowcount

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from reshard.control import states
@@ -107,7 +108,7 @@ class MigrationRecords(MapRecords):
             if row is None:
                 return False
             for table in ("copy_progress", "cutover_steps", "cutover_attempts", "waves", "reverse_streams"):
-                conn.execute(f"DELETE FROM reshard.{table} WHERE migration = %s", (name,))
+                conn.execute(sql.SQL("DELETE FROM reshard.{} WHERE migration = %s").format(sql.Identifier(table)), (name,))
             conn.execute("DELETE FROM reshard.migrations WHERE name = %s", (name,))
             self._audit(conn, name, "migration.forgotten", reason="start failed before creating anything")
             return True

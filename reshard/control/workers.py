@@ -6,10 +6,14 @@ import os
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from reshard.control.base import Records
 
+
+def _names(columns: list[str]) -> sql.Composable:
+    return sql.SQL(", ").join(sql.Identifier(c) for c in columns)
 
 class WorkerRecords(Records):
     """Facts the copy, the appliers and the routers record as they run."""
@@ -17,28 +21,29 @@ class WorkerRecords(Records):
     def record_source(self, migration: str, cluster: str, **fields: Any) -> None:
         """Insert or update the migration's row for a source cluster with ``fields``."""
         with self.connect() as conn, conn.transaction():
-            sets = ", ".join(f"{k} = %s" for k in fields)
+            sets = sql.SQL(", ").join(sql.SQL("{} = %s").format(sql.Identifier(k)) for k in fields)
             updated = conn.execute(
-                f"UPDATE reshard.migration_sources SET {sets} WHERE migration = %s AND cluster = %s",
+                sql.SQL("UPDATE reshard.migration_sources SET {} WHERE migration = %s AND cluster = %s").format(sets),
                 [*fields.values(), migration, cluster],
             ).rowcount if fields else 0
             if not updated:
                 cols = ["migration", "cluster", *fields]
                 conn.execute(
-                    f"INSERT INTO reshard.migration_sources ({', '.join(cols)}) "
-                    f"VALUES ({', '.join(['%s'] * len(cols))}) ON CONFLICT DO NOTHING",
+                    sql.SQL("INSERT INTO reshard.migration_sources ({}) VALUES ({}) ON CONFLICT DO NOTHING").format(
+                        _names(cols), sql.SQL(", ").join([sql.Placeholder()] * len(cols))),
                     [migration, cluster, *fields.values()],
                 )
 
     def record_copy(self, migration: str, move_id: str, tbl: str, **fields: Any) -> None:
         cols = ["migration", "move_id", "tbl", *fields, "updated_at"]
         vals = [migration, move_id, tbl, *fields.values()]
-        updates = ", ".join([f"{k} = EXCLUDED.{k}" for k in fields] + ["updated_at = now()"])
+        updates = sql.SQL(", ").join([sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(k)) for k in fields]
+                                     + [sql.SQL("updated_at = now()")])
         with self.connect() as conn, conn.transaction():
             conn.execute(
-                f"INSERT INTO reshard.copy_progress ({', '.join(cols)}) "
-                f"VALUES ({', '.join(['%s'] * len(vals))}, now()) "
-                f"ON CONFLICT (migration, move_id, tbl) DO UPDATE SET {updates}",
+                sql.SQL("INSERT INTO reshard.copy_progress ({}) VALUES ({}, now()) "
+                        "ON CONFLICT (migration, move_id, tbl) DO UPDATE SET {}").format(
+                    _names(cols), sql.SQL(", ").join([sql.Placeholder()] * len(vals)), updates),
                 vals,
             )
             self._audit(conn, migration, "copy.checkpoint", move=move_id, table=tbl, **fields)

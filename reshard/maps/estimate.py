@@ -23,19 +23,20 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.catalog import TableInfo, table_info
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.maps.planner import Move, Plan
-from reshard.maps.shardmap import HashScheme, qualified
+from reshard.maps.shardmap import HashScheme, table_ident
 
 EXACT_LCM_LIMIT = 2_000_000
 SAMPLES = 200_000
 
 
-def _explain_rows(conn: psycopg.Connection[Any], sql: str) -> int:
-    row = conn.execute(f"EXPLAIN (FORMAT JSON) {sql}").fetchone()
+def _explain_rows(conn: psycopg.Connection[Any], query: sql.Composable) -> int:
+    row = conn.execute(sql.SQL("EXPLAIN (FORMAT JSON) {}").format(query)).fetchone()
     doc = row[0] if not isinstance(row[0], str) else json.loads(row[0])
     return int(doc[0]["Plan"]["Plan Rows"])
 
@@ -44,7 +45,7 @@ def table_rows(conn: psycopg.Connection[Any], info: TableInfo) -> int:
     """reltuples, or the planner's page-based guess for a never-analyzed table."""
     if info.est_rows > 0:
         return info.est_rows
-    return _explain_rows(conn, f"SELECT 1 FROM {qualified(info.name)}")
+    return _explain_rows(conn, sql.SQL("SELECT 1 FROM {}").format(table_ident(info.name)))
 
 
 def hash_fraction(old, new, source: str, target: str) -> float | None:
@@ -89,7 +90,7 @@ def move_rows(conn: psycopg.Connection[Any], p: Plan, move: Move, info: TableInf
     if total == 0:
         return 0
     pred = p.new.groups[move.group].predicate_sql(info.name, move.target)
-    return min(total, _explain_rows(conn, f"SELECT 1 FROM {qualified(info.name)} WHERE {pred}"))
+    return min(total, _explain_rows(conn, sql.SQL("SELECT 1 FROM {} WHERE {}").format(table_ident(info.name), pred)))
 
 
 def row_bytes(info: TableInfo, rows: int) -> int:
@@ -169,5 +170,5 @@ def estimate_plan(config: Config, p: Plan) -> PlanEstimate:
                         if move.source == cluster and move.group == g:
                             n = move_rows(conn, p, move, info)
                             out.moves.append(MoveEstimate(move, table, n, row_bytes(info, n) if info.est_rows > 0
-                                                          else 0, p.predicate_sql(move, table)))
+                                                          else 0, p.predicate_sql(move, table).as_string(conn)))
     return out

@@ -19,6 +19,8 @@ import functools
 import uuid as _uuid
 from collections.abc import Sequence
 
+from psycopg import sql
+
 M32 = 0xFFFFFFFF
 M64 = 0xFFFFFFFFFFFFFFFF
 PARTITION_SEED = 0x7A5B22367996DCFD  # HASH_PARTITION_SEED, src/include/catalog/partition.h
@@ -180,12 +182,12 @@ def bucket(values: Sequence[object], types: Sequence[str], modulus: int) -> int:
 
 # ---- SQL ---------------------------------------------------------------------
 
-def sql_column_hash(column_sql: str, key_type: str) -> str:
+def sql_column_hash(column: sql.Composable, key_type: str) -> sql.Composable:
     """The seeded extended hash of one column, as a signed bigint SQL expression."""
-    return f"{KEY_TYPES[key_type][1]}({column_sql}, {SEED_SQL})"
+    return sql.SQL("{}({}, {})").format(sql.SQL(KEY_TYPES[key_type][1]), column, sql.SQL(SEED_SQL))
 
 
-def sql_bucket(columns_sql: Sequence[str], types: Sequence[str], modulus: int) -> str:
+def sql_bucket(columns: Sequence[sql.Composable], types: Sequence[str], modulus: int) -> sql.Composable:
     """A SQL expression equal to ``bucket()`` for the row's key columns.
 
     One column (the common case) needs no helper: the row hash is the column hash
@@ -196,16 +198,16 @@ def sql_bucket(columns_sql: Sequence[str], types: Sequence[str], modulus: int) -
     """
     if modulus < 1:
         raise ValueError("modulus must be >= 1")
-    if len(columns_sql) == 1:
-        h = sql_column_hash(columns_sql[0], types[0])
+    if len(columns) == 1:
+        h = sql_column_hash(columns[0], types[0])
         if modulus & (modulus - 1) == 0:
             m = modulus - 1
-            return f"((({h} & {m}) + {COMBINE & m}) & {m})::int"
-        return f"mod(mod(mod(({h})::numeric + {COMBINE}, {TWO64}) + {TWO64}, {TWO64}), {modulus})::int"
-    row = "0::numeric"
-    for col, t in zip(columns_sql, types, strict=True):
-        row = f"reshard.hash_combine64({row}, {sql_column_hash(col, t)})"
-    return f"mod({row}, {modulus})::int"
+            return sql.SQL(f"((({{}} & {m}) + {COMBINE & m}) & {m})::int").format(h)
+        return sql.SQL(f"mod(mod(mod(({{}})::numeric + {COMBINE}, {TWO64}) + {TWO64}, {TWO64}), {modulus})::int").format(h)
+    row: sql.Composable = sql.SQL("0::numeric")
+    for col, t in zip(columns, types, strict=True):
+        row = sql.SQL("reshard.hash_combine64({}, {})").format(row, sql_column_hash(col, t))
+    return sql.SQL(f"mod({{}}, {modulus})::int").format(row)
 
 
 # reshard.hash_combine64(a numeric (unsigned 64-bit), b bigint (a column hash)) -> numeric.

@@ -12,9 +12,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from psycopg import sql
+
 from reshard.errors import ConfigError
 from reshard.maps.keyhash import partition_hash
-from reshard.maps.shardmap import HashScheme, ShardMap, TableGroup, _multirange, bucket_ranges_text, coerce_key
+from reshard.maps.shardmap import HashScheme, ShardMap, TableGroup, bucket_ranges_text, coerce_key, in_buckets
 
 
 @dataclass(frozen=True)
@@ -51,7 +53,7 @@ class Plan:
         groups = {m.group for m in self.moves}
         return sorted(t for g in groups for t in self.new.groups[g].tables)
 
-    def predicate_sql(self, move: Move, table: str, alias: str | None = None) -> str:
+    def predicate_sql(self, move: Move, table: str, alias: str | None = None) -> sql.Composable:
         """SQL that is true exactly for ``table`` rows that this move carries."""
         old_g, new_g = self.old.groups[move.group], self.new.groups[move.group]
         if _same_buckets(old_g, new_g):
@@ -60,8 +62,9 @@ class Plan:
                 if old_g.scheme.assignment[b] == move.source and new_g.scheme.assignment[b] == move.target
             ]
             cols = new_g._cols(table, alias)
-            return f"({new_g.scheme.bucket_sql(cols)} <@ {_multirange(buckets)})"
-        return f"({old_g.predicate_sql(table, move.source, alias)} AND {new_g.predicate_sql(table, move.target, alias)})"
+            return in_buckets(new_g.scheme.bucket_sql(cols), buckets)
+        return sql.SQL("({} AND {})").format(old_g.predicate_sql(table, move.source, alias),
+                                             new_g.predicate_sql(table, move.target, alias))
 
     def owners(self, table: str, key: Sequence[Any]) -> tuple[str, str]:
         """(old owner, new owner) of ``key``; between two hash maps the key is hashed once."""

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import yaml
+from psycopg import sql
 from pydantic import ValidationError
 
 from reshard.errors import ConfigError
@@ -42,23 +43,31 @@ _IDENT = re.compile(r"^[a-z_][a-z0-9_$]*$")
 
 # ---- SQL helpers ---------------------------------------------------------------
 
-def quote_ident(name: str) -> str:
-    return '"' + name.replace('"', '""') + '"'
-
-
-def qualified(table: str) -> str:
+def table_ident(table: str) -> sql.Identifier:
+    """A ``schema.table`` name as an identifier (maps and configs name tables that way)."""
     schema, _, rel = table.partition(".")
-    return f"{quote_ident(schema)}.{quote_ident(rel)}"
+    return sql.Identifier(schema, rel)
 
 
-def sql_literal(value: Any, key_type: str) -> str:
-    """A constant of the key type, safe to inline (maps are data, not SQL)."""
+def column(name: str, alias: str | None = None) -> sql.Composable:
+    """A key column, qualified by ``alias`` when given. The alias is SQL the caller wrote
+    (``t``, or ``NEW``/``OLD`` in a trigger, which must stay unquoted), never data."""
+    return sql.SQL("{}.{}").format(sql.SQL(alias), sql.Identifier(name)) if alias else sql.Identifier(name)
+
+
+def key_literal(value: Any, key_type: str) -> sql.Composable:
+    """A constant of the key type, inlined as a literal (maps are data, not SQL)."""
     if key_type in ("smallint", "integer", "bigint"):
-        return f"{int(value)}::{key_type}"
-    if key_type == "uuid":
-        return f"'{uuid.UUID(str(value))}'::uuid"
-    text = str(value).replace("'", "''")
-    return f"'{text}'::text"
+        value = int(value)
+    elif key_type == "uuid":
+        value = uuid.UUID(str(value))
+    else:
+        value, key_type = str(value), "text"
+    return sql.SQL("{}::{}").format(sql.Literal(value), sql.SQL(key_type))
+
+
+def _or(parts: list[sql.Composable]) -> sql.Composable:
+    return parts[0] if len(parts) == 1 else sql.SQL("({})").format(sql.SQL(" OR ").join(parts))
 
 
 def coerce_key(value: Any, key_type: str) -> Any:
@@ -88,9 +97,18 @@ def _runs(buckets: Iterable[int]) -> list[tuple[int, int]]:
     return runs
 
 
-def _multirange(buckets: Iterable[int]) -> str:
+def multirange(buckets: Iterable[int]) -> sql.Composable:
     """A bucket set as an int4multirange literal: compact and O(log n) to test."""
-    return "'{" + ",".join(f"[{lo},{hi})" for lo, hi in _runs(buckets)) + "}'::int4multirange"
+    text = "{" + ",".join(f"[{lo},{hi})" for lo, hi in _runs(buckets)) + "}"
+    return sql.SQL("{}::int4multirange").format(sql.Literal(text))
+
+
+def in_buckets(bucket: sql.Composable, buckets: Iterable[int]) -> sql.Composable:
+    """True when the bucket expression falls in the set."""
+    return sql.SQL("({} <@ {})").format(bucket, multirange(buckets))
+
+
+TRUE, FALSE = sql.SQL("true"), sql.SQL("false")
 
 
 def bucket_ranges_text(buckets: Iterable[int]) -> str:
@@ -106,8 +124,8 @@ class Scheme(Protocol):
 
     def owner(self, key: Sequence[Any]) -> str: ...
     def clusters(self) -> set[str]: ...
-    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str: ...
-    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str: ...
+    def predicate_sql(self, cols: Sequence[sql.Composable], types: Sequence[str], cluster: str) -> sql.Composable: ...
+    def owner_sql(self, cols: Sequence[sql.Composable], types: Sequence[str]) -> sql.Composable: ...
     def to_dict(self) -> dict: ...
 
 
@@ -133,22 +151,23 @@ class HashScheme:
     def buckets_of(self, cluster: str) -> list[int]:
         return [b for b, c in enumerate(self.assignment) if c == cluster]
 
-    def bucket_sql(self, cols: Sequence[str]) -> str:
+    def bucket_sql(self, cols: Sequence[sql.Composable]) -> sql.Composable:
         return keyhash.sql_bucket(cols, self.types, self.buckets)
 
-    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+    def predicate_sql(self, cols: Sequence[sql.Composable], types: Sequence[str], cluster: str) -> sql.Composable:
         mine = self.buckets_of(cluster)
         if not mine:
-            return "false"
+            return FALSE
         if len(mine) == self.buckets:
-            return "true"
-        return f"({self.bucket_sql(cols)} <@ {_multirange(mine)})"
+            return TRUE
+        return in_buckets(self.bucket_sql(cols), mine)
 
-    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
-        whens = " ".join(
-            f"WHEN b.v <@ {_multirange(self.buckets_of(c))} THEN '{c}'" for c in sorted(self.clusters())
+    def owner_sql(self, cols: Sequence[sql.Composable], types: Sequence[str]) -> sql.Composable:
+        whens = sql.SQL(" ").join(
+            sql.SQL("WHEN b.v <@ {} THEN {}").format(multirange(self.buckets_of(c)), sql.Literal(c))
+            for c in sorted(self.clusters())
         )
-        return f"(SELECT CASE {whens} END FROM (SELECT {self.bucket_sql(cols)} AS v) b)"
+        return sql.SQL("(SELECT CASE {} END FROM (SELECT {} AS v) b)").format(whens, self.bucket_sql(cols))
 
     def to_dict(self) -> dict:
         if self.source:
@@ -198,25 +217,24 @@ class RangeScheme:
     def clusters(self) -> set[str]:
         return {c for _lo, _hi, c in self.bounds}
 
-    def _interval_sql(self, col: str, lo: Any, hi: Any) -> str:
+    def _interval_sql(self, col: sql.Composable, lo: Any, hi: Any) -> sql.Composable:
         t = self.types[0]
-        coll = ' COLLATE "C"' if t == "text" else ""
+        key = sql.SQL('{} COLLATE "C"').format(col) if t == "text" else col
         parts = []
         if lo is not None:
-            parts.append(f"{col}{coll} >= {sql_literal(lo, t)}")
+            parts.append(sql.SQL("{} >= {}").format(key, key_literal(lo, t)))
         if hi is not None:
-            parts.append(f"{col}{coll} < {sql_literal(hi, t)}")
-        return "(" + " AND ".join(parts) + ")" if parts else "true"
+            parts.append(sql.SQL("{} < {}").format(key, key_literal(hi, t)))
+        return sql.SQL("({})").format(sql.SQL(" AND ").join(parts)) if parts else TRUE
 
-    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+    def predicate_sql(self, cols: Sequence[sql.Composable], types: Sequence[str], cluster: str) -> sql.Composable:
         mine = [self._interval_sql(cols[0], lo, hi) for lo, hi, c in self.bounds if c == cluster]
-        if not mine:
-            return "false"
-        return mine[0] if len(mine) == 1 else "(" + " OR ".join(mine) + ")"
+        return _or(mine) if mine else FALSE
 
-    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
-        whens = " ".join(f"WHEN {self._interval_sql(cols[0], lo, hi)} THEN '{c}'" for lo, hi, c in self.bounds)
-        return f"(CASE {whens} END)"
+    def owner_sql(self, cols: Sequence[sql.Composable], types: Sequence[str]) -> sql.Composable:
+        whens = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(self._interval_sql(cols[0], lo, hi), sql.Literal(c))
+                                  for lo, hi, c in self.bounds)
+        return sql.SQL("(CASE {} END)").format(whens)
 
     def to_dict(self) -> dict:
         out = []
@@ -245,24 +263,25 @@ class DirectoryScheme:
     def clusters(self) -> set[str]:
         return set(self.entries.values()) | {self.default}
 
-    def _in(self, col: str, keys: list[Any]) -> str:
+    def _in(self, col: sql.Composable, keys: list[Any]) -> sql.Composable:
         t = self.types[0]
-        return f"{col} IN (" + ", ".join(sql_literal(k, t) for k in sorted(keys, key=str)) + ")"
+        return sql.SQL("{} IN ({})").format(col, sql.SQL(", ").join(key_literal(k, t) for k in sorted(keys, key=str)))
 
-    def predicate_sql(self, cols: Sequence[str], types: Sequence[str], cluster: str) -> str:
+    def predicate_sql(self, cols: Sequence[sql.Composable], types: Sequence[str], cluster: str) -> sql.Composable:
         col = cols[0]
         mine = [k for k, c in self.entries.items() if c == cluster]
         others = [k for k, c in self.entries.items() if c != cluster]
         if cluster == self.default:
-            return f"(NOT {self._in(col, others)})" if others else "true"
-        return self._in(col, mine) if mine else "false"
+            return sql.SQL("(NOT {})").format(self._in(col, others)) if others else TRUE
+        return self._in(col, mine) if mine else FALSE
 
-    def owner_sql(self, cols: Sequence[str], types: Sequence[str]) -> str:
+    def owner_sql(self, cols: Sequence[sql.Composable], types: Sequence[str]) -> sql.Composable:
         by_cluster: dict[str, list[Any]] = {}
         for k, c in self.entries.items():
             by_cluster.setdefault(c, []).append(k)
-        whens = " ".join(f"WHEN {self._in(cols[0], ks)} THEN '{c}'" for c, ks in sorted(by_cluster.items()))
-        return f"(CASE {whens} ELSE '{self.default}' END)"
+        whens = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(self._in(cols[0], ks), sql.Literal(c))
+                                  for c, ks in sorted(by_cluster.items()))
+        return sql.SQL("(CASE {} ELSE {} END)").format(whens, sql.Literal(self.default))
 
     def to_dict(self) -> dict:
         entries = {str(k): c for k, c in sorted(self.entries.items(), key=lambda kv: str(kv[0]))}
@@ -284,15 +303,14 @@ class TableGroup:
     def owner(self, key: Sequence[Any]) -> str:
         return self.scheme.owner([coerce_key(v, t) for v, t in zip(key, self.key_types, strict=True)])
 
-    def predicate_sql(self, table: str, cluster: str, alias: str | None = None) -> str:
+    def predicate_sql(self, table: str, cluster: str, alias: str | None = None) -> sql.Composable:
         return self.scheme.predicate_sql(self._cols(table, alias), self.key_types, cluster)
 
-    def owner_sql(self, table: str, alias: str | None = None) -> str:
+    def owner_sql(self, table: str, alias: str | None = None) -> sql.Composable:
         return self.scheme.owner_sql(self._cols(table, alias), self.key_types)
 
-    def _cols(self, table: str, alias: str | None) -> list[str]:
-        prefix = f"{alias}." if alias else ""
-        return [prefix + quote_ident(c) for c in self.tables[table]]
+    def _cols(self, table: str, alias: str | None) -> list[sql.Composable]:
+        return [column(c, alias) for c in self.tables[table]]
 
 
 @dataclass(frozen=True)

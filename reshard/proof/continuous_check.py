@@ -30,7 +30,7 @@ from reshard.cluster.session import connect
 from reshard.control import states
 from reshard.errors import MigrationError
 from reshard.maps.planner import Move, Plan
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 from reshard.proof.verify import SESSION, TableCheck, compare, recheck, row_hash, summary
 
 # small chunks at a modest rate: each chunk is a short burst of work on the source, and
@@ -81,34 +81,34 @@ class SourceChunk:
     last: tuple | None  # the chunk's greatest primary key (None: no rows)
 
 
-def source_chunk(conn: psycopg.Connection[Any], table: str, info: Any, columns: list[str], predicate: str,
+def source_chunk(conn: psycopg.Connection[Any], table: str, info: Any, columns: list[str], predicate: sql.Composable,
                  lower: tuple | None, chunk_rows: int) -> SourceChunk:
     """The next chunk of the source's moving rows above ``lower`` (exclusive): its count,
     checksum and last key, in one keyset read (an index range scan of ``chunk_rows`` rows).
     One round trip a chunk on the source: the application shares it."""
     pk = [sql.Identifier(c) for c in info.pk]
-    where = sql.SQL(predicate) if lower is None else sql.SQL("{} AND {} > {}").format(
-        sql.SQL(predicate), _pk_tuple(info), _bound(lower, info))
+    where = predicate if lower is None else sql.SQL("{} AND {} > {}").format(
+        predicate, _pk_tuple(info), _bound(lower, info))
     row = conn.execute(sql.SQL(
         "SELECT count(*) OVER (), sum(c.reshard_hash) OVER ()::text, {pk} FROM "
         "(SELECT {t_pk}, {hash} AS reshard_hash FROM {table} t WHERE {where} ORDER BY {t_pk} LIMIT {n}) c "
         "ORDER BY {desc} LIMIT 1").format(
         pk=sql.SQL(", ").join(sql.SQL("c.") + c for c in pk), t_pk=sql.SQL(", ").join(sql.SQL("t.") + c for c in pk),
-        hash=sql.SQL(row_hash(columns)), table=sql.SQL(qualified(table)), where=where, n=sql.Literal(chunk_rows),
+        hash=row_hash(columns), table=table_ident(table), where=where, n=sql.Literal(chunk_rows),
         desc=sql.SQL(", ").join(sql.SQL("c.") + c + sql.SQL(" DESC") for c in pk))).fetchone()
     if row is None:
         return SourceChunk(0, "0", None)
     return SourceChunk(int(row[0]), row[1], tuple(row[2:]))
 
 
-def within(conn: psycopg.Connection[Any], info: Any, lower: tuple | None, upper: tuple | None) -> str:
+def within(info: Any, lower: tuple | None, upper: tuple | None) -> sql.Composable:
     pk = _pk_tuple(info)
     parts = []
     if lower is not None:
         parts.append(sql.SQL("{} > {}").format(pk, _bound(lower, info)))
     if upper is not None:
         parts.append(sql.SQL("{} <= {}").format(pk, _bound(upper, info)))
-    return sql.SQL(" AND ").join(parts).as_string(conn) if parts else "true"
+    return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
 
 class ContinuousChecker:
@@ -191,8 +191,8 @@ class ContinuousChecker:
                 chunk = source_chunk(src, table, info, columns, pred, lower, self.chunk_rows)
                 # a short chunk is the last: open above, so rows past it on the target are covered too
                 upper = chunk.last if chunk.rows >= self.chunk_rows else None
-                cond = within(src, info, lower, upper)
-                if summary(tgt, table, columns, f"{pred} AND {cond}") != (chunk.rows, chunk.checksum):
+                cond = within(info, lower, upper)
+                if summary(tgt, table, columns, sql.SQL("{} AND {}").format(pred, cond)) != (chunk.rows, chunk.checksum):
                     self._settle(p, move, table, info, src, tgt, cond, active, result)
                 result.chunks += 1
                 result.rows += chunk.rows
@@ -205,7 +205,7 @@ class ContinuousChecker:
                     self.stop.wait(wait)
 
     def _settle(self, p: Plan, move: Move, table: str, info: Any, src: psycopg.Connection[Any],
-                tgt: psycopg.Connection[Any], cond: str, active: Any, result: PassResult) -> None:
+                tgt: psycopg.Connection[Any], cond: sql.Composable, active: Any, result: PassResult) -> None:
         """A chunk whose summaries differ: its keys compared, and differing keys re-checked
         under row locks after catch-up (lag settles; what still differs is divergence)."""
         with src.transaction(), tgt.transaction():  # the keyed comparison's cursors need one

@@ -30,7 +30,7 @@ from reshard.config import Config
 from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, ReshardError
 from reshard.maps.planner import Plan
-from reshard.maps.shardmap import qualified
+from reshard.maps.shardmap import table_ident
 from reshard.validation import describe_errors
 
 MAX_REPORTED = 10  # differing groups reported per check and move
@@ -100,14 +100,14 @@ def load_rules(path: str | Path) -> list[dict[str, Any]]:
     return [r.model_dump() for r in f.checks]
 
 
-def _query(rule: Rule, predicate: str) -> sql.Composed:
+def _query(rule: Rule, predicate: sql.Composable) -> sql.Composed:
     groups = [sql.Identifier(c) for c in rule.group_by]
     # the aggregates are the user's SQL, as a report query would be: run with reshard's role,
     # read-only (the caller's transaction is READ ONLY), under a statement timeout
     aggs = [sql.SQL("({})::text").format(sql.SQL(a)) for a in rule.aggregates]
     query = sql.SQL("SELECT {cols} FROM {table} t WHERE {pred}").format(
         cols=sql.SQL(", ").join([sql.SQL("({})::text").format(g) for g in groups] + aggs),
-        table=sql.SQL(qualified(rule.table)), pred=sql.SQL(predicate))
+        table=table_ident(rule.table), pred=predicate)
     if groups:
         query += sql.SQL(" GROUP BY {}").format(sql.SQL(", ").join(groups))
     return query
@@ -120,7 +120,7 @@ def validate(conn: psycopg.Connection[Any], rules: list[dict[str, Any]], cluster
         rule = Rule.model_validate(r)
         try:
             with conn.transaction():
-                conn.execute(_query(rule, "false"))
+                conn.execute(_query(rule, sql.SQL("false")))
         except psycopg.Error as exc:
             raise ConfigError(f"reconciliation check {rule.name} does not run on {cluster}: "
                               f"{str(exc).strip().splitlines()[0]}") from None

@@ -76,13 +76,12 @@ class ShadowStats:
         return {t: dict(c) for t, c in self.tables.items()}
 
 
-def key_condition(conn: psycopg.Connection[Any], plan: Plan, move: Move, table: str,
-                  keys: list[tuple]) -> str:
+def key_condition(plan: Plan, move: Move, table: str, keys: list[tuple]) -> sql.Composable:
     """SQL true for the rows of ``table`` whose shard key is one of ``keys``."""
     cols = plan.new.groups[move.group].key_columns(table)
     one = [sql.SQL(" AND ").join(sql.SQL("{} = {}").format(sql.Identifier("t", c), sql.Literal(v))
                                  for c, v in zip(cols, k, strict=True)) for k in keys]
-    return sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in one)).as_string(conn)
+    return sql.SQL("({})").format(sql.SQL(" OR ").join(sql.SQL("({})").format(c) for c in one))
 
 
 class ShadowReader:
@@ -213,7 +212,7 @@ class ShadowReader:
                 c.execute(SESSION)
             info = require_table(src, table, move.source)
             with src.transaction(), tgt.transaction():
-                check = compare(src, tgt, plan, move, table, info, within=key_condition(src, plan, move, table, keys))
+                check = compare(src, tgt, plan, move, table, info, within=key_condition(plan, move, table, keys))
         if not check.candidates:
             return []
         active = self.store.active()

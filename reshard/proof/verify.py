@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.catalog import TableInfo as TableInfoT
 from reshard.cluster.catalog import require_table
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.maps.planner import Move, Plan
-from reshard.maps.shardmap import ShardMap, qualified, quote_ident
+from reshard.maps.shardmap import ShardMap, column, table_ident
 
 SESSION = (
     "SET TimeZone = 'UTC'; SET DateStyle = 'ISO, YMD'; SET IntervalStyle = 'iso_8601'; "
@@ -88,32 +89,35 @@ class VerifyReport:
         return {"equal": self.equal, "seconds": round(self.seconds, 3), "checks": [c.to_dict() for c in self.checks]}
 
 
-def _row_expr(columns: list[str], alias: str = "t") -> str:
-    return "ROW(" + ", ".join(f"{alias}.{quote_ident(c)}" for c in sorted(columns)) + ")::text"
+def _cols(columns: list[str], alias: str = "t") -> sql.Composable:
+    return sql.SQL(", ").join(column(c, alias) for c in columns)
 
 
-def row_hash(columns: list[str], alias: str = "t") -> str:
+def _row_expr(columns: list[str], alias: str = "t") -> sql.Composable:
+    return sql.SQL("ROW({})::text").format(_cols(sorted(columns), alias))
+
+
+def row_hash(columns: list[str], alias: str = "t") -> sql.Composable:
     """A row's 64-bit slice of md5 as numeric: the checksum is the sum of these."""
-    return f"('x' || substr(md5({_row_expr(columns, alias)}), 1, 16))::bit(64)::bigint::numeric"
+    return sql.SQL("('x' || substr(md5({}), 1, 16))::bit(64)::bigint::numeric").format(_row_expr(columns, alias))
 
 
-def summary(conn: psycopg.Connection[Any], table: str, columns: list[str], predicate: str) -> tuple[int, str]:
-    row = conn.execute(
-        f"SELECT count(*), coalesce(sum({row_hash(columns)}), 0)::text FROM {qualified(table)} t WHERE {predicate}"
-    ).fetchone()
+def summary(conn: psycopg.Connection[Any], table: str, columns: list[str], predicate: sql.Composable) -> tuple[int, str]:
+    row = conn.execute(sql.SQL("SELECT count(*), coalesce(sum({}), 0)::text FROM {} t WHERE {}").format(
+        row_hash(columns), table_ident(table), predicate)).fetchone()
     return int(row[0]), row[1]
 
 
 def _keyed(conn: psycopg.Connection[Any], table: str, pk: list[str], pk_types: list[str], columns: list[str],
-           predicate: str) -> Iterator[tuple[tuple, str]]:
-    order = ", ".join(
-        f"t.{quote_ident(c)}" + (' COLLATE "C"' if ty in ("text", "character varying") else "")
-        for c, ty in zip(pk, pk_types)
+           predicate: sql.Composable) -> Iterator[tuple[tuple, str]]:
+    order = sql.SQL(", ").join(
+        sql.SQL('{} COLLATE "C"').format(column(c, "t")) if ty in ("text", "character varying") else column(c, "t")
+        for c, ty in zip(pk, pk_types, strict=True)
     )
-    sel = ", ".join(f"t.{quote_ident(c)}" for c in pk)
-    with conn.cursor(name=f"reshard_verify_{abs(hash((table, predicate))) % 10**9}") as cur:
+    with conn.cursor(name=f"reshard_verify_{abs(hash((table, predicate.as_string(conn)))) % 10**9}") as cur:
         cur.itersize = 5000
-        cur.execute(f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {predicate} ORDER BY {order}")
+        cur.execute(sql.SQL("SELECT {}, md5({}) FROM {} t WHERE {} ORDER BY {}").format(
+            _cols(pk), _row_expr(columns), table_ident(table), predicate, order))
         for row in cur:
             yield tuple(row[:-1]), row[-1]
 
@@ -142,11 +146,12 @@ def _describe(found: list[tuple[tuple, str]], limit: int) -> list[dict[str, Any]
     return [{"key": [str(v) for v in k], "problem": problem} for k, problem in found[:limit]]
 
 
-def _keys_sql(table: TableInfoT, keys: list[tuple]) -> tuple[str, list]:
+def _keys_sql(table: TableInfoT, keys: list[tuple]) -> tuple[sql.Composable, list]:
     pk = list(table.pk)
-    casts = "(" + ", ".join(f"%s::{table.column(c).base_type}" for c in pk) + ")"
-    cols = "(" + ", ".join(f"t.{quote_ident(c)}" for c in pk) + ")"
-    return f"{cols} IN (VALUES {', '.join([casts] * len(keys))})", [v for k in keys for v in k]
+    casts = sql.SQL("({})").format(sql.SQL(", ").join(
+        sql.SQL("%s::{}").format(sql.SQL(table.column(c).base_type)) for c in pk))
+    return (sql.SQL("({}) IN (VALUES {})").format(_cols(pk), sql.SQL(", ").join([casts] * len(keys))),
+            [v for k in keys for v in k])
 
 
 def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], writable: str,
@@ -156,7 +161,7 @@ def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], wr
     rows stayed locked by writers past the lock timeout)."""
     columns = [c.name for c in info.copyable]
     cond, params = _keys_sql(info, keys)
-    sel = ", ".join(f"t.{quote_ident(c)}" for c in info.pk)
+    sel = _cols(list(info.pk))
     other = move.target if writable == move.source else move.source
     with connect(config.cluster(writable).dsn, f"cluster {writable}") as live, \
             connect(config.cluster(other).dsn, f"cluster {other}") as copy:
@@ -165,14 +170,15 @@ def _recheck(config: Config, move: Move, table: str, info, keys: list[tuple], wr
         live.execute("SET LOCAL lock_timeout = '2s'")
         try:
             locked = {tuple(r[:-1]): r[-1] for r in live.execute(
-                f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {cond} FOR SHARE",
-                params).fetchall()}
+                sql.SQL("SELECT {}, md5({}) FROM {} t WHERE {} FOR SHARE").format(
+                    sel, _row_expr(columns), table_ident(table), cond), params).fetchall()}
         except psycopg.errors.LockNotAvailable:
             live.rollback()
             return [], [], keys  # busy rows: try again next round
         catch_up()  # proven up to a position taken while the rows above are locked
         copied = {tuple(r[:-1]): r[-1] for r in copy.execute(
-            f"SELECT {sel}, md5({_row_expr(columns)}) FROM {qualified(table)} t WHERE {cond}", params).fetchall()}
+            sql.SQL("SELECT {}, md5({}) FROM {} t WHERE {}").format(sel, _row_expr(columns), table_ident(table), cond),
+            params).fetchall()}
         live.rollback()
     definite, doubtful = [], []
     for k in keys:
@@ -196,18 +202,19 @@ def check_move(config: Config, p: Plan, move: Move, table: str, max_diffs: int =
 
 
 def compare(src: psycopg.Connection[Any], tgt: psycopg.Connection[Any], p: Plan, move: Move, table: str,
-            info: Any, max_diffs: int = 20, within: str | None = None) -> TableCheck:
+            info: Any, max_diffs: int = 20, within: sql.Composable | None = None) -> TableCheck:
     """check_move on sessions the caller holds (SESSION settings applied). ``within``
     narrows it to part of the key space (a continuous check's chunk); the misplaced-row
     count is then skipped (it reads the whole target table)."""
-    pred = p.predicate_sql(move, table, alias="t") + (f" AND {within}" if within else "")
+    pred = p.predicate_sql(move, table, alias="t")
+    if within is not None:
+        pred = sql.SQL("{} AND {}").format(pred, within)
     group = p.new.groups[move.group]
     columns = [c.name for c in info.copyable]
     s_rows, s_sum = summary(src, table, columns, pred)
     t_rows, t_sum = summary(tgt, table, columns, pred)
-    misplaced = 0 if within else tgt.execute(
-        f"SELECT count(*) FROM {qualified(table)} t WHERE NOT {group.predicate_sql(table, move.target, 't')}"
-    ).fetchone()[0]
+    misplaced = 0 if within is not None else tgt.execute(sql.SQL("SELECT count(*) FROM {} t WHERE NOT {}").format(
+        table_ident(table), group.predicate_sql(table, move.target, "t"))).fetchone()[0]
     check = TableCheck(move.id, table, move.source, move.target, s_rows, t_rows, s_sum, t_sum, int(misplaced))
     if (s_rows, s_sum) != (t_rows, t_sum):
         pk = list(info.pk)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg import sql
 
 from reshard.errors import StackError
 from reshard.stack.process import ProcessRecord, is_running, spawn, tail
@@ -201,4 +202,4 @@ class PostgresCluster:
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
             if not exists:
-                conn.execute(f'CREATE DATABASE "{dbname}"')
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(dbname)))

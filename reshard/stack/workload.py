@@ -22,6 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
+
+from reshard.maps.shardmap import table_ident
 
 TABLE = "public.accounts"
 
@@ -54,13 +57,13 @@ FROM generate_series(%s::bigint, %s::bigint) g
 
 def create_table(conn: psycopg.Connection[Any], drop: bool = True) -> None:
     if drop:
-        conn.execute(f"DROP TABLE IF EXISTS {TABLE}")
+        conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table_ident(TABLE)))
     conn.execute(DDL)
 
 
 def seed(conn: psycopg.Connection[Any], rows: int, first: int = 1) -> None:
     conn.execute(SEED, (first, first + rows - 1))
-    conn.execute(f"ANALYZE {TABLE}")
+    conn.execute(sql.SQL("ANALYZE {}").format(table_ident(TABLE)))
 
 
 @dataclass

@@ -5,6 +5,7 @@ count and checksum equal the summary of the same key range read the way the targ
 side is read."""
 
 import psycopg
+from psycopg import sql
 
 from reshard.cluster.catalog import require_table
 from reshard.proof.continuous_check import source_chunk, within
@@ -25,15 +26,16 @@ def test_chunks_partition_a_composite_text_key_and_match_the_range_summary(env):
         try:
             info = require_table(conn, TABLE, "source1")
             columns = [c.name for c in info.copyable]
-            predicate = "t.amount >= 0"
+            predicate = sql.SQL("t.amount >= 0")
             lower, seen, chunks = None, 0, 0
             keys: list[tuple] = []
             while True:
                 chunk = source_chunk(conn, TABLE, info, columns, predicate, lower, 100)
                 upper = chunk.last if chunk.rows >= 100 else None
-                cond = within(conn, info, lower, upper)
-                assert summary(conn, TABLE, columns, f"{predicate} AND {cond}") == (chunk.rows, chunk.checksum)
-                keys += conn.execute(f"SELECT tenant, n FROM {TABLE} t WHERE {predicate} AND {cond}").fetchall()
+                cond = within(info, lower, upper)
+                assert summary(conn, TABLE, columns, sql.SQL("{} AND {}").format(predicate, cond)) == (chunk.rows, chunk.checksum)
+                keys += conn.execute(sql.SQL("SELECT tenant, n FROM {} t WHERE {} AND {}").format(
+                    sql.SQL(TABLE), predicate, cond)).fetchall()
                 seen += chunk.rows
                 chunks += 1
                 if upper is None:

@@ -10,6 +10,7 @@ import string
 import uuid
 
 import pytest
+from psycopg import sql
 
 from reshard.cluster import shard_schema
 from reshard.maps import keyhash
@@ -43,7 +44,7 @@ def test_python_sql_and_native_partitions_agree(env, key_type, modulus):
                 cp.write_row((k, keyhash.bucket([k], [key_type], modulus)))
         bad_native, bad_sql = conn.execute(
             f"SELECT count(*) FILTER (WHERE NOT satisfies_hash_partition('hp'::regclass, {modulus}, b, k)), "
-            f"count(*) FILTER (WHERE {keyhash.sql_bucket(['k'], [key_type], modulus)} <> b) FROM probe"
+            f"count(*) FILTER (WHERE {keyhash.sql_bucket([sql.Identifier('k')], [key_type], modulus).as_string(conn)} <> b) FROM probe"
         ).fetchone()
     assert (bad_native, bad_sql) == (0, 0)
 
@@ -58,8 +59,8 @@ def test_composite_keys_agree(env):
         with conn.cursor().copy("COPY probe2 (a, t, b) FROM STDIN") as cp:
             for a, t in keys:
                 cp.write_row((a, t, keyhash.bucket([a, t], ["bigint", "text"], 4096)))
-        bad = conn.execute(
+        bucket = keyhash.sql_bucket([sql.Identifier("a"), sql.Identifier("t")], ["bigint", "text"], 4096)
+        bad = conn.execute(sql.SQL(
             "SELECT count(*) FILTER (WHERE NOT satisfies_hash_partition('hp2'::regclass, 4096, b, a, t)), "
-            f"count(*) FILTER (WHERE {keyhash.sql_bucket(['a', 't'], ['bigint', 'text'], 4096)} <> b) FROM probe2"
-        ).fetchone()
+            "count(*) FILTER (WHERE {} <> b) FROM probe2").format(bucket)).fetchone()
     assert bad == (0, 0)

@@ -82,7 +82,7 @@ def test_abort_deletes_only_the_rows_its_migration_wrote(env):
         rec, p = co.record(name)
         move = next(m for m in p.moves if m.target == "target1")
         theirs = [r[0] for r in src.execute(
-            f"SELECT id FROM public.accounts t WHERE {p.predicate_sql(move, 'public.accounts', 't')} "
+            f"SELECT id FROM public.accounts t WHERE {p.predicate_sql(move, 'public.accounts', 't').as_string(None)} "
             "ORDER BY id LIMIT 5").fetchall()]
         for k in theirs:
             t1.execute("INSERT INTO public.accounts (id, owner, balance) VALUES (%s, 'someone else', 1)", (k,))
@@ -144,7 +144,7 @@ def test_abort_of_a_copy_killed_mid_chunk_deletes_only_the_batches_it_committed(
         with env.conn(move.target) as conn:
             theirs[move.target] = [r[0] for r in conn.execute(
                 f"SELECT t.id FROM (SELECT g AS id FROM generate_series(900001, 900400) g) t "
-                f"WHERE {p.predicate_sql(move, 'public.accounts', 't')} ORDER BY t.id LIMIT 3")]
+                f"WHERE {p.predicate_sql(move, 'public.accounts', 't').as_string(None)} ORDER BY t.id LIMIT 3")]
             for k in theirs[move.target]:
                 conn.execute("INSERT INTO public.accounts (id, owner, balance) VALUES (%s, 'someone else', 1)", (k,))
     with env.conn("target1") as c1:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from psycopg import sql
 
 from reshard.config import ClusterConfig, write_config
 from reshard.maps.shardmap import load_map, parse_map
@@ -47,7 +48,7 @@ def place(config, m, rows=40_000, analyze=True):
             conn.execute("DROP TABLE IF EXISTS accounts, orders")
             conn.execute("CREATE TABLE accounts (id bigint PRIMARY KEY, owner text, note text)")
             conn.execute("CREATE TABLE orders (account_id bigint, n int, amount numeric, PRIMARY KEY (account_id, n))")
-            owned = group.scheme.predicate_sql(["g"], group.key_types, name)
+            owned = group.scheme.predicate_sql([sql.Identifier("g")], group.key_types, name).as_string(conn)
             conn.execute(f"INSERT INTO accounts SELECT g, 'owner ' || g, repeat('x', 50) "
                          f"FROM generate_series(1, {rows}) g WHERE {owned}")
             conn.execute("INSERT INTO orders SELECT a.id, n, n * 1.5 FROM accounts a, generate_series(1, 2) n")

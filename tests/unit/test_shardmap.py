@@ -52,7 +52,7 @@ def test_range_owner_is_half_open():
     m = parse_map({"groups": {"g": {"key": "bigint", "tables": {"t": "k"}, "range": [
         {"cluster": "a", "to": 100}, {"cluster": "b", "from": 100, "to": 200}, {"cluster": "c", "from": 200}]}}})
     assert [m.owner("public.t", [k]) for k in (-(2**63), 99, 100, 199, 200, 2**62)] == ["a", "a", "b", "b", "c", "c"]
-    sql = m.groups["g"].predicate_sql("public.t", "b")
+    sql = m.groups["g"].predicate_sql("public.t", "b").as_string(None)
     assert sql == '("k" >= 100::bigint AND "k" < 200::bigint)'
 
 
@@ -60,7 +60,7 @@ def test_text_ranges_compare_in_c_collation():
     m = parse_map({"groups": {"g": {"key": "text", "tables": {"t": "k"}, "range": [
         {"cluster": "a", "to": "m"}, {"cluster": "b", "from": "m"}]}}})
     assert m.owner("public.t", ["Zebra"]) == "a"  # 'Z' < 'm' in byte order
-    assert 'COLLATE "C"' in m.groups["g"].predicate_sql("public.t", "a")
+    assert 'COLLATE "C"' in m.groups["g"].predicate_sql("public.t", "a").as_string(None)
 
 
 def test_directory_with_default_and_quoting():
@@ -68,7 +68,7 @@ def test_directory_with_default_and_quoting():
         "default": "a", "entries": {"acme": "b", "o'brien": "b"}}}}})
     assert m.owner("public.orders", ["acme"]) == "b"
     assert m.owner("public.orders", ["anyone"]) == "a"
-    assert "'o''brien'" in m.groups["tenants"].predicate_sql("public.orders", "b")
+    assert "'o''brien'" in m.groups["tenants"].predicate_sql("public.orders", "b").as_string(None)
     with pytest.raises(ConfigError, match="groups.t.directory: missing required key 'default'"):
         parse_map({"groups": {"t": {"key": "text", "tables": {"o": "k"}, "directory": {"entries": {}}}}})
 
