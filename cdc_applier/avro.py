@@ -12,17 +12,15 @@ id, read the first time it appears, without a restart.
 from __future__ import annotations
 
 import io
-import json
 import struct
 import threading
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 import fastavro
 
 from reshard.errors import Unavailable
+from reshard.http import Endpoint, HttpClient, HttpError
+from reshard.retry import retry
 
 MAGIC = 0
 HEADER = struct.Struct(">bI")  # magic byte, schema id
@@ -38,7 +36,7 @@ class WriterSchemas:
 
     def __init__(self, url: str, timeout: float = 10.0):
         self.url = url.rstrip("/")
-        self.timeout = timeout
+        self.http = HttpClient(Endpoint(self.url, "the schema registry", timeout=timeout))
         self._parsed: dict[int, Any] = {}
         self._raw: dict[int, dict] = {}
         self._lock = threading.Lock()
@@ -65,24 +63,22 @@ class WriterSchemas:
         """Transient failures (the registry restarting) are retried with backoff; a registry
         that stays away is Unavailable (the applier exits 4, nothing lost); an id it does
         not know is UnknownSchema (the record goes to the dead-letter topic)."""
-        url = f"{self.url}/schemas/ids/{schema_id}/schema"
-        delay = 0.5
-        for attempt in range(FETCH_ATTEMPTS):
+        path = f"/schemas/ids/{schema_id}/schema"
+
+        def fetch() -> dict:
             try:
-                with urllib.request.urlopen(url, timeout=self.timeout) as resp:
-                    doc = json.load(resp)
-                self.fetches += 1
-                return doc
-            except urllib.error.HTTPError as exc:
-                if exc.code == 404:
+                doc = self.http.call("GET", path)
+            except HttpError as exc:
+                if exc.status == 404:
                     raise UnknownSchema(f"schema id {schema_id} is not in the registry at {self.url}") from None
-                err: Exception = exc
-            except (urllib.error.URLError, OSError, ValueError) as exc:
-                err = exc
-            if attempt < FETCH_ATTEMPTS - 1:
-                time.sleep(delay)
-                delay *= 2
-        raise Unavailable(f"the schema registry at {self.url} does not answer for schema id {schema_id}: {err}")
+                raise Unavailable(str(exc)) from None
+            self.fetches += 1
+            return doc
+        try:
+            return retry(fetch, on=(Unavailable,), attempts=FETCH_ATTEMPTS, delay=0.5, backoff=2)
+        except Unavailable as exc:
+            raise Unavailable(f"the schema registry at {self.url} does not answer for schema id {schema_id}: "
+                              f"{exc}") from None
 
 
 def schema_id(data: bytes) -> int | None:

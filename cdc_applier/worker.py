@@ -55,6 +55,7 @@ from reshard.observe.events import EventRelay
 from reshard.observe.logs import bind
 from reshard.observe.progress import Task
 from reshard.proof.catchup import applier_group
+from reshard.retry import retry
 
 log = logging.getLogger("reshard.cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
@@ -485,25 +486,27 @@ class Applier:
     def _apply_with_retry(self, cluster: str, direction: str, items: list[Routed], offsets: dict) -> ApplyStats:
         """Transient failures (restart, network) are retried with backoff on fresh
         connections; the batch is the same, and idempotent, so retrying is safe."""
-        delay = 0.5
-        last: Exception | None = None
-        reread = False
-        for _attempt in range(RETRY_LIMIT):
+        mismatches = 0
+
+        def once() -> ApplyStats:
             try:
                 return self._writer(cluster, direction).apply(items, offsets)
-            except SchemaMismatch:
-                if reread:
-                    raise
+            except (SchemaMismatch, psycopg.OperationalError, Unavailable):
+                self._close_writers()  # the next try reads the tables again, on fresh sessions
+                raise
+
+        def transient(exc: BaseException) -> bool:
+            nonlocal mismatches
+            if isinstance(exc, SchemaMismatch):
                 # the target's tables may have changed since this session read them (the same
                 # DDL applied there mid-stream): read them again once before pausing
-                reread = True
-                self._close_writers()
-            except (psycopg.OperationalError, Unavailable) as exc:
-                last = exc
-                self._close_writers()
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-        raise Unavailable(f"cluster {cluster} keeps failing: {last}")
+                mismatches += 1
+                return mismatches == 1
+            return isinstance(exc, (psycopg.OperationalError, Unavailable))
+        try:
+            return retry(once, on=transient, attempts=RETRY_LIMIT, delay=0.5, backoff=2, max_delay=10.0)
+        except (psycopg.OperationalError, Unavailable) as exc:
+            raise Unavailable(f"cluster {cluster} keeps failing: {exc}") from None
 
     def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
         """Commit a batch's offsets after its effects committed on the targets.
@@ -516,20 +519,18 @@ class Applier:
         if not offsets:
             return
         tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-        for attempt in range(RETRY_LIMIT):
-            try:
-                consumer.commit(offsets=tps, asynchronous=False)
-                return
-            except KafkaException as exc:
-                err = exc.args[0] if exc.args else None
-                code = err.code() if isinstance(err, KafkaError) else None
-                if code in (KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION,
-                            KafkaError.REBALANCE_IN_PROGRESS, KafkaError._STATE):
-                    log.warning("Kafka refused an offset commit (%s); the batch is applied and will be skipped "
-                                "when it comes again after the group rejoins", err)
-                    return
-                if attempt == RETRY_LIMIT - 1:
-                    if self._kafka_down_since is None:
-                        self._kafka_down_since = time.monotonic()
-                    return
-                time.sleep(0.5)
+
+        def left_group(exc: BaseException) -> bool:
+            err = exc.args[0] if exc.args else None
+            return isinstance(err, KafkaError) and err.code() in (
+                KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
+                KafkaError._STATE)
+        try:
+            retry(lambda: consumer.commit(offsets=tps, asynchronous=False),
+                  on=lambda exc: isinstance(exc, KafkaException) and not left_group(exc), attempts=RETRY_LIMIT, delay=0.5)
+        except KafkaException as exc:
+            if left_group(exc):
+                log.warning("Kafka refused an offset commit (%s); the batch is applied and will be skipped "
+                            "when it comes again after the group rejoins", exc.args[0])
+            elif self._kafka_down_since is None:
+                self._kafka_down_since = time.monotonic()

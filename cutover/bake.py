@@ -31,13 +31,10 @@ clean: ``unreconciled``, and nothing is completed.
 
 from __future__ import annotations
 
-import json
 import shlex
 import subprocess
 import threading
 import time
-import urllib.parse
-import urllib.request
 from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -58,6 +55,7 @@ from reshard.cutover.orchestrator import (
 from reshard.cutover.steps import ROLLBACK
 from reshard.errors import MigrationError, ReshardError
 from reshard.exit_codes import ExitCode
+from reshard.http import Endpoint, HttpClient
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.streams import FORWARD
 from reshard.proof.catchup import applier_group
@@ -183,11 +181,10 @@ def query_values(doc: dict[str, Any]) -> list[float]:
 
 def run_query(url: str, query: str, timeout: float) -> Trigger | None:
     """A PromQL instant query; fires on a non-zero value (or when Prometheus cannot answer)."""
-    full = f"{url.rstrip('/')}/api/v1/query?{urllib.parse.urlencode({'query': query})}"
     try:
-        with urllib.request.urlopen(full, timeout=timeout) as resp:  # noqa: S310 (an operator's URL)
-            values = query_values(json.load(resp))
-    except (OSError, ValueError) as exc:
+        values = query_values(HttpClient(Endpoint(url, "Prometheus", timeout=timeout)).call(
+            "GET", "/api/v1/query", params={"query": query}) or {})
+    except (ReshardError, ValueError) as exc:
         return Trigger("prometheus", f"Prometheus could not answer `{query}`: {exc}", {"query": query})
     firing = [v for v in values if v != 0]
     if not firing:

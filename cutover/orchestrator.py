@@ -53,6 +53,7 @@ from reshard.kafka.connect_client import ConnectError
 from reshard.observe.progress import Progress
 from reshard.proof.catchup import applier_group
 from reshard.proof.reconcile import ReconciliationFailed
+from reshard.retry import retry
 
 DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
 RECONCILE_FAILED = "reconciliation_failed"
@@ -440,20 +441,21 @@ class _Attempt:
         """A step past the point of no return: retried on what can pass (a cluster briefly
         unreachable, a session the server ended while this process was frozen) for
         FORWARD_RETRY_S, then SwitchIncomplete (exit 15) with the attempt left running."""
-        give_up = time.monotonic() + FORWARD_RETRY_S
         tries = 0
-        while True:
+
+        def once() -> Any:
+            nonlocal tries
             tries += 1
-            try:
-                return self.step(name, fn, *args)
-            except FORWARD_RETRY_ON as exc:
-                if self.opts.dry_run or time.monotonic() > give_up:
-                    raise SwitchIncomplete(
-                        f"{self.sw.kind} of {self.sw.migration} passed its point of no return (the targets' flip) "
-                        f"but {name} failed for {FORWARD_RETRY_S:.0f}s ({tries} tries): {exc}. The moving keys are "
-                        f"refused until `reshard {self.sw.kind} {self.sw.migration}` is run again, which finishes "
-                        "it forward; nothing acknowledged is lost") from exc
-                time.sleep(min(2.0, 0.1 * 2 ** min(tries, 5)))
+            return self.step(name, fn, *args)
+        try:
+            return retry(once, on=() if self.opts.dry_run else FORWARD_RETRY_ON, for_s=FORWARD_RETRY_S,
+                         delay=0.2, backoff=2, max_delay=2.0)
+        except FORWARD_RETRY_ON as exc:
+            raise SwitchIncomplete(
+                f"{self.sw.kind} of {self.sw.migration} passed its point of no return (the targets' flip) "
+                f"but {name} failed for {FORWARD_RETRY_S:.0f}s ({tries} tries): {exc}. The moving keys are "
+                f"refused until `reshard {self.sw.kind} {self.sw.migration}` is run again, which finishes "
+                "it forward; nothing acknowledged is lost") from exc
 
 
 def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str]) -> SwitchResult | None:

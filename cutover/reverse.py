@@ -15,8 +15,6 @@ resuming them: no change travels through Kafka twice while the migration streams
 
 from __future__ import annotations
 
-import time
-
 from reshard.cdc_applier.connector import ensure_connector
 from reshard.cluster import shard_schema
 from reshard.cluster.replication import advance_slot, create_slot, ensure_publication
@@ -26,22 +24,20 @@ from reshard.control.store import ControlStore
 from reshard.errors import WaitTimeout
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Stream, reverse
+from reshard.retry import poll
 
 
 def _wait_streaming(config: Config, cluster: str, slot: str, timeout: float) -> None:
     """Connect calls a task RUNNING before Debezium opened its replication stream; the
     slot turns active when it has. Until then the task's start-up still competes with the
     forward stream for the worker, which the drain inside the write pause waits on."""
-    deadline = time.monotonic() + timeout
     with connect(config.cluster(cluster).dsn, f"target cluster {cluster}", autocommit=True) as conn:
-        while True:
-            row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-            if row is not None and row[0]:
-                return
-            if time.monotonic() > deadline:
-                raise WaitTimeout(f"the reverse stream's slot {slot} on {cluster} is not streaming after "
-                                  f"{timeout:.0f}s; is its connector running? (reshard status)")
-            time.sleep(0.1)
+        try:
+            poll(lambda: conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
+                                      (slot,)).fetchone() in ((True,),), timeout=timeout, interval=0.1,
+                 what=f"the reverse stream's slot {slot} on {cluster} streaming")
+        except WaitTimeout as exc:
+            raise WaitTimeout(f"{exc}; is its connector running? (reshard status)") from None
 
 
 def prepare(config: Config, store: ControlStore, migration: str, target: str, tables: list[str]) -> dict:

@@ -30,7 +30,6 @@ flow again, instead of waiting as long as the freeze lasts.
 from __future__ import annotations
 
 import hashlib
-import random
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -47,6 +46,7 @@ from reshard.errors import BudgetExceeded, ReshardError, WaitTimeout
 from reshard.failpoints import failpoint
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import FALSE, ShardMap, column, table_ident
+from reshard.retry import retry
 
 FENCED = "RS001"  # the key is switching owners: retry shortly
 NOT_OWNER = "RS002"  # the key belongs to another cluster at this epoch: refresh the map
@@ -249,23 +249,22 @@ def _lock_one(conn: psycopg.Connection[Any], table: str, give_up: float, changed
     """The tries of ``_one_table``, each in a savepoint that gives its wait back on failure."""
     detector = conn.info.parameter_status("is_superuser") == "on"  # reported by the server: no round trip
     tries = 0
-    while True:
+
+    def once() -> None:
+        nonlocal tries
         tries += 1
         left_ms = int((give_up - time.monotonic()) * 1000)
-        try:
-            with conn.transaction():
-                conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(max(1, min(TRY_LOCK_MS, left_ms))),))
-                if detector:
-                    conn.execute("SET LOCAL deadlock_timeout = 10")
-                conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table_ident(table)))
-            return
-        except (pgerr.LockNotAvailable, pgerr.DeadlockDetected):
-            if time.monotonic() >= give_up:
-                done = f"; already changed: {', '.join(changed)}" if changed else "; nothing was changed"
-                raise WaitTimeout(
-                    f"writes in progress kept {table} locked past the lock timeout ({tries} tries){done}"
-                ) from None
-            time.sleep(random.uniform(0.002, 0.015))
+        with conn.transaction():
+            conn.execute("SELECT set_config('lock_timeout', %s, true)", (str(max(1, min(TRY_LOCK_MS, left_ms))),))
+            if detector:
+                conn.execute("SET LOCAL deadlock_timeout = 10")
+            conn.execute(sql.SQL("LOCK TABLE {} IN SHARE ROW EXCLUSIVE MODE").format(table_ident(table)))
+    try:
+        retry(once, on=(pgerr.LockNotAvailable, pgerr.DeadlockDetected), for_s=give_up - time.monotonic(),
+              delay=0.002, jitter=0.013)
+    except (pgerr.LockNotAvailable, pgerr.DeadlockDetected):
+        done = f"; already changed: {', '.join(changed)}" if changed else "; nothing was changed"
+        raise WaitTimeout(f"writes in progress kept {table} locked past the lock timeout ({tries} tries){done}") from None
 
 
 def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int = 2000,

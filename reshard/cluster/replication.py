@@ -7,13 +7,15 @@ consistent point would be invisible to the changes right after it.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from reshard.errors import MigrationError
+from reshard.errors import MigrationError, WaitTimeout
 from reshard.maps.shardmap import table_ident
+from reshard.retry import poll
 
 HEARTBEAT_TABLE = "reshard.heartbeat"
 
@@ -52,17 +54,20 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
     ).fetchone()[0]
 
 
+def _active(conn: psycopg.Connection[Any], slot: str) -> bool | None:
+    """Whether a consumer holds the slot now (None: there is no such slot)."""
+    row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
+    return None if row is None else bool(row[0])
+
+
 def advance_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 30.0) -> tuple[str, int]:
     """Move the slot's confirmed position to the current WAL position, once its consumer let
     go of it; returns (the new position, bytes skipped). Only for WAL known to hold nothing
     the stream must carry."""
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()[0]:
-        if time.monotonic() > deadline:
-            raise MigrationError(f"replication slot {slot} is still in use after {wait_s:.0f}s")
-        time.sleep(0.1)
+    try:
+        poll(lambda: not _active(conn, slot), timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
+    except WaitTimeout:
+        raise MigrationError(f"replication slot {slot} is still in use after {wait_s:.0f}s") from None
     before = slot_lsn(conn, slot)
     end = conn.execute("SELECT end_lsn::text FROM pg_replication_slot_advance(%s, pg_current_wal_lsn())",
                        (slot,)).fetchone()[0]
@@ -72,16 +77,10 @@ def advance_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 30.0)
 
 def drop_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 10.0) -> bool:
     """Drop the slot once its consumer let go of it. Returns whether it was dropped."""
-    import time
-
-    deadline = time.monotonic() + wait_s
-    while time.monotonic() < deadline:
-        row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-        if row is None:
-            return False
-        if not row[0]:
-            break
-        time.sleep(0.1)
+    if _active(conn, slot) is None:
+        return False
+    with contextlib.suppress(WaitTimeout):  # still in use: the drop below does nothing
+        poll(lambda: _active(conn, slot) is not True, timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
     row = conn.execute(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
         (slot,),

@@ -2,16 +2,12 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import ssl
-import time
-import urllib.error
-import urllib.request
 from typing import Any
 
 from reshard.config import ConnectConfig
-from reshard.errors import ReshardError, Unavailable, WaitTimeout
+from reshard.errors import ReshardError
+from reshard.http import Endpoint, HttpClient, HttpError
+from reshard.retry import poll, retry
 
 REBALANCE_WAIT_S = 30.0  # how long a call waits out a worker-group rebalance (HTTP 409, or a 500 saying so)
 
@@ -20,55 +16,35 @@ class ConnectError(ReshardError):
     """Kafka Connect refused a request or reports a connector as FAILED."""
 
 
-def tls_context(connect: ConnectConfig) -> ssl.SSLContext | None:
-    """Verification against ``ca_file`` (else the system's CAs) and the client certificate,
-    for an https:// REST API; None for http://."""
-    if not connect.url.startswith("https://"):
-        return None
-    ctx = ssl.create_default_context(cafile=connect.ca_file)
-    if connect.cert_file:
-        ctx.load_cert_chain(connect.cert_file, connect.key_file)
-    return ctx
+def endpoint(connect: ConnectConfig, timeout: float = 15.0) -> Endpoint:
+    """Connect's REST API as reshard reaches it: basic auth, and for https:// the CA and
+    client certificate of reshard.yaml's ``connect`` section."""
+    return Endpoint(connect.url, "Kafka Connect", auth=connect.basic_auth(), ca_file=connect.ca_file,
+                    cert_file=connect.cert_file, key_file=connect.key_file, timeout=timeout)
+
+
+def _rebalancing(exc: BaseException) -> bool:
+    """409 (the worker group is rebalancing, e.g. right after a connector was created,
+    changed or resumed), or a 500 whose message says a rebalance is expected (seen right
+    after a switch's connectors came and went)."""
+    return isinstance(exc, HttpError) and (exc.status == 409 or (exc.status == 500 and "rebalance" in exc.detail.lower()))
 
 
 class ConnectClient:
     def __init__(self, connect: ConnectConfig, timeout: float = 15.0):
-        self.url = connect.url.rstrip("/")
-        self.timeout = timeout
-        self._tls = tls_context(connect)
-        auth = connect.basic_auth()
-        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        if auth:
-            token = base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
-            self._headers["Authorization"] = f"Basic {token}"
+        self.http = HttpClient(endpoint(connect, timeout), headers={"Accept": "application/json"})
+        self.url = self.http.url
 
     def _call(self, method: str, path: str, body: Any = None) -> Any:
-        """One REST call. 409 (the worker group is rebalancing, e.g. right after a connector
-        was created, changed or resumed) is transient: retried for up to REBALANCE_WAIT_S, and
-        so is a 500 whose message says a rebalance is expected (seen right after a switch's
-        connectors came and went)."""
-        data = json.dumps(body).encode() if body is not None else None
-        deadline = time.monotonic() + REBALANCE_WAIT_S
-        while True:
-            req = urllib.request.Request(self.url + path, data=data, method=method, headers=self._headers)
-            try:
-                with urllib.request.urlopen(req, timeout=self.timeout, context=self._tls) as resp:
-                    raw = resp.read()
-                    return json.loads(raw) if raw else None
-            except urllib.error.HTTPError as exc:
-                if exc.code == 404:
-                    return None
-                detail = exc.read().decode(errors="replace")
-                if exc.code in (401, 403):
-                    raise ConnectError(f"Kafka Connect at {self.url} refused reshard's credentials ({exc.code}): "
-                                       "check connect.username and connect.password") from None
-                rebalancing = exc.code == 409 or (exc.code == 500 and "rebalance" in detail.lower())
-                if rebalancing and time.monotonic() < deadline:
-                    time.sleep(0.5)
-                    continue
-                raise ConnectError(f"Kafka Connect {method} {path} failed ({exc.code}): {detail}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                raise Unavailable(f"Kafka Connect at {self.url} is unreachable: {exc}") from None
+        """One REST call (None for a 404); a rebalance is waited out for REBALANCE_WAIT_S."""
+        try:
+            return retry(lambda: self.http.call(method, path, json=body, missing_ok=True), on=_rebalancing,
+                         for_s=REBALANCE_WAIT_S, delay=0.5)
+        except HttpError as exc:
+            if exc.status in (401, 403):
+                raise ConnectError(f"Kafka Connect at {self.url} refused reshard's credentials ({exc.status}): "
+                                   "check connect.username and connect.password") from None
+            raise ConnectError(str(exc)) from None
 
     def check(self) -> None:
         self._call("GET", "/")
@@ -100,14 +76,11 @@ class ConnectClient:
         with ``forget_offsets`` also delete its stored source offsets, so that on ``resume``
         Debezium starts from its slot's confirmed position."""
         self._call("PUT", f"/connectors/{name}/stop")
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+
+        def stopped() -> bool:
             st = self.status(name) or {}
-            if st.get("connector", {}).get("state") == "STOPPED" and not st.get("tasks"):
-                break
-            time.sleep(0.2)
-        else:
-            raise WaitTimeout(f"connector {name} did not stop within {timeout:.0f}s")
+            return st.get("connector", {}).get("state") == "STOPPED" and not st.get("tasks")
+        poll(stopped, timeout=timeout, interval=0.2, what=f"connector {name} stopping")
         if forget_offsets:
             self._call("DELETE", f"/connectors/{name}/offsets")
 
@@ -141,17 +114,17 @@ class ConnectClient:
 
     def wait_running(self, name: str, timeout: float = 60.0) -> dict:
         """Wait until the connector and all its tasks are RUNNING; fail fast on FAILED."""
-        deadline = time.monotonic() + timeout
-        status: dict | None = None
-        while time.monotonic() < deadline:
-            status = self.status(name)
-            if status:
-                states = [status["connector"]["state"]] + [t["state"] for t in status.get("tasks", [])]
-                failed = [t for t in status.get("tasks", []) if t["state"] == "FAILED"]
-                if status["connector"]["state"] == "FAILED" or failed:
-                    trace = (failed[0] if failed else status["connector"]).get("trace", "")
-                    raise ConnectError(f"connector {name} FAILED: {trace.splitlines()[0] if trace else 'no trace'}")
-                if status.get("tasks") and all(s == "RUNNING" for s in states):
-                    return status
-            time.sleep(0.3)
-        raise WaitTimeout(f"connector {name} not RUNNING after {timeout:.0f}s (last status: {status})")
+        last: dict[str, Any] = {}
+
+        def running() -> dict | None:
+            status = last["status"] = self.status(name)
+            if not status:
+                return None
+            states = [status["connector"]["state"]] + [t["state"] for t in status.get("tasks", [])]
+            failed = [t for t in status.get("tasks", []) if t["state"] == "FAILED"]
+            if status["connector"]["state"] == "FAILED" or failed:
+                trace = (failed[0] if failed else status["connector"]).get("trace", "")
+                raise ConnectError(f"connector {name} FAILED: {trace.splitlines()[0] if trace else 'no trace'}")
+            return status if status.get("tasks") and all(s == "RUNNING" for s in states) else None
+        return poll(running, timeout=timeout, interval=0.3,
+                    what=lambda: f"connector {name} RUNNING (last status: {last.get('status')})")

@@ -11,15 +11,14 @@ from __future__ import annotations
 import io
 import json
 import struct
-import urllib.error
-import urllib.request
 from functools import cache
 from importlib import resources
 from typing import Any
 
 import fastavro
 
-from reshard.errors import Unavailable
+from reshard.errors import ReshardError, Unavailable
+from reshard.http import Endpoint, HttpClient
 
 SCHEMAS = resources.files("reshard.schemas")  # schemas/ in the repository
 WIRE_HEADER = struct.Struct(">bI")
@@ -33,14 +32,15 @@ def schema(name: str) -> dict:
 
 def register(registry_url: str, subject: str, doc: dict, timeout: float = 10.0) -> int:
     """Register ``doc`` under ``subject`` (idempotent) and return its schema id."""
-    body = json.dumps({"schema": json.dumps(doc), "schemaType": "AVRO"}).encode()
-    req = urllib.request.Request(f"{registry_url}/subjects/{subject}/versions", data=body, method="POST",
-                                 headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
+    http = HttpClient(Endpoint(registry_url, "the schema registry", timeout=timeout),
+                      headers={"Content-Type": "application/vnd.schemaregistry.v1+json"})
     try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return int(json.load(resp)["id"])
-    except (urllib.error.URLError, OSError, ValueError, KeyError) as exc:
+        body = {"schema": json.dumps(doc), "schemaType": "AVRO"}
+        return int(http.call("POST", f"/subjects/{subject}/versions", json=body)["id"])
+    except (ReshardError, KeyError, TypeError) as exc:
         raise Unavailable(f"cannot register subject {subject} in the schema registry at {registry_url}: {exc}") from None
+    finally:
+        http.close()
 
 
 class RecordWriter:

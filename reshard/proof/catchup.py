@@ -36,6 +36,7 @@ from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import FORWARD, Stream, streams_of
+from reshard.retry import poll
 
 log = logging.getLogger("reshard.proof.catchup")
 SAY_EVERY_S = 5.0  # a wait says what it waits for this often
@@ -130,28 +131,25 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
     pending = dict(positions)
     own = conns is None
     conns = {} if conns is None else conns
+
+    def confirmed() -> bool:
+        for s, x in list(pending.items()):
+            ok = _conn(config, conns, s.cluster).execute(
+                "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
+                (x, s.slot),
+            ).fetchone()
+            if ok is None:
+                raise MigrationError(
+                    f"replication slot {s.slot} on {s.cluster} is gone: the stream lost its position and "
+                    "cannot prove catch-up; abort this migration and start a new one")
+            if ok[0]:
+                del pending[s]
+        return not pending
     try:
-        while pending:
-            for s, x in list(pending.items()):
-                ok = _conn(config, conns, s.cluster).execute(
-                    "SELECT confirmed_flush_lsn >= %s::pg_lsn FROM pg_replication_slots WHERE slot_name = %s",
-                    (x, s.slot),
-                ).fetchone()
-                if ok is None:
-                    raise MigrationError(
-                        f"replication slot {s.slot} on {s.cluster} is gone: the stream lost its position and "
-                        "cannot prove catch-up; abort this migration and start a new one")
-                if ok[0]:
-                    del pending[s]
-            if not pending:
-                return
-            if time.monotonic() > deadline:
-                raise WaitTimeout(
-                    "Debezium has not confirmed position(s) "
-                    + ", ".join(f"{s.slot} {x}" for s, x in pending.items())
-                    + " in time; is the connector running? (reshard status)"
-                )
-            time.sleep(0.02)
+        poll(confirmed, timeout=deadline - time.monotonic(), interval=0.02, what="Debezium's confirmations")
+    except WaitTimeout:
+        raise WaitTimeout("Debezium has not confirmed position(s) " + ", ".join(f"{s.slot} {x}" for s, x in pending.items())
+                          + " in time; is the connector running? (reshard status)") from None
     finally:
         if own:
             for c in conns.values():
@@ -162,23 +160,26 @@ def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: flo
     """Step 3: the applier's committed offsets reach the end offsets read now."""
     ends = admin.end_offsets(topics)
     said = time.monotonic()
-    while True:
-        try:  # a slow answer must not carry the caller past its deadline (the write pause)
-            done = admin.committed(group, topics, timeout=max(0.05, deadline - time.monotonic()))
-        except FutureTimeout:
-            raise WaitTimeout(f"Kafka did not say the group {group}'s offsets before the deadline") from None
+    behind_by = 0
+
+    def reached() -> bool:
+        nonlocal said, behind_by
+        # a slow answer must not carry the caller past its deadline (the write pause)
+        done = admin.committed(group, topics, timeout=max(0.05, deadline - time.monotonic()))
         behind = {tp: end for tp, end in ends.items() if done.get(tp, 0) < end}
-        if not behind:
-            return ends
-        if time.monotonic() - said >= SAY_EVERY_S:
+        behind_by = sum(end - done.get(tp, 0) for tp, end in behind.items())
+        if behind and time.monotonic() - said >= SAY_EVERY_S:
             said = time.monotonic()
             log.info("waiting for the appliers (group %s) to reach the end offsets read at the start: %d record(s) "
-                     "behind on %d partition(s), %.0fs left", group, sum(e - done.get(tp, 0) for tp, e in behind.items()),
-                     len(behind), max(0.0, deadline - said))
-        if time.monotonic() > deadline:
-            left = sum(end - done.get(tp, 0) for tp, end in behind.items())
-            raise WaitTimeout(f"the applier is still {left} record(s) behind; is it running? (reshard status)")
-        time.sleep(0.02)
+                     "behind on %d partition(s), %.0fs left", group, behind_by, len(behind), max(0.0, deadline - said))
+        return not behind
+    try:
+        poll(reached, timeout=deadline - time.monotonic(), interval=0.02, what="the appliers' offsets")
+    except FutureTimeout:
+        raise WaitTimeout(f"Kafka did not say the group {group}'s offsets before the deadline") from None
+    except WaitTimeout:
+        raise WaitTimeout(f"the applier is still {behind_by} record(s) behind; is it running? (reshard status)") from None
+    return ends
 
 
 @dataclass

@@ -15,13 +15,15 @@ import re
 import shutil
 import subprocess
 import tarfile
-import urllib.request
 from dataclasses import dataclass
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
 
-from reshard.errors import StackError
+import requests
+
+from reshard.errors import ReshardError, StackError
+from reshard.http import Endpoint, HttpClient
 
 CACHE_ENV = "RESHARD_CACHE"
 CONNECTORS = "reshard.connectors"  # connectors/ in the repository, package data once installed
@@ -104,11 +106,15 @@ def fetch_central(group: str, artifact: str, version: str, suffix: str = ".jar")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_name(name + ".part")
-        with urllib.request.urlopen(url, timeout=60) as resp, open(partial, "wb") as out:
-            shutil.copyfileobj(resp, out)
-        with urllib.request.urlopen(url + ".sha1", timeout=60) as resp:
-            expected = resp.read().decode().split()[0].strip()
-    except OSError as exc:
+        central = HttpClient(Endpoint(CENTRAL, "Maven Central", timeout=60))
+        path_in = url[len(CENTRAL):]
+        with central.request("GET", path_in, stream=True) as resp, open(partial, "wb") as out:
+            resp.raise_for_status()
+            shutil.copyfileobj(resp.raw, out)
+        sha1 = central.request("GET", path_in + ".sha1")
+        sha1.raise_for_status()
+        expected = sha1.text.split()[0].strip()
+    except (OSError, ReshardError, requests.HTTPError) as exc:
         raise StackError(f"cannot fetch {url} from Maven Central: {exc}") from None
     actual = hashlib.sha1(partial.read_bytes()).hexdigest()
     if actual != expected:

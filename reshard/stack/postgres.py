@@ -15,7 +15,6 @@ import pwd
 import re
 import shutil
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +22,7 @@ import psycopg
 from psycopg import sql
 
 from reshard.errors import StackError
-from reshard.stack.process import ProcessRecord, is_running, spawn, tail
+from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 from reshard.stack.security import Security
 
 MIN_VERSION = 15
@@ -176,19 +175,8 @@ class PostgresCluster:
         return spawn([str(bindir / "postgres"), "-D", str(self.datadir)], self.log, user=server_user())
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
-            if not is_running(rec):
-                raise StackError(f"postgres {self.name} exited while starting:\n{tail(self.log)}")
-            try:
-                with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                return
-            except psycopg.Error as exc:
-                last = exc
-                time.sleep(0.2)
-        raise StackError(f"postgres {self.name} not ready after {timeout:.0f}s: {last}\n{tail(self.log)}")
+        wait_healthy(rec, self.healthy, self.log, f"postgres {self.name}", f"postgres {self.name} not ready", timeout,
+                     interval=0.2)
 
     def healthy(self) -> bool:
         try:

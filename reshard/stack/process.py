@@ -8,6 +8,7 @@ matches. Nothing here ever looks processes up by name.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import signal
@@ -17,7 +18,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from reshard.errors import StackError
+from reshard.errors import StackError, WaitTimeout
+from reshard.retry import poll
 
 
 @dataclass(frozen=True)
@@ -115,40 +117,36 @@ def stop(rec: ProcessRecord, sig: int = signal.SIGTERM, timeout: float = 30.0) -
         os.kill(rec.pid, sig)
     except ProcessLookupError:
         return False
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def gone() -> bool:
         _reap(rec.pid)
-        if not is_running(rec):
-            return True
-        time.sleep(0.1)
-    if is_running(rec):
+        return not is_running(rec)
+    try:
+        poll(gone, timeout=timeout, interval=0.1, what=f"pid {rec.pid} exiting")
+    except WaitTimeout:
         os.kill(rec.pid, signal.SIGKILL)
-        for _ in range(100):
-            _reap(rec.pid)
-            if not is_running(rec):
-                break
-            time.sleep(0.05)
+        with contextlib.suppress(WaitTimeout):
+            poll(gone, timeout=5.0, interval=0.05, what=f"pid {rec.pid} exiting after SIGKILL")
     return True
 
 
 def wait_healthy(rec: ProcessRecord, healthy: Callable[[], bool], log: Path, what: str, not_ready: str,
-                 timeout: float) -> None:
+                 timeout: float, interval: float = 0.5) -> None:
     """Poll ``healthy`` until it holds; fail with the log's tail if the process exits first
     ("<what> exited while starting") or ``timeout`` passes ("<not_ready> within N s")."""
-    deadline = time.monotonic() + timeout
 
     def tails() -> str:  # a JVM's own output (a crash before its logging starts) is beside its log
         out = Path(log).with_suffix(".out")
         extra = tail(out) if out != Path(log) and out.exists() and out.stat().st_size else ""
         return tail(log) + (f"\n{out.name}:\n{extra}" if extra else "")
 
-    while time.monotonic() < deadline:
+    def ready() -> bool:
         if not is_running(rec):
             raise StackError(f"{what} exited while starting:\n{tails()}")
-        if healthy():
-            return
-        time.sleep(0.5)
-    raise StackError(f"{not_ready} within {timeout:.0f}s:\n{tails()}")
+        return healthy()
+    try:
+        poll(ready, timeout=timeout, interval=interval, what=not_ready)
+    except WaitTimeout as exc:
+        raise StackError(f"{exc}:\n{tails()}") from None
 
 
 def tail(path: str | Path, lines: int = 30) -> str:

@@ -7,12 +7,11 @@ Confluent-compatible API (``/apis/ccompat/v7``); it is ready when that API answe
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from reshard.errors import ReshardError
+from reshard.http import Endpoint, HttpClient
 from reshard.stack.artifacts import JvmArtifacts
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 
@@ -47,13 +46,12 @@ class SchemaRegistry:
         return spawn(argv, self.log, cwd=self.home)
 
     def subjects(self, timeout: float = 3.0) -> list[str]:
-        with urllib.request.urlopen(f"{self.url}/subjects", timeout=timeout) as resp:
-            return json.load(resp)
+        return HttpClient(Endpoint(self.url, "the schema registry", timeout=timeout)).call("GET", "/subjects")
 
     def healthy(self) -> bool:
         try:
             return isinstance(self.subjects(), list)
-        except (urllib.error.URLError, OSError, ValueError):
+        except ReshardError:
             return False
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 120.0) -> None:
