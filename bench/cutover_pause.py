@@ -28,7 +28,7 @@ from bench._common import fresh_databases, seed_split, stack_config  # noqa: E40
 from reshard.cluster import fence  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback  # noqa: E402
 from reshard.maps.shardmap import parse_map  # noqa: E402
 from tests.e2e.cutover_helpers import AFTER, BEFORE, RouterLoad  # noqa: E402
 
@@ -70,13 +70,13 @@ def main() -> None:
             load.stats.max_stall_ms = 0.0
             # verified once, before the first round (a rollback makes a verification stale)
             cut = cutover(config, co.store, NAME, SwitchOptions(max_write_pause=2.0, require_verified=r == 0))
-            if cut.outcome != DONE:
+            if cut.outcome != Outcome.DONE:
                 raise SystemExit(f"round {r + 1}: cutover {cut.outcome}: {cut.message}")
             time.sleep(2)
             cut_stall = load.stats.max_stall_ms
             load.stats.max_stall_ms = 0.0
             back = rollback(config, co.store, NAME, SwitchOptions(max_write_pause=2.0))
-            if back.outcome != DONE:
+            if back.outcome != Outcome.DONE:
                 raise SystemExit(f"round {r + 1}: rollback {back.outcome}: {back.message}")
             time.sleep(2)
             rounds.append({"cutover_pause_ms": cut.pause_ms, "cutover_drain_ms": cut.drain_ms,

@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench._common import fresh_databases, load_average, seed_split, stack_config  # noqa: E402
 from reshard.cluster import fence  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback  # noqa: E402
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback  # noqa: E402
 from reshard.kafka.admin import KafkaAdmin  # noqa: E402
 from reshard.kafka.streams import forward  # noqa: E402
 from reshard.maps.shardmap import parse_map  # noqa: E402
@@ -59,7 +59,7 @@ def one_run(config, name: str, rows: int, rate: float, seconds: float) -> dict:
     try:
         co.wait(name, timeout=120)
         cut = cutover(config, co.store, name, SwitchOptions(max_write_pause=2.0, require_verified=False))
-        if cut.outcome != DONE:
+        if cut.outcome != Outcome.DONE:
             raise SystemExit(f"cutover {cut.outcome}: {cut.message}")
         topics = [forward(name, "source1").topic("public.accounts")]
         admin = KafkaAdmin(config.kafka)
@@ -72,7 +72,7 @@ def one_run(config, name: str, rows: int, rate: float, seconds: float) -> dict:
         time.sleep(2.0)  # the last echoes (if produced) reach the applier
         forward_records = sum(admin.end_offsets(topics).values()) - ends_before
         back = rollback(config, co.store, name, SwitchOptions(max_write_pause=2.0))
-        if back.outcome != DONE:
+        if back.outcome != Outcome.DONE:
             raise SystemExit(f"rollback {back.outcome}: {back.message}")
     finally:
         if load is not None:

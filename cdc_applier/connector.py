@@ -153,7 +153,7 @@ def drop_streams(config: Config, store, migration: str, streams: list[Stream], t
     streams in the control database). Idempotent; returns what it did."""
     from reshard.cluster.replication import drop_publication, drop_slot
     from reshard.cluster.session import connect
-    from reshard.kafka.streams import REVERSE
+    from reshard.kafka.streams import Direction
 
     done: list[str] = []
     for s in streams:
@@ -167,7 +167,7 @@ def drop_streams(config: Config, store, migration: str, streams: list[Stream], t
             if drop_publication(conn, s.publication):
                 done.append(f"dropped publication {s.publication} on {s.cluster}")
         topics += [s.topic(t) for t in tables] + s.heartbeat_topics
-        if s.direction == REVERSE:
+        if s.direction == Direction.REVERSE:
             store.forget_reverse(migration, s.cluster)
     KafkaAdmin(config.kafka).delete_topics(topics)
     if topics:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from reshard.cdc_applier.decode import ChangeEvent, DecodeError
 from reshard.errors import ConfigError
-from reshard.kafka.streams import FORWARD, Stream
+from reshard.kafka.streams import Direction, Stream
 from reshard.maps.planner import Plan
 
 MEMO_KEYS = 1 << 17  # routes remembered (~200 bytes each, ~30 MB at most), then forgotten at once
@@ -64,7 +64,7 @@ class Router:
         except TypeError:  # an unhashable key value: route it without the memo
             memo_key = None
         try:
-            if stream.direction == FORWARD:
+            if stream.direction == Direction.FORWARD:
                 dest = self.plan.route(ev.table, stream.cluster, key)
             else:
                 old_owner, new_owner = self.plan.owners(ev.table, key)

@@ -49,7 +49,7 @@ from reshard.control.records import MigrationRecord
 from reshard.control.store import ControlStore
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
 from reshard.kafka.admin import client_conf
-from reshard.kafka.streams import FORWARD, REVERSE, Stream, streams_of
+from reshard.kafka.streams import Direction, Stream, streams_of
 from reshard.maps.planner import Plan
 from reshard.observe.events import EventRelay
 from reshard.observe.logs import bind
@@ -121,7 +121,7 @@ def tag_origin(conn: psycopg.Connection[Any], prefix: str) -> str:
 class _Batch:
     """A polled batch, decoded and routed: what the apply stage needs."""
 
-    per_dest: dict[tuple[str, str], list[Routed]] = field(default_factory=dict)
+    per_dest: dict[tuple[str, Direction], list[Routed]] = field(default_factory=dict)
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)
     by_pos: dict[tuple[str, int, int], Message] = field(default_factory=dict)
     read: dict[str, int] = field(default_factory=dict)  # records per stream label, for the metrics
@@ -197,15 +197,15 @@ class Applier:
     def _destinations(self) -> dict[tuple[str, str], list[str]]:
         """(cluster, direction) -> tables written there."""
         dests: dict[tuple[str, str], set[str]] = {}
-        reverse_on = any(s.direction == REVERSE for s in self.router.streams)
+        reverse_on = any(s.direction == Direction.REVERSE for s in self.router.streams)
         for m in self.plan.moves:
             tables = self.plan.new.groups[m.group].tables
-            dests.setdefault((m.target, FORWARD), set()).update(tables)
+            dests.setdefault((m.target, Direction.FORWARD), set()).update(tables)
             if reverse_on:
-                dests.setdefault((m.source, REVERSE), set()).update(tables)
+                dests.setdefault((m.source, Direction.REVERSE), set()).update(tables)
         return {k: sorted(v) for k, v in dests.items()}
 
-    def _connect(self, cluster: str, direction: str, tables: list[str]) -> TargetWriter:
+    def _connect(self, cluster: str, direction: Direction, tables: list[str]) -> TargetWriter:
         c = self.config.cluster(cluster)
         conn = connect(c.dsn, f"cluster {cluster}", autocommit=True)
         shard_schema.writer_session(conn)
@@ -213,7 +213,7 @@ class Applier:
         tag_origin(conn, stream.writer_origin)
         infos = {t: require_table(conn, t, cluster) for t in tables}
         resumed: dict[str, int] = {}
-        if direction == FORWARD:
+        if direction == Direction.FORWARD:
             for row in conn.execute(
                 "SELECT tbl, max(resumed_lsn)::text FROM reshard.copy_cursor WHERE migration = %s GROUP BY tbl",
                 (self.rec.name,),
@@ -223,7 +223,7 @@ class Applier:
                     resumed[row[0]] = lsn
         return TargetWriter(conn, cluster, stream.applied_key, infos, resumed)
 
-    def _writer(self, cluster: str, direction: str) -> TargetWriter:
+    def _writer(self, cluster: str, direction: Direction) -> TargetWriter:
         key = (cluster, direction)
         w = self.writers.get(key)
         if w is None or w.conn.closed:
@@ -428,7 +428,7 @@ class Applier:
                 if ev is None:
                     continue
                 stream = self.router.stream_of(m.topic())
-                if stream.direction == REVERSE:
+                if stream.direction == Direction.REVERSE:
                     self.stats.reverse_records += 1
                 if ev.ts_ms is not None and ev.ts_ms > b.newest_ms.get(label, 0):
                     b.newest_ms[label] = ev.ts_ms
@@ -483,7 +483,7 @@ class Applier:
         self.metrics.batch(time.monotonic() - started, b.newest_ms)
         return b.offsets
 
-    def _apply_with_retry(self, cluster: str, direction: str, items: list[Routed], offsets: dict) -> ApplyStats:
+    def _apply_with_retry(self, cluster: str, direction: Direction, items: list[Routed], offsets: dict) -> ApplyStats:
         """Transient failures (restart, network) are retried with backoff on fresh
         connections; the batch is the same, and idempotent, so retrying is safe."""
         mismatches = 0

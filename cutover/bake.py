@@ -39,29 +39,35 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
-from reshard.control import states
+from reshard.control.states import State
 from reshard.cutover.orchestrator import (
-    DONE,
-    RECONCILE_FAILED,
-    RECONCILED,
+    Outcome,
     SwitchOptions,
     SwitchResult,
     reconcile_probe,
     reconcile_rules,
     rollback,
 )
-from reshard.cutover.steps import ROLLBACK
+from reshard.cutover.steps import SwitchKind
 from reshard.errors import MigrationError, ReshardError
 from reshard.exit_codes import ExitCode
 from reshard.http import Endpoint, HttpClient
 from reshard.kafka.admin import KafkaAdmin
-from reshard.kafka.streams import FORWARD
+from reshard.kafka.streams import Direction
 from reshard.proof.catchup import applier_group
 
-CLEAN, ROLLED_BACK, ROLLBACK_FAILED, STOPPED = "clean", "rolled_back", "rollback_failed", "stopped"
-UNRECONCILED = "unreconciled"
+
+class BakeOutcome(StrEnum):
+    """How a bake ended."""
+
+    CLEAN = "clean"
+    ROLLED_BACK = "rolled_back"
+    ROLLBACK_FAILED = "rollback_failed"
+    STOPPED = "stopped"
+    UNRECONCILED = "unreconciled"
 FINAL_PROBE_TRIES = 3
 MISMATCH_EVENTS = ("shadow.mismatch", "check.mismatch")
 
@@ -95,7 +101,7 @@ class Trigger:
 @dataclass
 class BakeResult:
     migration: str
-    outcome: str
+    outcome: BakeOutcome
     exit_code: ExitCode
     seconds: float = 0.0
     looks: int = 0
@@ -236,7 +242,7 @@ class Baker:
 
     def reverse_lag(self) -> int:
         streams, topics = self.co.streams(self.migration)
-        rev = [s for s in streams if s.direction != FORWARD]
+        rev = [s for s in streams if s.direction != Direction.FORWARD]
         rev_topics = [t for t in topics if any(t.startswith(f"{s.prefix}.") for s in rev)]
         if not rev_topics:
             return 0
@@ -246,12 +252,12 @@ class Baker:
     def run(self) -> BakeResult:
         store, name, o = self.co.store, self.migration, self.opts
         rec = store.migration(name)
-        if rec.state != states.BAKING:
+        if rec.state != State.BAKING:
             raise MigrationError(f"migration {name} is {rec.state}; a bake watches a migration cut over (baking)")
         began = datetime.now(UTC)
         started = time.monotonic()
         end = started + o.duration
-        result = BakeResult(name, CLEAN, ExitCode.OK)
+        result = BakeResult(name, BakeOutcome.CLEAN, ExitCode.OK)
         store.record_event(name, "bake.started", seconds=o.duration, checks=o.checks, queries=o.queries,
                            max_error_rate=o.max_error_rate, max_fence_rejections=o.max_fence_rejections,
                            max_reverse_lag=o.max_reverse_lag, complete_after=o.complete_after)
@@ -275,7 +281,7 @@ class Baker:
             self.stop.wait(min(o.interval, left))
         result.seconds = round(time.monotonic() - started, 1)
         if self.stop.is_set() and time.monotonic() < end:
-            result.outcome, result.exit_code = STOPPED, ExitCode.OK
+            result.outcome, result.exit_code = BakeOutcome.STOPPED, ExitCode.OK
             result.message = f"bake stopped after {result.seconds:.0f}s with no trigger; still baking"
             store.record_event(name, "bake.stopped", seconds=result.seconds, looks=result.looks)
             return result
@@ -289,7 +295,7 @@ class Baker:
                 self.stop.wait(o.interval)
             else:
                 last = result.reconciliations[-1]
-                result.outcome, result.exit_code = UNRECONCILED, ExitCode(last["exit_code"])
+                result.outcome, result.exit_code = BakeOutcome.UNRECONCILED, ExitCode(last["exit_code"])
                 result.seconds = round(time.monotonic() - started, 1)
                 result.message = (f"the bake saw no trigger, but its final reconciliation probe did not run "
                                   f"({last['message']}): not clean, nothing completed")
@@ -311,15 +317,15 @@ class Baker:
         try:
             rb = reconcile_probe(self.co.config, store, name, self.rollback_opts)
         except ReshardError as exc:  # e.g. another process holds the lease: try again later
-            rb = SwitchResult(ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
+            rb = SwitchResult(SwitchKind.ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
         summary = {"at_s": round(time.monotonic() - started, 1), "outcome": rb.outcome,
                    "exit_code": int(rb.exit_code), "message": rb.message,
                    "pause_ms": rb.pause_ms if rb.pause_ms is not None else rb.unfenced_after_ms,
                    "reconciliation": rb.reconciliation}
         result.reconciliations.append(summary)
         store.record_event(name, "bake.reconciled", **summary)
-        if rb.outcome != RECONCILE_FAILED:
-            return rb.outcome == RECONCILED, None
+        if rb.outcome != Outcome.RECONCILE_FAILED:
+            return rb.outcome == Outcome.RECONCILED, None
         differing = [r for r in rb.reconciliation if not r.get("ok")]
         return True, Trigger("reconciliation", f"the reconciliation checks disagree at a consistent point: "
                              f"{rb.message}", {"checks": differing[:10], "pause_ms": rb.pause_ms})
@@ -340,18 +346,18 @@ class Baker:
             try:
                 rb = rollback(self.co.config, store, name, opts)
             except ReshardError as exc:  # e.g. another process holds the lease: try again
-                rb = SwitchResult(ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
+                rb = SwitchResult(SwitchKind.ROLLBACK, name, f"failed ({type(exc).__name__})", exc.exit_code, message=str(exc))
             result.rollback = rb.to_dict()
-            store.record_event(name, "bake.rolled_back" if rb.outcome == DONE else "bake.rollback_failed",
+            store.record_event(name, "bake.rolled_back" if rb.outcome == Outcome.DONE else "bake.rollback_failed",
                                outcome=rb.outcome, exit_code=int(rb.exit_code), pause_ms=rb.pause_ms,
                                message=rb.message)
-            if rb.outcome == DONE:
-                result.outcome, result.exit_code = ROLLED_BACK, ExitCode.BAKE_ROLLED_BACK
+            if rb.outcome == Outcome.DONE:
+                result.outcome, result.exit_code = BakeOutcome.ROLLED_BACK, ExitCode.BAKE_ROLLED_BACK
                 result.message = (f"rolled back by the bake: {result.trigger.detail if result.trigger else ''}; "
                                   f"write pause {rb.pause_ms:.0f} ms")
                 break
             if time.monotonic() >= end or self.stop.is_set():
-                result.outcome, result.exit_code = ROLLBACK_FAILED, rb.exit_code
+                result.outcome, result.exit_code = BakeOutcome.ROLLBACK_FAILED, rb.exit_code
                 result.message = f"a trigger fired but the rollback did not run: {rb.message}"
                 break
             self.say(f"rollback did not run ({rb.message}); trying again")

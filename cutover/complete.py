@@ -24,8 +24,8 @@ from reshard.cdc_applier.connector import drop_streams
 from reshard.cluster import fence, shard_schema
 from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control import states
 from reshard.control.lease import Lease
+from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
 from reshard.kafka.streams import streams_of
@@ -63,13 +63,13 @@ def _complete(config: Config, store: ControlStore, migration: str, lease: Lease,
     progress = progress or Progress("off")
     rec = store.migration(migration)
     running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
-    if rec.state == states.COMPLETE and not running:
+    if rec.state == State.COMPLETE and not running:
         return CompleteResult(migration, steps=[{"step": "all", "note": "already complete"}])
-    if rec.state not in (states.BAKING, states.FINALIZING) and not running:
+    if rec.state not in (State.BAKING, State.FINALIZING) and not running:
         raise MigrationError(f"migration {migration} is {rec.state}: complete needs every wave cut over "
                              f"(`reshard cutover {migration}`)")
     result = CompleteResult(migration, resumed=bool(running))
-    store.set_state(migration, states.FINALIZING, why="complete: drop the streams, remove moved rows from the sources")
+    store.set_state(migration, State.FINALIZING, why="complete: drop the streams, remove moved rows from the sources")
     attempt = running[0]["attempt"] if running else store.begin_attempt(
         migration, "complete", None, {"keep_source_data": keep_source_data, "drop_fences": drop_fences})
     done = store.steps(migration, attempt)
@@ -137,5 +137,5 @@ def _complete(config: Config, store: ControlStore, migration: str, lease: Lease,
     run("fences", fences)
     run("forget", forget)
     store.finish_attempt(migration, attempt, "done", {"deleted_rows": result.deleted_rows})
-    store.set_state(migration, states.COMPLETE, why="complete: done, the point of no return passed")
+    store.set_state(migration, State.COMPLETE, why="complete: done, the point of no return passed")
     return result

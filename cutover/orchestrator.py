@@ -33,6 +33,7 @@ import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from enum import StrEnum
 from typing import Any
 
 import psycopg
@@ -41,9 +42,10 @@ from psycopg import errors as pgerr
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.lease import Lease
+from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.cutover import gates as g
-from reshard.cutover.steps import CUTOVER, ROLLBACK, CutoverSteps, DryRunSteps, LiveSteps, Switch
+from reshard.cutover.steps import CutoverSteps, DryRunSteps, LiveSteps, Switch, SwitchKind
 from reshard.cutover.waves import next_wave
 from reshard.errors import BudgetExceeded, LeaseLost, MigrationError, SwitchIncomplete, Unavailable, WaitTimeout
 from reshard.exit_codes import ExitCode
@@ -55,9 +57,16 @@ from reshard.proof.catchup import applier_group
 from reshard.proof.reconcile import ReconciliationFailed
 from reshard.retry import retry
 
-DONE, GATES, ABORTED, DRY_RUN = "done", "gates_not_met", "aborted", "dry_run"
-RECONCILE_FAILED = "reconciliation_failed"
-RECONCILED = "reconciled"  # a probe: the pause ran to the reconciliation checks, which agreed, and backed out
+
+class Outcome(StrEnum):
+    """How a switch attempt ended (SwitchResult.outcome; ``outcome`` in the --json document)."""
+
+    DONE = "done"
+    GATES = "gates_not_met"
+    ABORTED = "aborted"
+    DRY_RUN = "dry_run"
+    RECONCILE_FAILED = "reconciliation_failed"
+    RECONCILED = "reconciled"
 @dataclass
 class SwitchOptions:
     max_lag: int = 1000  # Kafka records not yet applied
@@ -77,9 +86,9 @@ class SwitchOptions:
 
 @dataclass
 class SwitchResult:
-    kind: str
+    kind: SwitchKind
     migration: str
-    outcome: str
+    outcome: str  # an Outcome, or "failed (<error>)" when a bake's rollback raised
     exit_code: ExitCode
     wave: int | None = None
     epoch: int | None = None
@@ -126,7 +135,7 @@ class Orchestrator:
     # ---- what moves ---------------------------------------------------------------------
     def cutover_switch(self, migration: str, only: str | None) -> Switch:
         rec = self.store.migration(migration)
-        if rec.state == states.BAKING:
+        if rec.state == State.BAKING:
             raise MigrationError(f"migration {migration} is already cut over and baking "
                                  "(`reshard complete` or `reshard rollback`)")
         if rec.state not in states.SWITCHABLE:
@@ -135,17 +144,17 @@ class Orchestrator:
         final = self.store.get_map(rec.to_epoch)
         wave = next_wave(active_map, final, only)
         number = 1 + sum(1 for w in self.store.waves(migration) if w["state"] == "cut")
-        return Switch(CUTOVER, migration, active_epoch, active_map, wave.map, number, wave.buckets, wave.last)
+        return Switch(SwitchKind.CUTOVER, migration, active_epoch, active_map, wave.map, number, wave.buckets, wave.last)
 
     def rollback_switch(self, migration: str) -> Switch:
         rec = self.store.migration(migration)
         if not any(w["state"] == "cut" for w in self.store.waves(migration)):
             raise MigrationError(f"migration {migration} has no wave cut over: nothing to roll back")
-        if rec.state not in (states.STREAMING, states.SHADOWING, states.VALIDATING, states.BAKING):
+        if rec.state not in (State.STREAMING, State.SHADOWING, State.VALIDATING, State.BAKING):
             raise MigrationError(f"migration {migration} is {rec.state}; rollback is possible until `complete`")
         active_epoch, active_map = self.store.require_active()
         generations = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(migration)}
-        return Switch(ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch),
+        return Switch(SwitchKind.ROLLBACK, migration, active_epoch, active_map, self.store.get_map(rec.from_epoch),
                       generations=generations)
 
     # ---- gates -----------------------------------------------------------------------------
@@ -153,7 +162,7 @@ class Orchestrator:
         with KafkaAdmin(self.config.kafka) as admin:
             records = admin.lag(applier_group(sw.migration), sw.drain_topics())
         out = [g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
-        if sw.kind == CUTOVER:
+        if sw.kind == SwitchKind.CUTOVER:
             if opts.require_verified:
                 out.append(g.verification_gate(self.store, sw.migration))
             existing = {r["cluster"] for r in self.store.reverse_streams(sw.migration)}
@@ -178,7 +187,7 @@ class Orchestrator:
         gone (or that lost the lease and stops at its next step without acting)."""
         said = []
         for a in self.store.running_attempts(migration):
-            if a["kind"] not in (CUTOVER, ROLLBACK):
+            if a["kind"] not in (SwitchKind.CUTOVER, SwitchKind.ROLLBACK):
                 continue
             plan = a["plan"]
             sw = Switch(a["kind"], migration, plan["active_epoch"], self.store.get_map(plan["active_epoch"]),
@@ -217,18 +226,18 @@ class Orchestrator:
     def _settle(self, migration: str, why: str) -> None:
         """Out of switching, to where the migration now rests (baking, streaming, rolled back)."""
         self.store.set_state(migration, self.store.settled_state(migration), why=why,
-                             only_from=(states.SWITCHING,))
+                             only_from=(State.SWITCHING,))
 
     # ---- the run --------------------------------------------------------------------------------
     def run(self, sw: Switch, opts: SwitchOptions, *, check_gates: bool = True) -> SwitchResult:
-        result = SwitchResult(sw.kind, sw.migration, DONE, ExitCode.OK, sw.wave,
+        result = SwitchResult(sw.kind, sw.migration, Outcome.DONE, ExitCode.OK, sw.wave,
                               keys="; ".join(f"{m.source}->{m.target}: {m.summary}" for m in sw.plan.moves))
         if check_gates:
             gates = self.gates(sw, opts)
             result.gates = [x.to_dict() for x in gates]
             failed = [x for x in gates if not x.ok]
             if failed and not opts.dry_run:
-                result.outcome, result.exit_code = GATES, failed[0].code
+                result.outcome, result.exit_code = Outcome.GATES, failed[0].code
                 result.message = "; ".join(f"{x.name}: {x.detail}" for x in failed)
                 self.store.record_event(sw.migration, "gates.failed", kind=sw.kind, gates=result.gates)
                 return result
@@ -328,7 +337,7 @@ class _Attempt:
             self.store.step(self.sw.migration, self.number, "back_out", "done", ms=ms, **out)
         self.result.steps.append({"step": "back_out", "ms": ms})
 
-    def backed_out(self, outcome: str, code: ExitCode, message: str, detail: dict) -> SwitchResult:
+    def backed_out(self, outcome: Outcome, code: ExitCode, message: str, detail: dict) -> SwitchResult:
         """The end of an attempt that backed out: recorded, reverse streams quieted, reported."""
         self.finish("aborted", detail)
         with contextlib.suppress(Exception):  # an echo more is harmless: never fail on it
@@ -350,7 +359,7 @@ class _Attempt:
             self.number = self.store.begin_attempt(sw.migration, sw.kind, sw.wave, {
                 "epoch": epoch, "active_epoch": sw.active_epoch, "buckets": sw.wave_buckets,
                 "last": sw.last_wave, "budget_s": opts.max_write_pause})
-            self.store.set_state(sw.migration, states.SWITCHING, why=f"{sw.kind} attempt {self.number}"
+            self.store.set_state(sw.migration, State.SWITCHING, why=f"{sw.kind} attempt {self.number}"
                                  + (" (a reconciliation probe)" if opts.probe else ""), wave=sw.wave, epoch=epoch)
         budget = opts.max_write_pause
         self.orch.progress.step(f"{'dry run: would fence' if opts.dry_run else 'fencing'} writes to the moving keys "
@@ -371,7 +380,7 @@ class _Attempt:
             if opts.probe:
                 self.back_out()
                 self.finish("backed_out", {"reason": "reconciliation probe", "reconciliation": result.reconciliation})
-                result.outcome = RECONCILED
+                result.outcome = Outcome.RECONCILED
                 result.pause_ms = result.unfenced_after_ms
                 result.message = (f"the reconciliation checks agree at a consistent point; writes were accepted "
                                   f"again after {result.unfenced_after_ms:.0f} ms; routing unchanged")
@@ -384,12 +393,12 @@ class _Attempt:
                 raise BudgetExceeded(f"{budget:.2f}s write-pause budget spent before the targets' flip")
         except BACK_OUT_ON as exc:
             self.back_out()
-            return self.backed_out(ABORTED, ExitCode.CUTOVER_ABORTED, f"aborted: {exc}", {"reason": str(exc)})
+            return self.backed_out(Outcome.ABORTED, ExitCode.CUTOVER_ABORTED, f"aborted: {exc}", {"reason": str(exc)})
         except ReconciliationFailed as exc:
             # the user's checks disagree at the consistent point: nothing flipped, back out
             self.back_out()
             result.reconciliation = [r.to_dict() for r in exc.results]
-            return self.backed_out(RECONCILE_FAILED, ExitCode.RECONCILE_FAILED, str(exc),
+            return self.backed_out(Outcome.RECONCILE_FAILED, ExitCode.RECONCILE_FAILED, str(exc),
                                    {"reason": str(exc), "reconciliation": result.reconciliation})
         except LeaseLost:
             # another process holds the migration now and settles this attempt: touch nothing
@@ -419,7 +428,7 @@ class _Attempt:
 
         self.persist("activate", activate)
         assert result.pause_ms is not None
-        if not opts.dry_run and sw.kind == CUTOVER:
+        if not opts.dry_run and sw.kind == SwitchKind.CUTOVER:
             self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)
         self.persist("after_flip", steps.after_flip)
         self.finish("done", {"pause_ms": result.pause_ms, "drain_ms": result.drain_ms, "epoch": epoch,
@@ -427,7 +436,7 @@ class _Attempt:
         self.left_to_recovery = False
         if opts.dry_run:
             assert isinstance(steps, DryRunSteps)
-            result.outcome, result.plan = DRY_RUN, list(steps.sentences)
+            result.outcome, result.plan = Outcome.DRY_RUN, list(steps.sentences)
             result.pause_ms = result.drain_ms = None
             return result
         over = result.pause_ms > opts.max_write_pause * 1000
@@ -458,18 +467,18 @@ class _Attempt:
                 "it forward; nothing acknowledged is lost") from exc
 
 
-def _finished(orch: Orchestrator, kind: str, migration: str, recovered: list[str]) -> SwitchResult | None:
+def _finished(orch: Orchestrator, kind: SwitchKind, migration: str, recovered: list[str]) -> SwitchResult | None:
     """The rerun after a crash past the point of no return: recovery finished the attempt,
     and that is this command's result (it does not go on to another switch)."""
     if orch.finished is None or orch.finished[0]["kind"] != kind:
         return None
     attempt, epoch = orch.finished
-    return SwitchResult(kind, migration, DONE, ExitCode.OK, attempt["wave"], epoch, recovered=recovered,
+    return SwitchResult(kind, migration, Outcome.DONE, ExitCode.OK, attempt["wave"], epoch, recovered=recovered,
                         message=f"finished the interrupted {kind} (attempt {attempt['attempt']}): epoch {epoch} active")
 
 
 @contextlib.contextmanager
-def _lease(pinned: ControlStore, migration: str, kind: str, opts: SwitchOptions):
+def _lease(pinned: ControlStore, migration: str, kind: SwitchKind, opts: SwitchOptions):
     """The migration's lease on the pinned session (a dry run writes nothing and needs none).
     Held, it makes ``recover`` safe: a running attempt found now has lost its holder."""
     if opts.dry_run:
@@ -482,10 +491,10 @@ def _lease(pinned: ControlStore, migration: str, kind: str, opts: SwitchOptions)
 def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
             progress: Progress | None = None) -> SwitchResult:
     """Recover any interrupted attempt, then cut over the next wave (all of it by default)."""
-    with store.pinned() as pinned, _lease(pinned, migration, CUTOVER, opts) as lease:
+    with store.pinned() as pinned, _lease(pinned, migration, SwitchKind.CUTOVER, opts) as lease:
         orch = Orchestrator(config, pinned, progress, lease)
         recovered = [] if opts.dry_run else orch.recover(migration)
-        done = _finished(orch, CUTOVER, migration, recovered)
+        done = _finished(orch, SwitchKind.CUTOVER, migration, recovered)
         if done is not None:
             return done
         result = orch.run(orch.cutover_switch(migration, opts.only), opts)
@@ -496,12 +505,12 @@ def cutover(config: Config, store: ControlStore, migration: str, opts: SwitchOpt
 def reconcile_probe(config: Config, store: ControlStore, migration: str, opts: SwitchOptions) -> SwitchResult:
     """While baking: the rollback's pause (targets fenced, reverse streams drained) up to the
     migration's reconciliation checks, then backed out: the sides compared at a consistent
-    point without moving anything. RECONCILED, RECONCILE_FAILED (nothing moved either),
+    point without moving anything. Outcome.RECONCILED, Outcome.RECONCILE_FAILED (nothing moved either),
     or why it could not run (gates, budget)."""
     rules = reconcile_rules(store, migration, opts)
     if not rules:
         raise MigrationError(f"migration {migration} has no reconciliation checks to probe")
-    with store.pinned() as pinned, _lease(pinned, migration, ROLLBACK, opts) as lease:
+    with store.pinned() as pinned, _lease(pinned, migration, SwitchKind.ROLLBACK, opts) as lease:
         orch = Orchestrator(config, pinned, None, lease)
         orch.recover(migration)  # an attempt a crash left running is settled first, as a rollback would
         return orch.run(orch.rollback_switch(migration), replace(opts, probe=True, reconcile=rules))
@@ -510,15 +519,15 @@ def reconcile_probe(config: Config, store: ControlStore, migration: str, opts: S
 def rollback(config: Config, store: ControlStore, migration: str, opts: SwitchOptions,
              progress: Progress | None = None) -> SwitchResult:
     """Recover any interrupted attempt, then move every cut-over key back to its source."""
-    with store.pinned() as pinned, _lease(pinned, migration, ROLLBACK, opts) as lease:
+    with store.pinned() as pinned, _lease(pinned, migration, SwitchKind.ROLLBACK, opts) as lease:
         orch = Orchestrator(config, pinned, progress, lease)
         recovered = [] if opts.dry_run else orch.recover(migration)
-        done = _finished(orch, ROLLBACK, migration, recovered)
+        done = _finished(orch, SwitchKind.ROLLBACK, migration, recovered)
         if done is not None:
             return done
         pinned.migration(migration)  # an unknown name is an error, not "nothing to roll back"
         if not any(w["state"] == "cut" for w in pinned.waves(migration)):
-            return SwitchResult(ROLLBACK, migration, DONE, ExitCode.OK, recovered=recovered,
+            return SwitchResult(SwitchKind.ROLLBACK, migration, Outcome.DONE, ExitCode.OK, recovered=recovered,
                                 message="nothing is cut over: the sources own every key")
         result = orch.run(orch.rollback_switch(migration), opts)
         result.recovered = recovered

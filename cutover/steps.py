@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import StrEnum
 from typing import Any, Protocol
 
 import psycopg
@@ -34,7 +35,12 @@ from reshard.maps.shardmap import ShardMap
 from reshard.proof.catchup import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.proof.reconcile import CheckResult, ReconciliationFailed, reconcile
 
-CUTOVER, ROLLBACK = "cutover", "rollback"
+
+class SwitchKind(StrEnum):
+    """What a switch does: a cutover moves the keys to their new owners, a rollback back."""
+
+    CUTOVER = "cutover"
+    ROLLBACK = "rollback"
 STATEMENT_TIMEOUT_MS = 30_000  # every statement of a switch is short; reconcile sets its own from the budget
 FORWARD_HOLD_MS = 500  # past the budget, a target's flip still holds each table lock at most this long
 
@@ -43,7 +49,7 @@ FORWARD_HOLD_MS = 500  # past the budget, a target's flip still holds each table
 class Switch:
     """What moves: from the active map (epoch ``active_epoch``) to ``dest_map``."""
 
-    kind: str  # cutover | rollback
+    kind: SwitchKind
     migration: str
     active_epoch: int
     active_map: ShardMap
@@ -76,7 +82,7 @@ class Switch:
     @property
     def drain_streams(self) -> list[Stream]:
         """The streams that carry the from-side's last writes to the to-side."""
-        if self.kind == CUTOVER:
+        if self.kind == SwitchKind.CUTOVER:
             return [forward(self.migration, c) for c in self.from_side]
         return [reverse(self.migration, c, self.generations.get(c, 0)) for c in self.from_side]
 
@@ -148,7 +154,7 @@ class LiveSteps:
         for c in sw.clusters:  # every involved cluster enforces the active map before anything moves
             out["fences"][c] = fence.install(self._conn(c), fence.steady(c, sw.active_epoch, sw.active_map),
                                              self.lock_timeout_ms * 4)
-        if sw.kind == CUTOVER:
+        if sw.kind == SwitchKind.CUTOVER:
             out["reverse"] = [reverse_streams.prepare(self.config, self.store, sw.migration, t, sw.tables)
                               for t in sw.to_side]
         # what the drain uses is opened now, outside the write pause: the from-side sessions
@@ -164,7 +170,7 @@ class LiveSteps:
         return out
 
     def register_map(self) -> int:
-        note = (f"wave {self.sw.wave} of migration {self.sw.migration}" if self.sw.kind == CUTOVER
+        note = (f"wave {self.sw.wave} of migration {self.sw.migration}" if self.sw.kind == SwitchKind.CUTOVER
                 else f"rollback of migration {self.sw.migration}")
         epoch, _created = self.store.register_map(self.sw.dest_map, note)
         return epoch
@@ -235,7 +241,7 @@ class LiveSteps:
         sw = self.sw
         with self.store.unit() as uow:
             uow.activate(epoch)
-            if sw.kind == CUTOVER:
+            if sw.kind == SwitchKind.CUTOVER:
                 uow.record_wave(sw.migration, sw.wave or 1, sw.wave_buckets, epoch, "cut", pause_ms, drain_ms)
             else:
                 uow.roll_back_waves(sw.migration)
@@ -243,7 +249,7 @@ class LiveSteps:
 
     def after_flip(self) -> dict:
         sw = self.sw
-        if sw.kind == CUTOVER:
+        if sw.kind == SwitchKind.CUTOVER:
             client = ConnectClient(self.config.connect)
             for s in reverse_streams.streams(self.store, sw.migration):
                 client.wait_running(s.connector, timeout=60)
@@ -281,7 +287,7 @@ class LiveSteps:
     def quiet_reverse(self) -> dict:
         """After a cutover backed out (and the fences are restored): stop the reverse streams
         until the next attempt, which skips their echoes (see cutover.reverse)."""
-        if self.sw.kind != CUTOVER:
+        if self.sw.kind != SwitchKind.CUTOVER:
             return {}
         return {"stopped": reverse_streams.quiet(self.config, self.store, self.sw.migration)}
 
@@ -304,7 +310,7 @@ class DryRunSteps:
     def prepare(self) -> dict:
         sw = self.sw
         self._say(f"ensure the fence of the active map (epoch {sw.active_epoch}) on {', '.join(sw.clusters)}")
-        if sw.kind == CUTOVER:
+        if sw.kind == SwitchKind.CUTOVER:
             existing = {r["cluster"]: r["generation"] for r in self.store.reverse_streams(sw.migration)}
             generation = self.store.next_generation(sw.migration)
             for t in sw.to_side:
@@ -322,7 +328,7 @@ class DryRunSteps:
         found = self.store.find_epoch(self.sw.dest_map)
         latest = max((r["epoch"] for r in self.store.map_history()), default=0)
         epoch = found if found == latest and found is not None else latest + 1
-        self._say(f"register the {'wave' if self.sw.kind == CUTOVER else 'rollback'} map as epoch {epoch} "
+        self._say(f"register the {'wave' if self.sw.kind == SwitchKind.CUTOVER else 'rollback'} map as epoch {epoch} "
                   f"(digest {self.sw.dest_map.digest()})")
         return epoch
 
@@ -390,7 +396,7 @@ class DryRunSteps:
         return {}
 
     def after_flip(self) -> dict:
-        if self.sw.kind == CUTOVER:
+        if self.sw.kind == SwitchKind.CUTOVER:
             self._say("check that the reverse connector(s) run; appliers apply the reverse streams to the sources")
         else:
             self._say("drop the reverse streams; the forward streams keep running for a later attempt")

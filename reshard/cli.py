@@ -1082,7 +1082,7 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
     --complete-after-bake then completes the migration.
     """
     from reshard.coordinator import Coordinator
-    from reshard.cutover.orchestrator import DONE, GATES
+    from reshard.cutover.orchestrator import Outcome
     from reshard.cutover.schedule import parse_window
 
     bake = None
@@ -1117,14 +1117,14 @@ def cutover_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_write
             gates = co.wait_for_gates(name, opts, wait_for_gates, win)
             if not all(gt.ok for gt in gates):
                 failed = [gt for gt in gates if not gt.ok]
-                doc = {"command": "cutover", "migration": name, "outcome": GATES,
+                doc = {"command": "cutover", "migration": name, "outcome": Outcome.GATES,
                        "gates": [gt.to_dict() for gt in gates], "exit_code": int(failed[0].code)}
                 emit(ctx, doc, lambda: f"{name}: gates not met after {wait_for_gates:.0f}s: "
                      + "; ".join(f"{gt.name}: {gt.detail}" for gt in failed))
                 sys.exit(failed[0].code)
         result = co.cutover(name, opts)
         baked = None
-        if bake is not None and result.outcome == DONE:
+        if bake is not None and result.outcome == Outcome.DONE:
             baked = _bake(config, name, bake, opts, progress)
     finally:
         progress.stop()

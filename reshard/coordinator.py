@@ -23,11 +23,12 @@ from reshard.cluster.session import connect
 from reshard.config import Config, check_name
 from reshard.control import states
 from reshard.control.records import MigrationRecord
+from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
-from reshard.kafka.streams import FORWARD, Stream, dlq_topic, forward, streams_of
+from reshard.kafka.streams import Direction, Stream, dlq_topic, forward, streams_of
 from reshard.maps.planner import Plan, plan
 from reshard.maps.shardmap import ShardMap
 from reshard.observe.logs import bind
@@ -131,9 +132,9 @@ class Coordinator:
               throttle: ThrottleSettings = ThrottleSettings()) -> SnapshotReport:
         with self.store.lease(name, "start"):
             rec, p = self.record(name)
-            if rec.state == states.ABORTED:
+            if rec.state == State.ABORTED:
                 raise MigrationError(f"migration {name} was aborted; create a new one")
-            if rec.state == states.PLANNED:
+            if rec.state == State.PLANNED:
                 self.store.check_no_overlap(name, p)  # before any slot, connector or row
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             self.check_services()
@@ -144,8 +145,8 @@ class Coordinator:
                                    "(indexes and constraints follow the copy)")
             KafkaAdmin(self.config.kafka).ensure_topics(
                 [dlq_topic(name)], 1, self.config.kafka.replication_factor)
-            if rec.state == states.PLANNED:
-                self.store.set_state(name, states.BUILDING, why="start: slots and the snapshot copy")
+            if rec.state == State.PLANNED:
+                self.store.set_state(name, State.BUILDING, why="start: slots and the snapshot copy")
 
             def on_slot(source: str, _lsn: str) -> None:
                 stream = forward(name, source)
@@ -161,8 +162,8 @@ class Coordinator:
                 for skipped in done.skipped:
                     self.progress.step(f"not created: {skipped}")
                 report.statements_skipped += done.skipped
-            self.store.set_state(name, states.STREAMING, why="start: copy done, changes stream",
-                                 only_from=(states.BUILDING,), **report.to_dict())
+            self.store.set_state(name, State.STREAMING, why="start: copy done, changes stream",
+                                 only_from=(State.BUILDING,), **report.to_dict())
             return report
 
     # ---- apply / wait -------------------------------------------------------------
@@ -253,7 +254,7 @@ class Coordinator:
                                  "their cutover (streaming, after the copy)")
         setting = {"sample": sample, "tables": tables} if on else None
         self.store.update_settings(name, shadow=setting)
-        self.store.set_state(name, self.store.settled_state(name), only_from=(states.STREAMING, states.SHADOWING),
+        self.store.set_state(name, self.store.settled_state(name), only_from=(State.STREAMING, State.SHADOWING),
                              why="reshard shadow " + ("on" if on else "off"))
         return {"shadow": setting, "state": self.store.migration(name).state}
 
@@ -326,7 +327,7 @@ class Coordinator:
         live = streams_of(self.store, rec, p)
         shown, streams = [], []
         for st in live:
-            if st.direction == FORWARD and (st.direction, st.cluster) not in starts:
+            if st.direction == Direction.FORWARD and (st.direction, st.cluster) not in starts:
                 continue  # the snapshot has not created this source's slot yet
             cs: dict | None = {"connector": {"state": "UNREACHABLE"}, "tasks": []}
             if "connect" not in unreachable:
@@ -408,7 +409,7 @@ class Coordinator:
                     for table in drop_created(conn, name):
                         done.append(f"dropped {table} on {move.target}, which this migration created (empty now)")
         self.forget_bookkeeping(name, p)
-        if rec.state != states.ABORTED:
-            self.store.set_state(name, states.ABORTED, why="abort: what it created was dropped")
+        if rec.state != State.ABORTED:
+            self.store.set_state(name, State.ABORTED, why="abort: what it created was dropped")
         self.store.record_event(name, "migration.teardown", actions=done)
         return done

@@ -56,6 +56,7 @@ from reshard.cluster.fence import FENCED, NOT_OWNER
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.maps import MAP_CHANNEL
+from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.errors import ConfigError, ReshardError, Unavailable
 from reshard.maps.planner import Move, Plan, plan
@@ -201,7 +202,7 @@ class Router:
         try:
             live = []
             for r in self.store.migrations():
-                if r["state"] not in (*states.SHADOWABLE, states.BAKING):
+                if r["state"] not in (*states.SHADOWABLE, State.BAKING):
                     continue
                 ep = (r["from_epoch"], r["to_epoch"])
                 if ep not in self._plans:
@@ -261,7 +262,7 @@ class Router:
     def _hedge_to(self, table: str, key: Sequence[Any], cluster: str) -> str | None:
         """The old owner of a key cut over by a baking migration, if ``cluster`` is its new owner."""
         for m in self._migrations:
-            if m.state == states.BAKING:
+            if m.state == State.BAKING:
                 move = m.moving(table, key)
                 if move is not None and move.target == cluster:
                     return move.source

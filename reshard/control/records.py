@@ -13,6 +13,7 @@ from psycopg.types.json import Jsonb
 from reshard.control import states
 from reshard.control.base import actor
 from reshard.control.maps import MapRecords
+from reshard.control.states import State
 from reshard.errors import MigrationError
 from reshard.maps.planner import Plan, overlap, plan
 
@@ -80,7 +81,7 @@ class MigrationRecords(MapRecords):
             conn.execute(
                 "INSERT INTO reshard.migrations (name, from_epoch, to_epoch, state, moves, settings) "
                 "VALUES (%s, %s, %s, %s, %s, %s)",
-                (name, from_epoch, to_epoch, states.PLANNED, Jsonb(moves), Jsonb(settings)),
+                (name, from_epoch, to_epoch, State.PLANNED, Jsonb(moves), Jsonb(settings)),
             )
             self._audit(conn, name, "migration.created", from_epoch=from_epoch, to_epoch=to_epoch, moves=moves)
             row = conn.execute("SELECT * FROM reshard.migrations WHERE name = %s", (name,)).fetchone()
@@ -104,7 +105,7 @@ class MigrationRecords(MapRecords):
             row = conn.execute(
                 "SELECT 1 FROM reshard.migrations m WHERE name = %s AND state = %s AND NOT EXISTS ("
                 "SELECT 1 FROM reshard.migration_sources s WHERE s.migration = m.name) FOR UPDATE",
-                (name, states.PLANNED)).fetchone()
+                (name, State.PLANNED)).fetchone()
             if row is None:
                 return False
             for table in ("copy_progress", "cutover_steps", "cutover_attempts", "waves", "reverse_streams"):

@@ -9,8 +9,8 @@ from typing import Any
 
 from psycopg.types.json import Jsonb
 
-from reshard.control import states
 from reshard.control.records import MigrationRecords
+from reshard.control.states import State
 
 log = logging.getLogger("reshard.control")
 
@@ -73,14 +73,14 @@ class SwitchRecords(MigrationRecords):
         map: baking once routing is its target map, rolled_back after a rollback, else
         streaming (also with canary waves cut), or shadowing while shadow reads are on."""
         rec = self.migration(migration)
-        streaming = states.SHADOWING if rec.settings.get("shadow") else states.STREAMING
+        streaming = State.SHADOWING if rec.settings.get("shadow") else State.STREAMING
         waves = self.waves(migration)
         if any(w["state"] == "cut" for w in waves):
             active = self.active()
             final = self.get_map(rec.to_epoch)
-            return states.BAKING if active is not None and active[1].digest() == final.digest() else streaming
+            return State.BAKING if active is not None and active[1].digest() == final.digest() else streaming
         if any(w["state"] == "rolled_back" for w in waves):
-            return states.ROLLED_BACK
+            return State.ROLLED_BACK
         return streaming
 
     def roll_back_waves(self, migration: str) -> None:

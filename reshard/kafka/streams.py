@@ -17,6 +17,7 @@ that still arrive.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # only for the annotations: streams.py is imported by the store itself
@@ -24,21 +25,24 @@ if TYPE_CHECKING:  # only for the annotations: streams.py is imported by the sto
     from reshard.control.store import ControlStore
     from reshard.maps.planner import Plan
 
-FORWARD = "fwd"
-REVERSE = "rev"
+class Direction(StrEnum):
+    """Which way a stream's changes flow: forward (sources to targets) or in reverse."""
+
+    FORWARD = "fwd"
+    REVERSE = "rev"
 
 
 @dataclass(frozen=True)
 class Stream:
     migration: str
-    direction: str  # fwd | rev
+    direction: Direction
     cluster: str  # where the changes are captured
     generation: int = 0  # reverse streams: which incarnation (they are recreated after a rollback)
 
     @property
     def slot(self) -> str:
         base = f"reshard_{self.migration}_{self.cluster}"
-        return base if self.direction == FORWARD else f"{base}_rev"
+        return base if self.direction == Direction.FORWARD else f"{base}_rev"
 
     @property
     def publication(self) -> str:
@@ -75,22 +79,22 @@ class Stream:
     def echo_origin_prefix(self) -> str:
         """Changes whose origin starts with this were written by the other direction's
         applier (one origin of its pool, ``<writer_origin>_<n>``): skip them."""
-        other = REVERSE if self.direction == FORWARD else FORWARD
+        other = Direction.REVERSE if self.direction == Direction.FORWARD else Direction.FORWARD
         return f"reshard_{other}_{self.migration}_"
 
     @property
     def applied_key(self) -> str:
         """The key of this direction's per-row positions in reshard.applied_rows
         (each direction counts positions in its own cluster's WAL)."""
-        return self.migration if self.direction == FORWARD else f"{self.migration}:rev"
+        return self.migration if self.direction == Direction.FORWARD else f"{self.migration}:rev"
 
 
 def forward(migration: str, source: str) -> Stream:
-    return Stream(migration, FORWARD, source)
+    return Stream(migration, Direction.FORWARD, source)
 
 
 def reverse(migration: str, target: str, generation: int) -> Stream:
-    return Stream(migration, REVERSE, target, generation)
+    return Stream(migration, Direction.REVERSE, target, generation)
 
 
 def streams_of(store: ControlStore, rec: MigrationRecord, plan: Plan) -> list[Stream]:

@@ -35,7 +35,7 @@ from reshard.control.store import ControlStore
 from reshard.errors import MigrationError, WaitTimeout
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
-from reshard.kafka.streams import FORWARD, Stream, streams_of
+from reshard.kafka.streams import Direction, Stream, streams_of
 from reshard.retry import poll
 
 log = logging.getLogger("reshard.proof.catchup")
@@ -224,7 +224,7 @@ def prove_caught_up(config: Config, store: ControlStore, migration: str, timeout
     # reverse streams stopped by a cutover attempt that backed out carry nothing but
     # echoes (no wave is cut): there is nothing of theirs to catch up with
     client = ConnectClient(config.connect)
-    live = [s for s in streams_of(store, rec, plan) if s.direction == FORWARD or not client.stopped(s.connector)]
+    live = [s for s in streams_of(store, rec, plan) if s.direction == Direction.FORWARD or not client.stopped(s.connector)]
     topics = sorted(s.topic(t) for s in live for t in plan.tables())
     proof = wait_caught_up(config, migration, live, topics, timeout)
     store.record_event(migration, "catchup.proved", **proof.to_dict())

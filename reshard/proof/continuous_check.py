@@ -28,6 +28,7 @@ from psycopg import sql
 from reshard.cluster.catalog import require_table
 from reshard.cluster.session import connect
 from reshard.control import states
+from reshard.control.states import State
 from reshard.errors import MigrationError
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import table_ident
@@ -131,8 +132,8 @@ class ContinuousChecker:
         results: list[PassResult] = []
         deadline = time.monotonic() + duration if duration else None
         store = self.co.store
-        store.set_state(self.migration, states.VALIDATING, why="verify --continuous started",
-                        only_from=(states.STREAMING, states.SHADOWING, states.ROLLED_BACK))  # while baking it stays baking
+        store.set_state(self.migration, State.VALIDATING, why="verify --continuous started",
+                        only_from=(State.STREAMING, State.SHADOWING, State.ROLLED_BACK))  # while baking it stays baking
         try:
             while not self.stop.is_set() and (passes is None or len(results) < passes):
                 results.append(self.one_pass(len(results) + 1, deadline))
@@ -140,7 +141,7 @@ class ContinuousChecker:
                     break
         finally:  # a cutover may have moved it on meanwhile: then it is left where it is
             store.set_state(self.migration, store.settled_state(self.migration), why="verify --continuous ended",
-                            only_from=(states.VALIDATING,), passes=len(results))
+                            only_from=(State.VALIDATING,), passes=len(results))
         return results
 
     def one_pass(self, number: int, deadline: float | None = None) -> PassResult:

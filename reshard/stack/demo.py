@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from reshard.cluster import fence
 from reshard.cluster.session import connect
 from reshard.config import Config
-from reshard.control import states
+from reshard.control.states import State
 from reshard.coordinator import Coordinator
 from reshard.errors import ConfigError
 from reshard.maps.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
@@ -81,7 +81,7 @@ def reset(co: Coordinator, targets: list[str], before: ShardMap) -> list[str]:
     recreate the sample table everywhere (which also drops its fence triggers)."""
     done = []
     for m in co.store.migrations():
-        if not m["settings"].get("demo") or m["state"] in (states.ABORTED, states.COMPLETE):
+        if not m["settings"].get("demo") or m["state"] in (State.ABORTED, State.COMPLETE):
             continue
         remove(co, m["name"])
         done.append(m["name"])

@@ -22,7 +22,7 @@ import psycopg
 
 from reshard.cluster import fence
 from reshard.coordinator import Coordinator
-from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover, rollback
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback
 from reshard.maps.shardmap import parse_map
 from reshard.stack.workload import create_table, seed
 from tests.e2e.cutover_helpers import LoadStats, RouterLoad
@@ -162,9 +162,9 @@ def switch(kind: str, env, co: Coordinator, name: str) -> None:
     fn = cutover if kind == "cutover" else rollback
     for _ in range(3):
         out = fn(env.config, co.store, name, SwitchOptions(max_write_pause=5, require_verified=False))
-        if out.outcome == DONE or "has not confirmed" not in out.message:
+        if out.outcome == Outcome.DONE or "has not confirmed" not in out.message:
             break
-    assert out.outcome == DONE, out.message
+    assert out.outcome == Outcome.DONE, out.message
 
 
 def finish(env, co: Coordinator, name: str, load: LedgerLoad) -> LoadStats:

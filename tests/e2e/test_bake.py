@@ -11,11 +11,11 @@ from contextlib import contextmanager
 
 import psycopg
 
-from reshard.control import states
+from reshard.control.states import State
 from reshard.cutover.bake import BakeOptions, Baker, run_query
 from reshard.cutover.orchestrator import SwitchOptions
 from reshard.exit_codes import ExitCode
-from reshard.kafka.streams import FORWARD
+from reshard.kafka.streams import Direction
 from reshard.router import Router
 from reshard.stack.stack import free_port
 from reshard.stack.workload import TABLE
@@ -42,7 +42,7 @@ def test_a_failing_user_check_rolls_back_and_the_bakes_writes_are_on_the_sources
                 reshard_cmd(cfg, "cutover", name, "--bake", "120s", "--bake-interval", "1",
                             "--bake-check", f"test ! -e {unhealthy}", "--json"),
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            wait_for(lambda: proc.poll() is not None or co.store.migration(name).state == states.BAKING, 90,
+            wait_for(lambda: proc.poll() is not None or co.store.migration(name).state == State.BAKING, 90,
                      "the cutover")
             if proc.poll() is not None:
                 failed = json.loads(proc.communicate()[0])
@@ -60,7 +60,7 @@ def test_a_failing_user_check_rolls_back_and_the_bakes_writes_are_on_the_sources
         assert bake["outcome"] == "rolled_back" and bake["trigger"]["name"] == "check", bake
         assert bake["trigger"]["evidence"]["exit"] == 1
         assert bake["rollback"]["outcome"] == "done" and bake["rollback"]["pause_ms"] < 2000, bake["rollback"]
-        assert co.store.migration(name).state == states.ROLLED_BACK
+        assert co.store.migration(name).state == State.ROLLED_BACK
         events = _events(co, name)
         for kind in ("bake.started", "bake.trigger", "bake.rolled_back"):
             assert kind in events, kind
@@ -130,7 +130,7 @@ def test_a_jump_in_the_routers_error_rate_rolls_back(env, tmp_path):
                 assert clean.outcome == "clean" and clean.trigger is None and clean.looks >= 3, clean
                 loud = run_query(prom, "vector(1) * 2", 5)  # what a firing query looks like to the bake
                 assert loud is not None and loud.name == "prometheus" and loud.evidence["values"] == [2.0], loud
-                assert co.store.migration(name).state == states.BAKING
+                assert co.store.migration(name).state == State.BAKING
                 threading.Timer(3.0, failing.set).start()  # then the routers' reads start failing
                 result = Baker(co, name, BakeOptions(duration=60, interval=1, window=5), SwitchOptions()).run()
             finally:
@@ -139,7 +139,7 @@ def test_a_jump_in_the_routers_error_rate_rolls_back(env, tmp_path):
         assert result.outcome == "rolled_back" and result.exit_code == ExitCode.BAKE_ROLLED_BACK, result
         assert result.trigger.name == "routers.error_rate" and result.trigger.evidence["rate"] > 0.05, result.trigger
         assert result.seconds < 30, result.seconds
-        assert co.store.migration(name).state == states.ROLLED_BACK
+        assert co.store.migration(name).state == State.ROLLED_BACK
         routing = co.store.active()[1]  # the sources' map again (under a new epoch)
         assert routing.digest() == co.store.get_map(co.store.migration(name).from_epoch).digest()
         assert "bake.clean" in _events(co, name)
@@ -158,7 +158,7 @@ def test_a_clean_bake_completes_with_complete_after_bake(env, tmp_path):
     assert out.returncode == 0, out.stderr[-3000:]
     bake = json.loads(out.stdout)["bake"]
     assert bake["outcome"] == "clean" and bake["trigger"] is None and bake["completed"], bake
-    assert co.store.migration(name).state == states.COMPLETE
+    assert co.store.migration(name).state == State.COMPLETE
     bad = subprocess.run(reshard_cmd(cfg, "cutover", name, "--complete-after-bake"), capture_output=True, text=True,
                          timeout=60)
     assert bad.returncode == ExitCode.BAD_INPUT and "--bake DURATION" in bad.stderr, bad.stderr
@@ -192,10 +192,10 @@ def test_the_bake_compares_the_reconciliation_checks_and_a_disagreement_rolls_ba
             wait_for(lambda: proc.poll() is not None or len(probes()) >= 2, 120, "two reconciliation probes")
             assert proc.poll() is None, proc.communicate()
             assert all(p["outcome"] == "reconciled" for p in probes()), probes()
-            assert co.store.migration(name).state == states.BAKING
+            assert co.store.migration(name).state == State.BAKING
             with env.conn("target1") as conn:  # behind the streams' back
                 victim = conn.execute(f"SELECT min(id) FROM {TABLE} WHERE id > 1000").fetchone()[0]
-                origin = f"reshard_{FORWARD}_{name}_tamper"  # the forward applier's pool prefix
+                origin = f"reshard_{Direction.FORWARD}_{name}_tamper"  # the forward applier's pool prefix
                 conn.execute("SELECT pg_replication_origin_create(%s)", (origin,))
                 conn.execute("SELECT pg_replication_origin_session_setup(%s)", (origin,))
                 conn.execute(f"UPDATE {TABLE} SET balance = balance + 1000 WHERE id = %s", (victim,))
@@ -213,7 +213,7 @@ def test_the_bake_compares_the_reconciliation_checks_and_a_disagreement_rolls_ba
         assert [p["outcome"] for p in bake["reconciliations"]][-1] == "reconciliation_failed", bake["reconciliations"]
         assert all(p["pause_ms"] < 2000 for p in bake["reconciliations"]), bake["reconciliations"]
         assert bake["rollback"]["outcome"] == "done", bake["rollback"]
-        assert co.store.migration(name).state == states.ROLLED_BACK
+        assert co.store.migration(name).state == State.ROLLED_BACK
         co.wait(name, timeout=60)
     assert stats.rejected == 0 and not stats.failed, stats
     assert assert_acked_on_owners(env, load.acked, co) > 200
@@ -236,7 +236,7 @@ def test_a_bake_whose_final_reconciliation_cannot_run_is_not_clean_and_completes
         assert result.outcome == "unreconciled" and result.trigger is None and result.completed is None, result
         assert len(result.reconciliations) == 3 and "busy" in result.reconciliations[-1]["message"], result
         assert result.exit_code == result.reconciliations[-1]["exit_code"] != ExitCode.OK, result
-        assert co.store.migration(name).state == states.BAKING
+        assert co.store.migration(name).state == State.BAKING
         assert "bake.unreconciled" in _events(co, name) and "bake.clean" not in _events(co, name)
         # with the lease free, the same bake's probe runs and agrees: clean
         clean = Baker(co, name, BakeOptions(duration=1, interval=0.5), SwitchOptions(reconcile=rules)).run()

@@ -8,7 +8,7 @@ import subprocess
 import threading
 import time
 
-from reshard.cutover.orchestrator import GATES
+from reshard.cutover.orchestrator import Outcome
 from reshard.exit_codes import ExitCode
 from reshard.proof.continuous_check import ContinuousChecker
 from reshard.stack.workload import TABLE, Workload
@@ -41,7 +41,7 @@ def test_divergence_on_a_target_is_found_named_and_refused_by_the_cutover_gate(e
         kinds = [e["event"] for e in co.store.recent_events(name, 20)]
         assert "check.mismatch" in kinds and "check.pass" in kinds
         result = co.cutover(name)
-        assert result.outcome == GATES and result.exit_code == ExitCode.GATE_UNVERIFIED, result
+        assert result.outcome == Outcome.GATES and result.exit_code == ExitCode.GATE_UNVERIFIED, result
         assert co.store.active_epoch() == co.store.migration(name).from_epoch
 
 

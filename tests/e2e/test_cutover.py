@@ -2,9 +2,9 @@
 
 import time
 
-from reshard.control import states
+from reshard.control.states import State
 from reshard.cutover import reverse as reverse_streams
-from reshard.cutover.orchestrator import ABORTED, DONE, SwitchOptions, cutover, rollback
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback
 from reshard.exit_codes import ExitCode
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
@@ -30,7 +30,7 @@ def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale
             assert_verified(co.verify(name))
             before = load.stats.writes
             result = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=2.0))
-            assert result.outcome == DONE, result.message
+            assert result.outcome == Outcome.DONE, result.message
             time.sleep(3.0)  # the routers now write the moved keys on the targets
             after = load.stats.writes
         finally:
@@ -40,7 +40,7 @@ def test_cutover_under_load_loses_no_acknowledged_write_and_never_writes_a_stale
     assert result.pause_ms < 2000 and result.drain_ms < result.pause_ms
     assert before > 500 and after - before > 500, (before, after)
     assert stats.rejected == 0, "routers should ride through the switch"
-    assert co.store.migration(name).state == states.BAKING
+    assert co.store.migration(name).state == State.BAKING
     assert co.store.active_epoch() == result.epoch
     assert assert_acked_on_owners(env, load.acked, co) > 1000
     assert assert_no_stale_writes(env, co) > 1000
@@ -63,22 +63,22 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
         co.wait(name, timeout=60)
         assert_verified(co.verify(name))
         first = cutover(env.config, co.store, name, SwitchOptions())
-        assert first.outcome == DONE, first.message
+        assert first.outcome == Outcome.DONE, first.message
         load = RouterLoad(env.config, threads=2, rate=200, seed=2).start()
         try:
             time.sleep(2.0)  # writes land on the targets
             back = rollback(env.config, co.store, name, SwitchOptions())
-            assert back.outcome == DONE, back.message
+            assert back.outcome == Outcome.DONE, back.message
             time.sleep(2.0)  # and on the sources again
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
-        assert co.store.migration(name).state == states.ROLLED_BACK
+        assert co.store.migration(name).state == State.ROLLED_BACK
         # every transition on the way was recorded with who made it and why
         moves = [e["detail"] for e in co.store.recent_events(name, 100) if e["event"] == "migration.state"]
         assert [(m["old"], m["new"]) for m in moves][-4:] == [
-            (states.STREAMING, states.SWITCHING), (states.SWITCHING, states.BAKING),
-            (states.BAKING, states.SWITCHING), (states.SWITCHING, states.ROLLED_BACK)], moves
+            (State.STREAMING, State.SWITCHING), (State.SWITCHING, State.BAKING),
+            (State.BAKING, State.SWITCHING), (State.SWITCHING, State.ROLLED_BACK)], moves
         assert all(m["by"] and m["why"] for m in moves), moves
         assert co.store.active_epoch() == back.epoch > first.epoch
         assert co.store.get_map(back.epoch).digest() == co.store.get_map(co.store.migration(name).from_epoch).digest()
@@ -87,7 +87,7 @@ def test_rollback_brings_target_writes_back_and_a_second_cutover_succeeds(env):
         assert not co.store.reverse_streams(name), "rollback drops the reverse streams"
         assert_verified(co.verify(name))
         second = cutover(env.config, co.store, name, SwitchOptions())
-        assert second.outcome == DONE, second.message
+        assert second.outcome == Outcome.DONE, second.message
         assert second.epoch > back.epoch
         co.wait(name, timeout=60)
         assert_verified(co.verify(name))
@@ -111,7 +111,7 @@ def test_budget_exceeded_aborts_quiets_the_reverse_streams_and_the_next_attempt_
         time.sleep(1.5)
     finally:
         stats = load.stop()
-    assert result.outcome == ABORTED and result.exit_code == ExitCode.CUTOVER_ABORTED, result.message
+    assert result.outcome == Outcome.ABORTED and result.exit_code == ExitCode.CUTOVER_ABORTED, result.message
     assert result.unfenced_after_ms < 1500, result.unfenced_after_ms
     assert co.store.active_epoch() == co.store.migration(name).from_epoch  # routing unchanged
     assert stats.rejected == 0 and stats.max_stall_ms < 1500 + 300, stats.max_stall_ms
@@ -132,7 +132,7 @@ def test_budget_exceeded_aborts_quiets_the_reverse_streams_and_the_next_attempt_
             assert admin.end_offsets(rev_topics) == quiet_ends, "echoes were produced"
             # the next attempt moves the reverse slots past those echoes, then resumes them
             again = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=3))
-            assert again.outcome == DONE, again.message
+            assert again.outcome == Outcome.DONE, again.message
             assert all(not client.stopped(s.connector) for s in rev)
             assert admin.end_offsets(rev_topics) == quiet_ends, "the resumed streams replayed echoes"
             # and they carry the targets' own writes back to the source

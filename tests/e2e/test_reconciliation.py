@@ -11,7 +11,7 @@ import time
 import yaml
 
 from reshard.control.store import ControlStore
-from reshard.cutover.orchestrator import RECONCILE_FAILED, SwitchOptions, cutover
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
 from reshard.stack.demo import demo_maps
 from reshard.stack.workload import TABLE, create_table, seed
@@ -139,7 +139,7 @@ def test_a_failing_reconciliation_under_a_live_router_load_backs_out_and_loses_n
             time.sleep(1.5)  # writes go on where they were
         finally:
             stats = load.stop()
-        assert result.outcome == RECONCILE_FAILED and result.exit_code == ExitCode.RECONCILE_FAILED, result.message
+        assert result.outcome == Outcome.RECONCILE_FAILED and result.exit_code == ExitCode.RECONCILE_FAILED, result.message
         failed = {(c["check"], c["target"]) for c in result.reconciliation if not c["ok"]}
         assert ("ledger", target) in failed, result.reconciliation
         assert result.unfenced_after_ms < 2000, result.unfenced_after_ms

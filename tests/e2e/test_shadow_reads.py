@@ -12,8 +12,8 @@ import time
 
 import psycopg
 
-from reshard.control import states
-from reshard.cutover.orchestrator import GATES
+from reshard.control.states import State
+from reshard.cutover.orchestrator import Outcome
 from reshard.exit_codes import ExitCode
 from reshard.router import Router
 from tests.e2e.cutover_helpers import RouterLoad, moving_keys, setup
@@ -27,7 +27,7 @@ def read_row(k: int):
 
 
 def shadowing(router: Router, name: str) -> bool:
-    return any(m.name == name and m.state == states.SHADOWING for m in router._migrations)
+    return any(m.name == name and m.state == State.SHADOWING for m in router._migrations)
 
 
 def test_shadow_reads_name_a_key_changed_on_a_target_and_the_cutover_gate_refuses(env, tmp_path):
@@ -49,7 +49,7 @@ def test_shadow_reads_name_a_key_changed_on_a_target_and_the_cutover_gate_refuse
                              capture_output=True, text=True, timeout=60)
         assert out.returncode == 0, out.stderr
         doc = json.loads(out.stdout)
-        assert doc["state"] == states.SHADOWING and doc["shadow"]["sample"] == 1.0
+        assert doc["state"] == State.SHADOWING and doc["shadow"]["sample"] == 1.0
         wait_for(lambda: shadowing(router, name), 10, "the router to pick up the shadow sample")
 
         staying = [k for k in range(1, 200) if k not in set(moving_keys(2000))][:20]
@@ -67,19 +67,19 @@ def test_shadow_reads_name_a_key_changed_on_a_target_and_the_cutover_gate_refuse
         (mine,) = [r for r in co.store.router_reports() if r["router"] == router.name]
         assert mine["shadow"][TABLE]["mismatches"] == 1 and mine["counters"]["reads"] == len(keys) + len(staying)
         status = co.status(name)
-        assert status["state"] == states.SHADOWING
+        assert status["state"] == State.SHADOWING
         assert status["verification"]["mode"] == "shadow" and status["verification"]["equal"] is False
         assert status["routers"]["reporting"] >= 1
         assert status["routers"]["shadow"]["tables"][TABLE]["mismatches"] >= 1
 
         result = co.cutover(name)
-        assert result.outcome == GATES and result.exit_code == ExitCode.GATE_UNVERIFIED, result
+        assert result.outcome == Outcome.GATES and result.exit_code == ExitCode.GATE_UNVERIFIED, result
         assert co.store.active_epoch() == co.store.migration(name).from_epoch
 
         off = subprocess.run(reshard_cmd(cfg, "shadow", name, "--off", "--json"), capture_output=True, text=True,
                              timeout=60)
         assert off.returncode == 0 and json.loads(off.stdout)["shadow"] is None, off.stderr
-        assert co.store.migration(name).state == states.STREAMING
+        assert co.store.migration(name).state == State.STREAMING
 
 
 def test_reads_racing_a_busy_load_with_a_lagging_applier_settle_as_lag_not_mismatch(env):
@@ -129,7 +129,7 @@ def test_after_the_cutover_a_read_the_new_owner_does_not_answer_in_time_is_hedge
         assert result.exit_code == ExitCode.OK, result
         k = moving_keys(1)[0]
         with Router.from_config(env.config, hedge_after=0.3) as router:
-            wait_for(lambda: any(m.state == states.BAKING for m in router._migrations), 10, "the router to see it")
+            wait_for(lambda: any(m.state == State.BAKING for m in router._migrations), 10, "the router to see it")
             new_owner = router.owner(TABLE, [k])
             assert new_owner != "source1"
             assert router.read(TABLE, [k], read_row(k))[0][0] == k  # quick: no hedge

@@ -4,8 +4,8 @@ import json
 import subprocess
 from datetime import datetime, timedelta
 
-from reshard.control import states
-from reshard.cutover.orchestrator import DONE, SwitchOptions, cutover
+from reshard.control.states import State
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
 from reshard.kafka.connect_client import ConnectClient
 from tests.e2e.cutover_helpers import RouterLoad, acceptors, assert_acked_on_owners, moving_keys, setup
@@ -32,18 +32,18 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
         load = RouterLoad(env.config, threads=2, rate=150, seed=7).start()
         try:
             canary = cutover(env.config, co.store, name, SwitchOptions(only="0.1"))
-            assert canary.outcome == DONE, canary.message
+            assert canary.outcome == Outcome.DONE, canary.message
             waves = co.store.waves(name)
             assert len(waves) == 1 and waves[0]["state"] == "cut"
             cut = sum(len(b) for b in waves[0]["buckets"].values())
             assert 250 < cut < 350  # a tenth of the 3,072 moving buckets
-            assert co.store.migration(name).state == states.STREAMING  # the rest is still moving
+            assert co.store.migration(name).state == State.STREAMING  # the rest is still moving
             _epoch, active = co.store.active()
             owners = {active.owner("public.accounts", [k]) for k in moving_keys(200)}
             assert "source1" in owners and owners & {"target1", "target2"}  # half-way: some moved, some not
             rest = cutover(env.config, co.store, name, SwitchOptions())
-            assert rest.outcome == DONE and rest.wave == 2, rest.message
-            assert co.store.migration(name).state == states.BAKING
+            assert rest.outcome == Outcome.DONE and rest.wave == 2, rest.message
+            assert co.store.migration(name).state == State.BAKING
         finally:
             stats = load.stop()
         co.wait(name, timeout=60)
@@ -59,7 +59,7 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
     assert done.returncode == 0, done.stderr
     deleted = json.loads(done.stdout)["deleted_rows"]
     assert deleted > 1000
-    assert co.store.migration(name).state == states.COMPLETE
+    assert co.store.migration(name).state == State.COMPLETE
     with env.conn("source1") as conn:
         left = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
     assert left == on_source_before - deleted
@@ -116,7 +116,7 @@ def test_scheduled_cutover_interface(env, tmp_path):
         assert real.returncode == 0, real.stdout + real.stderr
         result = json.loads(real.stdout)
         assert result["outcome"] == "done" and result["pause_ms"] < 2000
-    assert co.store.migration(name).state == states.BAKING
+    assert co.store.migration(name).state == State.BAKING
 
 
 def test_abort_before_cutover_asks_first_and_leaves_the_sources_as_they_were(env, tmp_path):
@@ -130,7 +130,7 @@ def test_abort_before_cutover_asks_first_and_leaves_the_sources_as_they_were(env
     assert done.returncode == 0, done.stderr
     actions = json.loads(done.stdout)["actions"]
     assert any("dropped slot" in a for a in actions) and any("deleted connector" in a for a in actions)
-    assert co.store.migration(name).state == states.ABORTED
+    assert co.store.migration(name).state == State.ABORTED
     with env.conn("source1") as conn:
         assert conn.execute("SELECT count(*), sum(balance) FROM accounts").fetchone() == before
         assert not conn.execute("SELECT 1 FROM pg_publication").fetchone()
@@ -147,6 +147,6 @@ def test_abort_is_refused_once_a_wave_is_cut(env, tmp_path):
     with ApplierThread(co, name):
         co.wait(name, timeout=60)
         assert co.verify(name).equal
-        assert cutover(env.config, co.store, name, SwitchOptions(only="0.5")).outcome == DONE
+        assert cutover(env.config, co.store, name, SwitchOptions(only="0.5")).outcome == Outcome.DONE
     refused = cli(cfg, "abort", name, "--yes")
     assert refused.returncode == ExitCode.BAD_INPUT and "rollback" in refused.stderr

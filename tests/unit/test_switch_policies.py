@@ -8,9 +8,9 @@ from __future__ import annotations
 import psycopg
 import pytest
 
-from reshard.control import states
+from reshard.control.states import State
 from reshard.cutover import orchestrator as o
-from reshard.cutover.steps import CUTOVER, Switch
+from reshard.cutover.steps import Switch, SwitchKind
 from reshard.errors import BudgetExceeded, SwitchIncomplete
 from reshard.exit_codes import ExitCode
 from reshard.kafka.connect_client import ConnectError
@@ -47,7 +47,7 @@ class FakeStore:
         pass
 
     def settled_state(self, _m):
-        return states.STREAMING
+        return State.STREAMING
 
 
 class FakeSteps:
@@ -87,8 +87,8 @@ class FakeSteps:
 def attempt(steps: FakeSteps, budget: float = 2.0) -> tuple[o._Attempt, FakeStore]:
     store = FakeStore()
     orch = o.Orchestrator(None, store)  # type: ignore[arg-type]
-    sw = Switch(CUTOVER, "m", 1, BEFORE, AFTER)
-    result = o.SwitchResult(CUTOVER, "m", o.DONE, ExitCode.OK)
+    sw = Switch(SwitchKind.CUTOVER, "m", 1, BEFORE, AFTER)
+    result = o.SwitchResult(SwitchKind.CUTOVER, "m", o.Outcome.DONE, ExitCode.OK)
     return o._Attempt(orch, sw, o.SwitchOptions(max_write_pause=budget), steps, result), store
 
 
@@ -96,7 +96,7 @@ def test_a_failure_before_the_targets_flip_backs_out():
     steps = FakeSteps(fail={"flip_from": [BudgetExceeded("deadline passed")]})
     a, store = attempt(steps)
     result = a.run()
-    assert result.exit_code == ExitCode.CUTOVER_ABORTED and result.outcome == o.ABORTED
+    assert result.exit_code == ExitCode.CUTOVER_ABORTED and result.outcome == o.Outcome.ABORTED
     assert "back_out" in steps.calls and "flip_to" not in steps.calls and "activate" not in steps.calls
     assert store.finished == ["aborted"]
 
@@ -122,7 +122,7 @@ def test_past_the_targets_flip_it_retries_and_goes_forward(monkeypatch):
                                                         "expected")]})
     a, store = attempt(steps)
     result = a.run()
-    assert result.exit_code == ExitCode.OK and result.outcome == o.DONE
+    assert result.exit_code == ExitCode.OK and result.outcome == o.Outcome.DONE
     assert steps.calls.count("flip_to") == 3 and steps.calls.count("activate") == 2
     assert "back_out" not in steps.calls
     assert ("flip_to", "failed") in store.steps and store.finished == ["done"]
