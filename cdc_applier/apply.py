@@ -35,6 +35,7 @@ from reshard.cdc_applier.decode import ChangeEvent
 from reshard.cluster.catalog import TableInfo
 from reshard.cluster.shard_schema import pk_text_sql
 from reshard.errors import MigrationPaused, SchemaMismatch
+from reshard.failpoints import failpoint
 
 FULL, PARTIAL, DELETE = "u", "p", "d"  # what a staged row does to the target row
 
@@ -306,6 +307,8 @@ class TargetWriter:
             with self.conn.transaction():
                 self._run(items, stats)
                 self._record_offsets(offsets)
+                failpoint("apply_batch", "staged")
+            failpoint("apply_batch", "committed")
             return stats
         except (pgerr.UndefinedColumn, pgerr.UndefinedTable) as exc:
             raise SchemaMismatch(f"schema drift on {self.cluster}: its tables changed under the applier "

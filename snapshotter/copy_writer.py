@@ -19,6 +19,7 @@ import psycopg
 from psycopg import errors, pq, sql
 from psycopg.types.json import Jsonb
 
+from reshard.failpoints import failpoint
 from reshard.maps.shardmap import table_ident
 from reshard.snapshotter.cursor import KeysetCursor
 from reshard.snapshotter.throttle import CopyThrottle
@@ -218,6 +219,7 @@ def copy_batch(
             statement = psycopg.ClientCursor(src).mogrify(sql.SQL("COPY ({}) TO STDOUT{}").format(select, fmt), params)
             nbytes = _pipe(src, statement, inp, throttle)
         rows = tcur.rowcount
+        failpoint("copy_batch", "piped")
         tgt.execute(
             "UPDATE reshard.copy_cursor SET cursor = %s, rows_copied = %s, bytes_copied = %s, resumed_lsn = %s, "
             "done = %s, updated_at = now() WHERE migration = %s AND move_id = %s AND tbl = %s AND chunk = %s",
@@ -226,6 +228,7 @@ def copy_batch(
                 resumed_lsn, done, migration, move_id, cursor.table.name, chunk,
             ),
         )
+    failpoint("copy_batch", "committed")
     if upper is not None:
         cursor.after = upper
     if throttle is not None:

@@ -15,7 +15,7 @@ import pytest
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import forward
 from tests.chaos.harness import Fault, LedgerLoad, audit, setup
-from tests.e2e.helpers import assert_verified, spawn, wait_for, write_config_file
+from tests.e2e.helpers import assert_verified, at_failpoint, spawn, wait_for, write_config_file
 
 
 def _part(stack, name: str):
@@ -76,13 +76,14 @@ def test_the_applier_sigkilled_and_replaced_under_load(env, tmp_path):
     co, name = setup(env)
     co.start(name)
     cfg = write_config_file(env, tmp_path)
-    first = spawn(cfg, tmp_path / "apply1.log", "apply", name)
+    # stalled inside a batch's transaction on the targets (applied, not committed), and killed there
+    point = "apply_batch:staged#20"
+    first = spawn(cfg, tmp_path / "apply1.log", "apply", name, failpoint=point)
     second = None
     load = LedgerLoad(env.config, rate=150, seed=3).start()
-    f = Fault("applier SIGKILL, new one started", "streaming")
+    f = Fault("applier SIGKILL mid-batch, new one started", "streaming")
     try:
-        co.wait(name, timeout=90)
-        time.sleep(1.0)  # mid-batch, most likely: 150 transfers/s keep it busy
+        at_failpoint(first, tmp_path / "apply1.log", point, timeout=90)
         os.kill(first.pid, signal.SIGKILL)
         first.wait(timeout=10)
         time.sleep(3.0)

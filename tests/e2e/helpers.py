@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
@@ -12,6 +13,7 @@ import psycopg
 
 from reshard.config import write_config
 from reshard.coordinator import Coordinator
+from reshard.failpoints import FAILPOINT_ENV
 from reshard.maps.shardmap import parse_map
 from reshard.stack.demo import demo_maps
 from reshard.stack.workload import TABLE, create_table, seed
@@ -89,8 +91,18 @@ def reshard_cmd(config_path: Path, *args: str) -> list[str]:
     return [sys.executable, "-m", "reshard.cli", "--config", str(config_path), "--progress", "plain", *args]
 
 
-def spawn(config_path: Path, log: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen(reshard_cmd(config_path, *args), stdout=open(log, "wb"), stderr=subprocess.STDOUT)
+def spawn(config_path: Path, log: Path, *args: str, failpoint: str | None = None) -> subprocess.Popen:
+    """``reshard <args>`` in the background; with ``failpoint``, stalled there (see
+    reshard/failpoints.py) until the test kills it (wait with ``at_failpoint``)."""
+    env = {**os.environ, FAILPOINT_ENV: failpoint} if failpoint else None
+    return subprocess.Popen(reshard_cmd(config_path, *args), stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env)
+
+
+def at_failpoint(proc: subprocess.Popen, log: Path, point: str, timeout: float = 120) -> None:
+    """Wait until the process spawned with ``failpoint=point`` stalls there."""
+    wait_for(lambda: f"failpoint {point} reached" in log.read_text(errors="replace") or proc.poll() is not None,
+             timeout, f"failpoint {point}")
+    assert proc.poll() is None, f"exited ({proc.returncode}) before failpoint {point}:\n{log.read_text()}"
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

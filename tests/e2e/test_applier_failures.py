@@ -19,8 +19,8 @@ from reshard.stack.workload import Workload, create_table
 from tests.e2e.helpers import (
     ApplierThread,
     all_rows,
-    applied_count,
     assert_targets_equal_source,
+    at_failpoint,
     prepare,
     spawn,
     wait_for,
@@ -36,10 +36,12 @@ def test_sigkill_applier_mid_stream_then_restart_loses_nothing(env, tmp_path):
     load.start()
     try:
         co.start(name, batch_rows=5000)
-        for round_ in range(2):  # kill twice, at different depths of the stream
-            proc = spawn(cfg, tmp_path / f"apply{round_}.log", "apply", name, "--batch-size", "200")
-            floor = applied_count(env, name) + 300
-            wait_for(lambda floor=floor: applied_count(env, name) >= floor, 90, "the applier to apply events")
+        # killed twice, at different depths of the stream, each time with a batch committed on the
+        # targets and its Kafka offsets not: the next applier gets it again
+        for round_, point in enumerate(("apply_batch:committed#3", "apply_batch:committed#8")):
+            log = tmp_path / f"apply{round_}.log"
+            proc = spawn(cfg, log, "apply", name, "--batch-size", "200", failpoint=point)
+            at_failpoint(proc, log, point, timeout=90)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
             assert proc.returncode == -signal.SIGKILL

@@ -15,19 +15,22 @@ from reshard.stack.workload import Workload
 from tests.e2e.helpers import (
     ApplierThread,
     assert_targets_equal_source,
+    at_failpoint,
     prepare,
     reshard_cmd,
     spawn,
-    wait_for,
     write_config_file,
 )
 
 
 def _copied(env, name) -> int:
-    with psycopg.connect(env.config.control_dsn) as conn:
-        row = conn.execute("SELECT coalesce(sum(rows_copied), 0), bool_and(done) FROM reshard.copy_progress "
-                           "WHERE migration = %s", (name,)).fetchone()
-    return int(row[0]) if row and not row[1] else 0
+    """Rows the copy committed on the targets (each chunk's cursor: the durable fact)."""
+    total = 0
+    for target in ("target1", "target2"):
+        with psycopg.connect(env.dsn(target)) as conn:
+            total += conn.execute("SELECT coalesce(sum(rows_copied), 0) FROM reshard.copy_cursor WHERE migration = %s",
+                                  (name,)).fetchone()[0]
+    return int(total)
 
 
 def _chunks(env, name) -> dict[str, int]:
@@ -56,8 +59,9 @@ def test_sigkill_during_copy_then_rerun_resumes_and_ends_equal(env, tmp_path, wo
         _before, after = demo_maps(["target1", "target2"])
         (maps / "after.yaml").write_text(yaml.safe_dump(after))
         args = ("start", name, "--to", str(maps / "after.yaml"), "--batch-rows", "2000", "--copy-workers", str(workers))
-        proc = spawn(cfg, tmp_path / "start1.log", *args)
-        wait_for(lambda: _copied(env, name) >= 20_000, 120, "the copy to be well under way")
+        # stalled once ten batches (20,000 rows) committed, then killed there
+        proc = spawn(cfg, tmp_path / "start1.log", *args, failpoint="copy_batch:committed#10")
+        at_failpoint(proc, tmp_path / "start1.log", "copy_batch:committed#10")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=10)
         killed_at = _copied(env, name)
