@@ -32,12 +32,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
-from reshard.cdc_applier.decode import DecodeError, decode
+from reshard.cdc_applier.batch import Batch, prepare
 from reshard.cdc_applier.dlq import DeadLetters
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from reshard.cdc_applier.route import Router
@@ -115,19 +115,6 @@ def tag_origin(conn: psycopg.Connection[Any], prefix: str) -> str:
         except (psycopg.errors.ObjectInUse, psycopg.errors.UniqueViolation):
             continue
     raise Unavailable(f"all {ORIGIN_POOL} replication origins {prefix}_* are in use: too many applier workers")
-
-
-@dataclass
-class _Batch:
-    """A polled batch, decoded and routed: what the apply stage needs."""
-
-    per_dest: dict[tuple[str, Direction], list[Routed]] = field(default_factory=dict)
-    offsets: dict[tuple[str, int], int] = field(default_factory=dict)
-    by_pos: dict[tuple[str, int, int], Message] = field(default_factory=dict)
-    read: dict[str, int] = field(default_factory=dict)  # records per stream label, for the metrics
-    newest_ms: dict[str, int] = field(default_factory=dict)  # newest source commit time per stream label
-    echoes: int = 0
-    not_moving: int = 0
 
 
 class _Summary:
@@ -407,55 +394,21 @@ class Applier:
             log.warning("Kafka is reachable again after %.0fs; resuming", now - self._kafka_down_since)
         self._kafka_down_since, self._kafka_said = None, False
 
-    def _prepare(self, dlq: DeadLetters, msgs: list) -> _Batch:
-        """Decode and route a polled batch (records that cannot be decoded or routed go to
-        the dead-letter topic here; the batch's flush covers them)."""
-        b = _Batch()
-        for m in msgs:
-            err = m.error()
-            if err is not None:
-                if err.code() in (KafkaError._PARTITION_EOF, KafkaError.UNKNOWN_TOPIC_OR_PART):
-                    continue  # a stream's topics were just dropped (rollback, complete): resubscribe soon
-                raise Unavailable(f"Kafka consumer error: {err}")
-            tp = (m.topic(), m.partition())
-            b.offsets[tp] = m.offset() + 1
-            b.by_pos[(m.topic(), m.partition(), m.offset())] = m
-            self.stats.records += 1
-            label = self.router.label_of(m.topic())
-            b.read[label] = b.read.get(label, 0) + 1
-            try:
-                ev = decode(m.key(), m.value(), self.schemas)
-                if ev is None:
-                    continue
-                stream = self.router.stream_of(m.topic())
-                if stream.direction == Direction.REVERSE:
-                    self.stats.reverse_records += 1
-                if ev.ts_ms is not None and ev.ts_ms > b.newest_ms.get(label, 0):
-                    b.newest_ms[label] = ev.ts_ms
-                if self.router.is_echo(ev, stream):
-                    self.stats.echoes += 1
-                    b.echoes += 1
-                    continue
-                if ev.op == "t":
-                    raise MigrationPaused(
-                        f"TRUNCATE of {ev.table} on {stream.cluster} (Kafka {m.topic()}[{m.partition()}]@{m.offset()}): "
-                        "reshard will not guess which rows it meant elsewhere; the migration is paused"
-                    )
-                dest = self.router.target(ev, stream)
-            except DecodeError as exc:
-                dlq.send(m.topic(), m.partition(), m.offset(), m.key(), m.value(), str(exc))
-                self.stats.dead_letters += 1
-                self.metrics.dead_letter()
-                continue
-            if dest is None:
-                self.stats.not_moving += 1
-                b.not_moving += 1
-                continue
-            b.per_dest.setdefault((dest, stream.direction), []).append(
-                Routed(ev, m.topic(), m.partition(), m.offset(), stream.cluster))
+    def _prepare(self, dlq: DeadLetters, msgs: list) -> Batch:
+        """Decode and route a polled batch (see batch.py); records that cannot be decoded or
+        routed go to the dead-letter topic here (the batch's flush covers them)."""
+        b = prepare(msgs, self.router, self.schemas)
+        self.stats.records += b.records
+        self.stats.reverse_records += b.reverse
+        self.stats.echoes += b.echoes
+        self.stats.not_moving += b.not_moving
+        for m, reason in b.dead:
+            dlq.send(m.topic(), m.partition(), m.offset(), m.key(), m.value(), reason)
+            self.stats.dead_letters += 1
+            self.metrics.dead_letter()
         return b
 
-    def _finish(self, dlq: DeadLetters, b: _Batch) -> dict[tuple[str, int], int]:
+    def _finish(self, dlq: DeadLetters, b: Batch) -> dict[tuple[str, int], int]:
         """Apply a prepared batch per destination, dead-letter what a target rejected and
         flush the dead letters; returns the offsets the polling thread may now commit."""
         started = time.monotonic()

@@ -35,7 +35,7 @@ from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.records import MigrationRecord
 from reshard.control.store import ControlStore
-from reshard.errors import MigrationError, SetupError
+from reshard.errors import SetupError
 from reshard.kafka.streams import forward
 from reshard.maps.estimate import move_rows
 from reshard.maps.planner import Move, Plan
@@ -43,6 +43,7 @@ from reshard.maps.shardmap import table_ident
 from reshard.observe.progress import Progress
 from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
 from reshard.snapshotter.cursor import KeysetCursor
+from reshard.snapshotter.resume import chunk_count, source_start
 from reshard.snapshotter.slot import ExportedSnapshot, import_snapshot
 from reshard.snapshotter.throttle import UNTHROTTLED, CopyThrottle, ThrottleSettings
 
@@ -200,12 +201,9 @@ class Snapshotter:
         pending = [u for u in units if not self._unit_done(u)]
         report.units_already_done += len(units) - len(pending)
         c = self.config.cluster(source)
-        if not exists:
-            if recorded and recorded.get("consistent_lsn"):
-                raise MigrationError(
-                    f"replication slot {slot} on {source} is gone but migration {self.rec.name} recorded it; "
-                    "the stream cannot continue without it: abort this migration and start a new one"
-                )
+        start = source_start(self.rec.name, slot, source, slot_exists=exists, slot_lsn=slot_lsn,
+                             recorded_lsn=(recorded or {}).get("consistent_lsn"), pending_units=len(pending))
+        if start.create_slot:
             snap = ExportedSnapshot(c, slot)
             # the ordering that makes copy and stream meet exactly: slot (and its snapshot)
             # first, position recorded before any row is copied, connector on that slot
@@ -214,8 +212,7 @@ class Snapshotter:
             self.progress.step(f"{source}: slot {slot} created at {snap.lsn} with an exported snapshot")
             consistent, resumed_lsn = snap.lsn, None
         else:
-            consistent = (recorded or {}).get("consistent_lsn") or slot_lsn
-            consistent = str(consistent)
+            consistent = str(start.consistent_lsn)
             self.store.record_source(self.rec.name, source, slot_name=slot, publication=pub, consistent_lsn=consistent)
             snap = None
             resumed_lsn = None
@@ -225,7 +222,7 @@ class Snapshotter:
             if snap:
                 snap.close()
             return
-        if snap is None:
+        if start.fresh_snapshot:
             tmp = f"reshard_tmp_{zlib.crc32(slot.encode()):08x}"
             snap = ExportedSnapshot(c, tmp, temporary=True)
             resumed_lsn = snap.lsn
@@ -233,6 +230,7 @@ class Snapshotter:
             self.store.record_event(self.rec.name, "copy.resumed", cluster=source, snapshot_lsn=snap.lsn,
                                     pending=[f"{u.move.id}/{u.table}" for u in pending])
             self.progress.step(f"{source}: resuming {len(pending)} unfinished copy unit(s) from a fresh snapshot at {snap.lsn}")
+        assert snap is not None  # created above: with the slot, or fresh for a rerun with units left
         # the source's probe baseline is taken now, before this source's copy loads it
         def show(text: str) -> None:
             task.update(extra="" if text == UNTHROTTLED else f"({text})")
@@ -288,7 +286,7 @@ class Snapshotter:
                         f"{tgt_c.name} already holds rows of {u.table} in the range this move copies "
                         f"({u.move.summary}); reshard will not overwrite them. Empty them or abort the migration."
                     )
-                parts = max(1, min(self.workers, -(-u.estimate // self.batch_rows)))
+                parts = chunk_count(u.estimate, self.workers, self.batch_rows)
                 bounds: list[list[str]] = []
                 if parts > 1:
                     with connect(src_c.dsn, f"source cluster {src_c.name}", autocommit=True) as src:
