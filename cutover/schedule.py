@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from datetime import datetime
 from datetime import time as dtime
 from zoneinfo import ZoneInfo
 
-from reshard.errors import ConfigError
+from reshard.errors import ConfigError, WaitTimeout
+from reshard.retry import poll
 
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})$")
 
@@ -62,22 +64,25 @@ def wait_for_gates(check, timeout: float, window: Window | None = None, interval
     """Call ``check()`` (-> list of gates) until all pass, ``timeout`` passes, or the window
     closes. Returns the last gates. ``say`` hears what is waited for, with the failing
     gates' current values, when they change and at least every ``say_every`` seconds."""
-    deadline = time.monotonic() + timeout
+    limit = timeout if window is None else min(timeout, window.seconds_left())
+    deadline = time.monotonic() + limit
     said, said_at = "", 0.0
-    while True:
+    gates: list = []
+
+    def met() -> bool:
+        nonlocal gates, said, said_at
         gates = check()
         if all(g.ok for g in gates):
             if said and say:
                 say("gates met: " + "; ".join(f"{g.name}: {g.detail}" for g in gates))
-            return gates
-        left = deadline - time.monotonic()
-        if window is not None:
-            left = min(left, window.seconds_left())
-        if left <= 0:
-            return gates
-        if say:
-            now_failing = "; ".join(f"{g.name}: {g.detail}" for g in gates if not g.ok)
-            if now_failing != said or time.monotonic() - said_at >= say_every:
-                say(f"waiting for the gates ({left:.0f}s left): {now_failing}")
-                said, said_at = now_failing, time.monotonic()
-        time.sleep(min(interval, left))
+            return True
+        if say is None:
+            return False
+        now_failing = "; ".join(f"{g.name}: {g.detail}" for g in gates if not g.ok)
+        if now_failing != said or time.monotonic() - said_at >= say_every:
+            say(f"waiting for the gates ({max(0.0, deadline - time.monotonic()):.0f}s left): {now_failing}")
+            said, said_at = now_failing, time.monotonic()
+        return False
+    with contextlib.suppress(WaitTimeout):
+        poll(met, timeout=max(0.0, limit), interval=interval, what="the gates")
+    return gates

@@ -35,8 +35,10 @@ from reshard.cluster.catalog import require_table
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.store import ControlStore
+from reshard.errors import WaitTimeout
 from reshard.maps.planner import Move, Plan
 from reshard.proof.verify import SESSION, compare, recheck
+from reshard.retry import poll
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +123,11 @@ class ShadowReader:
 
     def drain(self, timeout: float = 30.0) -> bool:
         """Wait until every queued read is compared and every candidate settled (tests, shutdown)."""
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            if self._queue.unfinished_tasks == 0 and not self._pending:
-                return True
-            time.sleep(0.05)
-        return False
+        try:
+            return poll(lambda: self._queue.unfinished_tasks == 0 and not self._pending, timeout=timeout,
+                        interval=0.05, what="shadow reads settled")
+        except WaitTimeout:
+            return False
 
     def close(self) -> None:
         self._queue.put(None)

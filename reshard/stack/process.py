@@ -13,7 +13,6 @@ import os
 import pwd
 import signal
 import subprocess
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -94,14 +93,10 @@ def spawn(
             start_new_session=True,
             **kwargs,
         )
-    st = None
-    for _ in range(100):
-        st = _stat(proc.pid)
-        if st is not None:
-            break
-        time.sleep(0.01)
-    if st is None:
-        raise RuntimeError(f"{argv[0]} exited immediately; see {log}")
+    try:
+        st = poll(lambda: _stat(proc.pid), timeout=1.0, interval=0.01, what=f"{argv[0]} started")
+    except WaitTimeout:
+        raise RuntimeError(f"{argv[0]} exited immediately; see {log}") from None
     return ProcessRecord(proc.pid, st[1], list(argv), str(log))
 
 
