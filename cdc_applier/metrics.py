@@ -14,6 +14,8 @@ import time
 
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
+from reshard.errors import ConfigError
+
 STATS_INTERVAL_MS = 5000
 
 RECORDS = Counter("reshard_applier_records", "Kafka records read by this worker", ["migration", "stream"])
@@ -45,6 +47,21 @@ def serve(port: int, address: str = "127.0.0.1") -> None:
     if port:
         start_http_server(port, addr=address)
         served_port = port
+
+
+def serve_first_free(ports: list[int], address: str = "127.0.0.1") -> int:
+    """Serve ``/metrics`` on the first of ``ports`` free on ``address`` (several workers on
+    one host take the next ones); returns it (0: asked not to serve). ConfigError when
+    none is free."""
+    reason = ""
+    for port in ports:
+        try:
+            serve(port, address)
+            return port
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+    raise ConfigError(f"cannot serve metrics on {address}:{'/'.join(map(str, ports))} ({reason}): "
+                      "pass --metrics-port with a free port, or 0")
 
 
 class WorkerMetrics:

@@ -162,6 +162,7 @@ class Applier:
         self.kafka_outage_s = kafka_outage_s
         self.sample_every_s = sample_every_s
         self._kafka_down_since: float | None = None
+        self._last_sample = 0.0
         self._kafka_said = False
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
         self.router = Router(plan, streams_of(store, rec, plan))
@@ -250,22 +251,10 @@ class Applier:
             while inflight:
                 self._commit(consumer, inflight.pop().result())  # result() re-raises the apply's error
 
-        consumer = Consumer(client_conf(self.config.kafka, **{
-            "group.id": applier_group(self.rec.name),
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "client.id": self.worker_id,
-            "partition.assignment.strategy": "cooperative-sticky",
-            # a worker that dies (SIGKILL, lost host) gives its partitions away within 10 s
-            "session.timeout.ms": 10000,
-            # large fetches, bounded: at most ~64 MB waits in the client
-            "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
-            "error_cb": self._on_kafka_error,
-            "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.kafka_stats,
-        }))
+        consumer = self._consumer()
         dlq = DeadLetters(self.config.kafka, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
-        last_beat = last_sample = 0.0
+        last_beat = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)
         self.metrics.running(True)
@@ -290,17 +279,7 @@ class Applier:
                 now = time.monotonic()
                 if now - last_beat >= HEARTBEAT_S:
                     last_beat = now
-                    self.store.heartbeat(self.rec.name, self.worker_id, "applier", self._beat())
-                    if now - last_sample >= self.sample_every_s:
-                        last_sample = now
-                        self.store.record_sample(self.rec.name, self.worker_id, self.stats.records,
-                                                 self.stats.applied, self.metrics.max_lag_s(),
-                                                 self.metrics.records_lag())
-                    self._ride_out_outage(consumer, now)
-                    self._relay_events()
-                    if self._kafka_down_since is None:
-                        settle()
-                        self._refresh_streams(consumer)
+                    self._heartbeat(consumer, now, settle)
                 if until is not None and not msgs and until():
                     break
             settle()
@@ -311,19 +290,51 @@ class Applier:
             log.error("paused: %s", exc)
             raise
         finally:
-            self.metrics.running(False)
-            with contextlib.suppress(Exception):
-                settle()
-            pool.shutdown(wait=True)
-            try:
-                self.store.worker_stopped(self.rec.name, self.worker_id, self._beat())
-            except ReshardError:
-                pass
-            self._leave_group(consumer)
-            self._close_writers()
-            log.info("stopped: %d events applied from %d records, %d dead letters", self.stats.applied,
-                     self.stats.records, self.stats.dead_letters)
+            self._shut_down(consumer, pool, settle)
         return self.stats
+
+    def _consumer(self) -> Consumer:
+        return Consumer(client_conf(self.config.kafka, **{
+            "group.id": applier_group(self.rec.name),
+            "enable.auto.commit": False,
+            "auto.offset.reset": "earliest",
+            "client.id": self.worker_id,
+            "partition.assignment.strategy": "cooperative-sticky",
+            # a worker that dies (SIGKILL, lost host) gives its partitions away within 10 s
+            "session.timeout.ms": 10000,
+            # large fetches, bounded: at most ~64 MB waits in the client
+            "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
+            "error_cb": self._on_kafka_error,
+            "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.kafka_stats,
+        }))
+
+    def _heartbeat(self, consumer: Consumer, now: float, settle: Callable[[], None]) -> None:
+        """Every HEARTBEAT_S: say this worker lives, record a sample now and then, ride out a
+        Kafka outage, relay the audit log's events, and follow streams that came or went."""
+        self.store.heartbeat(self.rec.name, self.worker_id, "applier", self._beat())
+        if now - self._last_sample >= self.sample_every_s:
+            self._last_sample = now
+            self.store.record_sample(self.rec.name, self.worker_id, self.stats.records, self.stats.applied,
+                                     self.metrics.max_lag_s(), self.metrics.records_lag())
+        self._ride_out_outage(consumer, now)
+        self._relay_events()
+        if self._kafka_down_since is None:
+            settle()
+            self._refresh_streams(consumer)
+
+    def _shut_down(self, consumer: Consumer, pool: ThreadPoolExecutor, settle: Callable[[], None]) -> None:
+        """The batch in flight finishes and commits, the worker says it stopped, leaves the
+        group (its partitions move at once) and closes its sessions."""
+        self.metrics.running(False)
+        with contextlib.suppress(Exception):
+            settle()
+        pool.shutdown(wait=True)
+        with contextlib.suppress(ReshardError):
+            self.store.worker_stopped(self.rec.name, self.worker_id, self._beat())
+        self._leave_group(consumer)
+        self._close_writers()
+        log.info("stopped: %d events applied from %d records, %d dead letters", self.stats.applied,
+                 self.stats.records, self.stats.dead_letters)
 
     @staticmethod
     def _leave_group(consumer: Consumer, timeout: float = CLOSE_TIMEOUT_S) -> None:

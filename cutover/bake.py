@@ -40,9 +40,11 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
+from reshard.config import Config
 from reshard.control.states import State
+from reshard.control.store import ControlStore
 from reshard.cutover.orchestrator import (
     Outcome,
     SwitchOptions,
@@ -56,7 +58,7 @@ from reshard.errors import MigrationError, ReshardError
 from reshard.exit_codes import ExitCode
 from reshard.http import Endpoint, HttpClient
 from reshard.kafka.admin import KafkaAdmin
-from reshard.kafka.streams import Direction
+from reshard.kafka.streams import Direction, Stream
 from reshard.proof.catchup import applier_group
 
 
@@ -198,8 +200,18 @@ def run_query(url: str, query: str, timeout: float) -> Trigger | None:
     return Trigger("prometheus", f"query `{query}` returned {firing[0]:g}", {"query": query, "values": values[:10]})
 
 
+class BakeHost(Protocol):
+    """What a bake needs of the coordinator that runs it (reshard.coordinator.Coordinator)."""
+
+    config: Config
+    store: ControlStore
+
+    def streams(self, name: str) -> tuple[list[Stream], list[str]]: ...
+    def complete(self, name: str, **kw: Any) -> Any: ...
+
+
 class Baker:
-    def __init__(self, co: Any, migration: str, opts: BakeOptions, rollback_opts: SwitchOptions,
+    def __init__(self, co: BakeHost, migration: str, opts: BakeOptions, rollback_opts: SwitchOptions,
                  say: Callable[[str], None] | None = None, stop: threading.Event | None = None):
         self.co = co
         self.migration = migration

@@ -16,6 +16,7 @@ rerun after a crash finishes what is left:
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -25,12 +26,14 @@ from reshard.cluster import fence, shard_schema
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.lease import Lease
+from reshard.control.records import MigrationRecord
 from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
-from reshard.kafka.streams import streams_of
+from reshard.kafka.streams import Direction, streams_of
+from reshard.maps.planner import Plan
 from reshard.maps.planner import plan as make_plan
-from reshard.maps.shardmap import table_ident
+from reshard.maps.shardmap import ShardMap, table_ident
 from reshard.observe.progress import Progress
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
@@ -60,7 +63,6 @@ def complete(config: Config, store: ControlStore, migration: str, *, keep_source
 
 def _complete(config: Config, store: ControlStore, migration: str, lease: Lease, *, keep_source_data: bool,
               drop_fences: bool, batch_rows: int, pause_s: float, progress: Progress | None) -> CompleteResult:
-    progress = progress or Progress("off")
     rec = store.migration(migration)
     running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
     if rec.state == State.COMPLETE and not running:
@@ -72,70 +74,89 @@ def _complete(config: Config, store: ControlStore, migration: str, lease: Lease,
     store.set_state(migration, State.FINALIZING, why="complete: drop the streams, remove moved rows from the sources")
     attempt = running[0]["attempt"] if running else store.begin_attempt(
         migration, "complete", None, {"keep_source_data": keep_source_data, "drop_fences": drop_fences})
-    done = store.steps(migration, attempt)
     final = store.get_map(rec.to_epoch)
-    full = make_plan(store.get_map(rec.from_epoch), final)
-    epoch = store.require_active()[0]  # the migration's target map (every wave is cut)
-
-    def run(name: str, fn) -> None:
-        if done.get(name, {}).get("status") == "done":
-            result.steps.append({"step": name, "note": "done before"})
-            return
-        lease.check()
-        store.step(migration, attempt, name, "started")
-        t = time.monotonic()
-        detail = fn() or {}
-        store.step(migration, attempt, name, "done", **detail)
-        result.steps.append({"step": name, "ms": round((time.monotonic() - t) * 1000, 1), **detail})
-
-    def stop(direction: str) -> dict:
-        streams = [s for s in streams_of(store, rec, full) if s.direction == direction]
-        return {"actions": drop_streams(config, store, migration, streams, full.tables())}
-
-    def delete_rows() -> dict:
-        if keep_source_data:
-            return {"skipped": "--keep-source-data"}
-        total = 0
-        task = progress.task("delete moved rows", unit="rows")
-        for move in full.moves:
-            with connect(config.cluster(move.source).dsn, f"source cluster {move.source}", autocommit=True) as conn:
-                shard_schema.writer_session(conn)
-                for table in sorted(full.new.groups[move.group].tables):
-                    pred = full.predicate_sql(move, table, "t")
-                    while True:
-                        n = conn.execute(sql.SQL(
-                            "DELETE FROM {table} WHERE ctid = ANY(ARRAY(SELECT t.ctid FROM {table} t WHERE {pred} LIMIT {n}))"
-                        ).format(table=table_ident(table), pred=pred, n=sql.Literal(int(batch_rows)))).rowcount
-                        total += n
-                        task.advance(n)
-                        if n < batch_rows:
-                            break
-                        time.sleep(pause_s)  # throttle: leave the source's I/O to the application
-        task.close()
-        result.deleted_rows = total
-        return {"deleted_rows": total}
-
-    def fences() -> dict:
-        out = {}
-        for c in sorted(set(full.sources()) | set(full.targets())):
-            with connect(config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
-                shard_schema.install(conn)
-                out[c] = (fence.remove(conn, final.tables()) if drop_fences
-                          else fence.install(conn, fence.steady(c, epoch, final)))
-        return {"removed" if drop_fences else "steady": out}
-
-    def forget() -> dict:
-        dropped = []
-        for c in sorted(set(full.sources()) | set(full.targets())):
-            with connect(config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
-                dropped += shard_schema.forget(conn, migration)
-        return {"origins_dropped": dropped}
-
-    run("stop_reverse", lambda: stop("rev"))
-    run("stop_forward", lambda: stop("fwd"))
-    run("delete_source_rows", delete_rows)
-    run("fences", fences)
-    run("forget", forget)
+    c = _Completion(config, store, rec, lease, attempt, store.steps(migration, attempt), result,
+                    make_plan(store.get_map(rec.from_epoch), final), final, progress or Progress("off"))
+    c.run("stop_reverse", lambda: c.stop(Direction.REVERSE))
+    c.run("stop_forward", lambda: c.stop(Direction.FORWARD))
+    c.run("delete_source_rows", lambda: {"skipped": "--keep-source-data"} if keep_source_data
+          else c.delete_rows(batch_rows, pause_s))
+    c.run("fences", lambda: c.fences(drop_fences))
+    c.run("forget", c.forget)
     store.finish_attempt(migration, attempt, "done", {"deleted_rows": result.deleted_rows})
     store.set_state(migration, State.COMPLETE, why="complete: done, the point of no return passed")
     return result
+
+
+@dataclass
+class _Completion:
+    """The steps of one complete attempt; a step recorded done (by a run that crashed after
+    it) is not run again, and each step re-checks the lease first."""
+
+    config: Config
+    store: ControlStore
+    rec: MigrationRecord
+    lease: Lease
+    attempt: int
+    done: dict[str, dict]
+    result: CompleteResult
+    full: Plan
+    final: ShardMap
+    progress: Progress
+
+    def run(self, name: str, fn: Callable[[], dict | None]) -> None:
+        if self.done.get(name, {}).get("status") == "done":
+            self.result.steps.append({"step": name, "note": "done before"})
+            return
+        self.lease.check()
+        self.store.step(self.rec.name, self.attempt, name, "started")
+        t = time.monotonic()
+        detail = fn() or {}
+        self.store.step(self.rec.name, self.attempt, name, "done", **detail)
+        self.result.steps.append({"step": name, "ms": round((time.monotonic() - t) * 1000, 1), **detail})
+
+    def clusters(self) -> list[str]:
+        return sorted(set(self.full.sources()) | set(self.full.targets()))
+
+    def stop(self, direction: Direction) -> dict:
+        streams = [s for s in streams_of(self.store, self.rec, self.full) if s.direction == direction]
+        return {"actions": drop_streams(self.config, self.store, self.rec.name, streams, self.full.tables())}
+
+    def delete_rows(self, batch_rows: int, pause_s: float) -> dict:
+        """The moved rows leave the sources in batches of ``batch_rows``, ``pause_s`` apart
+        (leaving the sources' I/O to the application)."""
+        task = self.progress.task("delete moved rows", unit="rows")
+        for move in self.full.moves:
+            dsn = self.config.cluster(move.source).dsn
+            with connect(dsn, f"source cluster {move.source}", autocommit=True) as conn:
+                shard_schema.writer_session(conn)
+                for table in sorted(self.full.new.groups[move.group].tables):
+                    delete = sql.SQL("DELETE FROM {table} WHERE ctid = ANY(ARRAY("
+                                     "SELECT t.ctid FROM {table} t WHERE {pred} LIMIT {n}))").format(
+                        table=table_ident(table), pred=self.full.predicate_sql(move, table, "t"),
+                        n=sql.Literal(int(batch_rows)))
+                    while (n := conn.execute(delete).rowcount) > 0:
+                        self.result.deleted_rows += n
+                        task.advance(n)
+                        if n < batch_rows:
+                            break
+                        time.sleep(pause_s)
+        task.close()
+        return {"deleted_rows": self.result.deleted_rows}
+
+    def fences(self, drop: bool) -> dict:
+        epoch = self.store.require_active()[0]  # the migration's target map (every wave is cut)
+        out = {}
+        for c in self.clusters():
+            with connect(self.config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
+                shard_schema.install(conn)
+                out[c] = (fence.remove(conn, self.final.tables()) if drop
+                          else fence.install(conn, fence.steady(c, epoch, self.final)))
+        return {"removed" if drop else "steady": out}
+
+    def forget(self) -> dict:
+        dropped = []
+        for c in self.clusters():
+            with connect(self.config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
+                dropped += shard_schema.forget(conn, self.rec.name)
+        return {"origins_dropped": dropped}

@@ -328,7 +328,7 @@ class _Attempt:
         from-side accepted writes again, not when a slow or frozen to-side answered."""
         t = time.monotonic()
         out = self.steps.back_out()
-        unfenced = getattr(self.steps, "unfenced_at", None) or time.monotonic()
+        unfenced = self.steps.unfenced_at or time.monotonic()
         self.result.unfenced_after_ms = round((unfenced - self.t0) * 1000, 1)
         ms = round((time.monotonic() - t) * 1000, 1)
         if self.number is not None:

@@ -91,7 +91,11 @@ class Switch:
 
 
 class CutoverSteps(Protocol):
-    """One method per step. Each returns plain data about what it did (or would do)."""
+    """One method per step. Each returns plain data about what it did (or would do).
+    ``unfenced_at``: when ``back_out`` let the from-side's writes flow again (monotonic
+    time; None before a back-out)."""
+
+    unfenced_at: float | None
 
     def prepare(self) -> dict: ...
     def register_map(self) -> int: ...
@@ -300,6 +304,7 @@ class DryRunSteps:
         self.store = store
         self.sw = sw
         self.sentences: list[str] = []
+        self.unfenced_at: float | None = None
 
     def _say(self, text: str) -> None:
         self.sentences.append(text)

@@ -321,10 +321,34 @@ class Coordinator:
         # every part is asked separately: one that cannot be reached is named in
         # "unreachable" and the rest is still shown (the CLI then exits 4)
         unreachable: dict[str, str] = {}
-        client = ConnectClient(self.config.connect, timeout=STATUS_TIMEOUT_S)
-        starts = {("fwd", r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
-        starts.update({("rev", r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(name)})
         live = streams_of(self.store, rec, p)
+        shown, out["streams"] = self._streams_view(rec, live, unreachable)
+        out["waves"] = [{**w, "cut_at": w["cut_at"].isoformat() if w["cut_at"] else None,
+                         "pause_ms": float(w["pause_ms"]) if w["pause_ms"] is not None else None,
+                         "drain_ms": float(w["drain_ms"]) if w["drain_ms"] is not None else None}
+                        for w in self.store.waves(name)]
+        attempts = self.store.attempts(name)
+        out["last_attempt"] = ({**attempts[-1], "started_at": attempts[-1]["started_at"].isoformat(),
+                                "finished_at": attempts[-1]["finished_at"].isoformat()
+                                if attempts[-1]["finished_at"] else None} if attempts else None)
+        if shown:
+            out["lag"] = self._lag_view(name, p, shown, live, unreachable)
+        last = self.store.last_verification(name)
+        out["verification"] = {"at": last["at"].isoformat(), "equal": bool(last["detail"].get("equal")),
+                               "mode": last["detail"].get("mode", "once"),
+                               "differences": last["detail"].get("differences") or {}} if last else None
+        out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
+        out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
+        out["unreachable"] = unreachable
+        return out
+
+    def _streams_view(self, rec: MigrationRecord, live: list[Stream], unreachable: dict[str, str]
+                      ) -> tuple[list[Stream], list[dict]]:
+        """The streams that exist (a source's only once the copy created its slot), with
+        their connectors' states; Connect unreachable is said once."""
+        client = ConnectClient(self.config.connect, timeout=STATUS_TIMEOUT_S)
+        starts = {(Direction.FORWARD, r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
+        starts.update({(Direction.REVERSE, r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(rec.name)})
         shown, streams = [], []
         for st in live:
             if st.direction == Direction.FORWARD and (st.direction, st.cluster) not in starts:
@@ -342,37 +366,25 @@ class Coordinator:
                 "state": (cs or {}).get("connector", {}).get("state", "MISSING"),
                 "tasks": [t["state"] for t in (cs or {}).get("tasks", [])],
             })
-        out["streams"] = streams
-        out["waves"] = [{**w, "cut_at": w["cut_at"].isoformat() if w["cut_at"] else None,
-                         "pause_ms": float(w["pause_ms"]) if w["pause_ms"] is not None else None,
-                         "drain_ms": float(w["drain_ms"]) if w["drain_ms"] is not None else None}
-                        for w in self.store.waves(name)]
-        attempts = self.store.attempts(name)
-        out["last_attempt"] = ({**attempts[-1], "started_at": attempts[-1]["started_at"].isoformat(),
-                                "finished_at": attempts[-1]["finished_at"].isoformat()
-                                if attempts[-1]["finished_at"] else None} if attempts else None)
-        if streams:
-            slots = []
-            for st in shown:
-                try:
-                    slots += [s.__dict__ for s in slot_lag(self.config, [st])]
-                except Unavailable as exc:
-                    unreachable[f"cluster {st.cluster}"] = str(exc)
-            out["lag"] = {"streams": slots}
+        return shown, streams
+
+    def _lag_view(self, name: str, p: Plan, shown: list[Stream], live: list[Stream], unreachable: dict[str, str]
+                  ) -> dict:
+        """WAL each shown stream's slot has not confirmed, and Kafka records not applied."""
+        slots = []
+        for st in shown:
             try:
-                per_topic = topic_lag(self.config, name, Router(p, live).topics)
-                out["lag"].update(records=sum(per_topic.values()), topics=per_topic)
+                slots += [s.__dict__ for s in slot_lag(self.config, [st])]
             except Unavailable as exc:
-                unreachable["kafka"] = str(exc)
-                out["lag"]["error"] = str(exc)
-        last = self.store.last_verification(name)
-        out["verification"] = {"at": last["at"].isoformat(), "equal": bool(last["detail"].get("equal")),
-                               "mode": last["detail"].get("mode", "once"),
-                               "differences": last["detail"].get("differences") or {}} if last else None
-        out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
-        out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
-        out["unreachable"] = unreachable
-        return out
+                unreachable[f"cluster {st.cluster}"] = str(exc)
+        lag: dict[str, Any] = {"streams": slots}
+        try:
+            per_topic = topic_lag(self.config, name, Router(p, live).topics)
+            lag.update(records=sum(per_topic.values()), topics=per_topic)
+        except Unavailable as exc:
+            unreachable["kafka"] = str(exc)
+            lag["error"] = str(exc)
+        return lag
 
     # ---- teardown -------------------------------------------------------------------
     def forget_bookkeeping(self, name: str, p: Plan) -> None:

@@ -20,15 +20,18 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import psycopg
 from psycopg import sql
 
 from reshard.cluster.catalog import require_table
 from reshard.cluster.session import connect
+from reshard.config import Config
 from reshard.control import states
+from reshard.control.records import MigrationRecord
 from reshard.control.states import State
+from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import table_ident
@@ -112,8 +115,18 @@ def within(info: Any, lower: tuple | None, upper: tuple | None) -> sql.Composabl
     return sql.SQL(" AND ").join(parts) if parts else sql.SQL("true")
 
 
+class CheckHost(Protocol):
+    """What the checker needs of the coordinator that runs it (reshard.coordinator.Coordinator)."""
+
+    config: Config
+    store: ControlStore
+
+    def record(self, name: str) -> tuple[MigrationRecord, Plan]: ...
+    def wait(self, name: str, timeout: float) -> Any: ...
+
+
 class ContinuousChecker:
-    def __init__(self, co: Any, migration: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+    def __init__(self, co: CheckHost, migration: str, chunk_rows: int = DEFAULT_CHUNK_ROWS,
                  max_rows_per_second: float = DEFAULT_MAX_ROWS_PER_SECOND, max_diffs: int = 20,
                  say: Callable[[str], None] | None = None, stop: threading.Event | None = None):
         self.co = co

@@ -24,7 +24,7 @@ from reshard.cluster import fence
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.states import State
-from reshard.coordinator import Coordinator
+from reshard.coordinator import ApplierStats, Coordinator
 from reshard.errors import ConfigError
 from reshard.maps.shardmap import DEFAULT_BUCKETS, ShardMap, parse_map
 from reshard.observe.progress import Progress
@@ -105,17 +105,8 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
         raise ConfigError("the demo needs at least one cluster named target1, target2, ...")
     name = name or "demo_" + datetime.now(UTC).strftime("%Y%m%d_%H%M%S")
     co = Coordinator.open(config, progress)
-    report: dict = {"command": "demo", "migration": name,
-                    "source": SOURCE, "targets": targets}
-
-    progress.step(f"preparing {TABLE} on {SOURCE} with {rows:,} rows (and an empty copy on {', '.join(targets)})")
-    before_doc, after_doc = demo_maps(targets)
-    before, after = parse_map(before_doc, config.clusters), parse_map(after_doc, config.clusters)
-    report["reset"] = reset(co, targets, before)
-    with connect(config.cluster(SOURCE).dsn, f"cluster {SOURCE}", autocommit=True) as conn:
-        seed(conn, rows)
-    rec = co.create(name, after, before, settings={"demo": True})
-    report["moves"] = rec.moves
+    report: dict = {"command": "demo", "migration": name, "source": SOURCE, "targets": targets}
+    _prepare(co, name, targets, rows, report)
 
     router = None
     if cutover:
@@ -128,41 +119,18 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
     progress.step(f"live write load started{' through the router' if router else ''}: ~{write_rate:.0f} writes/s")
     try:
         progress.step(f"{name}: snapshot copy at the slot's position, while the load keeps writing")
-        snap = co.start(name)
-        report["copy"] = snap.to_dict()
-
-        stop = threading.Event()
-        applier = co.applier(name)
-        task = progress.task("apply", unit="events")
-        holder: dict = {}
-
-        def run_applier() -> None:
-            try:
-                holder["stats"] = applier.run(stop, task=task)
-            except BaseException as exc:  # surfaced below
-                holder["error"] = exc
-
-        thread = threading.Thread(target=run_applier, name="reshard-applier", daemon=True)
-        thread.start()
+        report["copy"] = co.start(name).to_dict()
+        applier = _BackgroundApplier(co, name, progress)
         progress.step(f"streaming changes for {stream_seconds:.0f}s with the load still running")
-        deadline = time.monotonic() + stream_seconds
-        while time.monotonic() < deadline and thread.is_alive():
-            time.sleep(0.5)
-        if cutover and thread.is_alive():
+        applier.run_for(stream_seconds)
+        if cutover and applier.alive():
             report["cutover"] = cut_over(co, name, progress, stream_seconds)
         load_stats = load.stop()
         report["load"] = load_stats.to_dict()
         progress.step(f"load stopped after {load_stats.operations:,} writes; proving catch-up")
-        if "error" in holder:
-            raise holder["error"]
-        caught = co.wait(name, timeout=timeout)
-        report["catch_up"] = caught.to_dict()
-        stop.set()
-        thread.join(timeout=60)
-        task.close()
-        if "error" in holder:
-            raise holder["error"]
-        report["apply"] = holder["stats"].to_dict()
+        applier.raise_if_failed()
+        report["catch_up"] = co.wait(name, timeout=timeout).to_dict()
+        report["apply"] = applier.finish().to_dict()
     finally:
         load.stop()
         if router is not None:
@@ -179,6 +147,56 @@ def run_demo(config: Config, progress: Progress, *, rows: int = 100_000, write_r
     else:
         report["left_running"] = left_running(co, name)
     return report
+
+
+def _prepare(co: Coordinator, name: str, targets: list[str], rows: int, report: dict) -> None:
+    """The sample table seeded on the source (empty on the targets), the routing map reset to
+    everything on the source, and the migration recorded."""
+    config, progress = co.config, co.progress
+    progress.step(f"preparing {TABLE} on {SOURCE} with {rows:,} rows (and an empty copy on {', '.join(targets)})")
+    before_doc, after_doc = demo_maps(targets)
+    before, after = parse_map(before_doc, config.clusters), parse_map(after_doc, config.clusters)
+    report["reset"] = reset(co, targets, before)
+    with connect(config.cluster(SOURCE).dsn, f"cluster {SOURCE}", autocommit=True) as conn:
+        seed(conn, rows)
+    report["moves"] = co.create(name, after, before, settings={"demo": True}).moves
+
+
+class _BackgroundApplier:
+    """The demo's applier, in a thread of this process; an error it raised surfaces here."""
+
+    def __init__(self, co: Coordinator, name: str, progress: Progress):
+        self.stop = threading.Event()
+        self.task = progress.task("apply", unit="events")
+        self.result: dict = {}
+        applier = co.applier(name)
+
+        def run() -> None:
+            try:
+                self.result["stats"] = applier.run(self.stop, task=self.task)
+            except BaseException as exc:  # surfaced by raise_if_failed
+                self.result["error"] = exc
+
+        self.thread = threading.Thread(target=run, name="reshard-applier", daemon=True)
+        self.thread.start()
+
+    def alive(self) -> bool:
+        return self.thread.is_alive()
+
+    def run_for(self, seconds: float) -> None:
+        """Let it apply for ``seconds`` (less if it stops)."""
+        self.thread.join(timeout=seconds)
+
+    def raise_if_failed(self) -> None:
+        if "error" in self.result:
+            raise self.result["error"]
+
+    def finish(self, timeout: float = 60.0) -> ApplierStats:
+        self.stop.set()
+        self.thread.join(timeout=timeout)
+        self.task.close()
+        self.raise_if_failed()
+        return self.result["stats"]
 
 
 def cut_over(co: Coordinator, name: str, progress: Progress, stream_seconds: float) -> dict:

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from reshard.config import ClusterConfig, Config, write_config
 from reshard.errors import StackError
-from reshard.stack.artifacts import ensure_jvm_artifacts
+from reshard.stack.artifacts import JvmArtifacts, ensure_jvm_artifacts
 from reshard.stack.connect import ConnectWorker
 from reshard.stack.kafka import KafkaBroker
 from reshard.stack.postgres import PostgresCluster, data_root
@@ -176,130 +176,20 @@ class Stack:
             security = self._security(state)
             if security:
                 security.ensure()
-            started: list[str] = []
-            running: list[str] = []
             names = [CONTROL] + [f"source{i}" for i in range(1, sources + 1)] + [f"target{i}" for i in range(1, targets + 1)]
             # clusters from an earlier, larger `up` stay part of the stack
             names += [n for n in state["clusters"] if n not in names]
-            root = data_root(self.home)
-            clusters: dict[str, PostgresCluster] = {}
-            to_start: list[str] = []
-            for name in names:
-                part = state["clusters"].get(name, {})
-                alive = self._alive(part)
-                port = part["port"] if alive else self._port(part.get("port"))
-                clusters[name] = PostgresCluster(name, root / name, port, self.home / "logs" / f"postgres-{name}.log",
-                                                 None if name == CONTROL else security)
-                state["clusters"][name] = {**part, "port": port, "datadir": str(root / name), "log": str(clusters[name].log)}
-                (running if alive else to_start).append(name)
-
-            kafka_part = state.get("kafka") or {}
-            kafka_alive = self._alive(kafka_part)
-            kafka_port = kafka_part["port"] if kafka_alive else self._port(kafka_part.get("port"))
-            ctl_port = kafka_part["controller_port"] if kafka_alive else self._port(kafka_part.get("controller_port"))
-            broker = KafkaBroker(self.home / "kafka", kafka_port, ctl_port, security)
-            connect_part = state.get("connect") or {}
-            connect_alive = self._alive(connect_part)
-            if connect_alive and not kafka_alive and kafka_part.get("port") not in (None, kafka_port):
-                # the broker comes back on another address: a worker pointing at the old one
-                # would retry forever while looking healthy, so it restarts with the new one
-                self.say(f"connect: restarting, Kafka moved from port {kafka_part['port']} to {kafka_port}")
-                stop(self._rec(connect_part))  # type: ignore[arg-type]
-                connect_alive = False
-            connect_port = connect_part["port"] if connect_alive else self._port(connect_part.get("port"))
-            worker = ConnectWorker(self.home / "connect", connect_port, broker.bootstrap, security)
-
-            registry_part = state.get("registry") or {}
-            registry_alive = self._alive(registry_part)
-            if registry_alive and registry_part.get("pg_port") != clusters[CONTROL].port:
-                # its storage came back on another port: restart it pointing there
-                self.say(f"registry: restarting, the control PostgreSQL moved to port {clusters[CONTROL].port}")
-                stop(self._rec(registry_part))  # type: ignore[arg-type]
-                registry_alive = False
-            art = None
-            if not (kafka_alive and connect_alive and registry_alive):
-                self.say("JVM artifacts: resolving the pinned Kafka, Connect and Debezium jars (cached after the first time)")
-                art = ensure_jvm_artifacts()
-
-            def start_pg(name: str) -> tuple[str, ProcessRecord]:
-                c = clusters[name]
-                c.init()
-                rec = c.start()
-                c.wait_ready(rec)
-                return name, rec
-
-            with ThreadPoolExecutor(max_workers=4) as pool:
-                pg_futures = [pool.submit(start_pg, n) for n in to_start]
-                kafka_rec = None
-                errors = []
-                try:
-                    if not kafka_alive:
-                        assert art is not None
-                        self.say(f"kafka: starting broker on 127.0.0.1:{kafka_port}")
-                        broker.init(art)
-                        kafka_rec = broker.start(art)
-                        state["kafka"] = {"port": kafka_port, "controller_port": ctl_port,
-                                          "log": str(broker.log), "process": kafka_rec.to_dict()}
-                        self._save(state)
-                    else:
-                        state["kafka"] = kafka_part
-                        running.append("kafka")
-                except StackError as exc:
-                    errors.append(f"kafka: {exc}")
-                finally:
-                    # whatever happened to the broker, the servers started beside it are
-                    # recorded, so that `stack down` stops them (never orphaned)
-                    for fut in pg_futures:
-                        try:
-                            name, rec = fut.result()
-                            state["clusters"][name]["process"] = rec.to_dict()
-                            started.append(name)
-                            self.say(f"postgres {name}: ready on 127.0.0.1:{clusters[name].port}")
-                        except StackError as exc:
-                            errors.append(str(exc))
-                    self._save(state)
-                if errors:
-                    raise StackError("\n".join(errors))
-            if kafka_rec is not None:
-                broker.wait_ready(kafka_rec)
-                started.append("kafka")
-                self.say(f"kafka: ready on {broker.bootstrap}")
-            if not connect_alive:
-                assert art is not None
-                self.say(f"connect: starting worker on {worker.url} (takes ~15 s)")
-                worker.init(art)
-                rec = worker.start(art)
-                state["connect"] = {"port": connect_port, "log": str(worker.log), "process": rec.to_dict()}
-                self._save(state)
-                worker.wait_ready(rec)
-                started.append("connect")
-                self.say(f"connect: ready on {worker.url}, Debezium PostgreSQL plugin loaded")
-            else:
-                state["connect"] = connect_part
-                running.append("connect")
-            if not registry_alive:
-                assert art is not None
-                clusters[CONTROL].ensure_database(REGISTRY_DB)
-                registry = SchemaRegistry(self.home / "registry", self._port(registry_part.get("port")),
-                                          clusters[CONTROL].port)
-                self.say(f"registry: starting Apicurio on {registry.url}")
-                rec = registry.start(art)
-                state["registry"] = {"port": registry.port, "pg_port": registry.pg_port, "log": str(registry.log),
-                                     "process": rec.to_dict()}
-                self._save(state)
-                registry.wait_ready(rec)
-                started.append("registry")
-                self.say(f"registry: ready on {registry.url}, schemas stored in the control PostgreSQL")
-            else:
-                state["registry"] = registry_part
-                running.append("registry")
-
-            for name, c in clusters.items():
+            bring = _BringUp(self, state, security)
+            bring.plan(names)
+            bring.postgres_and_kafka()
+            bring.connect()
+            bring.registry()
+            for name, c in bring.clusters.items():
                 c.ensure_database(CONTROL_DB if name == CONTROL else APP_DB)
             config = self._config(state)
             path = self.home / "reshard.yaml"
             write_config(config, path)
-            return UpResult(path, config, started, running)
+            return UpResult(path, config, bring.started, bring.running)
 
     def _config(self, state: dict) -> Config:
         security = self._security(state)
@@ -420,3 +310,137 @@ class Stack:
                 part["process"] = None
                 self._save(state)
         return stopped
+
+
+class _BringUp:
+    """One ``Stack.up``: which parts are already running (kept, on their ports) and which
+    start (on their old ports when free), each recorded in the state as soon as it has a
+    process, so that ``stack down`` can stop whatever did start."""
+
+    def __init__(self, stack: Stack, state: dict, security: Security | None):
+        self.stack, self.state, self.security = stack, state, security
+        self.say = stack.say
+        self.started: list[str] = []
+        self.running: list[str] = []
+        self.clusters: dict[str, PostgresCluster] = {}
+        self.to_start: list[str] = []
+        self.art: JvmArtifacts | None = None
+
+    def _record(self, key: str, part: dict) -> None:
+        self.state[key] = part
+        self.stack._save(self.state)
+
+    def plan(self, names: list[str]) -> None:
+        """Ports and liveness of every part; the JVM artifacts when a JVM part must start."""
+        st, root = self.stack, data_root(self.stack.home)
+        for name in names:
+            part = self.state["clusters"].get(name, {})
+            alive = st._alive(part)
+            port = part["port"] if alive else st._port(part.get("port"))
+            self.clusters[name] = PostgresCluster(name, root / name, port, st.home / "logs" / f"postgres-{name}.log",
+                                                  None if name == CONTROL else self.security)
+            self.state["clusters"][name] = {**part, "port": port, "datadir": str(root / name),
+                                            "log": str(self.clusters[name].log)}
+            (self.running if alive else self.to_start).append(name)
+        self.kafka_part = self.state.get("kafka") or {}
+        self.kafka_alive = st._alive(self.kafka_part)
+        kafka_port = self.kafka_part["port"] if self.kafka_alive else st._port(self.kafka_part.get("port"))
+        ctl_port = self.kafka_part["controller_port"] if self.kafka_alive else st._port(self.kafka_part.get("controller_port"))
+        self.broker = KafkaBroker(st.home / "kafka", kafka_port, ctl_port, self.security)
+        self.connect_part = self.state.get("connect") or {}
+        self.connect_alive = st._alive(self.connect_part)
+        if self.connect_alive and not self.kafka_alive and self.kafka_part.get("port") not in (None, kafka_port):
+            # the broker comes back on another address: a worker pointing at the old one
+            # would retry forever while looking healthy, so it restarts with the new one
+            self.say(f"connect: restarting, Kafka moved from port {self.kafka_part['port']} to {kafka_port}")
+            stop(st._rec(self.connect_part))  # type: ignore[arg-type]
+            self.connect_alive = False
+        self.registry_part = self.state.get("registry") or {}
+        self.registry_alive = st._alive(self.registry_part)
+        if self.registry_alive and self.registry_part.get("pg_port") != self.clusters[CONTROL].port:
+            # its storage came back on another port: restart it pointing there
+            self.say(f"registry: restarting, the control PostgreSQL moved to port {self.clusters[CONTROL].port}")
+            stop(st._rec(self.registry_part))  # type: ignore[arg-type]
+            self.registry_alive = False
+        if not (self.kafka_alive and self.connect_alive and self.registry_alive):
+            self.say("JVM artifacts: resolving the pinned Kafka, Connect and Debezium jars (cached after the first time)")
+            self.art = ensure_jvm_artifacts()
+
+    def _start_pg(self, name: str) -> tuple[str, ProcessRecord]:
+        c = self.clusters[name]
+        c.init()
+        rec = c.start()
+        c.wait_ready(rec)
+        return name, rec
+
+    def postgres_and_kafka(self) -> None:
+        """The clusters start in parallel beside the broker; every one that started is
+        recorded, whatever happened to the others."""
+        errors: list[str] = []
+        kafka_rec = None
+        with ThreadPoolExecutor(max_workers=4) as pool:
+            pg_futures = [pool.submit(self._start_pg, n) for n in self.to_start]
+            try:
+                if not self.kafka_alive:
+                    assert self.art is not None
+                    b = self.broker
+                    self.say(f"kafka: starting broker on 127.0.0.1:{b.port}")
+                    b.init(self.art)
+                    kafka_rec = b.start(self.art)
+                    self._record("kafka", {"port": b.port, "controller_port": b.controller_port, "log": str(b.log),
+                                           "process": kafka_rec.to_dict()})
+                else:
+                    self.state["kafka"] = self.kafka_part
+                    self.running.append("kafka")
+            except StackError as exc:
+                errors.append(f"kafka: {exc}")
+            finally:
+                for fut in pg_futures:
+                    try:
+                        name, rec = fut.result()
+                        self.state["clusters"][name]["process"] = rec.to_dict()
+                        self.started.append(name)
+                        self.say(f"postgres {name}: ready on 127.0.0.1:{self.clusters[name].port}")
+                    except StackError as exc:
+                        errors.append(str(exc))
+                self.stack._save(self.state)
+        if errors:
+            raise StackError("\n".join(errors))
+        if kafka_rec is not None:
+            self.broker.wait_ready(kafka_rec)
+            self.started.append("kafka")
+            self.say(f"kafka: ready on {self.broker.bootstrap}")
+
+    def connect(self) -> None:
+        if self.connect_alive:
+            self.state["connect"] = self.connect_part
+            self.running.append("connect")
+            return
+        assert self.art is not None
+        port = self.stack._port(self.connect_part.get("port"))
+        worker = ConnectWorker(self.stack.home / "connect", port, self.broker.bootstrap, self.security)
+        self.say(f"connect: starting worker on {worker.url} (takes ~15 s)")
+        worker.init(self.art)
+        rec = worker.start(self.art)
+        self._record("connect", {"port": port, "log": str(worker.log), "process": rec.to_dict()})
+        worker.wait_ready(rec)
+        self.started.append("connect")
+        self.say(f"connect: ready on {worker.url}, Debezium PostgreSQL plugin loaded")
+
+    def registry(self) -> None:
+        if self.registry_alive:
+            self.state["registry"] = self.registry_part
+            self.running.append("registry")
+            return
+        assert self.art is not None
+        control = self.clusters[CONTROL]
+        control.ensure_database(REGISTRY_DB)
+        registry = SchemaRegistry(self.stack.home / "registry", self.stack._port(self.registry_part.get("port")),
+                                  control.port)
+        self.say(f"registry: starting Apicurio on {registry.url}")
+        rec = registry.start(self.art)
+        self._record("registry", {"port": registry.port, "pg_port": registry.pg_port, "log": str(registry.log),
+                                  "process": rec.to_dict()})
+        registry.wait_ready(rec)
+        self.started.append("registry")
+        self.say(f"registry: ready on {registry.url}, schemas stored in the control PostgreSQL")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 
-from reshard.cli import _duration
+from reshard.cli.context import _duration
 from reshard.cutover.bake import RouterTotals, error_rate_trigger, query_values, run_check
 
 

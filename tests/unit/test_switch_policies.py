@@ -58,6 +58,7 @@ class FakeSteps:
         self.calls: list[str] = []
         self.fail = {k: list(v) for k, v in (fail or {}).items()}
         self.slow = slow or {}
+        self.unfenced_at = None
 
     def _do(self, name, out=None):
         self.calls.append(name)

@@ -1,0 +1,46 @@
+"""The `reshard` group: global options (config, progress, logs) and the exit codes in its help."""
+
+from __future__ import annotations
+
+import click
+
+from reshard import __version__
+from reshard.cli.context import Ctx
+from reshard.exit_codes import describe
+from reshard.observe.logs import FORMATS, LEVELS
+from reshard.observe.logs import configure as configure_logging
+
+EPILOG = "Exit codes:\n\n\b\n" + describe()
+
+
+@click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="reshard")
+@click.option("--config", "config_path", metavar="PATH", envvar="RESHARD_CONFIG",
+              help="reshard.yaml to use. Without it: ./reshard.yaml in the working directory, then the embedded "
+                   "stack's ($RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml); `reshard config` says "
+                   "which one is read.")
+@click.option("--progress", "progress_mode", type=click.Choice(["auto", "rich", "plain", "off"]), default="auto",
+              show_default=True, help="Progress on stderr: live bars on a terminal, plain lines in logs, or none.")
+@click.option("--log-level", type=click.Choice(LEVELS), default="info", show_default=True, envvar="RESHARD_LOG_LEVEL",
+              help="Log lines on stderr from this level up (reshard's own; other libraries: warnings and up).")
+@click.option("--log-format", type=click.Choice(FORMATS), default="text", show_default=True,
+              envvar="RESHARD_LOG_FORMAT",
+              help="text, or json: one object per line with migration, worker, stream and step fields (progress "
+                   "then goes through the log too). Passwords and secrets are never written.")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None, progress_mode: str, log_level: str, log_format: str) -> None:
+    """Online resharding for live PostgreSQL: snapshot, Debezium CDC over Kafka, idempotent apply.
+
+    \b
+    Quick start on this machine:
+      reshard stack up        # PostgreSQL, Kafka, Kafka Connect + Debezium on loopback
+      reshard demo            # a verified live migration, end to end
+    \b
+    A migration:
+      reshard start NAME --to new-map.yaml [--from current-map.yaml]
+      reshard apply NAME      # one applier worker; run more for more throughput
+      reshard wait NAME       # returns once the targets hold every committed change
+      reshard verify NAME
+    """
+    configure_logging(log_level, log_format)
+    ctx.obj = Ctx(config_path, progress_mode, log_format)
