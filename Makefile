@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint deps system-deps python-deps jvm-deps monitoring-deps unit e2e chaos stack-down clean
+.PHONY: demo test test-matrix lint deps system-deps python-deps jvm-deps pg-deps monitoring-deps unit e2e chaos stack-down clean
 
 demo: deps
 	$(VENV)/bin/reshard demo
@@ -29,11 +29,16 @@ unit: python-deps monitoring-deps
 e2e: deps monitoring-deps
 	$(VENV)/bin/pytest tests/e2e $(PYTEST_ARGS)
 
+# every test on every supported PostgreSQL major in turn (the session's stack runs that major;
+# `make test` runs the whole suite on the default major and the core path on the others)
+test-matrix: deps monitoring-deps
+	for v in 15 16 17 18; do RESHARD_TEST_PG=$$v $(VENV)/bin/pytest -m "not long" $(PYTEST_ARGS) || exit 1; done
+
 # faults under load, the long sweeps included (`make test` runs all but those)
 chaos: deps
 	$(VENV)/bin/pytest tests/chaos $(PYTEST_ARGS)
 
-deps: system-deps python-deps jvm-deps
+deps: system-deps python-deps jvm-deps pg-deps
 
 system-deps:
 	@bash scripts/install-system-deps.sh
@@ -49,6 +54,10 @@ $(STAMP): pyproject.toml
 # the pinned Kafka / Connect / Debezium jars, via Maven, cached in ~/.cache/reshard
 jvm-deps: python-deps
 	@$(PY) -m reshard.stack.artifacts
+
+# PostgreSQL server builds of the majors Debian does not ship (16, 17, 18), from Maven Central, cached
+pg-deps: python-deps
+	@$(PY) -m reshard.stack.pg_binaries 16 17 18
 
 # Prometheus and promtool (Debian's package, unpacked into the cache) for the monitoring tests
 monitoring-deps:

@@ -33,7 +33,7 @@ from reshard.cluster import fence, shard_schema  # noqa: E402
 from reshard.config import state_dir  # noqa: E402
 from reshard.maps.shardmap import parse_map  # noqa: E402
 from reshard.stack import Stack  # noqa: E402
-from reshard.stack.postgres import find_bindir  # noqa: E402
+from reshard.stack.pg_binaries import bindir as find_bindir  # noqa: E402
 
 DB = "bench_fence"
 MAP = parse_map({"groups": {"accounts": {"key": "bigint", "tables": {

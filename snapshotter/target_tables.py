@@ -1,11 +1,12 @@
 """Moving tables a target does not have yet, created from the source's own definition.
 
-``pg_dump --schema-only`` of just those tables, in two parts, as pgcopydb does: before
-the copy the table itself (columns, types, defaults, CHECK and NOT NULL constraints,
-identity columns and the sequences it owns) and its primary key, which the applier's
-upserts need; after the copy everything else of the post-data section (secondary
-indexes, unique and foreign-key constraints, triggers), so the copy writes into a table
-with one index only. reshard's own fence triggers are never copied. A statement the
+The definition is read from the source's catalog (reshard/cluster/table_ddl.py: no
+``pg_dump`` of a matching major needed), in two parts, as pgcopydb does: before the copy
+the table itself (columns, types, defaults, CHECK and NOT NULL constraints, identity
+columns and the sequences it owns) and its primary key, which the applier's upserts
+need; after the copy everything else (secondary indexes, unique and foreign-key
+constraints, triggers), so the copy writes into a table with one index only. reshard's
+own fence triggers are never copied. A statement the
 target cannot take (a foreign key to a table it does not have, a trigger whose function
 is missing) is reported, not fatal: the migration does not depend on it.
 
@@ -16,16 +17,15 @@ created once the migration's rows are gone from it.
 
 from __future__ import annotations
 
-import re
-import subprocess
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
 from psycopg import errors, sql
 
-from reshard.cluster import shard_schema
+from reshard.cluster import shard_schema, table_ddl
 from reshard.cluster.session import connect
+from reshard.cluster.table_ddl import Statement, TableDDL
 from reshard.config import Config
 from reshard.errors import SetupError
 from reshard.maps.shardmap import table_ident
@@ -42,30 +42,12 @@ class Created:
     skipped: list[str] = field(default_factory=list)  # statements the target could not take, and why
 
 
-def _dump(source_dsn: str, table: str, section: str) -> list[str]:
-    """The statements of one pg_dump section for one table, without psql meta-commands,
-    comments or session settings."""
-    out = subprocess.run(
-        ["pg_dump", "--schema-only", "--no-owner", "--no-privileges", "--no-comments", f"--section={section}",
-         "--table", table_ident(table).as_string(None), "--dbname", source_dsn],
-        capture_output=True, text=True, timeout=120,
-    )
-    if out.returncode != 0:
-        raise SetupError(f"pg_dump of {table}'s definition failed: {out.stderr.strip()[:500]}")
-    lines = [line for line in out.stdout.splitlines()
-             if line and not line.startswith(("--", "\\")) and not re.match(r"^(SET |SELECT pg_catalog\.)", line)]
-    return [s.strip() + ";" for s in "\n".join(lines).split(";\n") if s.strip().rstrip(";")]
+def _definition(config: Config, source: str, table: str) -> TableDDL:
+    with connect(config.cluster(source).dsn, f"source cluster {source}", autocommit=True) as conn:
+        return table_ddl.read(conn, table)
 
 
-def _is_primary_key(statement: str) -> bool:
-    return " PRIMARY KEY " in statement and statement.startswith("ALTER TABLE")
-
-
-def _is_reshards_own(statement: str) -> bool:
-    return "reshard." in statement and statement.startswith("CREATE TRIGGER")
-
-
-def _run(conn: psycopg.Connection[Any], statements: list[str], done: Created, where: str) -> None:
+def _run(conn: psycopg.Connection[Any], statements: list[Statement], done: Created, where: str) -> None:
     for s in statements:
         try:
             with conn.transaction():
@@ -74,7 +56,7 @@ def _run(conn: psycopg.Connection[Any], statements: list[str], done: Created, wh
             pass
         except psycopg.Error as exc:
             first = str(exc).strip().splitlines()[0]
-            done.skipped.append(f"{where}: {s.splitlines()[0][:120]} ({first})")
+            done.skipped.append(f"{where}: {s.as_string(conn).splitlines()[0][:120]} ({first})")
 
 
 def create_tables(config: Config, migration: str, target: str, tables: dict[str, str]) -> Created:
@@ -85,12 +67,11 @@ def create_tables(config: Config, migration: str, target: str, tables: dict[str,
         shard_schema.install(conn)
         for table, source in sorted(tables.items()):
             schema = table.split(".", 1)[0]
-            pre = _dump(config.cluster(source).dsn, table, "pre-data")
-            keys = [s for s in _dump(config.cluster(source).dsn, table, "post-data") if _is_primary_key(s)]
+            ddl = _definition(config, source, table)
             try:
                 with conn.transaction():
                     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(schema)))
-                    for s in pre + keys:
+                    for s in ddl.pre + ddl.primary_key:
                         conn.execute(s)
                     conn.execute("INSERT INTO reshard.created_tables (migration, tbl, source) VALUES (%s, %s, %s) "
                                  "ON CONFLICT DO NOTHING", (migration, table, source))
@@ -109,9 +90,7 @@ def finish_tables(config: Config, migration: str, target: str) -> Created:
         rows = conn.execute("SELECT tbl, source FROM reshard.created_tables WHERE migration = %s AND NOT finished "
                             "ORDER BY tbl", (migration,)).fetchall()
         for table, source in rows:
-            post = [s for s in _dump(config.cluster(source).dsn, table, "post-data")
-                    if not _is_primary_key(s) and not _is_reshards_own(s)]
-            _run(conn, post, done, f"{target} {table}")
+            _run(conn, _definition(config, source, table).post, done, f"{target} {table}")
             conn.execute("UPDATE reshard.created_tables SET finished = true WHERE migration = %s AND tbl = %s",
                          (migration, table))
             done.tables.append(table)

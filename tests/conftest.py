@@ -21,6 +21,7 @@ import pytest
 from reshard.config import ClusterConfig, Config
 from reshard.kafka.connect_client import ConnectClient
 from reshard.stack import Stack
+from reshard.stack.stack import PgVersions
 
 _counter = itertools.count(1)
 # every --json document a command prints in a test is checked against schemas/cli first
@@ -44,7 +45,9 @@ def stack(tmp_path_factory) -> Stack:
     st = Stack(home, say=lambda m: print(f"[stack] {m}", flush=True))
     started = time.monotonic()
     try:
-        st.up(sources=1, targets=2)
+        # RESHARD_TEST_PG: the PostgreSQL major of the session's clusters (make test-matrix)
+        major = int(os.environ["RESHARD_TEST_PG"]) if os.environ.get("RESHARD_TEST_PG") else None
+        st.up(sources=1, targets=2, pg=PgVersions(default=major))
         print(f"[stack] up in {time.monotonic() - started:.1f}s at {home}", flush=True)
         yield st
     finally:
@@ -79,20 +82,63 @@ def _admin_dsn(dsn: str) -> str:
 @pytest.fixture
 def env(stack: Stack) -> Env:
     base = stack.config()
+    yield from _env(base, {cname: c.dsn for cname, c in base.clusters.items()})
+
+
+def _env(base: Config, cluster_dsns: dict[str, str]):
+    """An Env of fresh databases on these clusters (and on the stack's control cluster)."""
     name = f"t{os.getpid() % 10000}x{next(_counter)}"
     clusters = {}
-    for cname, c in base.clusters.items():
-        with psycopg.connect(_admin_dsn(c.dsn), autocommit=True) as conn:
+    for cname, dsn in cluster_dsns.items():
+        with psycopg.connect(_admin_dsn(dsn), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
             conn.execute(f'CREATE DATABASE "{name}"')
-        dsn = _with_db(c.dsn, name)
-        clusters[cname] = ClusterConfig(cname, dsn, dsn)
+        fresh = _with_db(dsn, name)
+        clusters[cname] = ClusterConfig(cname, fresh, fresh)
     with psycopg.connect(_admin_dsn(base.control_dsn), autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         conn.execute(f'CREATE DATABASE "{name}"')
     config = replace(base, path=None, control_dsn=_with_db(base.control_dsn, name), clusters=clusters)
     yield Env(name, config)
     _cleanup(config, name)
+
+
+@pytest.fixture(scope="session")
+def pg_fleet(stack: Stack, tmp_path_factory):
+    """PostgreSQL servers of other majors beside the session's stack, whose Kafka, Connect
+    and registry serve them too: ``fleet(source major, target major)`` -> cluster -> DSN
+    (source1, target1, target2), started once per pair, stopped at the session's end."""
+    from reshard.stack.postgres import PostgresCluster, data_root
+    from reshard.stack.process import stop
+    from reshard.stack.stack import free_port
+
+    home = tmp_path_factory.mktemp("pg-fleet")
+    started, fleets = [], {}
+
+    def fleet(source: int, target: int) -> dict[str, str]:
+        if (source, target) not in fleets:
+            dsns = {}
+            for role, major in (("source1", source), ("target1", target), ("target2", target)):
+                name = f"{role}-pg{source}-pg{target}"
+                c = PostgresCluster(name, data_root(home) / name, free_port(), home / f"{name}.log", major=major)
+                c.init()
+                rec = c.start()
+                started.append(rec)
+                c.wait_ready(rec)
+                dsns[role] = c.dsn()
+            fleets[(source, target)] = dsns
+        return fleets[(source, target)]
+
+    yield fleet
+    for rec in started:
+        stop(rec)
+
+
+@pytest.fixture
+def versioned_env(request, stack: Stack, pg_fleet) -> Env:
+    """``env`` on a fleet of other PostgreSQL majors: parametrize with (source, target) majors."""
+    source, target = request.param
+    yield from _env(stack.config(), pg_fleet(source, target))
 
 
 def _cleanup(config: Config, name: str) -> None:

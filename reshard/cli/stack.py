@@ -10,6 +10,7 @@ from reshard.cli.context import Ctx, emit, json_option
 from reshard.cli.root import cli
 from reshard.config import state_dir
 from reshard.exit_codes import ExitCode
+from reshard.stack import pg_binaries
 
 
 @cli.command("config")
@@ -46,6 +47,9 @@ def stack() -> None:
     """
 
 
+PG_MAJORS = [str(m) for m in pg_binaries.SUPPORTED]
+
+
 def _stack(ctx: Ctx):
     from reshard.stack import Stack
 
@@ -61,16 +65,30 @@ def _stack(ctx: Ctx):
                    "with SCRAM passwords, SASL_SSL/SCRAM-SHA-256 on Kafka, https and basic auth on Connect's REST "
                    "API. Certificates and passwords are generated under the state directory (tls/, secrets/). "
                    "Chosen when the stack is created; later runs keep it.")
+@click.option("--pg-version", type=click.Choice(PG_MAJORS), default=None,
+              help=f"PostgreSQL major of the clusters created now (default {pg_binaries.DEFAULT}).")
+@click.option("--source-pg-version", type=click.Choice(PG_MAJORS), default=None,
+              help="PostgreSQL major of the source clusters (default: --pg-version).")
+@click.option("--target-pg-version", type=click.Choice(PG_MAJORS), default=None,
+              help="PostgreSQL major of the target clusters (default: --pg-version); not older than the sources'.")
 @json_option
 @click.pass_obj
-def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool) -> None:
+def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool, pg_version: str | None,
+             source_pg_version: str | None, target_pg_version: str | None) -> None:
     """Start every part that is not running, wait until all are healthy, write reshard.yaml.
 
     Running it again starts nothing twice: running parts are reported as such.
-    The first run fetches the pinned Kafka, Connect and Debezium jars via Maven.
+    The first run fetches the pinned Kafka, Connect and Debezium jars via Maven, and a
+    PostgreSQL major Debian does not provide from Maven Central. A cluster keeps the
+    major it was created with (`stack down --purge` to change it).
     """
+    from reshard.stack.stack import PgVersions
+
+    def major(v: str | None) -> int | None:
+        return int(v) if v else None
+    pg = PgVersions(major(pg_version), major(source_pg_version), major(target_pg_version))
     st = _stack(ctx)
-    res = st.up(sources, targets, secure=secure)
+    res = st.up(sources, targets, secure=secure, pg=pg)
     parts = [p.to_dict() for p in st.status()]
     emit(ctx, {"command": "stack up", "config": str(res.config_path), "started": res.started,
                "already_running": res.already_running, "parts": parts},
@@ -79,10 +97,11 @@ def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool) -> None:
 
 
 def _status_table(parts: list[dict]) -> str:
-    lines = [f"{'part':<10} {'kind':<9} {'pid':>8} {'port':>6}  {'state':<9} endpoint"]
+    lines = [f"{'part':<10} {'kind':<12} {'pid':>8} {'port':>6}  {'state':<9} endpoint"]
     for p in parts:
         state = "healthy" if p["healthy"] else ("unhealthy" if p["running"] else "stopped")
-        lines.append(f"{p['name']:<10} {p['kind']:<9} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state:<9} "
+        kind = f"{p['kind']} {p['version']}" if p.get("version") else p["kind"]
+        lines.append(f"{p['name']:<10} {kind:<12} {p['pid'] or '-':>8} {p['port'] or '-':>6}  {state:<9} "
                      f"{p['endpoint']}" + (f"  ({p['problem']})" if p.get("problem") else ""))
     return "\n".join(lines)
 

@@ -1,7 +1,7 @@
 """One embedded PostgreSQL cluster: initdb once, configure for logical decoding, run.
 
-The binaries come from Debian's ``postgresql-15`` package. PostgreSQL refuses to run
-as root, so when reshard runs as root the cluster runs as the ``postgres`` system user
+Any supported major (15-18, see pg_binaries.py); a cluster keeps the major it was
+initialized with. PostgreSQL refuses to run as root, so when reshard runs as root the cluster runs as the ``postgres`` system user
 (the package creates it); its data directory then has to live where that user can
 reach it, which a checkout under /root is not, so we fall back to a directory of
 its own under /var/tmp and link to it from the state directory.
@@ -22,10 +22,10 @@ import psycopg
 from psycopg import sql
 
 from reshard.errors import StackError
+from reshard.stack import pg_binaries
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 from reshard.stack.security import Security
 
-MIN_VERSION = 15
 SERVER_USER = "postgres"
 
 # Settings every reshard cluster needs (logical decoding, enough slots and senders
@@ -56,24 +56,6 @@ SECURE_HBA = """# reshard embedded stack, secured: TLS and a SCRAM password for 
 hostssl all all 127.0.0.1/32 scram-sha-256
 hostssl replication all 127.0.0.1/32 scram-sha-256
 """
-
-
-def find_bindir() -> Path:
-    """The newest installed PostgreSQL >= 15 (RESHARD_PG_BINDIR overrides)."""
-    env = os.environ.get("RESHARD_PG_BINDIR")
-    if env:
-        return Path(env)
-    found: list[tuple[int, Path]] = []
-    for d in Path("/usr/lib/postgresql").glob("*/bin"):
-        if (d / "initdb").is_file() and (d / "postgres").is_file() and d.parent.name.isdigit():
-            found.append((int(d.parent.name), d))
-    found = [f for f in found if f[0] >= MIN_VERSION]
-    if not found:
-        raise StackError(
-            "PostgreSQL >= 15 server binaries not found under /usr/lib/postgresql; "
-            "`make deps` installs Debian's postgresql-15"
-        )
-    return max(found)[1]
 
 
 def server_user() -> str | None:
@@ -121,6 +103,19 @@ class PostgresCluster:
     port: int
     log: Path
     security: Security | None = None  # secured mode: TLS and passwords
+    major: int | None = None  # the PostgreSQL major to initialize (None: the default); an existing cluster keeps its own
+
+    def initialized_major(self) -> int | None:
+        f = self.datadir / "PG_VERSION"
+        return int(f.read_text().strip()) if f.is_file() else None
+
+    def bindir(self) -> Path:
+        """The binaries of this cluster's major: the one it was initialized with, else the one asked for."""
+        existing = self.initialized_major()
+        if existing is not None and self.major is not None and existing != self.major:
+            raise StackError(f"postgres {self.name} was initialized with PostgreSQL {existing}, not {self.major}: "
+                             "`reshard stack down --purge` first to change the version")
+        return pg_binaries.bindir(existing or self.major)
 
     def dsn(self, dbname: str = "postgres") -> str:
         extra = f" {self.security.libpq()}" if self.security else ""
@@ -131,7 +126,7 @@ class PostgresCluster:
 
     def init(self) -> None:
         """initdb once; afterwards only the port line is kept current."""
-        bindir = find_bindir()
+        bindir = self.bindir()
         user = server_user()
         if not self.initialized():
             self.datadir.mkdir(parents=True, exist_ok=True)
@@ -171,8 +166,7 @@ class PostgresCluster:
     def start(self) -> ProcessRecord:
         # A stale postmaster.pid after a crash is fine: postgres checks whether the pid
         # in it is alive and refuses to start only if it is.
-        bindir = find_bindir()
-        return spawn([str(bindir / "postgres"), "-D", str(self.datadir)], self.log, user=server_user())
+        return spawn([str(self.bindir() / "postgres"), "-D", str(self.datadir)], self.log, user=server_user())
 
     def wait_ready(self, rec: ProcessRecord, timeout: float = 60.0) -> None:
         wait_healthy(rec, self.healthy, self.log, f"postgres {self.name}", f"postgres {self.name} not ready", timeout,

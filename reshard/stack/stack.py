@@ -25,6 +25,7 @@ from pathlib import Path
 
 from reshard.config import ClusterConfig, Config, write_config
 from reshard.errors import StackError
+from reshard.stack import pg_binaries
 from reshard.stack.artifacts import JvmArtifacts, ensure_jvm_artifacts
 from reshard.stack.connect import ConnectWorker
 from reshard.stack.kafka import KafkaBroker
@@ -86,6 +87,7 @@ class PartStatus:
     log: str | None
     problem: str | None = None  # why a running part is not healthy, when known
     tls: bool = False  # secured mode: reached over TLS
+    version: str | None = None  # postgres: the PostgreSQL major it runs
 
 
     @property
@@ -102,6 +104,41 @@ class PartStatus:
 
     def to_dict(self) -> dict:
         return {**self.__dict__, "endpoint": self.endpoint}
+
+
+@dataclass(frozen=True)
+class PgVersions:
+    """The PostgreSQL major of each role of a new stack (None: pg_binaries.DEFAULT). A
+    target older than its source is refused: a migration moves rows to a major at least
+    as new, which is how teams upgrade while they reshard."""
+
+    default: int | None = None  # control, and any role not given
+    sources: int | None = None
+    targets: int | None = None
+
+    def __post_init__(self) -> None:
+        for v in (self.default, self.sources, self.targets):
+            if v is not None:
+                pg_binaries.check_major(v)
+        if self.source_major > self.target_major:
+            raise StackError(f"targets on PostgreSQL {self.target_major} cannot take rows from sources on "
+                             f"{self.source_major}: a target must run the same major or a newer one")
+
+    @property
+    def source_major(self) -> int:
+        return self.sources or self.default or pg_binaries.DEFAULT
+
+    @property
+    def target_major(self) -> int:
+        return self.targets or self.default or pg_binaries.DEFAULT
+
+    def of(self, cluster: str) -> int | None:
+        """The major asked for ``cluster`` (None when nothing was asked: an existing cluster keeps its own)."""
+        if cluster.startswith("source"):
+            return self.sources or self.default
+        if cluster.startswith("target"):
+            return self.targets or self.default
+        return self.default
 
 
 @dataclass
@@ -163,11 +200,13 @@ class Stack:
     def _security(self, state: dict) -> Security | None:
         return Security(self.home) if state.get("secure") else None
 
-    def up(self, sources: int = 1, targets: int = 2, secure: bool = False) -> UpResult:
+    def up(self, sources: int = 1, targets: int = 2, secure: bool = False, pg: PgVersions | None = None) -> UpResult:
         """``secure``: TLS, SASL/SCRAM and passwords everywhere (see stack/security.py); chosen
-        when the stack is first created, kept by every later ``up``."""
+        when the stack is first created, kept by every later ``up``. ``pg``: the PostgreSQL
+        major of each role, for clusters created now (a cluster keeps the one it has)."""
         if sources < 1 or targets < 1:
             raise StackError("the embedded stack needs at least one source and one target cluster")
+        pg = pg or PgVersions()
         with self._locked() as state:
             if secure and state["clusters"] and not state.get("secure"):
                 raise StackError(f"the stack in {self.home} was created without --secure; "
@@ -179,7 +218,7 @@ class Stack:
             names = [CONTROL] + [f"source{i}" for i in range(1, sources + 1)] + [f"target{i}" for i in range(1, targets + 1)]
             # clusters from an earlier, larger `up` stay part of the stack
             names += [n for n in state["clusters"] if n not in names]
-            bring = _BringUp(self, state, security)
+            bring = _BringUp(self, state, security, pg)
             bring.plan(names)
             bring.postgres_and_kafka()
             bring.connect()
@@ -223,8 +262,10 @@ class Stack:
                 alive = self._alive(part)
                 c = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]),
                                     None if name == CONTROL else security)
+                major = c.initialized_major()
                 out.append(PartStatus(name, "postgres", part["port"], rec.pid if rec else None,
-                                      alive, alive and c.healthy(), part.get("log"), tls=c.security is not None))
+                                      alive, alive and c.healthy(), part.get("log"), tls=c.security is not None,
+                                      version=str(major) if major else None))
             broker_ok, bootstrap = False, None
             if state.get("kafka"):
                 part = state["kafka"]
@@ -317,8 +358,8 @@ class _BringUp:
     start (on their old ports when free), each recorded in the state as soon as it has a
     process, so that ``stack down`` can stop whatever did start."""
 
-    def __init__(self, stack: Stack, state: dict, security: Security | None):
-        self.stack, self.state, self.security = stack, state, security
+    def __init__(self, stack: Stack, state: dict, security: Security | None, pg: PgVersions):
+        self.stack, self.state, self.security, self.pg = stack, state, security, pg
         self.say = stack.say
         self.started: list[str] = []
         self.running: list[str] = []
@@ -337,10 +378,11 @@ class _BringUp:
             part = self.state["clusters"].get(name, {})
             alive = st._alive(part)
             port = part["port"] if alive else st._port(part.get("port"))
-            self.clusters[name] = PostgresCluster(name, root / name, port, st.home / "logs" / f"postgres-{name}.log",
-                                                  None if name == CONTROL else self.security)
-            self.state["clusters"][name] = {**part, "port": port, "datadir": str(root / name),
-                                            "log": str(self.clusters[name].log)}
+            c = PostgresCluster(name, root / name, port, st.home / "logs" / f"postgres-{name}.log",
+                                None if name == CONTROL else self.security, self.pg.of(name))
+            c.bindir()  # a cluster asked for another major than it has is refused before anything starts
+            self.clusters[name] = c
+            self.state["clusters"][name] = {**part, "port": port, "datadir": str(root / name), "log": str(c.log)}
             (self.running if alive else self.to_start).append(name)
         self.kafka_part = self.state.get("kafka") or {}
         self.kafka_alive = st._alive(self.kafka_part)
@@ -398,9 +440,10 @@ class _BringUp:
                 for fut in pg_futures:
                     try:
                         name, rec = fut.result()
-                        self.state["clusters"][name]["process"] = rec.to_dict()
+                        c = self.clusters[name]
+                        self.state["clusters"][name].update(process=rec.to_dict(), major=c.initialized_major())
                         self.started.append(name)
-                        self.say(f"postgres {name}: ready on 127.0.0.1:{self.clusters[name].port}")
+                        self.say(f"postgres {name}: PostgreSQL {c.initialized_major()} ready on 127.0.0.1:{c.port}")
                     except StackError as exc:
                         errors.append(str(exc))
                 self.stack._save(self.state)
