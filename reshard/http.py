@@ -44,17 +44,18 @@ class HttpClient:
         self.session.headers.update(headers or {})
         if endpoint.auth:
             self.session.auth = endpoint.auth
-        if endpoint.ca_file:
-            self.session.verify = endpoint.ca_file
-        if endpoint.cert_file:
-            self.session.cert = (endpoint.cert_file, endpoint.key_file) if endpoint.key_file else endpoint.cert_file
+        # given with every request: a CA file set on the session alone was seen ignored (requests
+        # 2.34 verified a session's https calls against its own bundle)
+        self.verify: bool | str = endpoint.ca_file or True
+        self.cert: str | tuple[str, str] | None = (
+            (endpoint.cert_file, endpoint.key_file) if endpoint.cert_file and endpoint.key_file else endpoint.cert_file)
 
     def request(self, method: str, path: str, *, json: Any = None, params: dict[str, str] | None = None,
                 stream: bool = False, timeout: float | None = None) -> requests.Response:
         """The response, whatever its status; Unavailable when there is none."""
         try:
             return self.session.request(method, self.url + path, json=json, params=params, stream=stream,
-                                        timeout=timeout or self.endpoint.timeout)
+                                        timeout=timeout or self.endpoint.timeout, verify=self.verify, cert=self.cert)
         except requests.RequestException as exc:
             raise Unavailable(f"{self.endpoint.what} at {self.url} is unreachable: {exc}") from None
 
