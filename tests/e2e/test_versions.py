@@ -36,6 +36,9 @@ def test_copy_stream_cutover_rollback_complete(versioned_env, request):
             assert_verified(co.verify(name))
             steps = []
             for kind, switch in (("cutover", cutover), ("rollback", rollback), ("cutover", cutover)):
+                if kind == "cutover" and steps:  # a cutover after a rollback wants a verification after it
+                    co.wait(name, timeout=90)
+                    assert_verified(co.verify(name))
                 result = switch(env.config, co.store, name, SwitchOptions())
                 assert result.outcome == Outcome.DONE, f"{kind}: {result.message}"
                 steps.append((kind, round(result.pause_ms)))
