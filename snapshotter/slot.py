@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reshard.cluster import features
 from reshard.cluster.session import connect
 from reshard.config import ClusterConfig
 
@@ -28,8 +29,10 @@ class ExportedSnapshot:
         self.slot = slot
         self.conn = connect(cluster.replication_dsn(), f"cluster {cluster.name} (replication)", autocommit=True)
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
-        row = self.conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export')").format(
-            sql.Identifier(slot), sql.SQL(kind))).fetchone()
+        # a failover slot (17+) follows a promoted standby; a temporary one cannot be one
+        failover = ", FAILOVER true" if not temporary and features.failover_slots(self.conn) else ""
+        row = self.conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export'{})").format(
+            sql.Identifier(slot), sql.SQL(kind), sql.SQL(failover))).fetchone()
         assert row is not None
         _slot, self.lsn, self.snapshot_name, _plugin = row
 

@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reshard.cluster import features
 from reshard.errors import MigrationError, WaitTimeout
 from reshard.maps.shardmap import table_ident
 from reshard.retry import poll
@@ -45,10 +46,14 @@ def slot_lsn(conn: psycopg.Connection[Any], slot: str) -> str | None:
 
 
 def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
-    """A logical slot (pgoutput) from the current position; returns its LSN. Idempotent."""
+    """A logical slot (pgoutput) from the current position, a failover slot where the server
+    has them (features.py); returns its LSN. Idempotent."""
     existing = slot_lsn(conn, slot)
     if existing is not None:
         return existing
+    if features.failover_slots(conn):  # (slot, plugin, temporary, two-phase, failover)
+        return conn.execute("SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput', false, false, "
+                            "true)", (slot,)).fetchone()[0]
     return conn.execute(
         "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
     ).fetchone()[0]

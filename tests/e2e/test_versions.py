@@ -16,6 +16,14 @@ from tests.e2e.helpers import ApplierThread, assert_verified
 MATRIX = [(16, 16), (17, 17), (18, 18), (15, 17)]
 
 
+def _failover_slots(env, cluster: str) -> list[bool] | None:
+    """Whether each of the test's slots on ``cluster`` is a failover slot (None: the server has none, < 17)."""
+    with env.conn(cluster) as conn:
+        if _major(env, cluster) < 17:
+            return None
+        return [r[0] for r in conn.execute("SELECT failover FROM pg_replication_slots WHERE database = current_database()")]
+
+
 def _major(env, cluster: str) -> int:
     with env.conn(cluster) as conn:
         return int(conn.execute("SHOW server_version_num").fetchone()[0]) // 10000
@@ -41,6 +49,10 @@ def test_copy_stream_cutover_rollback_complete(versioned_env, request):
                     assert_verified(co.verify(name))
                 result = switch(env.config, co.store, name, SwitchOptions())
                 assert result.outcome == Outcome.DONE, f"{kind}: {result.message}"
+                if not steps:  # the forward slot on the source, the reverse slots on the targets
+                    for cluster, major in zip(CLUSTERS, (source, target, target), strict=True):
+                        flags = _failover_slots(env, cluster)
+                        assert flags == (None if major < 17 else [True]), (cluster, flags)
                 steps.append((kind, round(result.pause_ms)))
                 time.sleep(1.5)  # the load writes on the new owners, and flows back through the reverse streams
         finally:
