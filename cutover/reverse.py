@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from reshard.cdc_applier.connector import ensure_connector
 from reshard.cluster import shard_schema
-from reshard.cluster.replication import advance_slot, create_slot, ensure_publication
+from reshard.cluster.replication import advance_slot, create_slot, ensure_publication, slot_active
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.store import ControlStore
@@ -33,8 +33,7 @@ def _wait_streaming(config: Config, cluster: str, slot: str, timeout: float) -> 
     forward stream for the worker, which the drain inside the write pause waits on."""
     with connect(config.cluster(cluster).dsn, f"target cluster {cluster}", autocommit=True) as conn:
         try:
-            poll(lambda: conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s",
-                                      (slot,)).fetchone() in ((True,),), timeout=timeout, interval=0.1,
+            poll(lambda: slot_active(conn, slot) is True, timeout=timeout, interval=0.1,
                  what=f"the reverse stream's slot {slot} on {cluster} streaming")
         except WaitTimeout as exc:
             raise WaitTimeout(f"{exc}; is its connector running? (reshard status)") from None

@@ -59,7 +59,7 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
     ).fetchone()[0]
 
 
-def _active(conn: psycopg.Connection[Any], slot: str) -> bool | None:
+def slot_active(conn: psycopg.Connection[Any], slot: str) -> bool | None:
     """Whether a consumer holds the slot now (None: there is no such slot)."""
     row = conn.execute("SELECT active FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
     return None if row is None else bool(row[0])
@@ -70,7 +70,7 @@ def advance_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 30.0)
     go of it; returns (the new position, bytes skipped). Only for WAL known to hold nothing
     the stream must carry."""
     try:
-        poll(lambda: not _active(conn, slot), timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
+        poll(lambda: not slot_active(conn, slot), timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
     except WaitTimeout:
         raise MigrationError(f"replication slot {slot} is still in use after {wait_s:.0f}s") from None
     before = slot_lsn(conn, slot)
@@ -82,10 +82,10 @@ def advance_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 30.0)
 
 def drop_slot(conn: psycopg.Connection[Any], slot: str, wait_s: float = 10.0) -> bool:
     """Drop the slot once its consumer let go of it. Returns whether it was dropped."""
-    if _active(conn, slot) is None:
+    if slot_active(conn, slot) is None:
         return False
     with contextlib.suppress(WaitTimeout):  # still in use: the drop below does nothing
-        poll(lambda: _active(conn, slot) is not True, timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
+        poll(lambda: slot_active(conn, slot) is not True, timeout=wait_s, interval=0.1, what=f"replication slot {slot} let go")
     row = conn.execute(
         "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = %s AND NOT active",
         (slot,),

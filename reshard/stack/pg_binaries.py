@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import os
+import pwd
 import shutil
 import subprocess
 import tarfile
@@ -43,8 +44,16 @@ def debian_bindir(major: int) -> Path | None:
     return d if (d / "initdb").is_file() and (d / "postgres").is_file() else None
 
 
-def _server_user() -> str | None:
-    return SERVER_USER if os.geteuid() == 0 else None
+def server_user() -> str | None:
+    """The user the server runs as: ourselves, or 'postgres' when we are root (PostgreSQL
+    refuses to run as root)."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SERVER_USER)
+    except KeyError:
+        raise StackError("running as root needs the 'postgres' system user (installed with postgresql-15)") from None
+    return SERVER_USER
 
 
 def _readable_by(user: str, path: Path) -> bool:
@@ -54,7 +63,7 @@ def _readable_by(user: str, path: Path) -> bool:
 def _unpack_root(version: str) -> Path:
     """Where a build is unpacked: the cache, or a place the server's user can read."""
     root = cache_dir() / "postgres" / version
-    user = _server_user()
+    user = server_user()
     if user is None:
         return root
     root.parent.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -23,10 +22,9 @@ from psycopg import sql
 
 from reshard.errors import StackError
 from reshard.stack import pg_binaries
+from reshard.stack.pg_binaries import server_user
 from reshard.stack.process import ProcessRecord, spawn, wait_healthy
 from reshard.stack.security import Security
-
-SERVER_USER = "postgres"
 
 # Settings every reshard cluster needs (logical decoding, enough slots and senders
 # for a connector per migration plus the snapshotter's exporting connection), on
@@ -56,17 +54,6 @@ SECURE_HBA = """# reshard embedded stack, secured: TLS and a SCRAM password for 
 hostssl all all 127.0.0.1/32 scram-sha-256
 hostssl replication all 127.0.0.1/32 scram-sha-256
 """
-
-
-def server_user() -> str | None:
-    """The user the server runs as: ourselves, or 'postgres' when we are root."""
-    if os.geteuid() != 0:
-        return None
-    try:
-        pwd.getpwnam(SERVER_USER)
-    except KeyError:
-        raise StackError("running as root needs the 'postgres' system user (installed with postgresql-15)") from None
-    return SERVER_USER
 
 
 def _reachable_by(user: str, path: Path) -> bool:

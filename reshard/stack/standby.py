@@ -20,7 +20,8 @@ import psycopg
 from psycopg import sql
 
 from reshard.errors import StackError
-from reshard.stack.postgres import PostgresCluster, server_user
+from reshard.stack.pg_binaries import server_user
+from reshard.stack.postgres import PostgresCluster
 from reshard.stack.process import ProcessRecord
 
 SKIP = ("postmaster.pid", "postmaster.opts", "backup_label", "backup_label.old", "tablespace_map")
