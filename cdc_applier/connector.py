@@ -15,6 +15,7 @@ from string import Template
 
 import psycopg
 
+from reshard.cluster import failover
 from reshard.config import Config
 from reshard.errors import ConfigError
 from reshard.kafka.admin import KafkaAdmin
@@ -97,16 +98,27 @@ def connect_password(config: Config, cluster: str) -> str:
     return f"${{file:{path}:password}}"
 
 
+def address(config: Config, cluster: str) -> tuple[str, str]:
+    """The host and port Debezium captures ``cluster`` through: the cluster's primary now when
+    its DSN lists standbys too (``database.hostname`` takes one host), else connect_dsn's."""
+    c = config.cluster(cluster)
+    if len(c.hosts()) == 1:
+        return c.hosts(for_connect=True)[0]
+    return failover.connect_address(c, failover.locate(c))
+
+
 def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
-           filter_echoes: bool = False, password: str = "") -> dict[str, str]:
-    """The connector's config. ``password`` is what connect_password returned: a reference.
+           filter_echoes: bool = False, password: str = "", at: tuple[str, str] | None = None) -> dict[str, str]:
+    """The connector's config. ``password`` is what connect_password returned: a reference;
+    ``at`` the (host, port) to capture from (``address``; connect_dsn's first by default).
     The cluster's ``connector`` properties from reshard.yaml come last (config validation
     keeps them off the properties reshard relies on)."""
     cluster = config.cluster(stream.cluster)
     params = cluster.params(for_connect=True)
+    host, port = at or cluster.hosts(for_connect=True)[0]
     values = {
-        "hostname": params.get("host", "127.0.0.1"),
-        "port": params.get("port", "5432"),
+        "hostname": host,
+        "port": port,
         "user": params.get("user", "postgres"),
         "password": password,
         "dbname": params.get("dbname", "postgres"),
@@ -135,7 +147,7 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
     client = ConnectClient(config.connect)
     wanted = render(config, stream, tables,
                     filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE),
-                    password=connect_password(config, stream.cluster))
+                    password=connect_password(config, stream.cluster), at=address(config, stream.cluster))
     current = client.config(stream.connector)
     if current is None or {k: v for k, v in current.items() if k != "name"} != wanted:
         client.put(stream.connector, wanted)

@@ -39,6 +39,7 @@ from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
 from reshard.cdc_applier.batch import Batch, prepare
 from reshard.cdc_applier.dlq import DeadLetters
+from reshard.cdc_applier.failover_watch import FailoverWatch
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
 from reshard.cdc_applier.route import Router
 from reshard.cluster import shard_schema
@@ -166,6 +167,7 @@ class Applier:
         self._kafka_said = False
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
         self.router = Router(plan, streams_of(store, rec, plan))
+        self.failover_watch = FailoverWatch(config, store, rec.name, plan.tables(), self.router.streams)
         self.stats = ApplierStats()
         self.writers: dict[tuple[str, str], TargetWriter] = {}
         # JSON topics need no registry; Avro ones are read with writer schemas fetched once per id
@@ -232,6 +234,7 @@ class Applier:
         streams = streams_of(self.store, self.rec, self.plan)
         if set(streams) != set(self.router.streams):
             self.router = Router(self.plan, streams)
+            self.failover_watch.follow(streams)
             self._close_writers()
             consumer.subscribe(self.topics)
 
@@ -258,6 +261,7 @@ class Applier:
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)
         self.metrics.running(True)
+        self.failover_watch.start()
         log.info("started: consumer group %s, %d topic(s), batches of up to %d records", applier_group(self.rec.name),
                  len(self.topics), self.batch_size)
         summary = _Summary(self.stats)
@@ -326,6 +330,7 @@ class Applier:
         """The batch in flight finishes and commits, the worker says it stopped, leaves the
         group (its partitions move at once) and closes its sessions."""
         self.metrics.running(False)
+        self.failover_watch.stop()
         with contextlib.suppress(Exception):
             settle()
         pool.shutdown(wait=True)

@@ -8,11 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from reshard.cluster.failover import Lineage
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.store import ControlStore
 from reshard.exit_codes import ExitCode
 from reshard.kafka.streams import Stream
+from reshard.proof.lineage import assess
 
 APPLIER_FRESH_S = 10.0
 
@@ -87,6 +89,15 @@ def applier_gate(store: ControlStore, migration: str) -> Gate:
     return Gate("applier", ok, len(fresh), ">= 1 worker reporting in the last 10 s",
                 f"{len(fresh)} applier worker(s) running" if ok else
                 f"no applier is running: start `reshard apply {migration}` (the drain needs it)", ExitCode.GATE_APPLIER)
+
+
+def lineage_gate(config: Config, store: ControlStore, migration: str, streams: list[Stream]) -> Gate:
+    """Every stream drained is still on its own slot (no failover lost it: proof/lineage.py)."""
+    found = assess(config, store, migration, streams)
+    lost = {f"{a.stream.direction}:{a.stream.cluster}": a.why for a in found if a.lineage == Lineage.LOST}
+    return Gate("streams", not lost, lost or "intact", "every stream on the slot reshard made",
+                "; ".join(f"{k} lost its slot: {why}" for k, why in lost.items()) if lost else
+                "every stream on its own slot", ExitCode.STREAM_LOST)
 
 
 def stream_wal_lag(config: Config, streams: list[Stream]) -> dict[str, int | None]:

@@ -161,7 +161,8 @@ class Orchestrator:
     def gates(self, sw: Switch, opts: SwitchOptions) -> list[g.Gate]:
         with KafkaAdmin(self.config.kafka) as admin:
             records = admin.lag(applier_group(sw.migration), sw.drain_topics())
-        out = [g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
+        out = [g.lineage_gate(self.config, self.store, sw.migration, sw.drain_streams),
+               g.lag_gate(records, opts.max_lag, g.stream_wal_lag(self.config, sw.drain_streams), opts.max_lag_bytes)]
         if sw.kind == SwitchKind.CUTOVER:
             if opts.require_verified:
                 out.append(g.verification_gate(self.store, sw.migration))

@@ -16,7 +16,7 @@ resuming them: no change travels through Kafka twice while the migration streams
 from __future__ import annotations
 
 from reshard.cdc_applier.connector import ensure_connector
-from reshard.cluster import shard_schema
+from reshard.cluster import failover, shard_schema
 from reshard.cluster.replication import advance_slot, create_slot, ensure_publication, slot_active
 from reshard.cluster.session import connect
 from reshard.config import Config
@@ -53,6 +53,9 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
                      (migration,))
         ensure_publication(conn, stream.publication, tables)
         start = create_slot(conn, stream.slot)
+        if stream.slot not in store.slot_origins(migration):
+            made_on = failover.origin(conn)
+            store.record_slot_origin(migration, target, stream.slot, made_on.system_id, made_on.timeline)
         if target in existing and client.stopped(stream.connector):
             # quieted by an attempt that backed out: the WAL since holds only echoes
             out["resumed_at"], out["echo_bytes_skipped"] = advance_slot(conn, stream.slot)

@@ -62,6 +62,10 @@ class ClusterConfig:
     def dbname(self) -> str:
         return self.params().get("dbname", "postgres")
 
+    def hosts(self, for_connect: bool = False) -> list[tuple[str, str]]:
+        """The (host, port) pairs the DSN lists, in its order: the primary and its standbys."""
+        return dsn_hosts(self.connect_dsn if for_connect else self.dsn)
+
     def replication_dsn(self) -> str:
         """A walsender connection on the same database (for CREATE_REPLICATION_SLOT)."""
         return make_conninfo(self.dsn, replication="database")
@@ -178,6 +182,18 @@ OWNED_CONNECTOR_PREFIXES = ("key.converter", "value.converter", "transforms", "p
                             "message.key.columns", "table.", "schema.")
 
 
+def dsn_hosts(dsn: str) -> list[tuple[str, str]]:
+    """The (host, port) pairs a DSN lists (libpq's rules: one port for all, or one per host)."""
+    params = {k: str(v) for k, v in conninfo_to_dict(dsn).items()}
+    names = params.get("host", "127.0.0.1").split(",")
+    ports = params.get("port", "5432").split(",")
+    if len(ports) == 1:
+        ports = ports * len(names)
+    if len(ports) != len(names):
+        raise ValueError(f"the DSN lists {len(names)} host(s) and {len(ports)} port(s)")
+    return list(zip(names, ports, strict=True))
+
+
 def _dsn(value: str) -> str:
     try:
         conninfo_to_dict(value)
@@ -234,6 +250,18 @@ class ClusterSection(_Section):
                              "encoded, where the drain proof reads); only other Debezium properties can be added "
                              "or changed")
         return connector
+
+    @model_validator(mode="after")
+    def _standbys(self) -> ClusterSection:
+        """A DSN that lists a primary and its standbys must reach the primary, whichever it is now."""
+        listed = dsn_hosts(self.dsn)
+        if len(listed) > 1 and conninfo_to_dict(self.dsn).get("target_session_attrs") not in ("read-write", "primary"):
+            raise ValueError("dsn lists several hosts (a primary and its standbys): add target_session_attrs=read-write "
+                             "so reshard's sessions reach the primary, whichever host it is after a failover")
+        if self.connect_dsn and len(dsn_hosts(self.connect_dsn)) not in (1, len(listed)):
+            raise ValueError(f"connect_dsn lists {len(dsn_hosts(self.connect_dsn))} hosts: list one (a name that "
+                             f"follows the primary) or the dsn's {len(listed)}, in the same order")
+        return self
 
 
 class KafkaSection(_Section):

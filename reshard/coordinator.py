@@ -350,6 +350,7 @@ class Coordinator:
         starts = {(Direction.FORWARD, r["cluster"]): str(r["consistent_lsn"]) for r in rec.sources}
         starts.update({(Direction.REVERSE, r["cluster"]): r["start_lsn"] for r in self.store.reverse_streams(rec.name)})
         shown, streams = [], []
+        origins = self.store.slot_origins(rec.name)
         for st in live:
             if st.direction == Direction.FORWARD and (st.direction, st.cluster) not in starts:
                 continue  # the snapshot has not created this source's slot yet
@@ -365,6 +366,8 @@ class Coordinator:
                 "from_lsn": starts.get((st.direction, st.cluster)),
                 "state": (cs or {}).get("connector", {}).get("state", "MISSING"),
                 "tasks": [t["state"] for t in (cs or {}).get("tasks", [])],
+                **({"slot_lineage": {k: origins[st.slot][k] for k in ("lineage", "why", "timeline")}}
+                   if st.slot in origins else {}),
             })
         return shown, streams
 

@@ -73,6 +73,13 @@ class SwitchIncomplete(ReshardError):
     exit_code = ExitCode.SWITCH_INCOMPLETE
 
 
+class StreamLost(ReshardError):
+    """A stream's slot is gone or was made anew after a failover: the changes in between are
+    not in it, so nothing can prove catch-up through it."""
+
+    exit_code = ExitCode.STREAM_LOST
+
+
 class Busy(ReshardError):
     """Another reshard process holds the migration's lease; nothing was done."""
 

@@ -25,6 +25,7 @@ class ExitCode(enum.IntEnum):
     RECONCILE_FAILED = 13
     BAKE_ROLLED_BACK = 14
     SWITCH_INCOMPLETE = 15
+    STREAM_LOST = 16
     GATE_LAG = 20
     GATE_UNVERIFIED = 21
     GATE_REVERSE = 22
@@ -52,6 +53,9 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     ExitCode.SWITCH_INCOMPLETE: "the cutover (or rollback) passed its point of no return (a target's flip) and "
     "could not finish (a cluster or the control database unreachable): the moving keys are refused until the "
     "same command is run again, which finishes it forward; nothing acknowledged is lost",
+    ExitCode.STREAM_LOST: "a stream's replication slot was lost (a source failed over on PostgreSQL 15/16, or to a "
+    "standby that had not synchronized the slot): catch-up cannot be proven and no cutover runs; the README's source "
+    "failover runbook says the way on",
     ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
     ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
     ExitCode.GATE_REVERSE: "gate failed: reverse replication cannot be set up on a target; nothing was fenced",

@@ -8,6 +8,7 @@ import psycopg
 from psycopg import sql
 
 from reshard.cluster import features
+from reshard.cluster.failover import Origin
 from reshard.cluster.session import connect
 from reshard.config import ClusterConfig
 
@@ -29,6 +30,11 @@ class ExportedSnapshot:
         self.slot = slot
         self.conn = connect(cluster.replication_dsn(), f"cluster {cluster.name} (replication)", autocommit=True)
         kind = "TEMPORARY LOGICAL" if temporary else "LOGICAL"
+        # the system and timeline the slot is made on (failover.py), asked first: any command
+        # after CREATE_REPLICATION_SLOT on this connection would end the exported snapshot
+        ident = self.conn.execute("IDENTIFY_SYSTEM").fetchone()
+        assert ident is not None
+        self.origin = Origin(str(ident[0]), int(ident[1]))
         # a failover slot (17+) follows a promoted standby; a temporary one cannot be one
         failover = ", FAILOVER true" if not temporary and features.failover_slots(self.conn) else ""
         row = self.conn.execute(sql.SQL("CREATE_REPLICATION_SLOT {} {} pgoutput (SNAPSHOT 'export'{})").format(

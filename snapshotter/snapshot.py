@@ -208,6 +208,7 @@ class Snapshotter:
             # the ordering that makes copy and stream meet exactly: slot (and its snapshot)
             # first, position recorded before any row is copied, connector on that slot
             self.store.record_source(self.rec.name, source, slot_name=slot, publication=pub, consistent_lsn=snap.lsn)
+            self.store.record_slot_origin(self.rec.name, source, slot, snap.origin.system_id, snap.origin.timeline)
             self.store.record_event(self.rec.name, "slot.created", cluster=source, slot=slot, lsn=snap.lsn)
             self.progress.step(f"{source}: slot {slot} created at {snap.lsn} with an exported snapshot")
             consistent, resumed_lsn = snap.lsn, None

@@ -21,6 +21,7 @@ from psycopg.rows import dict_row
 from reshard.cluster.session import connect
 from reshard.control.audit import AuditLog
 from reshard.control.lease import Lease
+from reshard.control.slots import SlotRecords
 from reshard.control.switch import SwitchRecords
 from reshard.control.workers import WorkerRecords
 from reshard.schema_migrations import upgrade
@@ -49,7 +50,7 @@ class _Borrowed:
             self.conn.rollback()
 
 
-class ControlStore(SwitchRecords, WorkerRecords, AuditLog):
+class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, AuditLog):
     """The control database: maps < migration records < the switch's records, beside what
     workers report and the audit log."""
 

@@ -212,6 +212,17 @@ class MigrationCollector(Collector):
                               ["migration", "stream", "cluster", "slot"])
         active = f.gauge("reshard_slot_active", "1 while a connector streams from the slot",
                          ["migration", "stream", "cluster", "slot"])
+        lost = f.gauge("reshard_slot_lost", "1 once a failover lost the stream's slot (the stream cannot prove "
+                       "catch-up: reshard/proof/lineage.py)", ["migration", "stream", "cluster", "slot"])
+        timeline = f.gauge("reshard_slot_timeline", "The primary's timeline the stream's slot is on (a failover "
+                           "that carried it moves it on)", ["migration", "stream", "cluster", "slot"])
+        origins = self.co.store.slot_origins(name)
+        for st in streams:
+            o = origins.get(st.slot)
+            if o is not None:
+                labels = [name, f"{st.direction}:{st.cluster}", st.cluster, st.slot]
+                lost.add_metric(labels, 1.0 if o["lineage"] == "lost" else 0.0)
+                timeline.add_metric(labels, float(o["timeline"]))
         for s in slot_lag(self.co.config, streams):
             labels = [name, s.stream, s.cluster, s.slot]
             if s.retained_bytes is not None:

@@ -100,6 +100,11 @@ def human(d: dict, r: Rates | None = None) -> str:
         way = "forward from" if s["direction"] == "fwd" else "reverse from"
         lines.append(f"  stream {way} {s['cluster']}: slot {s['slot']} from {s['from_lsn']}, connector "
                      f"{s['connector']} {s['state']} ({_tasks(s['tasks'])})")
+        lineage = s.get("slot_lineage") or {}
+        if lineage.get("lineage") == "lost":
+            lines.append(f"    SLOT LOST: {lineage['why']} (exit 16 from wait and cutover; see the failover runbook)")
+        elif lineage.get("lineage") == "carried":
+            lines.append(f"    failed over: {lineage['why']}")
     for w in d.get("waves", []):
         pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
         lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")

@@ -32,10 +32,11 @@ from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore
-from reshard.errors import MigrationError, WaitTimeout
+from reshard.errors import MigrationError, StreamLost, WaitTimeout
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Direction, Stream, streams_of
+from reshard.proof.lineage import require_intact
 from reshard.retry import poll
 
 log = logging.getLogger("reshard.proof.catchup")
@@ -139,9 +140,9 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
                 (x, s.slot),
             ).fetchone()
             if ok is None:
-                raise MigrationError(
+                raise StreamLost(
                     f"replication slot {s.slot} on {s.cluster} is gone: the stream lost its position and "
-                    "cannot prove catch-up; abort this migration and start a new one")
+                    "cannot prove catch-up; see the README's runbook for a source failover")
             if ok[0]:
                 del pending[s]
         return not pending
@@ -226,6 +227,7 @@ def prove_caught_up(config: Config, store: ControlStore, migration: str, timeout
     client = ConnectClient(config.connect)
     live = [s for s in streams_of(store, rec, plan) if s.direction == Direction.FORWARD or not client.stopped(s.connector)]
     topics = sorted(s.topic(t) for s in live for t in plan.tables())
+    require_intact(config, store, migration, live)  # a slot a failover lost confirms nothing of the stream's
     proof = wait_caught_up(config, migration, live, topics, timeout)
     store.record_event(migration, "catchup.proved", **proof.to_dict())
     return proof

@@ -84,6 +84,9 @@ def test_a_failover_slot_follows_the_promoted_standby_from_its_confirmed_positio
         assert conn.execute("SELECT pg_promote(true, 60)").fetchone()[0]
         wait_for(lambda: not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0], 30, "the promotion")
         conn.execute("INSERT INTO t SELECT generate_series(176, 180)")  # the new primary takes writes
+        # what tells a carried-over slot from one a consumer made anew on the new primary
+        assert conn.execute("SELECT failover, synced FROM pg_replication_slots WHERE slot_name = 's1'").fetchone() \
+            == (True, True)
         got = _changes(conn, "s1")
     ids = sorted(int(line.split("id[integer]:")[1].split()[0]) for line in got)
     assert ids == list(range(151, 181)), ids  # nothing lost, nothing confirmed before delivered again
