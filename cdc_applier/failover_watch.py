@@ -9,6 +9,12 @@ cluster's primary is now, and whether the slot there is still the stream's own),
 - a lost slot (15/16, or a standby that had not synchronized it) was recorded by the
   assessment: the stream is marked lost, the migration's error set, the connector paused.
 
+Every ``SYNC_EVERY_S`` it also asks the standbys a cluster's DSN lists (17+) whether they hold
+the stream's failover slot yet: a new slot is synchronized only once its consumer moved it
+past the standby's horizon, which a standby snapshot record on the primary
+(``pg_log_standby_snapshot``, superuser or granted) brings about at once rather than at the
+next checkpoint.
+
 A primary that cannot be reached (mid-failover) is asked again next round. It runs on its
 own thread: a slow cluster never holds the applier's poll loop.
 """
@@ -18,12 +24,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from typing import Any
 
 import psycopg
 
 from reshard.cdc_applier.connector import ensure_connector
-from reshard.cluster import failover
+from reshard.cluster import failover, features
 from reshard.cluster.failover import Lineage
 from reshard.config import Config
 from reshard.control.store import ControlStore
@@ -33,6 +40,7 @@ from reshard.proof.lineage import Assessment, assess
 
 log = logging.getLogger("reshard.cdc_applier.failover_watch")
 WATCH_EVERY_S = 2.0
+SYNC_EVERY_S = 10.0
 
 
 class FailoverWatch:
@@ -45,6 +53,7 @@ class FailoverWatch:
         self.streams = list(streams)
         self.every_s = every_s
         self.conns: dict[str, psycopg.Connection[Any]] = {}
+        self._synced_at = 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reshard-failover-watch", daemon=True)
 
@@ -80,7 +89,29 @@ class FailoverWatch:
                          self.every_s)
             elif a.lineage != Lineage.LOST and a.primary is not None:
                 self._point(a.stream, failover.connect_address(self.config.cluster(a.stream.cluster), a.primary))
+        if time.monotonic() - self._synced_at >= SYNC_EVERY_S:
+            self._synced_at = time.monotonic()
+            self._help_sync(found)
         return found
+
+    def _help_sync(self, found: list[Assessment]) -> None:
+        """Log a standby snapshot on a primary whose ready standbys lack one of its streams' slots."""
+        by_cluster: dict[str, list[Assessment]] = {}
+        for a in found:
+            if a.lineage in (Lineage.SAME, Lineage.CARRIED) and a.primary is not None \
+                    and a.primary.major >= features.FAILOVER_SLOTS and len(self.config.cluster(a.stream.cluster).hosts()) > 1:
+                by_cluster.setdefault(a.stream.cluster, []).append(a)
+        for cluster, assessed in by_cluster.items():
+            conn = self.conns.get(cluster)
+            primary = assessed[0].primary
+            if conn is None or conn.closed or primary is None:
+                continue
+            c = self.config.cluster(cluster)
+            behind = [sb for sb in failover.standbys(c, primary, conn, [a.stream.slot for a in assessed])
+                      if not sb.missing and not all(sb.synced.values())]
+            if behind:
+                with contextlib.suppress(psycopg.Error):
+                    conn.execute("SELECT pg_log_standby_snapshot()")
 
     def _point(self, stream: Stream, at: tuple[str, str]) -> None:
         """Re-register the connector if it captures from anywhere but the primary."""

@@ -11,13 +11,14 @@ created (abort). The CLI is a thin layer over these; so is the demo.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from reshard.cdc_applier.connector import drop_streams, ensure_connector
+from reshard.cdc_applier.failover_watch import FailoverWatch
 from reshard.cdc_applier.route import Router
 from reshard.cdc_applier.worker import Applier, ApplierStats
-from reshard.cluster import shard_schema
+from reshard.cluster import failover, shard_schema
 from reshard.cluster.catalog import table_info
 from reshard.cluster.session import connect
 from reshard.config import Config, check_name
@@ -139,6 +140,7 @@ class Coordinator:
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             self.check_services()
             setup = check_setup(self.config, p)
+            self._say_standbys(name, p.sources())
             for target, tables in setup.missing.items():
                 made = create_tables(self.config, name, target, tables)
                 self.progress.step(f"{target}: created {', '.join(made.tables)} from the source's definition "
@@ -148,14 +150,21 @@ class Coordinator:
             if rec.state == State.PLANNED:
                 self.store.set_state(name, State.BUILDING, why="start: slots and the snapshot copy")
 
+            # while the copy runs, the streams already started are followed through a failover
+            watch = FailoverWatch(self.config, self.store, name, p.tables(), []).start()
+
             def on_slot(source: str, _lsn: str) -> None:
                 stream = forward(name, source)
                 topics = ensure_connector(self.config, stream, p.tables())
                 self.store.record_source(name, source, connector=stream.connector, topics=topics)
                 self.progress.step(f"{source}: Debezium connector {stream.connector} running on slot {stream.slot}")
+                watch.follow([*watch.streams, stream])
 
-            report = Snapshotter(self.config, self.store, rec, p, self.progress,
-                                 batch_rows=batch_rows, workers=copy_workers, throttle=throttle).run(setup.units, on_slot)
+            try:
+                report = Snapshotter(self.config, self.store, rec, p, self.progress, batch_rows=batch_rows,
+                                     workers=copy_workers, throttle=throttle).run(setup.units, on_slot)
+            finally:
+                watch.stop()
             for target in p.targets():  # indexes, constraints and triggers of the tables created above
                 done = finish_tables(self.config, name, target)
                 report.tables_created += [f"{target}:{t}" for t in done.tables]
@@ -165,6 +174,26 @@ class Coordinator:
             self.store.set_state(name, State.STREAMING, why="start: copy done, changes stream",
                                  only_from=(State.BUILDING,), **report.to_dict())
             return report
+
+    def _say_standbys(self, name: str, clusters: list[str]) -> None:
+        """Before any slot: which standbys the sources list could not carry the streams through
+        a promotion, and what each lacks (a failover to one of them would lose the stream)."""
+        for cluster in clusters:
+            c = self.config.cluster(cluster)
+            if len(c.hosts()) < 2:
+                continue
+            with connect(c.dsn, f"cluster {cluster}", autocommit=True) as conn:
+                primary = failover.locate(c, conn)
+                found = failover.standbys(c, primary, conn, [])
+            for sb in found:
+                if sb.missing:
+                    self.progress.step(f"{cluster}: standby {sb.host}:{sb.port} could not carry the stream through a "
+                                       f"promotion; it lacks: {'; '.join(sb.missing)}")
+                    self.store.record_event(name, "standby.unready", cluster=cluster, host=sb.host, port=sb.port,
+                                            missing=sb.missing)
+                else:
+                    self.progress.step(f"{cluster}: standby {sb.host}:{sb.port} is set up to carry the stream's "
+                                       "failover slot")
 
     # ---- apply / wait -------------------------------------------------------------
     def applier(self, name: str, *, batch_size: int = 2000, **kw: Any) -> Applier:
@@ -337,6 +366,7 @@ class Coordinator:
         out["verification"] = {"at": last["at"].isoformat(), "equal": bool(last["detail"].get("equal")),
                                "mode": last["detail"].get("mode", "once"),
                                "differences": last["detail"].get("differences") or {}} if last else None
+        out["standbys"] = self._standbys_view(live, unreachable)
         out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
         out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
         out["unreachable"] = unreachable
@@ -370,6 +400,24 @@ class Coordinator:
                    if st.slot in origins else {}),
             })
         return shown, streams
+
+    def _standbys_view(self, live: list[Stream], unreachable: dict[str, str]) -> list[dict]:
+        """The standbys each stream's cluster lists in its DSN: what they lack to carry the
+        migration's slots through a promotion, and which slots they hold synchronized now."""
+        out = []
+        for cluster in sorted({s.cluster for s in live}):
+            c = self.config.cluster(cluster)
+            if len(c.hosts()) < 2:
+                continue
+            try:
+                with connect(c.dsn, f"cluster {cluster}", autocommit=True) as conn:
+                    primary = failover.locate(c, conn)
+                    found = failover.standbys(c, primary, conn, sorted(s.slot for s in live if s.cluster == cluster))
+            except Unavailable as exc:
+                unreachable[f"cluster {cluster}"] = str(exc)
+                continue
+            out += [{"cluster": cluster, "primary": f"{primary.host}:{primary.port}", **asdict(sb)} for sb in found]
+        return out
 
     def _lag_view(self, name: str, p: Plan, shown: list[Stream], live: list[Stream], unreachable: dict[str, str]
                   ) -> dict:

@@ -41,6 +41,7 @@ from reshard.maps.estimate import move_rows
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import table_ident
 from reshard.observe.progress import Progress
+from reshard.proof.lineage import require_intact
 from reshard.snapshotter.copy_writer import Chunk, binary_safe, copy_batch, create_chunks, load_chunks
 from reshard.snapshotter.cursor import KeysetCursor
 from reshard.snapshotter.resume import chunk_count, source_start
@@ -201,6 +202,9 @@ class Snapshotter:
         pending = [u for u in units if not self._unit_done(u)]
         report.units_already_done += len(units) - len(pending)
         c = self.config.cluster(source)
+        if exists or (recorded or {}).get("consistent_lsn"):
+            # a rerun: the slot must still be the stream's own (a failover may have lost it)
+            require_intact(self.config, self.store, self.rec.name, [forward(self.rec.name, source)])
         start = source_start(self.rec.name, slot, source, slot_exists=exists, slot_lsn=slot_lsn,
                              recorded_lsn=(recorded or {}).get("consistent_lsn"), pending_units=len(pending))
         if start.create_slot:

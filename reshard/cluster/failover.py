@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from reshard.cluster import features
 from reshard.cluster.session import connect
 from reshard.config import ClusterConfig
+from reshard.errors import ReshardError
 
 
 class Lineage(enum.StrEnum):
@@ -115,3 +117,69 @@ def judge(made_on: Origin | None, now: Primary, slot: SlotRow | None) -> tuple[L
         return Lineage.CARRIED, f"{moved}, and the standby had synchronized the slot"
     return Lineage.LOST, (f"{moved}; the slot there was not synchronized from the old primary (made anew), so the "
                           "changes in between are not in it")
+
+
+@dataclass(frozen=True)
+class Standby:
+    """A standby the cluster's DSN lists, and what it lacks to carry reshard's slots through a
+    promotion (empty: ready); ``synced`` says which of the slots asked about it holds now, ready
+    to survive a promotion."""
+
+    host: str
+    port: str
+    missing: list[str]
+    synced: dict[str, bool]
+
+
+def standbys(cluster: ClusterConfig, primary: Primary, primary_conn: psycopg.Connection[Any],
+             slots: list[str]) -> list[Standby]:
+    """Every other host of the DSN, checked for what a failover slot needs (17+): that it is a
+    standby of this primary, synchronizes slots, sends feedback and streams through a physical
+    slot the primary's logical walsenders wait for (``synchronized_standby_slots``)."""
+    out = []
+    waits_for = {s.strip() for s in _setting(primary_conn, "synchronized_standby_slots").split(",") if s.strip()}
+    for i, (host, port) in enumerate(cluster.hosts()):
+        if i == primary.index:
+            continue
+        dsn = make_conninfo(cluster.dsn, host=host, port=port, target_session_attrs="any", connect_timeout="5")
+        try:
+            with connect(dsn, f"cluster {cluster.name}'s standby {host}:{port}", autocommit=True) as conn:
+                out.append(_standby(conn, host, port, primary, waits_for, slots))
+        except ReshardError as exc:
+            out.append(Standby(host, port, [str(exc)], {}))
+    return out
+
+
+def _standby(conn: psycopg.Connection[Any], host: str, port: str, primary: Primary, waits_for: set[str],
+             slots: list[str]) -> Standby:
+    if not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]:
+        return Standby(host, port, ["it is not a standby (not in recovery): a second primary?"], {})
+    if features.major(conn) < features.FAILOVER_SLOTS:
+        return Standby(host, port, [f"PostgreSQL {features.major(conn)} has no slot synchronization (17+): a "
+                                    "promotion of this standby loses the migration's streams"], {})
+    missing = []
+    if _setting(conn, "sync_replication_slots") != "on":
+        missing.append("sync_replication_slots = on")
+    if _setting(conn, "hot_standby_feedback") != "on":
+        missing.append("hot_standby_feedback = on")
+    physical = _setting(conn, "primary_slot_name")
+    if not physical:
+        missing.append("primary_slot_name (a physical slot on the primary)")
+    elif physical not in waits_for:
+        missing.append(f"on the primary: synchronized_standby_slots to include '{physical}' (else a failover slot "
+                       "may confirm changes this standby has not received)")
+    conninfo = _setting(conn, "primary_conninfo")
+    if conninfo and "dbname" not in conninfo_to_dict(conninfo):
+        missing.append("dbname in primary_conninfo (the slot sync worker connects to a database)")
+    # a synchronized slot that is still temporary has not caught up with the primary's yet: a
+    # promotion drops it
+    rows = conn.execute("SELECT slot_name, synced AND NOT temporary FROM pg_replication_slots "
+                        "WHERE slot_name = ANY(%s)", (slots,))
+    have = {r[0]: bool(r[1]) for r in rows}
+    return Standby(host, port, missing, {s: have.get(s, False) for s in slots})
+
+
+def _setting(conn: psycopg.Connection[Any], name: str) -> str:
+    """A setting's value ("" when the server has no such setting or hides it from this role)."""
+    row = conn.execute("SELECT setting FROM pg_settings WHERE name = %s", (name,)).fetchone()
+    return str(row[0]) if row and row[0] is not None else ""

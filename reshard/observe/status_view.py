@@ -105,6 +105,10 @@ def human(d: dict, r: Rates | None = None) -> str:
             lines.append(f"    SLOT LOST: {lineage['why']} (exit 16 from wait and cutover; see the failover runbook)")
         elif lineage.get("lineage") == "carried":
             lines.append(f"    failed over: {lineage['why']}")
+    for sb in d.get("standbys", []):
+        synced = ", ".join(f"{slot} {'synced' if ok else 'NOT synced'}" for slot, ok in sb["synced"].items())
+        ready = "ready" if not sb["missing"] else "NOT READY, lacks: " + "; ".join(sb["missing"])
+        lines.append(f"  standby {sb['host']}:{sb['port']} of {sb['cluster']}: {ready}" + (f" ({synced})" if synced else ""))
     for w in d.get("waves", []):
         pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
         lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")

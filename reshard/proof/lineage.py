@@ -54,12 +54,8 @@ def assess(config: Config, store: ControlStore, migration: str, streams: list[St
                 out.append(Assessment(stream, Lineage.LOST, recorded["why"] or "lost"))
                 continue
             try:
-                conn = _conn(config, conns, stream.cluster)
-                primary = failover.locate(config.cluster(stream.cluster), conn)
-                slot = failover.slot_row(conn, stream.slot)
+                primary, slot = _ask(config, conns, stream)
             except (ReshardError, psycopg.Error) as exc:
-                with contextlib.suppress(Exception):
-                    conns.pop(stream.cluster).close()
                 out.append(Assessment(stream, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue
             made_on = failover.Origin(recorded["system_id"], recorded["timeline"]) if recorded else None
@@ -91,6 +87,23 @@ def require_intact(config: Config, store: ControlStore, migration: str, streams:
 def _message(stream: Stream, why: str) -> str:
     return (f"the {stream.direction} stream of {stream.cluster} (slot {stream.slot}) lost its position ({why}): it cannot prove "
             "catch-up; see the README's runbook for a source failover")
+
+
+def _ask(config: Config, conns: dict[str, psycopg.Connection[Any]], stream: Stream
+         ) -> tuple[Primary, failover.SlotRow | None]:
+    """The primary now and the slot's row there; a kept session that broke (its server went
+    away in a failover) is replaced once at once, reaching whichever host is the primary now."""
+    for attempt in (1, 2):
+        fresh = stream.cluster not in conns
+        try:
+            conn = _conn(config, conns, stream.cluster)
+            return failover.locate(config.cluster(stream.cluster), conn), failover.slot_row(conn, stream.slot)
+        except (ReshardError, psycopg.Error):
+            with contextlib.suppress(Exception):
+                conns.pop(stream.cluster).close()
+            if fresh or attempt == 2:
+                raise
+    raise AssertionError("unreachable")
 
 
 def _conn(config: Config, conns: dict[str, psycopg.Connection[Any]], cluster: str) -> psycopg.Connection[Any]:

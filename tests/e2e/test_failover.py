@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -24,11 +25,12 @@ import pytest
 
 from reshard.cluster.failover import Lineage
 from reshard.control.states import State
-from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback
 from reshard.errors import StreamLost
 from reshard.exit_codes import ExitCode
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import forward
+from reshard.snapshotter.throttle import ThrottleSettings
 from reshard.stack import standby as standbys
 from reshard.stack.postgres import PostgresCluster, data_root
 from reshard.stack.process import stop
@@ -66,14 +68,9 @@ def failover_env(request, stack, tmp_path):
             stop(rec)
 
 
-def _synced_on_standby(primary: PostgresCluster, replica: PostgresCluster, slot: str) -> bool:
-    """Whether the standby holds a synchronized copy of the slot (a standby snapshot record
-    helps the sync along: a new slot is synced once its consumer moved it past the standby's horizon)."""
-    with psycopg.connect(primary.dsn(), autocommit=True) as p:
-        p.execute("SELECT pg_log_standby_snapshot()")
-    with psycopg.connect(replica.dsn()) as s:
-        row = s.execute("SELECT synced FROM pg_replication_slots WHERE slot_name = %s", (slot,)).fetchone()
-    return bool(row and row[0])
+def _standby_view(co, name: str) -> dict:
+    (view,) = co.status(name)["standbys"]
+    return view
 
 
 def _fail_over(primary_rec, replica: PostgresCluster) -> None:
@@ -101,7 +98,9 @@ def test_a_source_failover_mid_stream_is_followed_with_nothing_lost(failover_env
         load = RouterLoad(env.config, threads=2, rate=150, seed=22).start()
         try:
             co.wait(name, timeout=90)
-            wait_for(lambda: _synced_on_standby(primary, replica, stream.slot), 90,
+            assert _standby_view(co, name)["missing"] == []
+            # the applier's watch helps the sync along (a standby snapshot record on the primary)
+            wait_for(lambda: _standby_view(co, name)["synced"] == {stream.slot: True}, 90,
                      "the standby to synchronize the failover slot", interval=1.0)
             acked_before = load.stats.writes
             _fail_over(recs["primary"], replica)
@@ -134,11 +133,86 @@ def test_a_source_failover_mid_stream_is_followed_with_nothing_lost(failover_env
           f"cutover write pause {result.pause_ms:.0f} ms")
 
 
+@pytest.mark.parametrize("failover_env", [17], indirect=True, ids=["pg17"])
+def test_a_source_failover_during_the_copy_is_resumed_on_the_new_primary(failover_env):
+    _major, env, primary, replica, recs = failover_env
+    co, name = setup(env, rows=40_000)
+    stream = forward(name, "source1")
+    copying: dict = {}
+
+    def copy() -> None:
+        try:
+            copying["report"] = co.start(name, batch_rows=500, throttle=ThrottleSettings(max_rows_per_s=1000))
+        except Exception as exc:  # the old primary goes away under it
+            copying["error"] = exc
+    load = RouterLoad(env.config, threads=2, rate=100, seed=23).start()
+    try:
+        first = threading.Thread(target=copy, daemon=True)
+        first.start()
+        wait_for(lambda: _lineage(co, name, stream.slot) is not None, 60, "the copy's slot")
+        # start's own watch helps the standby synchronize the new slot while the copy runs
+        wait_for(lambda: _standby_view(co, name)["synced"] == {stream.slot: True}, 60,
+                 "the standby to synchronize the failover slot", interval=1.0)
+        assert first.is_alive(), "the copy ended before the failover: make it longer"
+        _fail_over(recs["primary"], replica)
+        first.join(timeout=120)
+        assert "error" in copying, copying  # the copy's snapshot was on the old primary
+        report = co.start(name, batch_rows=2_000)  # the rerun resumes on the new primary
+        assert report.resumed and report.units_already_done + 1 >= 1
+        assert _lineage(co, name, stream.slot) == Lineage.CARRIED
+        assert ConnectClient(env.config.connect).config(stream.connector)["database.port"] == str(replica.port)
+        with ApplierThread(co, name):
+            co.wait(name, timeout=120)
+            load_stats = load.stop()
+            co.wait(name, timeout=90)
+            assert_verified(co.verify(name))
+    finally:
+        load.stop()
+    assert load_stats.writes > 0 and load_stats.rejected == 0
+    print(f"PostgreSQL 17 failover during the copy: resumed, {load_stats.writes} writes acknowledged, "
+          f"{sum(load_stats.failed.values())} failed while the primary moved")
+
+
+@pytest.mark.parametrize("failover_env", [17], indirect=True, ids=["pg17"])
+def test_a_source_failover_between_cutover_and_complete_keeps_rollback_and_loses_nothing(failover_env):
+    _major, env, primary, replica, recs = failover_env
+    co, name = setup(env, rows=3_000)
+    co.start(name)
+    stream = forward(name, "source1")
+    with ApplierThread(co, name):
+        load = RouterLoad(env.config, threads=2, rate=150, seed=24).start()
+        try:
+            co.wait(name, timeout=90)
+            assert_verified(co.verify(name))
+            result = cutover(env.config, co.store, name, SwitchOptions())
+            assert result.outcome == Outcome.DONE, result.message
+            wait_for(lambda: _standby_view(co, name)["synced"] == {stream.slot: True}, 90,
+                     "the standby to synchronize the failover slot", interval=1.0)
+            # the targets own the moving keys now; their writes flow back to the source, which fails over
+            _fail_over(recs["primary"], replica)
+            wait_for(lambda: _lineage(co, name, stream.slot) == Lineage.CARRIED, 60, "the watch to follow the slot")
+            acked = load.stats.writes
+            wait_for(lambda: load.stats.writes > acked + 300, 60, "writes after the failover")
+            co.wait(name, timeout=120)  # forward and reverse streams, the reverse ones applied to the new primary
+            assert_verified(co.verify(name))
+            back = rollback(env.config, co.store, name, SwitchOptions())  # the source takes the keys back
+            assert back.outcome == Outcome.DONE, back.message
+            time.sleep(1.5)
+            co.wait(name, timeout=90)
+        finally:
+            stats = load.stop()
+        co.wait(name, timeout=90)
+        assert_verified(co.verify(name))
+    assert stats.rejected == 0, stats
+    assert assert_acked_on_owners(env, load.acked, co) > 300
+
+
 @pytest.mark.parametrize("failover_env", [16], indirect=True, ids=["pg16"])
 def test_on_16_a_source_failover_is_detected_and_nothing_claims_catch_up(failover_env, tmp_path):
     _major, env, primary, replica, recs = failover_env
     co, name = setup(env, rows=2_000)
     co.start(name)
+    assert any("PostgreSQL 16 has no slot synchronization" in m for m in _standby_view(co, name)["missing"])
     stream = forward(name, "source1")
     cfg = write_config_file(env, tmp_path)
     with ApplierThread(co, name):

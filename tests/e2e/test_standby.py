@@ -8,6 +8,8 @@ import time
 import psycopg
 import pytest
 
+from reshard.cluster import failover
+from reshard.config import ClusterConfig
 from reshard.stack import standby as standbys
 from reshard.stack.postgres import PostgresCluster, data_root
 from reshard.stack.process import stop
@@ -105,3 +107,28 @@ def test_on_16_a_logical_slot_stays_behind_on_the_old_primary(pair):
         time.sleep(0.5)
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's1'").fetchone()[0] == 0
         assert conn.execute("SELECT count(*) FROM t").fetchone()[0] == 101  # the data came over; the stream did not
+
+
+@pytest.mark.parametrize("pair", [17], indirect=True, ids=["pg17"])
+def test_what_a_standby_lacks_to_carry_failover_slots_is_named(pair):
+    _major, primary, replica, _recs = pair
+    cluster = ClusterConfig("source1", *[f"host=127.0.0.1,127.0.0.1 port={primary.port},{replica.port} user=postgres "
+                                         "dbname=postgres target_session_attrs=read-write"] * 2)
+
+    def missing() -> list[str]:
+        with psycopg.connect(cluster.dsn, autocommit=True) as conn:
+            (sb,) = failover.standbys(cluster, failover.locate(cluster, conn), conn, [])
+            assert (sb.host, sb.port) == ("127.0.0.1", str(replica.port))
+            return sb.missing
+    assert missing() == []
+    with psycopg.connect(replica.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM SET sync_replication_slots = off")
+        conn.execute("ALTER SYSTEM SET hot_standby_feedback = off")
+        conn.execute("SELECT pg_reload_conf()")
+    with psycopg.connect(primary.dsn(), autocommit=True) as conn:
+        conn.execute("ALTER SYSTEM RESET synchronized_standby_slots")
+        conn.execute("SELECT pg_reload_conf()")
+    wait_for(lambda: len(missing()) == 3, 10, "the settings to apply")
+    got = missing()
+    assert got[:2] == ["sync_replication_slots = on", "hot_standby_feedback = on"], got
+    assert got[2].startswith(f"on the primary: synchronized_standby_slots to include '{standbys.slot_name(replica)}'")
