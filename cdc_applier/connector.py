@@ -174,6 +174,7 @@ def drop_streams(config: Config, store, migration: str, streams: list[Stream], t
     topics: list[str] = []
     for s in streams:
         with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}", autocommit=True) as conn:
+            store.forget_slot_origin(migration, s.slot)  # first: a watch must not take the drop for a loss
             if drop_slot(conn, s.slot):
                 done.append(f"dropped slot {s.slot} on {s.cluster}")
             if drop_publication(conn, s.publication):

@@ -25,9 +25,15 @@ class SlotRecords(Records):
             rows = conn.execute("SELECT * FROM reshard.slot_origins WHERE migration = %s", (migration,)).fetchall()
         return {r["slot_name"]: r for r in rows}
 
-    def note_slot(self, migration: str, slot: str, lineage: str, why: str, timeline: int | None = None) -> None:
+    def forget_slot_origin(self, migration: str, slot: str) -> None:
+        """reshard is about to drop the slot itself (abort, rollback, complete)."""
+        with self.connect() as conn:
+            conn.execute("DELETE FROM reshard.slot_origins WHERE migration = %s AND slot_name = %s", (migration, slot))
+
+    def note_slot(self, migration: str, slot: str, lineage: str, why: str, timeline: int | None = None) -> bool:
         """What a failover did to the slot: carried (its origin moves to the new timeline) or lost
-        (for good: only a new slot, recorded anew, clears it). Audited."""
+        (for good: only a new slot, recorded anew, clears it). Audited. False when the slot has no
+        origin any more (reshard dropped it meanwhile) or was already lost."""
         with self.connect() as conn:
             changed = conn.execute(
                 "UPDATE reshard.slot_origins SET lineage = %s, why = %s, timeline = coalesce(%s, timeline), "
@@ -35,3 +41,4 @@ class SlotRecords(Records):
                 "RETURNING cluster", (lineage, why, timeline, migration, slot)).fetchone()
             if changed:
                 self._audit(conn, migration, f"stream.{lineage}", slot=slot, cluster=changed["cluster"], why=why)
+            return changed is not None

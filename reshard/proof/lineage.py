@@ -58,16 +58,21 @@ def assess(config: Config, store: ControlStore, migration: str, streams: list[St
             except (ReshardError, psycopg.Error) as exc:
                 out.append(Assessment(stream, None, str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
                 continue
-            made_on = failover.Origin(recorded["system_id"], recorded["timeline"]) if recorded else None
-            lineage, why = failover.judge(made_on, primary, slot)
-            if recorded is None:  # a slot made before reshard recorded origins: taken as it is
+            if recorded is None:
+                if slot is None:  # no origin and no slot: dropped by reshard (abort, rollback), or never made
+                    out.append(Assessment(stream, None, "no slot and no record of one", primary))
+                    continue
+                # a slot made before reshard recorded origins: taken as it is
                 store.record_slot_origin(migration, stream.cluster, stream.slot, primary.origin.system_id,
                                          primary.origin.timeline)
+            made_on = failover.Origin(recorded["system_id"], recorded["timeline"]) if recorded else None
+            lineage, why = failover.judge(made_on, primary, slot)
             if lineage == Lineage.CARRIED:
                 log.warning("stream %s: %s; following it", stream.slot, why)
                 store.note_slot(migration, stream.slot, Lineage.CARRIED, why, timeline=primary.origin.timeline)
-            elif lineage == Lineage.LOST:
-                _lost(config, store, migration, stream, why)
+            elif lineage == Lineage.LOST and not _lost(config, store, migration, stream, why):
+                out.append(Assessment(stream, None, "dropped by reshard meanwhile", primary))
+                continue
             out.append(Assessment(stream, lineage, why, primary))
     finally:
         if own:
@@ -114,10 +119,14 @@ def _conn(config: Config, conns: dict[str, psycopg.Connection[Any]], cluster: st
     return conn
 
 
-def _lost(config: Config, store: ControlStore, migration: str, stream: Stream, why: str) -> None:
+def _lost(config: Config, store: ControlStore, migration: str, stream: Stream, why: str) -> bool:
+    """Record the loss; False when there is nothing to record (reshard dropped the slot itself
+    between the two reads: its origin is gone)."""
+    if not store.note_slot(migration, stream.slot, Lineage.LOST, why):
+        return False
     message = _message(stream, why)
     log.error("stream %s: %s", stream.slot, message)
-    store.note_slot(migration, stream.slot, Lineage.LOST, why)
     store.set_error(migration, message)
     with contextlib.suppress(ReshardError):
         ConnectClient(config.connect, timeout=10.0).pause(stream.connector)
+    return True

@@ -91,8 +91,8 @@ def test_scheduled_cutover_interface(env, tmp_path):
     assert unverified.returncode == ExitCode.GATE_UNVERIFIED, unverified.stderr
     doc = json.loads(unverified.stdout)
     assert doc["outcome"] == "gates_not_met"
-    assert {g["gate"]: g["ok"] for g in doc["gates"]} == {"lag": True, "verified": False, "reverse": True,
-                                                          "applier": False}
+    assert {g["gate"]: g["ok"] for g in doc["gates"]} == {"streams": True, "lag": True, "verified": False,
+                                                          "reverse": True, "applier": False}
     no_applier = cli(cfg, "cutover", name, "--skip-verify-gate", "--wait-for-gates", "2", "--json")
     assert no_applier.returncode == ExitCode.GATE_APPLIER
     with env.conn("source1") as conn:
