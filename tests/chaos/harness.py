@@ -227,10 +227,12 @@ def report_lines() -> list[str]:
 
 # ---- a probe that writes straight to the shards ----------------------------------------------
 class DirectProbe:
-    """For each key, a thread writes ``balance + 1`` every few ms alternately on the key's
-    old owner and on its new one, straight to the shards (no router: a writer with a stale
-    map, or one that guesses), and records every acknowledged write: the cluster, when it
+    """For each key, two threads write ``balance + 1`` every few ms, one on the key's old
+    owner and one on its new one, straight to the shards (no router: a writer with a stale
+    map, or one that guesses), and record every acknowledged write: the cluster, when it
     was acknowledged and how long it took. Refusals (RS001/RS002) are not acknowledged.
+    One thread per owner: a write that hangs on one (a cut network path) does not hold up
+    the other's.
 
     What it proves after a stall or a kill: no acknowledged write is lost (the owner's
     balance grew by exactly the number of acknowledgements, once replication caught up);
@@ -254,8 +256,9 @@ class DirectProbe:
         self._stop = threading.Event()
         self._running = threading.Event()
         self._running.set()
-        self._idle = {k: threading.Event() for k in keys}
-        self._threads = [threading.Thread(target=self._run, args=(k,), daemon=True) for k in keys]
+        self._lock = threading.Lock()
+        self._idle = {(k, c): threading.Event() for k in keys for c in self.pairs[k]}
+        self._threads = [threading.Thread(target=self._run, args=(k, c), daemon=True) for k, c in self._idle]
 
     def start(self) -> DirectProbe:
         for t in self._threads:
@@ -267,19 +270,18 @@ class DirectProbe:
         for t in self._threads:
             t.join(timeout=60)
 
-    def _run(self, k: int) -> None:
+    def _run(self, k: int, c: str) -> None:
         conns: dict[str, psycopg.Connection] = {}
         ends = time.monotonic() + self.max_seconds
         try:
             while not self._stop.is_set() and time.monotonic() < ends:
                 if not self._running.is_set():
-                    self._idle[k].set()
+                    self._idle[(k, c)].set()
                     self._running.wait(1.0)
                     continue
-                self._idle[k].clear()
-                for c in self.pairs[k]:
-                    self._write(conns, c, k)
-                    time.sleep(self.every)
+                self._idle[(k, c)].clear()
+                self._write(conns, c, k)
+                time.sleep(self.every * 2)  # each owner as often as when one thread alternated
         finally:
             for conn in conns.values():
                 conn.close()
@@ -292,13 +294,15 @@ class DirectProbe:
                 conns[c].execute("SET statement_timeout = '60s'")
             cur = conns[c].execute("UPDATE public.accounts SET balance = balance + 1 WHERE id = %s", (k,))
             if cur.rowcount == 1:  # 0: the row has not reached this cluster yet (no trigger ran, nothing written)
-                self.acks[k].append((c, time.monotonic()))
+                with self._lock:
+                    self.acks[k].append((c, time.monotonic()))
         except psycopg.Error as exc:
             if exc.sqlstate not in (fence.FENCED, fence.NOT_OWNER):
                 self.errors.append(f"{c} key {k}: {exc.sqlstate} {str(exc).strip()[:200]}")
                 conns.pop(c, None)
         finally:
-            self.max_latency[c] = max(self.max_latency.get(c, 0.0), time.monotonic() - t)
+            with self._lock:
+                self.max_latency[c] = max(self.max_latency.get(c, 0.0), time.monotonic() - t)
 
     def pause(self) -> None:
         """Stop writing, once the writes in flight are answered."""
@@ -328,15 +332,16 @@ class DirectProbe:
         """Per key: how often the acknowledging cluster changed, in acknowledgement order."""
         out = {}
         for k, acks in self.acks.items():
-            seq = [c for c, at in acks if at >= since]
+            seq = [c for c, at in sorted(acks, key=lambda a: a[1]) if at >= since]
             out[k] = sum(1 for a, b in zip(seq, seq[1:]) if a != b)
         return out
 
-    def longest_gap(self, since: float, until: float) -> float:
-        """The longest time any key went without an acknowledged write between two moments, s."""
+    def longest_gap(self, since: float, until: float, on: str | None = None) -> float:
+        """The longest time any key went without an acknowledged write between two moments
+        (on cluster ``on`` only, if given), s."""
         worst = 0.0
         for acks in self.acks.values():
-            times = [since] + [at for _c, at in acks if since <= at <= until] + [until]
+            times = [since] + sorted(at for c, at in acks if since <= at <= until and on in (None, c)) + [until]
             worst = max(worst, max(b - a for a, b in zip(times, times[1:])))
         return worst
 
