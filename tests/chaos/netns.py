@@ -18,12 +18,11 @@ import itertools
 import os
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
-
 from reshard.stack.postgres import PostgresCluster, data_root
-from reshard.stack.process import ProcessRecord, spawn, stop, wait_healthy
+from reshard.stack.process import ProcessRecord, spawn, stop
 from reshard.stack.stack import free_port
 
 HBA = "host all all 10.213.0.0/16 trust\nhost replication all 10.213.0.0/16 trust\n"
@@ -66,16 +65,26 @@ class Link:
         subprocess.run(["ip", "link", "del", self.host_if], capture_output=True)
 
 
+@dataclass
+class _Namespaced(PostgresCluster):
+    """A cluster reached at its namespace's address (healthy() and wait_ready() use dsn())."""
+
+    host: str = ""
+
+    def dsn(self, dbname: str = "postgres") -> str:
+        return f"host={self.host} port={self.port} user=postgres dbname={dbname} connect_timeout=5"
+
+
 class IsolatedPostgres:
     """A cluster of the default major serving only on ``link``'s namespace address."""
 
     def __init__(self, name: str, home: Path, link: Link):
         self.link = link
-        self.cluster = PostgresCluster(name, data_root(home) / name, free_port(), home / f"{name}.log")
+        self.cluster = _Namespaced(name, data_root(home) / name, free_port(), home / f"{name}.log", host=link.ns_ip)
         self.rec: ProcessRecord | None = None
 
     def dsn(self, dbname: str = "postgres") -> str:
-        return f"host={self.link.ns_ip} port={self.cluster.port} user=postgres dbname={dbname} connect_timeout=5"
+        return self.cluster.dsn(dbname)
 
     def start(self) -> IsolatedPostgres:
         c = self.cluster
@@ -88,17 +97,8 @@ class IsolatedPostgres:
                 "--clear-groups", str(c.bindir() / "postgres"), "-D", str(c.datadir),
                 "-c", f"listen_addresses={self.link.ns_ip}"]
         self.rec = spawn(argv, c.log)  # ip and setpriv exec: the recorded pid is the postmaster's
-        wait_healthy(self.rec, self._healthy, c.log, f"postgres {c.name}", f"postgres {c.name} not ready", 60,
-                     interval=0.2)
+        c.wait_ready(self.rec)
         return self
-
-    def _healthy(self) -> bool:
-        try:
-            with psycopg.connect(self.dsn(), connect_timeout=2) as conn:
-                conn.execute("SELECT 1")
-            return True
-        except psycopg.Error:
-            return False
 
     def stop(self) -> None:
         if self.rec is not None:
