@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import sys
 from dataclasses import replace
@@ -13,15 +14,26 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from reshard.config import ClusterConfig, Config, state_dir  # noqa: E402
 from reshard.kafka.connect_client import ConnectClient  # noqa: E402
-from reshard.stack import Stack  # noqa: E402
+from reshard.stack import Stack, pg_binaries  # noqa: E402
+from reshard.stack.stack import PgVersions  # noqa: E402
 
 
-def stack_config() -> Config:
-    """The embedded stack's config, bringing the stack up if it is not running."""
-    st = Stack(state_dir())
+def add_pg_version(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("--pg-version", type=int, choices=pg_binaries.SUPPORTED, default=None,
+                    help=f"run on a stack of this PostgreSQL major (its own, in <state dir>/pgN; default: the "
+                         f"state dir's stack, created on {pg_binaries.DEFAULT})")
+
+
+def stack_config(major: int | None = None) -> Config:
+    """The embedded stack's config, bringing the stack up if it is not running (a stack of
+    ``major`` lives beside the default one, so both can be measured in turn)."""
+    st = Stack(state_dir() / f"pg{major}" if major else state_dir())
     if not st.is_up():
-        st.up()
-    return st.config()
+        st.up(pg=PgVersions(default=major))
+    config = st.config()
+    with psycopg.connect(config.cluster("source1").dsn) as conn:
+        print(f"bench stack: PostgreSQL {conn.info.server_version // 10000} (sources and targets)", file=sys.stderr)
+    return config
 
 
 def fresh_databases(base: Config, db: str, migration: str) -> Config:

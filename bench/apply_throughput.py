@@ -37,9 +37,9 @@ from confluent_kafka import Consumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
 from reshard.cdc_applier.connector import converters  # noqa: E402
-from reshard.config import FORMATS, KafkaConfig, write_config  # noqa: E402
+from reshard.config import KafkaConfig, write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka.admin import (
     KafkaAdmin,  # noqa: E402
@@ -49,6 +49,8 @@ from reshard.kafka.connect_client import ConnectClient  # noqa: E402
 from reshard.maps.shardmap import parse_map  # noqa: E402
 from reshard.proof.catchup import applier_group, mark_positions, wait_confirmed  # noqa: E402
 from reshard.stack.workload import create_table, seed  # noqa: E402
+
+FORMATS = ("avro", "json")  # kafka.format
 
 DB = "bench_apply"
 NAME = "benchapply"
@@ -205,9 +207,10 @@ def main() -> None:
     ap.add_argument("--format", choices=FORMATS, default=None,
                     help="how Debezium encodes the events (default: reshard.yaml's kafka.format, avro)")
     ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(), DB, NAME)
+    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
     if args.format:
         config = replace(config, kafka=replace(config.kafka, format=args.format))
     before, after = seed_split(config, args.rows, TARGETS)

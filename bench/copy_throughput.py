@@ -40,7 +40,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.maps.planner import plan  # noqa: E402
@@ -112,11 +112,11 @@ def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> t
     return doc["copy_seconds"], doc["seconds"], doc["rows_copied"], rss
 
 
-def setup(db: str, name: str, rows: int, targets: list[str]):
+def setup(db: str, name: str, rows: int, targets: list[str], major: int | None = None):
     """Fresh databases, ``rows`` accounts on source1 to move to ``targets``, a config file and the
     target map on disk; a throwaway migration activates today's map. Returns
     (config, config path, map path, coordinator, before map, after map)."""
-    config = fresh_databases(stack_config(), db, name)
+    config = fresh_databases(stack_config(major), db, name)
     before, after = seed_split(config, rows, targets)
     tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
     cfg = tmp / "reshard.yaml"
@@ -137,10 +137,11 @@ def main() -> None:
     ap.add_argument("--targets", type=int, choices=[1, 2], default=2,
                     help="2: split 1 -> 2 (two units); 1: everything to target1 (one unit, chunked)")
     ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
     args = ap.parse_args()
     targets = CLUSTERS[: args.targets]
 
-    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets)
+    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets, args.pg_version)
     tmp = cfg.parent
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     predicates = {m.target: p.predicate_sql(m, TABLE).as_string(None) for m in p.moves}

@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_databases, seed_split, stack_config  # noqa: E402
 from reshard.cluster import fence  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
@@ -42,9 +42,10 @@ def main() -> None:
     ap.add_argument("--rate", type=float, default=400, help="router writes per second")
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(), DB, NAME)
+    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
     seed_split(config, args.rows, ["target1", "target2"])  # the table and its rows; the maps are AFTER/BEFORE
     co = Coordinator.open(config)
     co.create(NAME, parse_map(AFTER, config.clusters), parse_map(BEFORE, config.clusters))

@@ -28,7 +28,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, load_average, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_databases, load_average, seed_split, stack_config  # noqa: E402
 from reshard.cluster import fence  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover, rollback  # noqa: E402
@@ -94,9 +94,10 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=15)
     ap.add_argument("--rows", type=int, default=20_000)
     ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
     args = ap.parse_args()
 
-    base = fresh_databases(stack_config(), DB, NAME)
+    base = fresh_databases(stack_config(args.pg_version), DB, NAME)
     seed_split(base, args.rows, ["target1", "target2"])  # the table and its rows; the maps are AFTER/BEFORE
     variants = {
         "filtered": base,

@@ -28,7 +28,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import fresh_databases, load_average, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_databases, load_average, seed_split, stack_config  # noqa: E402
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.maps.shardmap import parse_map  # noqa: E402
@@ -102,9 +102,10 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=50_000)
     ap.add_argument("--png", help="write a plot of lag over time here")
     ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(), DB, NAME)
+    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
     before, after = seed_split(config, args.rows, TARGETS)
     co = Coordinator.open(config)
     new_map = parse_map(after, config.clusters)

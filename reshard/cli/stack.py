@@ -71,10 +71,14 @@ def _stack(ctx: Ctx):
               help="PostgreSQL major of the source clusters (default: --pg-version).")
 @click.option("--target-pg-version", type=click.Choice(PG_MAJORS), default=None,
               help="PostgreSQL major of the target clusters (default: --pg-version); not older than the sources'.")
+@click.option("--standby", is_flag=True,
+              help="Give each source a streaming standby (synchronizing failover slots on 17+) and list both in "
+                   "reshard.yaml (target_session_attrs=read-write), to fail a source over: see the README's "
+                   "source failover section. Chosen when the stack is created; later runs keep it.")
 @json_option
 @click.pass_obj
 def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool, pg_version: str | None,
-             source_pg_version: str | None, target_pg_version: str | None) -> None:
+             source_pg_version: str | None, target_pg_version: str | None, standby: bool) -> None:
     """Start every part that is not running, wait until all are healthy, write reshard.yaml.
 
     Running it again starts nothing twice: running parts are reported as such.
@@ -88,7 +92,7 @@ def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool, pg_version: str
         return int(v) if v else None
     pg = PgVersions(major(pg_version), major(source_pg_version), major(target_pg_version))
     st = _stack(ctx)
-    res = st.up(sources, targets, secure=secure, pg=pg)
+    res = st.up(sources, targets, secure=secure, pg=pg, standby=standby)
     parts = [p.to_dict() for p in st.status()]
     emit(ctx, {"command": "stack up", "config": str(res.config_path), "started": res.started,
                "already_running": res.already_running, "parts": parts},

@@ -24,8 +24,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from reshard.config import ClusterConfig, Config, write_config
-from reshard.errors import StackError
-from reshard.stack import pg_binaries
+from reshard.errors import ConfigError, StackError
+from reshard.stack import pg_binaries, standby
 from reshard.stack.artifacts import JvmArtifacts, ensure_jvm_artifacts
 from reshard.stack.connect import ConnectWorker
 from reshard.stack.kafka import KafkaBroker
@@ -200,10 +200,13 @@ class Stack:
     def _security(self, state: dict) -> Security | None:
         return Security(self.home) if state.get("secure") else None
 
-    def up(self, sources: int = 1, targets: int = 2, secure: bool = False, pg: PgVersions | None = None) -> UpResult:
+    def up(self, sources: int = 1, targets: int = 2, secure: bool = False, pg: PgVersions | None = None,
+           standby: bool = False) -> UpResult:
         """``secure``: TLS, SASL/SCRAM and passwords everywhere (see stack/security.py); chosen
         when the stack is first created, kept by every later ``up``. ``pg``: the PostgreSQL
-        major of each role, for clusters created now (a cluster keeps the one it has)."""
+        major of each role, for clusters created now (a cluster keeps the one it has).
+        ``standby``: each source gets a streaming standby (stack/standby.py) and reshard.yaml
+        lists both hosts, so a test or a user can fail a source over; kept by later ``up``s."""
         if sources < 1 or targets < 1:
             raise StackError("the embedded stack needs at least one source and one target cluster")
         pg = pg or PgVersions()
@@ -211,7 +214,11 @@ class Stack:
             if secure and state["clusters"] and not state.get("secure"):
                 raise StackError(f"the stack in {self.home} was created without --secure; "
                                  "`reshard stack down` and `reshard stack purge` first to create a secured one")
+            if (standby or state.get("standby")) and (secure or state.get("secure")):
+                raise ConfigError("--standby and --secure together are not supported yet: the standby streams from its "
+                                  "primary without TLS or a password")
             state["secure"] = bool(secure or state.get("secure"))
+            state["standby"] = bool(standby or state.get("standby"))
             security = self._security(state)
             if security:
                 security.ensure()
@@ -225,6 +232,8 @@ class Stack:
             bring.registry()
             for name, c in bring.clusters.items():
                 c.ensure_database(CONTROL_DB if name == CONTROL else APP_DB)
+            if state["standby"]:
+                bring.standbys([n for n in names if n.startswith("source")])
             config = self._config(state)
             path = self.home / "reshard.yaml"
             write_config(config, path)
@@ -237,6 +246,10 @@ class Stack:
             if name == CONTROL:
                 continue
             dsn = PostgresCluster(name, Path(part["datadir"]), part["port"], Path(part["log"]), security).dsn(APP_DB)
+            sb = (state.get("standbys") or {}).get(name)
+            if sb:  # the primary and its standby: reshard finds whichever is the primary
+                dsn = (f"host=127.0.0.1,127.0.0.1 port={part['port']},{sb['port']} user=postgres dbname={APP_DB} "
+                       "target_session_attrs=read-write")
             clusters[name] = ClusterConfig(name, dsn, dsn)
         control = state["clusters"][CONTROL]
         kafka = KafkaBroker(self.home / "kafka", state["kafka"]["port"], state["kafka"]["controller_port"], security)
@@ -266,6 +279,12 @@ class Stack:
                 out.append(PartStatus(name, "postgres", part["port"], rec.pid if rec else None,
                                       alive, alive and c.healthy(), part.get("log"), tls=c.security is not None,
                                       version=str(major) if major else None))
+            for source, part in (state.get("standbys") or {}).items():
+                rec, alive = self._rec(part), self._alive(part)
+                c = PostgresCluster(f"{source}-standby", Path(part["datadir"]), part["port"], Path(part["log"]))
+                major = c.initialized_major()
+                out.append(PartStatus(c.name, "postgres", part["port"], rec.pid if rec else None, alive,
+                                      alive and c.healthy(), part.get("log"), version=str(major) if major else None))
             broker_ok, bootstrap = False, None
             if state.get("kafka"):
                 part = state["kafka"]
@@ -340,6 +359,7 @@ class Stack:
             if state.get("kafka"):
                 order.append(("kafka", state["kafka"], signal.SIGTERM))
             # SIGINT is PostgreSQL's "fast" shutdown: roll back sessions, checkpoint, exit
+            order += [(f"{n}-standby", p, signal.SIGINT) for n, p in (state.get("standbys") or {}).items()]
             order += [(n, p, signal.SIGINT) for n, p in state["clusters"].items()]
             for name, part, sig in order:
                 rec = self._rec(part)
@@ -453,6 +473,35 @@ class _BringUp:
             self.broker.wait_ready(kafka_rec)
             self.started.append("kafka")
             self.say(f"kafka: ready on {self.broker.bootstrap}")
+
+    def standbys(self, sources: list[str]) -> None:
+        """Each source's streaming standby: made from the running primary the first time,
+        restarted afterwards (following the primary's port). A standby that was promoted
+        is a primary now, and so is its old primary: refused rather than run as two."""
+        st, root = self.stack, data_root(self.stack.home)
+        recorded = self.state.setdefault("standbys", {})
+        for source in sources:
+            name, part = f"{source}-standby", recorded.get(source, {})
+            if st._alive(part):
+                self.running.append(name)
+                continue
+            primary = self.clusters[source]
+            c = PostgresCluster(name, root / name, st._port(part.get("port")), st.home / "logs" / f"postgres-{name}.log")
+            if c.initialized():
+                if not (c.datadir / "standby.signal").exists():
+                    raise StackError(f"{name} was promoted: it and {source} are both primaries now; "
+                                     "`reshard stack down --purge` and `stack up --standby` to start afresh")
+                standby.follow(c, primary)
+                c.init()  # the port line
+                rec = c.start()
+                c.wait_ready(rec)
+            else:
+                self.say(f"postgres {name}: copying {source} into a streaming standby")
+                rec = standby.create(primary, c)
+            recorded[source] = {"port": c.port, "datadir": str(c.datadir), "log": str(c.log), "process": rec.to_dict()}
+            self.stack._save(self.state)
+            self.started.append(name)
+            self.say(f"postgres {name}: standby of {source} ready on 127.0.0.1:{c.port}")
 
     def connect(self) -> None:
         if self.connect_alive:

@@ -56,8 +56,7 @@ def create(primary: PostgresCluster, standby: PostgresCluster) -> ProcessRecord:
     (standby.datadir / "backup_label").write_text(label)
     if spcmap:
         (standby.datadir / "tablespace_map").write_text(spcmap)
-    settings = [f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres dbname=postgres "
-                f"application_name={slot}'", f"primary_slot_name = '{slot}'", "hot_standby = on",
+    settings = [_conninfo(primary, standby), f"primary_slot_name = '{slot}'", "hot_standby = on",
                 "hot_standby_feedback = on"]
     if major >= 17:
         settings.append("sync_replication_slots = on")
@@ -69,6 +68,18 @@ def create(primary: PostgresCluster, standby: PostgresCluster) -> ProcessRecord:
     rec = standby.start()
     standby.wait_ready(rec)
     return rec
+
+
+def _conninfo(primary: PostgresCluster, standby: PostgresCluster) -> str:
+    return (f"primary_conninfo = 'host=127.0.0.1 port={primary.port} user=postgres dbname=postgres "
+            f"application_name={slot_name(standby)}'")
+
+
+def follow(standby: PostgresCluster, primary: PostgresCluster) -> None:
+    """Point an existing standby at its primary's port now (the stack may have moved it)."""
+    conf = standby.datadir / "postgresql.auto.conf"
+    lines = [line for line in conf.read_text().splitlines() if not line.startswith("primary_conninfo")]
+    conf.write_text("\n".join([*lines, _conninfo(primary, standby)]) + "\n")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -9,8 +9,11 @@ import time
 import urllib.request
 from pathlib import Path
 
+import psycopg
 import yaml
 
+from reshard.cluster import failover
+from reshard.config import load_config
 from reshard.stack.process import ProcessRecord, is_running
 
 
@@ -80,6 +83,40 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     pg_data = (home / "pg").resolve()
     purged = json.loads(run(home, "stack", "down", "--purge", "--json").stdout)
     assert purged["stopped"] == [] and not home.exists() and not pg_data.exists()
+
+
+def test_up_with_a_standby_per_source_lists_both_and_restarts_it(tmp_path):
+    home = tmp_path / "standby-stack"
+    refused = run(tmp_path / "secured", "stack", "up", "--standby", "--secure", check=False)
+    assert refused.returncode == 3 and "--standby and --secure together" in refused.stderr
+    args = ("stack", "up", "--sources", "1", "--targets", "1", "--pg-version", "17", "--standby", "--json")
+    try:
+        first = json.loads(run(home, *args).stdout)
+        assert {"source1", "source1-standby"} <= set(first["started"])
+        parts = {p["name"]: p for p in first["parts"]}
+        assert parts["source1-standby"]["healthy"] and parts["source1-standby"]["version"] == "17"
+        config = load_config(home / "reshard.yaml")
+        source = config.cluster("source1")
+        assert source.hosts() == [("127.0.0.1", str(parts["source1"]["port"])),
+                                  ("127.0.0.1", str(parts["source1-standby"]["port"]))]
+        with psycopg.connect(source.dsn, autocommit=True) as conn:  # reaches the primary
+            assert not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+            (sb,) = failover.standbys(source, failover.locate(source, conn), conn, [])
+        assert sb.missing == [], sb  # set up to carry failover slots through a promotion
+        signal_file = Path(json.loads((home / "stack.json").read_text())["standbys"]["source1"]["datadir"]) \
+            / "standby.signal"
+        made = signal_file.stat().st_mtime
+        stopped = json.loads(run(home, "stack", "down", "--json").stdout)["stopped"]
+        assert stopped.index("source1-standby") < stopped.index("source1"), stopped
+        again = json.loads(run(home, *args).stdout)
+        assert "source1-standby" in again["started"] and all(p["healthy"] for p in again["parts"])
+        assert signal_file.stat().st_mtime == made  # the same standby restarted, not copied again
+        with psycopg.connect(config.cluster("source1").dsn.replace("target_session_attrs=read-write",
+                                                                   "target_session_attrs=standby")) as conn:
+            assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
+    finally:
+        run(home, "stack", "down", "--purge", "--json", check=False)
+    assert not home.exists()
 
 
 def _http(url: str, body: dict | None = None) -> dict:
