@@ -14,18 +14,23 @@ the point of no return, the same command finishes it).
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
+import psycopg
 import pytest
 
 from reshard.exit_codes import ExitCode
 from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
+from reshard.stack.process import is_running, spawn, stop
 from tests.chaos.harness import DirectProbe, Fault, LedgerLoad, acceptors, audit, moving_keys, setup, switch
 from tests.chaos.netns import IsolatedPostgres, Link
 from tests.conftest import _env
-from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, wait_for, write_config_file
+from tests.e2e.helpers import ApplierThread, applied_count, assert_verified, reshard_cmd, wait_for, write_config_file
 
 BUDGET = 2.0
 SLACK = 1.5  # as in test_switch_stalls: the fence lapses at its deadline; a loaded 2-core machine adds delay
@@ -166,3 +171,62 @@ def test_a_cutover_cut_off_from_an_owner_at_each_point_never_splits_a_key(cut_en
     changes = probe.owner_changes()
     assert all(n <= switches for n in changes.values()), (changes, switches)
     f.survived(stats, audit(env, co, load), note=f"exits {[o[2] for o in outcomes]}; no key owned twice, none lost")
+
+
+def _port(address: str) -> int:
+    return int(address.rstrip("/").rsplit(":", 1)[1].split("/")[0])
+
+
+def test_the_applier_cut_off_from_kafka_rides_it_out(env, tmp_path):
+    """The applier runs in a network namespace; relays give it the session stack at the usual
+    addresses, and the test holds its path to Kafka alone for 20 s (its paths to the clusters,
+    the control database and Connect stay)."""
+    co, name = setup(env)
+    cfg = write_config_file(env, tmp_path)
+    co.start(name)
+    c = env.config
+    kafka = _port(c.kafka.bootstrap_servers.split(",")[0])
+    ports = sorted({kafka, _port(c.connect.url), *([_port(c.kafka.schema_registry_url)] if c.kafka.schema_registry_url
+                                                   else []),
+                    *(int(psycopg.conninfo.conninfo_to_dict(d)["port"]) for d in
+                      [c.control_dsn, *(cl.dsn for cl in c.clusters.values())])})
+    control = tmp_path / "relay-control"
+    control.mkdir()
+    link = Link("ap").up()
+    root = Path(__file__).resolve().parents[2]
+    relay = [sys.executable, "-m", "tests.chaos.relay"]
+    procs = []
+    f = Fault("applier's path to Kafka cut 20s", "streaming")
+    load = LedgerLoad(env.config, threads=2, rate=100, seed=33).start()
+    try:
+        procs.append(spawn([*relay, link.host_ip, "127.0.0.1", ",".join(map(str, ports)), str(control)],
+                           tmp_path / "relay-host.log", cwd=root))
+        procs.append(spawn(["ip", "netns", "exec", link.ns, *relay, "127.0.0.1", link.host_ip,
+                            ",".join(map(str, ports)), str(control)], tmp_path / "relay-ns.log", cwd=root))
+        for log in ("relay-host.log", "relay-ns.log"):
+            wait_for(lambda log=log: b"relaying" in (tmp_path / log).read_bytes(), 30, log)
+        applier_log = tmp_path / "applier.log"
+        applier = spawn(["ip", "netns", "exec", link.ns, *reshard_cmd(cfg, "apply", name, "--kafka-outage", "120",
+                                                                      "--metrics-port", "0")], applier_log, cwd=root)
+        procs.append(applier)
+        co.wait(name, timeout=120)
+        (control / f"hold-{kafka}").touch()  # the applier's Kafka path goes silent
+        time.sleep(5)
+        held = applied_count(env, name)
+        time.sleep(15)
+        assert applied_count(env, name) == held, "the applier still reached Kafka"  # the cut holds
+        assert is_running(applier), applier_log.read_text()[-3000:]
+        (control / f"hold-{kafka}").unlink()
+        co.wait(name, timeout=240)  # the same applier, never restarted, catches up
+        assert is_running(applier), applier_log.read_text()[-3000:]
+        assert_verified(co.verify(name))
+        switch("cutover", env, co, name)
+        time.sleep(1.0)
+        stats = load.stop()
+        co.wait(name, timeout=120)
+    finally:
+        load.stop()
+        for rec in reversed(procs):
+            stop(rec, signal.SIGINT)
+        link.close()
+    f.survived(stats, audit(env, co, load), note="the applier, in its own namespace, rode it out; EQUAL, cut over")
