@@ -24,6 +24,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
 from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 from reshard.stack.process import is_running, spawn, stop
@@ -220,7 +221,17 @@ def test_the_applier_cut_off_from_kafka_rides_it_out(env, tmp_path):
         co.wait(name, timeout=240)  # the same applier, never restarted, catches up
         assert is_running(applier), applier_log.read_text()[-3000:]
         assert_verified(co.verify(name))
-        switch("cutover", env, co, name)
+        # the consumer group may still be settling after the healed path (a commit refused with
+        # ILLEGAL_GENERATION): a cutover then backs out (12, nothing fenced for long, nothing lost)
+        # and the next one goes through
+        tries = []
+        for _ in range(4):
+            out = cutover(env.config, co.store, name, SwitchOptions(max_write_pause=5, require_verified=False))
+            tries.append(out.outcome)
+            if out.outcome == Outcome.DONE:
+                break
+            time.sleep(3)
+        assert out.outcome == Outcome.DONE, (tries, out.message)
         time.sleep(1.0)
         stats = load.stop()
         co.wait(name, timeout=120)
@@ -229,4 +240,5 @@ def test_the_applier_cut_off_from_kafka_rides_it_out(env, tmp_path):
         for rec in reversed(procs):
             stop(rec, signal.SIGINT)
         link.close()
-    f.survived(stats, audit(env, co, load), note="the applier, in its own namespace, rode it out; EQUAL, cut over")
+    f.survived(stats, audit(env, co, load),
+               note=f"the applier, in its own namespace, rode it out; EQUAL; cutover attempts {len(tries)}")
