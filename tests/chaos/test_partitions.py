@@ -28,7 +28,7 @@ from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
 from reshard.failpoints import FAILPOINT_ENV, FAILPOINT_SLEEP_ENV
 from reshard.stack.process import is_running, spawn, stop
-from tests.chaos.harness import DirectProbe, Fault, LedgerLoad, acceptors, audit, moving_keys, setup, switch
+from tests.chaos.harness import DirectProbe, Fault, LedgerLoad, _stopped, acceptors, audit, moving_keys, setup, switch
 from tests.chaos.netns import IsolatedPostgres, Link
 from tests.conftest import _env
 from tests.e2e.helpers import ApplierThread, applied_count, assert_verified, reshard_cmd, wait_for, write_config_file
@@ -122,11 +122,15 @@ def test_a_cutover_cut_off_from_an_owner_at_each_point_never_splits_a_key(cut_en
                 proc = subprocess.Popen(
                     reshard_cmd(cfg, "cutover", name, "--json", "--max-write-pause", str(BUDGET), "--skip-verify-gate"),
                     stdout=subprocess.PIPE, stderr=open(log, "wb"),
-                    env={**os.environ, FAILPOINT_ENV: point, FAILPOINT_SLEEP_ENV: "1.0"})
+                    env={**os.environ, FAILPOINT_ENV: point, FAILPOINT_SLEEP_ENV: "stop"})
                 wait_for(lambda: b"failpoint" in log.read_bytes() or proc.poll() is not None, 120, point)  # noqa: B023
                 assert proc.poll() is None, (point, log.read_text())
+                # it froze itself at the point (SIGSTOP): the path is cut before it goes on, however
+                # slowly this test runs
+                wait_for(lambda: _stopped(proc.pid), 10, "the cutover to stop itself")  # noqa: B023
                 cut_at = time.monotonic()
                 healer = _cut_for(links[cluster], seconds)
+                os.kill(proc.pid, signal.SIGCONT)
                 out, _ = proc.communicate(timeout=300)
                 ended = time.monotonic()
                 healer.join()
