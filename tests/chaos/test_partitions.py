@@ -93,7 +93,9 @@ def test_a_target_cut_off_while_streaming_catches_up_when_the_path_heals(cut_env
 
 # (cluster cut, failpoint where the cut begins, how long it lasts, exit codes allowed)
 CASES = [
-    ("target1", "drain:before", 8.0, {ExitCode.CUTOVER_ABORTED}),  # inside the pause: the drain cannot finish
+    # inside the pause: a drain that needs the cut target cannot finish (12); one whose changes all
+    # reached it already finishes, and the target's flip is retried until the path heals (0)
+    ("target1", "drain:before", 8.0, {ExitCode.CUTOVER_ABORTED, ExitCode.OK}),
     # the sources refuse the keys already: the target's flip is retried until the path heals (the
     # keys have no owner meanwhile, as after a freeze there: test_switch_stalls.py), or backed out
     ("target1", "flip_to:before", 8.0, {ExitCode.OK, ExitCode.CUTOVER_ABORTED, ExitCode.SWITCH_INCOMPLETE}),
@@ -154,7 +156,7 @@ def test_a_cutover_cut_off_from_an_owner_at_each_point_never_splits_a_key(cut_en
                 # (the target cut off there cannot hold the sources' writes back any longer)
                 old_gap = probe.longest_gap(cut_at - 1.5, cut_at + seconds, on="source1")
                 outcomes.append((cluster, point, int(code), round(ended - cut_at, 1), round(gap, 2), round(old_gap, 2)))
-                if point == "drain:before":
+                if point == "drain:before" and code == ExitCode.CUTOVER_ABORTED:  # backed out: the budget held
                     assert old_gap <= BUDGET + SLACK, (point, old_gap)
                 probe.pause()
                 co.wait(name, timeout=180)
