@@ -91,8 +91,11 @@ class TableWriter:
     """Staging table and statements for one table on one target, built once per session."""
 
     def __init__(self, conn: psycopg.Connection[Any], info: TableInfo, migration: str, resumed_lsn: int | None,
-                 number: int):
+                 number: int, renames: dict[str, str] | None = None, dropped: frozenset[str] = frozenset()):
         self.info = info
+        self.renames = renames or {}  # a column renamed at some source: either name -> the other
+        self.dropped = dropped  # columns a source dropped: rows of the old shape still carry them
+        self._fits: dict[tuple[str, ...], dict[str, str | None] | None] = {}
         self.migration = migration
         self.resumed_lsn = resumed_lsn
         self.cols = {c.name: c for c in info.copyable}
@@ -146,6 +149,29 @@ class TableWriter:
         ).format(t=self.target, cols=cols, override=override, stage=self.stage, n=sql.Literal(shape),
                  pk=sql.SQL(", ").join(map(sql.Identifier, self.pk)),
                  action=sql.SQL("UPDATE SET ") + sql.SQL(", ").join(sets) if sets else sql.SQL("NOTHING"))
+
+    def fit(self, ev: ChangeEvent) -> ChangeEvent:
+        """The event in this destination's column names while a schema change is under way
+        (reshard/ddl/changes.py ``tolerance``): a column this table has under its other name
+        is renamed, one a source dropped and this table no longer has is left out. Decided
+        once per event shape; an event of this table's own shape passes untouched."""
+        if ev.columns not in self._fits:
+            self._fits[ev.columns] = None if set(ev.columns) <= self.colset else {c: self._fit_name(c) for c in ev.columns}
+        fit = self._fits[ev.columns]
+        if fit is None:
+            return ev
+        row = None if ev.row is None else {n: v for c, v in ev.row.items() if (n := fit.get(c, c)) is not None}
+        return replace(ev, row=row, columns=tuple(n for c in ev.columns if (n := fit[c]) is not None),
+                       unavailable=frozenset(n for c in ev.unavailable if (n := fit.get(c)) is not None))
+
+    def _fit_name(self, c: str) -> str | None:
+        """An event column's name here: itself, its other name, or None (a column a source dropped)."""
+        if c in self.colset:
+            return c
+        other = self.renames.get(c)
+        if other in self.colset:
+            return other
+        return None if c in self.dropped else c  # a column unknown here stays, and check_columns says so
 
     def check_columns(self, ev: ChangeEvent, source: str, target: str) -> None:
         """Events may lack target columns that are nullable or defaulted (changes decoded
@@ -264,11 +290,14 @@ class TargetWriter:
     """One connection to one target cluster; applies batches and records offsets."""
 
     def __init__(self, conn: psycopg.Connection[Any], cluster: str, migration: str,
-                 tables: dict[str, TableInfo], resumed_lsn: dict[str, int]):
+                 tables: dict[str, TableInfo], resumed_lsn: dict[str, int],
+                 renames: dict[str, dict[str, str]] | None = None, dropped: dict[str, set[str]] | None = None):
         self.conn = conn
         self.cluster = cluster
         self.migration = migration
-        self.writers = {t: TableWriter(conn, info, migration, resumed_lsn.get(t), i)
+        renames, dropped = renames or {}, dropped or {}
+        self.writers = {t: TableWriter(conn, info, migration, resumed_lsn.get(t), i, renames.get(t),
+                                       frozenset(dropped.get(t, ())))
                         for i, (t, info) in enumerate(sorted(tables.items()))}
         self.pk_of = {t: tuple(info.pk) for t, info in tables.items()}
 
@@ -278,6 +307,9 @@ class TargetWriter:
             w = self.writers.get(r.event.table)
             if w is None:
                 raise SchemaMismatch(f"{r.event.table} is not a table of this migration on {self.cluster}")
+            fitted = w.fit(r.event)
+            if fitted is not r.event:
+                r = replace(r, event=fitted)
             w.check_columns(r.event, r.source, self.cluster)
             by_table.setdefault(r.event.table, []).append(r)
         cur = self.conn.cursor()

@@ -48,6 +48,7 @@ from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.records import MigrationRecord
 from reshard.control.store import ControlStore
+from reshard.ddl.follower import DdlFollower
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
 from reshard.kafka.admin import client_conf
 from reshard.kafka.streams import Direction, Stream, streams_of
@@ -168,6 +169,8 @@ class Applier:
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
         self.router = Router(plan, streams_of(store, rec, plan))
         self.failover_watch = FailoverWatch(config, store, rec.name, plan.tables(), self.router.streams)
+        self.ddl = DdlFollower(config, store, rec, plan, self.router.streams)
+        self._ddl_generation = 0  # the follower's generation the writers were built at
         self.stats = ApplierStats()
         self.writers: dict[tuple[str, str], TargetWriter] = {}
         # JSON topics need no registry; Avro ones are read with writer schemas fetched once per id
@@ -202,6 +205,7 @@ class Applier:
         stream = Stream(self.rec.name, direction, cluster)  # writes carry the direction's origin and positions
         tag_origin(conn, stream.writer_origin)
         infos = {t: require_table(conn, t, cluster) for t in tables}
+        renames, dropped = self.ddl.tolerance(direction)
         resumed: dict[str, int] = {}
         if direction == Direction.FORWARD:
             for row in conn.execute(
@@ -211,7 +215,7 @@ class Applier:
                 lsn = _lsn_int(row[1])
                 if lsn is not None:
                     resumed[row[0]] = lsn
-        return TargetWriter(conn, cluster, stream.applied_key, infos, resumed)
+        return TargetWriter(conn, cluster, stream.applied_key, infos, resumed, renames, dropped)
 
     def _writer(self, cluster: str, direction: Direction) -> TargetWriter:
         key = (cluster, direction)
@@ -235,6 +239,7 @@ class Applier:
         if set(streams) != set(self.router.streams):
             self.router = Router(self.plan, streams)
             self.failover_watch.follow(streams)
+            self.ddl.follow(streams)
             self._close_writers()
             consumer.subscribe(self.topics)
 
@@ -262,11 +267,14 @@ class Applier:
         self.store.prune_workers(self.rec.name)
         self.metrics.running(True)
         self.failover_watch.start()
+        self.ddl.start()
         log.info("started: consumer group %s, %d topic(s), batches of up to %d records", applier_group(self.rec.name),
                  len(self.topics), self.batch_size)
         summary = _Summary(self.stats)
         try:
             while not stop.is_set():
+                if self.ddl.paused is not None:
+                    raise self.ddl.paused  # a schema change the policy will not place: stop before its rows
                 msgs = consumer.consume(self.batch_size, timeout=0.1)
                 if not msgs and not inflight:
                     self.metrics.idle()
@@ -331,6 +339,7 @@ class Applier:
         group (its partitions move at once) and closes its sessions."""
         self.metrics.running(False)
         self.failover_watch.stop()
+        self.ddl.stop()
         with contextlib.suppress(Exception):
             settle()
         pool.shutdown(wait=True)
@@ -458,22 +467,44 @@ class Applier:
         mismatches = 0
 
         def once() -> ApplyStats:
-            try:
-                return self._writer(cluster, direction).apply(items, offsets)
-            except (SchemaMismatch, psycopg.OperationalError, Unavailable):
-                self._close_writers()  # the next try reads the tables again, on fresh sessions
-                raise
+            # no schema change is made on a destination while a batch is applied there
+            with self.ddl.lock:
+                if self._ddl_generation != self.ddl.generation:
+                    self._ddl_generation = self.ddl.generation
+                    self._close_writers()  # columns changed, or what rows may carry: read the tables again
+                try:
+                    return self._writer(cluster, direction).apply(items, offsets)
+                except (SchemaMismatch, psycopg.OperationalError, Unavailable):
+                    self._close_writers()  # the next try reads the tables again, on fresh sessions
+                    raise
 
         def transient(exc: BaseException) -> bool:
             nonlocal mismatches
             if isinstance(exc, SchemaMismatch):
-                # the target's tables may have changed since this session read them (the same
-                # DDL applied there mid-stream): read them again once before pausing
+                # a row of a shape the destination does not take yet: the schema change that
+                # made it is in a source's log; place it now, then read the tables again
+                # (once more, for a change applied there by hand meanwhile) before pausing
                 mismatches += 1
-                return mismatches == 1
+                if mismatches <= 2:
+                    self.ddl.sync()
+                    if self.ddl.paused is not None:
+                        raise self.ddl.paused
+                return mismatches <= 2
             return isinstance(exc, (psycopg.OperationalError, Unavailable))
         try:
-            return retry(once, on=transient, attempts=RETRY_LIMIT, delay=0.5, backoff=2, max_delay=10.0)
+            stats = retry(once, on=transient, attempts=RETRY_LIMIT, delay=0.5, backoff=2, max_delay=10.0)
+            if stats.rejected:
+                # a value the destination's column cannot take yet (a widened type the follower has
+                # not placed): place what the sources logged, and if that changed anything apply the
+                # batch again (what it applied already is skipped by the per-key positions)
+                before = self.ddl.generation
+                self.ddl.sync()
+                if self.ddl.generation != before:
+                    again = retry(once, on=transient, attempts=RETRY_LIMIT, delay=0.5, backoff=2, max_delay=10.0)
+                    again.applied += stats.applied
+                    again.skipped_stale = max(0, again.skipped_stale - stats.applied) + stats.skipped_stale
+                    stats = again
+            return stats
         except (psycopg.OperationalError, Unavailable) as exc:
             raise Unavailable(f"cluster {cluster} keeps failing: {exc}") from None
 

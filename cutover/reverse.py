@@ -21,6 +21,7 @@ from reshard.cluster.replication import advance_slot, create_slot, ensure_public
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.store import ControlStore
+from reshard.ddl import capture
 from reshard.errors import WaitTimeout
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Stream, reverse
@@ -52,6 +53,7 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
         conn.execute("INSERT INTO reshard.heartbeat (migration) VALUES (%s) ON CONFLICT (migration) DO NOTHING",
                      (migration,))
         ensure_publication(conn, stream.publication, tables)
+        why = capture.install(conn, migration, tables)  # the new owner's schema changes flow back too
         start = create_slot(conn, stream.slot)
         if stream.slot not in store.slot_origins(migration):
             made_on = failover.origin(conn)
@@ -66,6 +68,8 @@ def prepare(config: Config, store: ControlStore, migration: str, target: str, ta
     _wait_streaming(config, target, stream.slot, timeout=60.0)
     store.record_reverse(migration, target, stream.slot, stream.publication, start, stream.connector, topics,
                          generation)
+    if why:
+        out["ddl_capture"] = why
     return {**out, "start_lsn": start}
 
 

@@ -40,6 +40,12 @@ GRANT EXECUTE ON FUNCTION pg_replication_origin_create(text), pg_replication_ori
     pg_replication_origin_session_setup(text), pg_replication_origin_session_reset(),
     pg_replication_origin_oid(text) TO reshard;
 GRANT SELECT ON pg_catalog.pg_replication_origin TO reshard;
+-- Schema changes during a migration are captured by an event trigger, which only a superuser
+-- may create. Once reshard's schema exists on the cluster (after the first `reshard start`,
+-- or `reshard fence install`), run once as a superuser; the function it calls is reshard's
+-- (SECURITY DEFINER, it writes only to reshard's own tables). Without it, `start` says so and
+-- a schema change pauses the applier as drift (README: Schema changes during a migration).
+-- CREATE EVENT TRIGGER reshard_ddl_capture ON ddl_command_end EXECUTE FUNCTION reshard.capture_ddl();
 
 -- ---- on the control cluster --------------------------------------------------------------
 -- CREATE ROLE reshard_control LOGIN;

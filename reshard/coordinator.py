@@ -26,6 +26,8 @@ from reshard.control import states
 from reshard.control.records import MigrationRecord
 from reshard.control.states import State
 from reshard.control.store import ControlStore
+from reshard.ddl import capture
+from reshard.ddl import report as ddl_report
 from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
@@ -147,6 +149,7 @@ class Coordinator:
                                    "(indexes and constraints follow the copy)")
             KafkaAdmin(self.config.kafka).ensure_topics(
                 [dlq_topic(name)], 1, self.config.kafka.replication_factor)
+            self.capture_ddl(name, p.sources(), p.tables())
             if rec.state == State.PLANNED:
                 self.store.set_state(name, State.BUILDING, why="start: slots and the snapshot copy")
 
@@ -174,6 +177,23 @@ class Coordinator:
             self.store.set_state(name, State.STREAMING, why="start: copy done, changes stream",
                                  only_from=(State.BUILDING,), **report.to_dict())
             return report
+
+    def capture_ddl(self, name: str, clusters: list[str], tables: list[str]) -> None:
+        """Watch the tables' schema on the clusters whose changes stream (before their slots, so
+        no change made after the stream's start goes unlogged); what cannot be captured is said,
+        and recorded for `reshard status` (a change there then pauses the applier as drift)."""
+        rec = self.store.migration(name)
+        found = dict(rec.settings.get("ddl_capture") or {})
+        for cluster in clusters:
+            with connect(self.config.cluster(cluster).dsn, f"cluster {cluster}", autocommit=True) as conn:
+                shard_schema.install(conn)
+                why = capture.install(conn, name, tables)
+            if why:
+                self.progress.step(f"{cluster}: schema changes are not captured: {why}")
+            if found.get(cluster, "") != why:
+                found[cluster] = why
+        if found != rec.settings.get("ddl_capture"):
+            self.store.update_settings(name, ddl_capture=found)
 
     def _say_standbys(self, name: str, clusters: list[str]) -> None:
         """Before any slot: which standbys the sources list could not carry the streams through
@@ -368,6 +388,7 @@ class Coordinator:
                                "differences": last["detail"].get("differences") or {}} if last else None
         out["standbys"] = self._standbys_view(live, unreachable)
         out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
+        out["ddl"] = ddl_report.status_view(self.store, name)
         out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
         out["unreachable"] = unreachable
         return out

@@ -12,7 +12,8 @@ The points: the switch's steps (``<step>:before``/``after``, ``fence:before``,
 ``<point>:locked`` holding a fence lock), the copy (``copy_batch:piped``: a batch's rows
 written in the target's open transaction; ``copy_batch:committed``: committed with its
 cursor), the apply (``apply_batch:staged``: a batch applied in the targets' open
-transaction; ``apply_batch:committed``: committed there, its Kafka offsets not yet).
+transaction; ``apply_batch:committed``: committed there, its Kafka offsets not yet), a
+schema change (``ddl_apply:applied``: made on one destination, not yet recorded).
 """
 
 from __future__ import annotations

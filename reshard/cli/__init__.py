@@ -14,7 +14,7 @@ from typing import Any
 
 import click
 
-from reshard.cli import maps, migration, stack, switch  # noqa: F401  (they register their commands)
+from reshard.cli import ddl, maps, migration, stack, switch  # noqa: F401  (they register their commands)
 from reshard.cli.context import JSON_VERSION, Ctx
 from reshard.cli.root import cli
 from reshard.errors import ReshardError

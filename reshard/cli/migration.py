@@ -38,11 +38,18 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
                    "more than 10 s. off: only the fixed caps, if any.")
 @click.option("--throttle-tolerance", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
               help="How much slower (as a share) the source's probe may get before the copy slows down.")
+@click.option("--on-ddl", type=click.Choice(["apply", "pause", "ignore"]), default=None,
+              help="What a schema change on a moving table does while the migration runs. apply (the "
+                   "default): placed on the destinations, additive changes at once, destructive ones once "
+                   "every source stream passed them; what reshard cannot place safely pauses the appliers. "
+                   "pause: every change pauses them until `reshard ddl resolve`. ignore: nothing is placed (a "
+                   "row that no longer fits pauses as drift). Kept with the migration; given on a rerun, it "
+                   "replaces the one kept.")
 @json_option
 @click.pass_obj
 def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int,
           max_rows_per_second: float | None, max_bytes_per_second: float | None, throttle: str,
-          throttle_tolerance: float) -> None:
+          throttle_tolerance: float, on_ddl: str | None) -> None:
     """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
 
     Safe to rerun at any point: a rerun continues the copy from the targets'
@@ -62,7 +69,9 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
         to_map = load_map(to_path, config.clusters)
         from_map = load_map(from_path, config.clusters) if from_path else None
         existed = name in {m["name"] for m in co.store.migrations()}
-        co.create(name, to_map, from_map)
+        rec = co.create(name, to_map, from_map, settings={"on_ddl": on_ddl or "apply"})
+        if on_ddl and rec.settings.get("on_ddl") != on_ddl:
+            co.store.update_settings(name, on_ddl=on_ddl)
         try:
             report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers, throttle=ThrottleSettings(
                 max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance))

@@ -7,6 +7,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from reshard.ddl import capture
 from reshard.maps.keyhash import HASH_COMBINE64_SQL
 from reshard.maps.shardmap import column, table_ident
 from reshard.schema_migrations import upgrade
@@ -41,8 +42,10 @@ def writer_session(conn: psycopg.Connection[Any]) -> None:
 
 def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
     """Drop this cluster's bookkeeping of a migration: positions, offsets, copy cursors,
-    its heartbeat row and the replication origins its appliers used."""
+    its heartbeat row, its schema-change capture and the replication origins its appliers used."""
     dropped = []
+    if capture.uninstall(conn, migration):
+        dropped.append("ddl capture")
     if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
         for t in ("applied_rows", "applied_offsets", "copy_cursor"):
             conn.execute(sql.SQL("DELETE FROM reshard.{} WHERE migration IN (%s, %s)").format(sql.Identifier(t)),

@@ -20,6 +20,7 @@ from psycopg.rows import dict_row
 
 from reshard.cluster.session import connect
 from reshard.control.audit import AuditLog
+from reshard.control.ddl import DdlRecords
 from reshard.control.lease import Lease
 from reshard.control.slots import SlotRecords
 from reshard.control.switch import SwitchRecords
@@ -50,7 +51,7 @@ class _Borrowed:
             self.conn.rollback()
 
 
-class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, AuditLog):
+class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditLog):
     """The control database: maps < migration records < the switch's records, beside what
     workers report and the audit log."""
 

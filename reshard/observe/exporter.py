@@ -100,6 +100,7 @@ class MigrationCollector(Collector):
         for name in names:
             self._part(f"control:{name}", lambda name=name: self._control(f, name))
             self._part(f"streams:{name}", lambda name=name: self._streams(f, name))
+            self._part(f"ddl:{name}", lambda name=name: self._ddl(f, name))
         self._part("fences", lambda: self._fences(f))
         self._part("routers", lambda: self._routers(f))
         with self._lock:
@@ -186,6 +187,20 @@ class MigrationCollector(Collector):
                     ["migration"]).add_metric([name], float(d["rows"]))
             f.gauge("reshard_continuous_check_timestamp_seconds", "When the last continuous-check pass ended",
                     ["migration"]).add_metric([name], _ts(checked["at"]))
+
+    def _ddl(self, f: Families, name: str) -> None:
+        """Schema changes: how many wait at a barrier per destination, and how many are paused."""
+        from reshard.ddl.report import status_view
+
+        d = status_view(self.co.store, name)
+        waiting = f.gauge("reshard_ddl_waiting", "Schema-change ops waiting at a barrier (for every stream feeding "
+                          "the destination to pass them), per destination", ["migration", "destination"])
+        for dest, n in d["waiting_at_barrier"].items():
+            waiting.add_metric([name, dest], float(n))
+        f.gauge("reshard_ddl_paused", "Schema changes that paused the appliers (resolve with `reshard ddl resolve`)",
+                ["migration"]).add_metric([name], float(d["changes"]["paused"]))
+        f.gauge("reshard_ddl_applied", "Schema changes placed on every destination",
+                ["migration"]).add_metric([name], float(d["changes"]["applied"]))
 
     def _routers(self, f: Families) -> None:
         """Routers that reported in the last minute (reshard/router.py): counters per router,

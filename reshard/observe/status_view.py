@@ -87,6 +87,26 @@ def _event_line(e: dict) -> str:
     return f"    {at} {e['event']}" + (f" ({facts})" if facts else "")
 
 
+def _ddl_lines(d: dict) -> list[str]:
+    """The status view's lines for people (nothing when no change was captured and capture works)."""
+    lines = [f"  schema changes NOT captured on {cluster}: {why}"
+             for cluster, why in sorted(d["capture"].items()) if why]
+    n = d["changes"]
+    if any(n.values()):
+        lines.append(f"  schema changes (--on-ddl {d['policy']}): {n['applied']} applied, {n['placing']} being placed, "
+                     f"{n['paused']} paused" + (f", {n['resolved']} resolved by hand" if n["resolved"] else "")
+                     + (f", {n['ignored']} ignored" if n["ignored"] else ""))
+    for p in d["pending"]:
+        for where in p["pending_on"]:
+            lines.append(f"    {p['what']} on {where['destination']}: "
+                         + (f"waits for {', '.join(where['waits_for'])} to pass it" if where["waits_for"]
+                            else "being applied"))
+    for p in d["paused"]:
+        lines.append(f"    PAUSED at {p['cluster']}#{p['entry']} ({p['table']}, {p['lsn']}): {p['statement'][:80]}: "
+                     f"{p['reason']}")
+    return lines
+
+
 def human(d: dict, r: Rates | None = None) -> str:
     lines = [f"migration {d['migration']}: {d['state']}  (map epoch {d['from_epoch']} -> {d['to_epoch']})"]
     if d.get("error"):
@@ -109,6 +129,8 @@ def human(d: dict, r: Rates | None = None) -> str:
         synced = ", ".join(f"{slot} {'synced' if ok else 'NOT synced'}" for slot, ok in sb["synced"].items())
         ready = "ready" if not sb["missing"] else "NOT READY, lacks: " + "; ".join(sb["missing"])
         lines.append(f"  standby {sb['host']}:{sb['port']} of {sb['cluster']}: {ready}" + (f" ({synced})" if synced else ""))
+    if d.get("ddl"):
+        lines += _ddl_lines(d["ddl"])
     for w in d.get("waves", []):
         pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
         lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")

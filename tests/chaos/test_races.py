@@ -133,11 +133,6 @@ def test_a_column_added_while_the_applier_is_behind(env, tmp_path):
         with env.conn("source1") as conn:
             conn.execute("ALTER TABLE public.ledger ADD COLUMN memo text")
         time.sleep(3.0)  # and events with it
-        paused = subprocess.run(reshard_cmd(cfg, "apply", name), capture_output=True, text=True, timeout=180)
-        assert paused.returncode == ExitCode.PAUSED and "memo" in paused.stderr, paused
-        for t in ("target1", "target2"):
-            with env.conn(t) as conn:
-                conn.execute("ALTER TABLE public.ledger ADD COLUMN memo text")
         applier = spawn(cfg, tmp_path / "apply.log", "apply", name)
         try:
             finish(env, co, name, load)
@@ -145,6 +140,10 @@ def test_a_column_added_while_the_applier_is_behind(env, tmp_path):
             applier.send_signal(signal.SIGTERM)
             applier.wait(timeout=60)
         assert applier.returncode == 0, (tmp_path / "apply.log").read_text()
+        for t in ("target1", "target2"):  # the applier placed the captured change itself
+            with env.conn(t) as conn:
+                assert conn.execute("SELECT 1 FROM information_schema.columns WHERE table_name = 'ledger' "
+                                    "AND column_name = 'memo'").fetchone()
     finally:
         stats = load.stop()
-    f.survived(stats, audit(env, co, load), note="paused with exit 5 until the targets had the column")
+    f.survived(stats, audit(env, co, load), note="the applier added the column to the targets itself")
