@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -24,6 +25,8 @@ class Ctx:
         self.progress_mode = "log" if log_format == "json" and progress_mode != "off" else progress_mode
         self.json = False
         self.loaded: Config | None = None  # the config this command read: named in --json output and errors
+        self.command: str | None = None  # the command running ("ddl list"), for error documents
+        self.migration: str | None = None  # the migration it runs on, if any
 
     def config(self) -> Config:
         self.loaded = load_config(self.config_path)
@@ -93,16 +96,29 @@ def _size(n: float) -> str:
     return str(n)
 
 
-def _duration(_ctx: click.Context, _param: click.Parameter, value: str | None) -> float | None:
-    """'30m', '90s', '2h' or plain seconds."""
-    if value is None:
-        return None
-    units = {"s": 1, "m": 60, "h": 3600}
-    text = value.strip().lower()
-    try:
-        seconds = float(text[:-1]) * units[text[-1]] if text and text[-1] in units else float(text)
-    except ValueError:
-        seconds = -1.0
-    if seconds <= 0:
-        raise click.BadParameter(f"{value!r}: write a duration such as 30m, 90s or 2h")
-    return seconds
+class Duration(click.ParamType):
+    """A time option: ``500ms``, ``30s``, ``5m``, ``2h``, or a plain number in ``per`` (seconds
+    unless the option says otherwise). The value is returned in ``per``; at least ``min``."""
+
+    name = "duration"
+    UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+    def __init__(self, per: str = "s", min: float = 0.0, allow_zero: bool = False):
+        self.per, self.min, self.allow_zero = per, min, allow_zero
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, (int, float)):
+            return value
+        text = str(value).strip().lower()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*(ms|s|m|h)?", text)
+        if not m:
+            self.fail(f"{value!r}: write a duration such as 500ms, 30s, 5m or 2h", param, ctx)
+        seconds = float(m[1]) * self.UNITS[m[2] or self.per]
+        out = seconds / self.UNITS[self.per]
+        if out < self.min or (out == 0 and not self.allow_zero):
+            self.fail(f"{value!r}: must be at least {self.min:g}{self.per}" if self.min else
+                      f"{value!r}: must be more than 0", param, ctx)
+        return int(out) if self.per == "ms" else out
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "DURATION"

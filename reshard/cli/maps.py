@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reshard.cli.context import Ctx, _size, emit, json_option
+from reshard.cli.context import Ctx, Duration, _size, emit, json_option
 from reshard.cli.root import cli
 
 
@@ -149,8 +149,9 @@ def fence_group() -> None:
 
 @fence_group.command("install")
 @click.option("--epoch", type=int, help="Fence for this map version (default: the active one).")
-@click.option("--lock-timeout", default=2000, show_default=True,
-              help="Milliseconds to wait for writes in progress on a table before giving up unchanged.")
+@click.option("--lock-timeout", type=Duration(per="ms"), default=2000, show_default=True,
+              help="How long to wait for writes in progress on a table before giving up unchanged (2s, 500ms; "
+                   "a plain number is milliseconds).")
 @json_option
 @click.pass_obj
 def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
@@ -178,8 +179,9 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
 
 
 @fence_group.command("remove")
-@click.option("--lock-timeout", default=2000, show_default=True,
-              help="Milliseconds to wait for writes in progress on a table before giving up unchanged.")
+@click.option("--lock-timeout", type=Duration(per="ms"), default=2000, show_default=True,
+              help="How long to wait for writes in progress on a table before giving up unchanged (2s, 500ms; "
+                   "a plain number is milliseconds).")
 @json_option
 @click.pass_obj
 def fence_remove(ctx: Ctx, lock_timeout: int) -> None:

@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from reshard.cli.context import Ctx, dumps, emit, json_option
+from reshard.cli.context import Ctx, Duration, dumps, emit, json_option
 from reshard.cli.root import cli
 from reshard.cli.signals import interrupt_on_signals, stop_on_signals
 from reshard.errors import ReshardError
@@ -99,18 +99,19 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
 @cli.command()
 @click.argument("name")
 @click.option("--until-caught-up", is_flag=True, help="Stop once every change committed so far is applied.")
-@click.option("--timeout", default=600.0, show_default=True, help="With --until-caught-up: give up after this long.")
+@click.option("--timeout", type=Duration(), default=600.0, show_default=True,
+              help="With --until-caught-up: give up after this long (10m, 600s).")
 @click.option("--batch-size", default=2000, show_default=True, help="Records per poll and target transaction.")
-@click.option("--kafka-outage", default=300.0, show_default=True,
-              help="Seconds to wait for an unreachable Kafka (saying so once) before exiting with 4.")
+@click.option("--kafka-outage", type=Duration(), default=300.0, show_default=True,
+              help="How long to wait for an unreachable Kafka (saying so once) before exiting with 4 (5m, 300s).")
 @click.option("--metrics-port", type=int, default=None,
               help=f"Serve Prometheus metrics on http://127.0.0.1:PORT/metrics (0: do not serve). Default "
                    f"{METRICS_PORT}, or the next free port up to {METRICS_PORT + METRICS_PORTS - 1} when other "
                    "workers on this host hold it (the port is printed and shown in `reshard status`).")
 @click.option("--metrics-address", default="127.0.0.1", show_default=True,
               help="Address to serve metrics on (0.0.0.0 for a Prometheus on another host).")
-@click.option("--sample-interval", default=10.0, show_default=True, type=click.FloatRange(min=2.0),
-              help="Seconds between the samples (totals, lag) this worker records for `reshard report`.")
+@click.option("--sample-interval", default=10.0, show_default=True, type=Duration(min=2.0),
+              help="Time between the samples (totals, lag) this worker records for `reshard report` (10s).")
 @json_option
 @click.pass_obj
 def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
@@ -151,8 +152,8 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
 @click.option("--port", default=EXPORTER_PORT, show_default=True, help="Serve /metrics on this port.")
 @click.option("--address", default="127.0.0.1", show_default=True,
               help="Address to serve on (0.0.0.0 for a Prometheus on another host).")
-@click.option("--interval", default=5.0, show_default=True,
-              help="Seconds between refreshes; a scrape returns the latest refresh at once.")
+@click.option("--interval", type=Duration(), default=5.0, show_default=True,
+              help="Time between refreshes (5s); a scrape returns the latest refresh at once.")
 @click.pass_obj
 def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval: float) -> None:
     """Serve migration-level Prometheus metrics until interrupted (SIGINT/SIGTERM).
@@ -185,7 +186,8 @@ def exporter(ctx: Ctx, names: tuple[str, ...], port: int, address: str, interval
 
 @cli.command()
 @click.argument("name")
-@click.option("--timeout", default=300.0, show_default=True, help="Give up (exit 6) after this many seconds.")
+@click.option("--timeout", type=Duration(), default=300.0, show_default=True,
+              help="Give up (exit 6) after this long (5m, 300s).")
 @json_option
 @click.pass_obj
 def wait(ctx: Ctx, name: str, timeout: float) -> None:
@@ -206,7 +208,8 @@ def wait(ctx: Ctx, name: str, timeout: float) -> None:
 @click.argument("name", required=False)
 @click.option("--watch", is_flag=True, help="Refresh until Ctrl-C: a live view on a terminal; with --json, one "
               "document per line.")
-@click.option("--interval", default=1.0, show_default=True, help="Seconds between --watch refreshes.")
+@click.option("--interval", type=Duration(), default=1.0, show_default=True,
+              help="Time between --watch refreshes (2s, 500ms).")
 @json_option
 @click.pass_obj
 def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
@@ -319,7 +322,7 @@ def shadow(ctx: Ctx, name: str, sample: float, tables: dict[str, float], off: bo
 @click.option("--max-rows-per-second", type=click.FloatRange(min=1), default=2000.0, show_default=True,
               help="--continuous: rows compared per second at most (both sides read them).")
 @click.option("--passes", type=click.IntRange(min=1), default=None, help="--continuous: stop after this many passes.")
-@click.option("--duration", type=click.FloatRange(min=1), default=None, metavar="SECONDS",
+@click.option("--duration", type=Duration(min=1), default=None,
               help="--continuous: stop after this long.")
 @json_option
 @click.pass_obj

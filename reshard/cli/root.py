@@ -44,3 +44,23 @@ def cli(ctx: click.Context, config_path: str | None, progress_mode: str, log_lev
     """
     configure_logging(log_level, log_format)
     ctx.obj = Ctx(config_path, progress_mode, log_format)
+
+
+COMPLETE_VAR = "_RESHARD_COMPLETE"
+
+
+@cli.command()
+@click.argument("shell", type=click.Choice(["bash", "zsh", "fish"]))
+def completion(shell: str) -> None:
+    """Print the shell completion script for SHELL; load it from your shell's startup file.
+
+    \b
+      bash:  eval "$(reshard completion bash)"     (in ~/.bashrc; bash 4.4 or newer)
+      zsh:   eval "$(reshard completion zsh)"      (in ~/.zshrc)
+      fish:  reshard completion fish > ~/.config/fish/completions/reshard.fish
+    """
+    from click.shell_completion import get_completion_class
+
+    cls = get_completion_class(shell)
+    assert cls is not None  # the choice above lists only shells click completes
+    click.echo(cls(cli, {}, "reshard", COMPLETE_VAR).source())

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from reshard.cli.context import Ctx, emit, json_option
+from reshard.cli.context import Ctx, Duration, emit, json_option
 from reshard.cli.root import cli
 from reshard.config import state_dir
 from reshard.exit_codes import ExitCode
@@ -166,10 +166,11 @@ def stack_consumer_groups(ctx: Ctx, args: tuple[str, ...]) -> None:
 @cli.command()
 @click.option("--rows", default=100_000, show_default=True, help="Rows in the sample table before the copy.")
 @click.option("--write-rate", default=200.0, show_default=True, help="Live writes per second during the run.")
-@click.option("--stream-seconds", default=10.0, show_default=True,
+@click.option("--stream-seconds", type=Duration(), default=10.0, show_default=True,
               help="How long to keep writing after the copy, while changes stream.")
 @click.option("--name", default=None, help="Migration name (default: demo_<UTC timestamp>).")
-@click.option("--timeout", default=180.0, show_default=True, help="Give up catching up after this many seconds.")
+@click.option("--timeout", type=Duration(), default=180.0, show_default=True,
+              help="Give up catching up after this long (3m, 180s).")
 @click.option("--cutover", "with_cutover", is_flag=True,
               help="Write through the router, verify under load and cut over while writing; report the write pause.")
 @click.option("--cleanup", is_flag=True,

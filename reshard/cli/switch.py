@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from reshard.cli.context import Ctx, _duration, emit, json_option
+from reshard.cli.context import Ctx, Duration, emit, json_option
 from reshard.cli.root import cli
 from reshard.config import Config
 from reshard.exit_codes import ExitCode
@@ -67,9 +67,10 @@ def _switch_flags(f: Callable) -> Callable:
                           "per currency) that must agree between the sources' moving rows and the targets at the "
                           "fence; a disagreement backs out (exit 13). Kept with the migration for its later waves "
                           "and rollback; without it, the checks given before (to start or an earlier switch) run.")(f)
-    f = click.option("--lock-timeout", default=500, show_default=True,
-                     help="Milliseconds a fence change may wait for writes in progress before backing out.")(f)
-    f = click.option("--max-write-pause", default=2.0, show_default=True,
+    f = click.option("--lock-timeout", type=Duration(per="ms"), default=500, show_default=True,
+                     help="How long a fence change may wait for writes in progress before backing out "
+                          "(500ms, 1s; a plain number is milliseconds).")(f)
+    f = click.option("--max-write-pause", type=Duration(), default=2.0, show_default=True,
                      help="Hard budget in seconds for the write pause up to the targets' flip (the point of "
                           "no return); past it the switch backs out.")(f)
     f = click.option("--max-lag-bytes", default=64 << 20, show_default=True,
@@ -90,9 +91,9 @@ def _switch_flags(f: Callable) -> Callable:
 @click.option("--window", default=None, metavar="HH:MM-HH:MM",
               help="Only act inside this daily window (exit 11 outside it, having done nothing).")
 @click.option("--timezone", default="local", show_default=True, help="Time zone of --window (e.g. UTC).")
-@click.option("--wait-for-gates", default=0.0, show_default=True, metavar="SECONDS",
+@click.option("--wait-for-gates", type=Duration(allow_zero=True), default=0.0, show_default=True,
               help="Wait up to this long (and within --window) for the gates to pass before giving up.")
-@click.option("--bake", "bake_for", default=None, metavar="DURATION", callback=_duration,
+@click.option("--bake", "bake_for", type=Duration(), default=None,
               help="After the last wave, watch rollback triggers this long (e.g. 30m, 90s) and roll back by "
                    "itself on the first that fires (exit 14); see the Bake section of the README.")
 @click.option("--bake-check", "bake_checks", multiple=True, metavar="COMMAND",
@@ -101,7 +102,7 @@ def _switch_flags(f: Callable) -> Callable:
               help="--bake: the Prometheus that --bake-query asks (e.g. http://127.0.0.1:9090).")
 @click.option("--bake-query", "bake_queries", multiple=True, metavar="PROMQL",
               help="--bake: a PromQL query asked at every look; a non-zero value rolls back.")
-@click.option("--bake-interval", type=click.FloatRange(min=0.5), default=2.0, show_default=True, metavar="SECONDS",
+@click.option("--bake-interval", type=Duration(min=0.5), default=2.0, show_default=True,
               help="--bake: seconds between two looks at the triggers.")
 @click.option("--max-error-rate", type=click.FloatRange(0, 1), default=0.05, show_default=True,
               help="--bake: the routers' error rate (errors per operation over 15 s) that rolls back.")
@@ -109,7 +110,7 @@ def _switch_flags(f: Callable) -> Callable:
               help="--bake: fence rejections the routers may meet during the bake before it rolls back.")
 @click.option("--max-reverse-lag", type=click.IntRange(min=0), default=100_000, show_default=True,
               help="--bake: reverse-stream Kafka records not yet applied to the sources that roll back.")
-@click.option("--bake-reconcile-every", default=None, metavar="DURATION", callback=_duration,
+@click.option("--bake-reconcile-every", type=Duration(), default=None,
               help="--bake: compare the migration's reconciliation checks (--reconcile) at a consistent point this "
                    "often, each time in a write pause backed out on purpose (a disagreement rolls back). With "
                    "checks, one such comparison always ends the bake before it is called clean.")

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 import click
 import pytest
 
-from reshard.cli.context import _duration
+from reshard.cli.context import Duration
 from reshard.cutover.bake import RouterTotals, error_rate_trigger, query_values, run_check
 
 
@@ -51,13 +51,13 @@ def test_a_user_check_fires_on_a_non_zero_exit_or_a_command_that_cannot_run():
 
 @pytest.mark.parametrize(("text", "seconds"), [("30m", 1800), ("90s", 90), ("2h", 7200), ("45", 45)])
 def test_bake_durations(text, seconds):
-    assert _duration(None, None, text) == seconds  # type: ignore[arg-type]
+    assert Duration().convert(text, None, None) == seconds
 
 
 @pytest.mark.parametrize("text", ["", "soon", "-5m", "0"])
 def test_bad_bake_durations_are_refused(text):
     with pytest.raises(click.BadParameter):
-        _duration(None, None, text)  # type: ignore[arg-type]
+        Duration().convert(text, None, None)
 
 
 def test_prometheus_answers_give_their_values_and_a_matrix_is_refused():

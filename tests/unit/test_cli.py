@@ -59,3 +59,70 @@ def test_missing_config_is_a_clear_bad_input(tmp_path, monkeypatch, capsys):
         main(["status"])
     assert e.value.code == ExitCode.BAD_INPUT
     assert "no reshard.yaml found" in capsys.readouterr().err
+
+
+def test_every_time_option_takes_a_duration_with_units():
+    from reshard.cli.context import Duration
+
+    seconds, millis = Duration(), Duration(per="ms")
+    assert [seconds.convert(v, None, None) for v in ("500ms", "30s", "5m", "2h", "90", 7)] == \
+        [0.5, 30.0, 300.0, 7200.0, 90.0, 7]
+    assert [millis.convert(v, None, None) for v in ("500ms", "1s", "750")] == [500, 1000, 750]
+    for bad in ("2x", "-1s", "0", "s"):
+        with pytest.raises(click.BadParameter):
+            seconds.convert(bad, None, None)
+    numbers = {"--timeout", "--interval", "--duration", "--kafka-outage", "--sample-interval", "--wait-for-gates",
+               "--lock-timeout", "--max-write-pause", "--bake", "--bake-interval", "--bake-reconcile-every",
+               "--stream-seconds"}
+    for path, cmd in all_commands():
+        for p in cmd.params:
+            if isinstance(p, click.Option) and set(p.opts) & numbers:
+                assert isinstance(p.type, Duration), f"reshard {' '.join(path)} {p.opts[0]} takes no duration"
+
+
+def test_completion_scripts_complete_commands_in_bash(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    script = CliRunner().invoke(cli, ["completion", "bash"]).output
+    assert "_reshard_completion" in script
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "reshard").write_text(f"#!/bin/sh\nexec {sys.executable} -m reshard.cli \"$@\"\n")
+    (bin_dir / "reshard").chmod(0o755)
+    probe = tmp_path / "probe.sh"
+    probe.write_text(script + '\nCOMP_WORDS=(reshard st); COMP_CWORD=1; _reshard_completion reshard; '
+                     'echo "${COMPREPLY[@]}"; COMPREPLY=()\n'
+                     'COMP_WORDS=(reshard ddl ""); COMP_CWORD=2; _reshard_completion reshard; echo "${COMPREPLY[@]}"\n')
+    out = subprocess.run([shutil.which("bash") or "bash", str(probe)], capture_output=True, text=True, timeout=60,
+                         env={"PATH": f"{bin_dir}:/usr/bin:/bin"})
+    lines = out.stdout.splitlines()
+    assert lines[0].split() == ["stack", "start", "status"], out
+    assert lines[1].split() == ["list", "resolve"], out
+    for shell in ("zsh", "fish"):
+        assert "reshard" in CliRunner().invoke(cli, ["completion", shell]).output
+
+
+def test_errors_in_json_mode_print_the_envelope_with_the_exit_code_name(tmp_path, capsys, monkeypatch):
+    import json
+
+    from jsonschema import Draft202012Validator
+    from referencing import Registry, Resource
+
+    schemas = README.parent / "schemas" / "cli"
+    envelope = json.loads((schemas / "envelope.schema.json").read_text())
+    registry = Registry().with_resource(envelope["$id"], Resource.from_contents(envelope))
+    validator = Draft202012Validator(json.loads((schemas / "error.schema.json").read_text()), registry=registry)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESHARD_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("RESHARD_CONFIG", raising=False)
+    for argv, command, migration in ((["status", "m1", "--json"], "status", "m1"),  # no config: bad input
+                                     (["start", "--json"], "start", None),  # a usage error
+                                     (["wait", "m2", "--timeout", "2x", "--json"], "wait", None)):
+        with pytest.raises(SystemExit) as e:
+            main(argv)
+        assert e.value.code == ExitCode.BAD_INPUT
+        doc = json.loads(capsys.readouterr().out)
+        assert not list(validator.iter_errors(doc)), doc
+        assert (doc["command"], doc["migration"], doc["kind"], doc["ok"]) == (command, migration, "bad_input", False)

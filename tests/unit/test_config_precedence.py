@@ -48,4 +48,4 @@ def test_an_invalid_file_exits_3_naming_the_file_and_the_key(tmp_path):
     assert f"{tmp_path / 'reshard.yaml'}: kafka.partitons: unknown key (did you mean 'partitions'?)" in out.stderr
     assert "Traceback" not in out.stderr
     out = _run(tmp_path, "config", "--json")
-    assert out.returncode == 3 and json.loads(out.stdout)["kind"] == "ConfigError"
+    assert out.returncode == 3 and json.loads(out.stdout)["kind"] == "bad_input"
