@@ -25,6 +25,7 @@ from reshard.config import Config
 from reshard.control.store import ControlStore
 from reshard.cutover import reverse as reverse_streams
 from reshard.cutover.sequences import bring_past, last_values, owned_sequences
+from reshard.ddl import follower as ddl_follower
 from reshard.errors import BudgetExceeded
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
@@ -258,10 +259,13 @@ class LiveSteps:
             for s in reverse_streams.streams(self.store, sw.migration):
                 client.wait_running(s.connector, timeout=60)
             return {"reverse": [s.connector for s in reverse_streams.streams(self.store, sw.migration)]}
-        # rollback: the reverse streams are no longer needed; forward resumes for a later attempt
-        dropped = drop_streams(self.config, self.store, sw.migration,
-                               reverse_streams.streams(self.store, sw.migration), sw.tables)
-        return {"dropped": dropped}
+        # rollback: the reverse streams are no longer needed; forward resumes for a later attempt.
+        # First the schema changes the new owners made reach the sources (nothing else carries them)
+        going = reverse_streams.streams(self.store, sw.migration)
+        unplaced = [f"{c['cluster']}#{c['entry_id']} {c['tbl']}: {c['statement'].strip()[:80]} ({c['status']})"
+                    for c in ddl_follower.settle(self.config, self.store, sw.migration, going)]
+        dropped = drop_streams(self.config, self.store, sw.migration, going, sw.tables)
+        return {"dropped": dropped, **({"ddl_unplaced": unplaced} if unplaced else {})}
 
     def back_out(self) -> dict:
         """Before the point of no return: every involved cluster enforces the active map

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,7 +49,9 @@ from reshard.proof.catchup import applier_group, mark_positions
 
 log = logging.getLogger("reshard.ddl.follower")
 FOLLOW_EVERY_S = 2.0
-LOCK_TIMEOUT_MS = 5000  # a destination's DDL waits this long for a table lock, then is tried again next round
+# a destination's DDL waits this long for its table lock, then is tried again next round: a DDL
+# waiting in the lock queue holds up every later query on the table, the application's too
+LOCK_TIMEOUT_MS = 1000
 POLICIES = ("apply", "pause", "ignore")
 
 
@@ -157,8 +160,11 @@ class DdlFollower:
         self._tolerate(changes)
         self.paused = self._pause_of(changes)
         applied = {(a["direction"], a["destination"], a["statement"]) for a in self.store.ddl_applied(self.migration)}
+        stopped: set[tuple[str, str]] = set()  # a cluster's changes after a paused one wait for it
         for ch in changes:
-            if ch["status"] == "placing":
+            if ch["status"] == "paused":
+                stopped.add((ch["direction"], ch["cluster"]))
+            elif ch["status"] == "placing" and (ch["direction"], ch["cluster"]) not in stopped:
                 self._place(ch, changes, applied)
 
     def _read(self, s: Stream, policy: str) -> None:
@@ -305,6 +311,30 @@ class DdlFollower:
             with conn.transaction():
                 conn.execute(o.statement)
             self.generation += 1
+
+
+def settle(config: Config, store: ControlStore, migration: str, streams: list[Stream],
+           timeout: float = 60.0) -> list[dict]:
+    """Place what ``streams``' clusters logged before the streams go (a rollback drops the
+    reverse streams: a change a new owner made just before it must still reach the sources).
+    Rounds until none of their changes is being placed, at most ``timeout`` seconds; returns
+    the ones still placing or paused then (said by the caller; `reshard ddl list` has them)."""
+    if not streams:
+        return []
+    rec = store.migration(migration)
+    f = DdlFollower(config, store, rec, store.plan_of(rec), streams)
+    clusters = {(s.direction, s.cluster) for s in streams}
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            f.sync()
+            left = [c for c in store.ddl_changes(migration) if (c["direction"], c["cluster"]) in clusters
+                    and c["status"] in ("placing", "paused")]
+            if not left or any(c["status"] == "paused" for c in left) or time.monotonic() > deadline:
+                return left
+            time.sleep(0.5)
+    finally:
+        f.stop()
 
 
 def _drop_invalid(conn: psycopg.Connection[Any], schema: str, index: str) -> None:
