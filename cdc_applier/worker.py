@@ -47,6 +47,7 @@ from reshard.cluster.catalog import require_table
 from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control.records import MigrationRecord
+from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.ddl.follower import DdlFollower
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
@@ -181,6 +182,7 @@ class Applier:
         self._relay_said = False
         bind(migration=rec.name, worker=self.worker_id)
         self._beats: deque[tuple[float, int]] = deque()  # (when, events applied) at each heartbeat
+        self.finished: str | None = None  # the migration completed or was aborted under this worker
 
     @property
     def topics(self) -> list[str]:
@@ -294,6 +296,9 @@ class Applier:
                     self._heartbeat(consumer, now, settle)
                 if until is not None and not msgs and until():
                     break
+                if self.finished is not None:
+                    log.info("the migration is %s: nothing is left to apply; stopping", self.finished)
+                    break
             settle()
         except (MigrationPaused, SchemaMismatch) as exc:
             with contextlib.suppress(Exception):
@@ -324,6 +329,9 @@ class Applier:
         """Every HEARTBEAT_S: say this worker lives, record a sample now and then, ride out a
         Kafka outage, relay the audit log's events, and follow streams that came or went."""
         self.store.heartbeat(self.rec.name, self.worker_id, "applier", self._beat())
+        state = self.store.migration(self.rec.name).state
+        if state in (State.COMPLETE, State.ABORTED):
+            self.finished = state  # nothing will ever stream again: the loop ends
         if now - self._last_sample >= self.sample_every_s:
             self._last_sample = now
             self.store.record_sample(self.rec.name, self.worker_id, self.stats.records, self.stats.applied,

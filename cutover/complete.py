@@ -30,7 +30,8 @@ from reshard.control.records import MigrationRecord
 from reshard.control.states import State
 from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
-from reshard.kafka.streams import Direction, streams_of
+from reshard.kafka.admin import KafkaAdmin
+from reshard.kafka.streams import Direction, dlq_topic, streams_of
 from reshard.maps.planner import Plan
 from reshard.maps.planner import plan as make_plan
 from reshard.maps.shardmap import ShardMap, table_ident
@@ -155,8 +156,17 @@ class _Completion:
         return {"removed" if drop else "steady": out}
 
     def forget(self) -> dict:
-        dropped = []
+        """reshard's bookkeeping on every cluster (per cluster: origins are each server's own), and
+        the dead-letter topic when it is empty; one holding dead letters stays, said, for whoever
+        has to look at them (`kafka-topics --delete` removes it)."""
+        dropped = {}
         for c in self.clusters():
             with connect(self.config.cluster(c).dsn, f"cluster {c}", autocommit=True) as conn:
-                dropped += shard_schema.forget(conn, self.rec.name)
-        return {"origins_dropped": dropped}
+                dropped[c] = shard_schema.forget(conn, self.rec.name)
+        topic = dlq_topic(self.rec.name)
+        with KafkaAdmin(self.config.kafka) as admin:
+            letters = sum(admin.end_offsets([topic]).values()) if topic in admin.topics() else 0
+            if letters:
+                return {"dropped": dropped, "dead_letter_topic_kept": {"topic": topic, "records": letters}}
+            admin.delete_topics([topic])
+        return {"dropped": dropped, "dead_letter_topic_dropped": topic}

@@ -116,7 +116,8 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
 @click.pass_obj
 def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
           metrics_port: int, metrics_address: str, sample_interval: float) -> None:
-    """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM).
+    """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM), or until the
+    migration completes or is aborted (exit 0).
 
     Workers of one migration share a Kafka consumer group: start more to split the
     partitions. Killing a worker at any moment loses nothing and applies nothing twice.

@@ -45,7 +45,7 @@ def forget(conn: psycopg.Connection[Any], migration: str) -> list[str]:
     its heartbeat row, its schema-change capture and the replication origins its appliers used."""
     dropped = []
     if capture.uninstall(conn, migration):
-        dropped.append("ddl capture")
+        dropped.append("schema-change capture")
     if conn.execute("SELECT to_regclass('reshard.applied_rows')").fetchone()[0]:
         for t in ("applied_rows", "applied_offsets", "copy_cursor"):
             conn.execute(sql.SQL("DELETE FROM reshard.{} WHERE migration IN (%s, %s)").format(sql.Identifier(t)),

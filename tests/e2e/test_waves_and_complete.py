@@ -7,9 +7,11 @@ from datetime import datetime, timedelta
 from reshard.control.states import State
 from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
 from reshard.exit_codes import ExitCode
+from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import dlq_topic
 from tests.e2e.cutover_helpers import RouterLoad, acceptors, assert_acked_on_owners, moving_keys, setup
-from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, write_config_file
+from tests.e2e.helpers import ApplierThread, assert_verified, reshard_cmd, spawn, write_config_file
 
 
 def cli(cfg, *args):
@@ -53,12 +55,25 @@ def test_canary_wave_then_the_rest_then_complete(env, tmp_path):
     with env.conn("source1") as conn:
         on_source_before = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
 
+    applier = spawn(cfg, tmp_path / "apply.log", "apply", name)  # a worker left running over complete
     refused = cli(cfg, "complete", name)  # no terminal, no --yes
     assert refused.returncode == ExitCode.BAD_INPUT and "--yes" in refused.stderr
     done = cli(cfg, "complete", name, "--yes", "--batch-rows", "500", "--json")
     assert done.returncode == 0, done.stderr
     deleted = json.loads(done.stdout)["deleted_rows"]
     assert deleted > 1000
+    forgot = next(s for s in json.loads(done.stdout)["steps"] if s["step"] == "forget")
+    assert set(forgot["dropped"]) == {"source1", "target1", "target2"}, forgot  # each origin once, per cluster
+    assert all(len(names) == len(set(names)) for names in forgot["dropped"].values()), forgot
+    assert forgot["dead_letter_topic_dropped"] == dlq_topic(name)
+    with KafkaAdmin(env.config.kafka) as admin:
+        assert dlq_topic(name) not in admin.topics()
+    try:  # the worker saw the migration complete and stopped by itself
+        assert applier.wait(timeout=60) == 0
+    finally:
+        if applier.poll() is None:
+            applier.kill()
+    assert "nothing is left to apply" in (tmp_path / "apply.log").read_text()
     assert co.store.migration(name).state == State.COMPLETE
     with env.conn("source1") as conn:
         left = conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
