@@ -53,6 +53,7 @@ from reshard.ddl.follower import DdlFollower
 from reshard.errors import MigrationPaused, ReshardError, SchemaMismatch, Unavailable
 from reshard.kafka.admin import client_conf
 from reshard.kafka.streams import Direction, Stream, streams_of
+from reshard.live_control import LiveControl
 from reshard.maps.planner import Plan
 from reshard.observe.events import EventRelay
 from reshard.observe.logs import bind
@@ -183,6 +184,8 @@ class Applier:
         bind(migration=rec.name, worker=self.worker_id)
         self._beats: deque[tuple[float, int]] = deque()  # (when, events applied) at each heartbeat
         self.finished: str | None = None  # the migration completed or was aborted under this worker
+        self.live = LiveControl(store, rec.name)
+        self._held: set[tuple[str, int]] = set()  # partitions held back by `reshard pause --apply`
 
     @property
     def topics(self) -> list[str]:
@@ -277,6 +280,7 @@ class Applier:
             while not stop.is_set():
                 if self.ddl.paused is not None:
                     raise self.ddl.paused  # a schema change the policy will not place: stop before its rows
+                self._obey(consumer)
                 msgs = consumer.consume(self.batch_size, timeout=0.1)
                 if not msgs and not inflight:
                     self.metrics.idle()
@@ -309,6 +313,23 @@ class Applier:
         finally:
             self._shut_down(consumer, pool, settle)
         return self.stats
+
+    def _obey(self, consumer: Consumer) -> None:
+        """`reshard pause --apply`: stop fetching (the partitions this member holds are paused,
+        again after a rebalance; what was fetched before is applied and committed as usual),
+        heartbeats go on; `reshard resume` fetches again."""
+        if self.live.paused("apply"):
+            held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            if held != self._held:
+                if not self._held:
+                    log.warning("paused by `reshard pause --apply`: fetching nothing until `reshard resume %s`",
+                                self.rec.name)
+                consumer.pause(consumer.assignment())
+                self._held = held
+        elif self._held:
+            consumer.resume([TopicPartition(t, p) for t, p in self._held])
+            self._held = set()
+            log.warning("resumed by `reshard resume`")
 
     def _consumer(self) -> Consumer:
         return Consumer(client_conf(self.config.kafka, **{
@@ -380,7 +401,7 @@ class Applier:
             self._beats.popleft()
         (t0, a0) = self._beats[0]
         recent = (self.stats.applied - a0) / (now - t0) if now - t0 > 0.5 else None
-        return {**self.stats.to_dict(), "metrics_port": metrics.served_port,
+        return {**self.stats.to_dict(), "metrics_port": metrics.served_port, "paused": bool(self._held),
                 "recent_events_per_second": None if recent is None else round(recent, 1),
                 "lag_seconds": self.metrics.lag_s()}
 

@@ -32,6 +32,7 @@ from reshard.control.store import ControlStore
 from reshard.errors import MigrationError
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.streams import Direction, dlq_topic, streams_of
+from reshard.live_control import LiveControl
 from reshard.maps.planner import Plan
 from reshard.maps.planner import plan as make_plan
 from reshard.maps.shardmap import ShardMap, table_ident
@@ -125,8 +126,10 @@ class _Completion:
 
     def delete_rows(self, batch_rows: int, pause_s: float) -> dict:
         """The moved rows leave the sources in batches of ``batch_rows``, ``pause_s`` apart
-        (leaving the sources' I/O to the application)."""
+        (leaving the sources' I/O to the application), or slower under `reshard throttle
+        --max-rows-per-second`; `reshard pause --complete` holds them between batches."""
         task = self.progress.task("delete moved rows", unit="rows")
+        live = LiveControl(self.store, self.rec.name)
         for move in self.full.moves:
             dsn = self.config.cluster(move.source).dsn
             with connect(dsn, f"source cluster {move.source}", autocommit=True) as conn:
@@ -136,12 +139,18 @@ class _Completion:
                                      "SELECT t.ctid FROM {table} t WHERE {pred} LIMIT {n}))").format(
                         table=table_ident(table), pred=self.full.predicate_sql(move, table, "t"),
                         n=sql.Literal(int(batch_rows)))
-                    while (n := conn.execute(delete).rowcount) > 0:
+                    while True:
+                        live.wait_while_paused("complete")
+                        started = time.monotonic()
+                        n = conn.execute(delete).rowcount
+                        if n <= 0:
+                            break
                         self.result.deleted_rows += n
                         task.advance(n)
                         if n < batch_rows:
                             break
-                        time.sleep(pause_s)
+                        cap = live.now().throttle.get("max_rows_per_second")
+                        time.sleep(max(pause_s, n / cap - (time.monotonic() - started)) if cap else pause_s)
         task.close()
         return {"deleted_rows": self.result.deleted_rows}
 

@@ -32,6 +32,7 @@ from reshard.errors import ConfigError, MigrationError, Unavailable
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Direction, Stream, dlq_topic, forward, streams_of
+from reshard.live_control import controls_of
 from reshard.maps.planner import Plan, plan
 from reshard.maps.shardmap import ShardMap
 from reshard.observe.logs import bind
@@ -389,6 +390,8 @@ class Coordinator:
         out["standbys"] = self._standbys_view(live, unreachable)
         out["routers"] = self.routers_view(p.tables(), rec.settings.get("shadow"))
         out["ddl"] = ddl_report.status_view(self.store, name)
+        steered = controls_of(rec.settings)
+        out["control"] = {"paused": sorted(steered.paused), "throttle": steered.throttle}
         out["events"] = [{**e, "at": e["at"].isoformat()} for e in self.store.recent_events(name, 8)]
         out["unreachable"] = unreachable
         return out

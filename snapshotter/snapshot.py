@@ -37,6 +37,7 @@ from reshard.control.records import MigrationRecord
 from reshard.control.store import ControlStore
 from reshard.errors import SetupError
 from reshard.kafka.streams import forward
+from reshard.live_control import LiveControl
 from reshard.maps.estimate import move_rows
 from reshard.maps.planner import Move, Plan
 from reshard.maps.shardmap import table_ident
@@ -244,7 +245,8 @@ class Snapshotter:
             show(text)
             self.progress.step(f"{source}: copy {text}")
 
-        self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed)
+        self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed,
+                                     live=LiveControl(self.store, self.rec.name))
         if self.throttle_settings.max_rows_per_s:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({table_ident(u.table).as_string(conn) for u in pending}))

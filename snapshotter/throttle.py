@@ -20,10 +20,13 @@ import statistics
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any
 
 import psycopg
+
+if TYPE_CHECKING:
+    from reshard.live_control import LiveControl
 
 LOOK_EVERY_S = 0.5  # how often the adaptive throttle looks at the source
 PROBES = 5  # probe queries per look; their median is the look's latency
@@ -52,8 +55,13 @@ class CopyThrottle:
 
     def __init__(self, settings: ThrottleSettings, probe_dsn: str | None = None,
                  on_change: Callable[[str], None] | None = None, *,
-                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None):
+                 clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None,
+                 live: LiveControl | None = None):
         self.settings = settings
+        self.started_with = settings  # what the command line said; `reshard throttle` overrides it
+        self.live = live
+        self._live_throttle: dict = {}
+        self._probe_dsn = probe_dsn
         self.on_change = on_change or (lambda _text: None)
         self._clock = clock
         self._lock = threading.Lock()
@@ -73,13 +81,43 @@ class CopyThrottle:
         self._watcher: threading.Thread | None = None
         self._conn: psycopg.Connection[Any] | None = None
         if settings.adaptive and probe_dsn:
-            self._conn = psycopg.connect(probe_dsn, autocommit=True, connect_timeout=5,
+            self._start_adaptive()
+        self._follow_live()
+
+    def _start_adaptive(self) -> None:
+        if self._conn is None:
+            assert self._probe_dsn is not None
+            self._conn = psycopg.connect(self._probe_dsn, autocommit=True, connect_timeout=5,
                                          application_name="reshard-copy-throttle")
             self.baseline_ms = statistics.median(self._probe() for _ in range(BASELINE_LOOKS))
-            self._adaptive = float(START_BYTES_S)
-            self.reason = "adaptive, starting slow"
+        self._adaptive = float(START_BYTES_S)
+        self.reason = "adaptive, starting slow"
+        if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="reshard-copy-throttle", daemon=True)
             self._watcher.start()
+
+    def _follow_live(self) -> None:
+        """`reshard throttle` while the copy runs: its limits replace the command line's (a
+        cleared throttle returns to them); turning adaptive on starts the source's probe."""
+        if self.live is None:
+            return
+        wanted = self.live.now().throttle
+        if wanted == self._live_throttle:
+            return
+        self._live_throttle = wanted
+        base = self.started_with
+        adaptive = wanted.get("adaptive")
+        s = replace(base, max_rows_per_s=wanted.get("max_rows_per_second", base.max_rows_per_s),
+                    max_bytes_per_s=wanted.get("max_bytes_per_second", base.max_bytes_per_s),
+                    adaptive=base.adaptive if adaptive is None else bool(adaptive))
+        with self._lock:
+            self.settings = s
+            if not s.adaptive:
+                self._adaptive = None
+                self.reason = ""
+        if s.adaptive and self._adaptive is None and self._probe_dsn:
+            self._start_adaptive()
+        self.on_change(self.describe() + " (reshard throttle)")
 
     # ---- what holds now ---------------------------------------------------------------------
     def _fixed(self) -> float | None:
@@ -116,7 +154,11 @@ class CopyThrottle:
 
     # ---- the bucket ---------------------------------------------------------------------------
     def take(self, nbytes: int) -> None:
-        """Return once ``nbytes`` may go to the target under the current limit."""
+        """Return once ``nbytes`` may go to the target under the current limit (and the copy is
+        not paused by `reshard pause`)."""
+        if self.live is not None:
+            self.waited_s += self.live.wait_while_paused("copy")
+            self._follow_live()
         while True:
             with self._lock:
                 now = self._clock()
@@ -180,7 +222,8 @@ class CopyThrottle:
                 latency, lag = self._probe(), self._replica_lag_s()
             except psycopg.Error:
                 continue  # a source that went away fails the copy itself, with its own message
-            self.look(latency, lag)
+            if self.settings.adaptive:  # `reshard throttle --no-adaptive` may have turned it off
+                self.look(latency, lag)
 
     def look(self, latency: float, lag: float) -> None:
         """One look at the source: back off if it suffers, recover if not."""

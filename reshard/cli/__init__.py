@@ -16,7 +16,7 @@ from typing import Any
 
 import click
 
-from reshard.cli import ddl, maps, migration, stack, switch  # noqa: F401  (they register their commands)
+from reshard.cli import ddl, maps, migration, stack, steer, switch  # noqa: F401  (they register their commands)
 from reshard.cli.context import JSON_VERSION, Ctx
 from reshard.cli.root import COMPLETE_VAR, cli
 from reshard.errors import ReshardError

@@ -165,6 +165,20 @@ class MigrationRecords(MapRecords):
                 raise MigrationError(f"no migration named {name!r}")
             self._audit(conn, name, "migration.settings", changed=sorted(settings))
 
+    def set_control(self, name: str, event: str, **control: Any) -> dict:
+        """Steer a running migration (reshard/live_control.py): merge ``control`` into its
+        ``settings.control`` in one statement (two operators cannot lose each other's change),
+        audited as ``event``; returns the control now in force."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "UPDATE reshard.migrations SET settings = jsonb_set(settings, '{control}', "
+                "coalesce(settings->'control', '{}'::jsonb) || %s), updated_at = now() WHERE name = %s "
+                "RETURNING settings->'control' AS control", (Jsonb(control), name)).fetchone()
+            if row is None:
+                raise MigrationError(f"no migration named {name!r}")
+            self._audit(conn, name, event, **control)
+            return row["control"]
+
     def set_error(self, name: str, error: str | None) -> None:
         with self.connect() as conn:
             conn.execute("UPDATE reshard.migrations SET error = %s, updated_at = now() WHERE name = %s", (error, name))

@@ -31,6 +31,8 @@ from reshard.control import states
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import dlq_topic
+from reshard.live_control import PARTS as STEERED
+from reshard.live_control import controls_of
 from reshard.proof.catchup import applier_group, slot_lag
 
 log = logging.getLogger(__name__)
@@ -201,6 +203,15 @@ class MigrationCollector(Collector):
                 ["migration"]).add_metric([name], float(d["changes"]["paused"]))
         f.gauge("reshard_ddl_applied", "Schema changes placed on every destination",
                 ["migration"]).add_metric([name], float(d["changes"]["applied"]))
+        live = controls_of(self.co.store.migration(name).settings)
+        paused = f.gauge("reshard_paused", "1 while `reshard pause` holds this part of the migration",
+                         ["migration", "part"])
+        for part in STEERED:
+            paused.add_metric([name, part], 1.0 if part in live.paused else 0.0)
+        limit = live.throttle.get("max_rows_per_second")
+        if limit:
+            f.gauge("reshard_throttle_max_rows_per_second", "The rows/s cap `reshard throttle` set (copy and "
+                    "complete)", ["migration"]).add_metric([name], float(limit))
 
     def _routers(self, f: Families) -> None:
         """Routers that reported in the last minute (reshard/router.py): counters per router,

@@ -131,6 +131,12 @@ def human(d: dict, r: Rates | None = None) -> str:
         lines.append(f"  standby {sb['host']}:{sb['port']} of {sb['cluster']}: {ready}" + (f" ({synced})" if synced else ""))
     if d.get("ddl"):
         lines += _ddl_lines(d["ddl"])
+    live = d.get("control") or {}
+    if live.get("paused"):
+        lines.append(f"  PAUSED by `reshard pause`: {', '.join(live['paused'])} (`reshard resume {d['migration']}`)")
+    if live.get("throttle"):
+        lines.append("  throttle set by `reshard throttle`: "
+                     + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sorted(live["throttle"].items())))
     for w in d.get("waves", []):
         pause = f", write pause {w['pause_ms']:.0f} ms" if w.get("pause_ms") is not None else ""
         lines.append(f"  wave {w['wave']}: {w['state']} at epoch {w['epoch']}{pause}")
