@@ -245,6 +245,56 @@ def status(ctx: Ctx, name: str | None, watch: bool, interval: float) -> None:
 
 @cli.command()
 @click.argument("name")
+@click.option("--follow", is_flag=True, help="Keep printing new events as they are recorded, until Ctrl-C.")
+@click.option("--last", default=20, show_default=True, type=click.IntRange(min=0),
+              help="How many of the newest events to print first.")
+@click.option("--interval", type=Duration(), default=1.0, show_default=True,
+              help="--follow: how often to look for new events (1s, 500ms).")
+@json_option
+@click.pass_obj
+def events(ctx: Ctx, name: str, follow: bool, last: int, interval: float) -> None:
+    """The audit log of migration NAME: every state change, switch step, schema change, pause and
+    verification, with who did it. With --json: one document per batch of events, one per line
+    with --follow (the same entries `reshard.events` carries on Kafka)."""
+    import time as _time
+
+    from reshard.control.store import ControlStore
+
+    store = ControlStore(ctx.config().control_dsn)
+    store.migration(name)
+
+    def show(rows: list[dict]) -> None:
+        doc = {"command": "events", "migration": name, "events": [
+            {"id": r["id"], "at": r["at"].isoformat(), "event": r["event"], "actor": r.get("actor"),
+             "detail": r["detail"]} for r in rows]}
+        if ctx.json:
+            click.echo(dumps(doc, indent=None if follow else 2))
+        else:
+            for e in doc["events"]:
+                detail = ", ".join(f"{k}={v}" for k, v in (e["detail"] or {}).items())
+                click.echo(f"{e['at'][:19]}  {e['event']:<22} {detail[:160]}")
+
+    newest = store.recent_events(name, last) if last else []
+    after = newest[-1]["id"] if newest else (store.recent_events(name, 1) or [{"id": 0}])[-1]["id"]
+    if newest or not follow:
+        show(store.migration_events_after(name, newest[0]["id"] - 1, last) if newest else [])
+    if not follow:
+        return
+    interrupt_on_signals()
+    try:
+        while True:
+            rows = store.migration_events_after(name, after, 500)
+            if rows:
+                show(rows)
+                after = rows[-1]["id"]
+            else:
+                _time.sleep(interval)
+    except KeyboardInterrupt:
+        return
+
+
+@cli.command()
+@click.argument("name")
 @click.option("--out", "out_path", type=click.Path(dir_okay=False), default=None,
               help="Where to write the PNG (default: NAME.png).")
 @json_option

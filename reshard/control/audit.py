@@ -36,6 +36,13 @@ class AuditLog(Records):
         with self.connect() as conn:
             conn.execute("UPDATE reshard.event_relay SET last_id = %s WHERE topic = %s", (last_id, topic))
 
+    def migration_events_after(self, migration: str, after_id: int, limit: int) -> list[dict]:
+        """The migration's audit entries after ``after_id``, oldest first (`reshard events --follow`)."""
+        with self.connect() as conn:
+            return conn.execute(
+                "SELECT id, at, event, actor, detail FROM reshard.audit_log WHERE migration = %s AND id > %s "
+                "ORDER BY id LIMIT %s", (migration, after_id, limit)).fetchall()
+
     def recent_events(self, migration: str, limit: int) -> list[dict]:
         """The migration's newest audit entries, oldest first."""
         with self.connect() as conn:

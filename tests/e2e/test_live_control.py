@@ -4,6 +4,7 @@ and appliers within 2 s, through the control database, and lose nothing."""
 from __future__ import annotations
 
 import json
+import signal
 import subprocess
 import threading
 import time
@@ -86,9 +87,20 @@ def test_paused_appliers_fetch_nothing_and_catch_up_after_resume(env, tmp_path):
     co = prepare(env, rows=2_000, migration=name)
     cfg = write_config_file(env, tmp_path)
     co.start(name)
+    follow = subprocess.Popen(reshard_cmd(cfg, "events", name, "--follow", "--last", "0", "--json"),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     with ApplierThread(co, name) as applier:
         co.wait(name, timeout=60)
         steer(cfg, "pause", name, "--apply")
+        try:  # the pause reaches a follower of the audit log as it is recorded
+            seen: list[str] = []
+            while "control.pause" not in seen:
+                line = follow.stdout.readline()
+                assert line, follow.stderr.read()
+                seen += [e["event"] for e in json.loads(line)["events"]]
+        finally:
+            follow.send_signal(signal.SIGINT)
+            assert follow.wait(timeout=10) == 0
         time.sleep(2.5)
         on_targets = sum(len(all_rows(env.dsn(t))) for t in ("target1", "target2"))
         with env.conn("source1") as conn:
@@ -102,3 +114,5 @@ def test_paused_appliers_fetch_nothing_and_catch_up_after_resume(env, tmp_path):
         co.wait(name, timeout=60)
     assert "error" not in applier.result
     assert_targets_equal_source(env)
+    listed = steer(cfg, "events", name, "--last", "50")["events"]
+    assert [e["event"] for e in listed if e["event"].startswith("control.")] == ["control.pause", "control.resume"]
