@@ -122,3 +122,17 @@ class Duration(click.ParamType):
 
     def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
         return "DURATION"
+
+
+def confirm(yes: bool, question: str) -> None:
+    """Ask before a destructive step; without a terminal, only --yes goes on (a job must say so)."""
+    import sys
+
+    from reshard.errors import ConfigError
+
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise ConfigError(f"{question} Not asking without a terminal: pass --yes")
+    if not click.confirm(question, default=False, err=True):
+        raise click.exceptions.Abort()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from reshard.cli.context import Ctx, Duration, _size, emit, json_option
+from reshard.cli.context import Ctx, Duration, _size, confirm, emit, json_option
 from reshard.cli.root import cli
 
 
@@ -182,10 +182,14 @@ def fence_install(ctx: Ctx, epoch: int | None, lock_timeout: int) -> None:
 @click.option("--lock-timeout", type=Duration(per="ms"), default=2000, show_default=True,
               help="How long to wait for writes in progress on a table before giving up unchanged (2s, 500ms; "
                    "a plain number is milliseconds).")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @click.pass_obj
-def fence_remove(ctx: Ctx, lock_timeout: int) -> None:
-    """Remove reshard's fence from every table that has one, on every cluster. Idempotent."""
+def fence_remove(ctx: Ctx, lock_timeout: int, yes: bool) -> None:
+    """Remove reshard's fence from every table that has one, on every cluster. Idempotent.
+    Without the fence, a router with a stale map can write to a shard that no longer owns the key."""
+    confirm(yes, "Remove the write fence from every table on every cluster (stale routers could then write "
+                 "to old owners)?")
     from reshard.cluster import fence
     from reshard.cluster.session import connect
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from reshard import __version__
-from reshard.cli.context import Ctx
+from reshard.cli.context import Ctx, emit, json_option
 from reshard.exit_codes import describe
 from reshard.observe.logs import FORMATS, LEVELS
 from reshard.observe.logs import configure as configure_logging
@@ -14,7 +14,8 @@ EPILOG = "Exit codes:\n\n\b\n" + describe()
 
 
 @click.group(epilog=EPILOG, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="reshard")
+@click.version_option(__version__, prog_name="reshard",
+                      message="%(prog)s %(version)s (details, --json: `reshard version`)")
 @click.option("--config", "config_path", metavar="PATH", envvar="RESHARD_CONFIG",
               help="reshard.yaml to use. Without it: ./reshard.yaml in the working directory, then the embedded "
                    "stack's ($RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml); `reshard config` says "
@@ -64,3 +65,24 @@ def completion(shell: str) -> None:
     cls = get_completion_class(shell)
     assert cls is not None  # the choice above lists only shells click completes
     click.echo(cls(cli, {}, "reshard", COMPLETE_VAR).source())
+
+
+@cli.command()
+@json_option
+@click.pass_obj
+def version(ctx: Ctx) -> None:
+    """reshard's version, the Kafka, Debezium and Apicurio versions it pins, the PostgreSQL majors
+    it supports and the one `stack up` runs by default."""
+    import platform
+
+    from reshard.stack import pg_binaries
+    from reshard.stack.artifacts import pinned
+
+    pins = pinned()
+    doc = {"command": "version", "migration": None, "reshard": __version__, "pins": pins,
+           "postgresql": {"supported": list(pg_binaries.SUPPORTED), "default": pg_binaries.DEFAULT},
+           "python": platform.python_version()}
+    emit(ctx, doc, lambda: f"reshard {__version__}\n" + "".join(
+        f"  {k.capitalize():<10} {v}\n" for k, v in pins.items())
+        + f"  PostgreSQL {', '.join(map(str, pg_binaries.SUPPORTED))} (default {pg_binaries.DEFAULT})\n"
+        + f"  Python     {doc['python']}")

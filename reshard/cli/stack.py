@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from reshard.cli.context import Ctx, Duration, emit, json_option
+from reshard.cli.context import Ctx, Duration, confirm, emit, json_option
 from reshard.cli.root import cli
 from reshard.config import state_dir
 from reshard.exit_codes import ExitCode
@@ -126,12 +126,15 @@ def stack_status(ctx: Ctx) -> None:
 
 
 @stack.command("down")
-@click.option("--purge", is_flag=True, help="Also delete the stack's data, logs and reshard.yaml.")
+@click.option("--purge", is_flag=True, help="Also delete the stack's data, logs and reshard.yaml (asks first).")
+@click.option("--yes", is_flag=True, help="With --purge: do not ask for confirmation.")
 @json_option
 @click.pass_obj
-def stack_down(ctx: Ctx, purge: bool) -> None:
+def stack_down(ctx: Ctx, purge: bool, yes: bool) -> None:
     """Stop exactly the processes `stack up` started (by recorded pid); data is kept
     unless --purge."""
+    if purge:
+        confirm(yes, "Delete the embedded stack's data (every cluster, Kafka's topics), logs and reshard.yaml?")
     st = _stack(ctx)
     stopped = st.down()
     removed = st.purge() if purge else []

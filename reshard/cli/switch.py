@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from reshard.cli.context import Ctx, Duration, emit, json_option
+from reshard.cli.context import Ctx, Duration, confirm, emit, json_option
 from reshard.cli.root import cli
 from reshard.config import Config
 from reshard.exit_codes import ExitCode
@@ -253,17 +253,6 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
     sys.exit(result.exit_code)
 
 
-def _confirm(yes: bool, question: str) -> None:
-    from reshard.errors import ConfigError
-
-    if yes:
-        return
-    if not sys.stdin.isatty():
-        raise ConfigError(f"{question} Not asking without a terminal: pass --yes")
-    if not click.confirm(question, default=False, err=True):
-        raise click.exceptions.Abort()
-
-
 @cli.command("complete")
 @click.argument("name")
 @click.option("--keep-source-data", is_flag=True, help="Do not delete the moved rows from the sources.")
@@ -284,7 +273,7 @@ def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool,
     """
     from reshard.coordinator import Coordinator
 
-    _confirm(yes, f"Complete migration {name}? Rollback will no longer be possible"
+    confirm(yes, f"Complete migration {name}? Rollback will no longer be possible"
              + ("." if keep_source_data else " and the moved rows will be deleted from the sources."))
     config = ctx.config()
     progress = ctx.progress()
@@ -313,7 +302,7 @@ def abort_cmd(ctx: Ctx, name: str, keep_target_data: bool, yes: bool) -> None:
     """
     from reshard.coordinator import Coordinator
 
-    _confirm(yes, f"Abort migration {name} and drop what it created"
+    confirm(yes, f"Abort migration {name} and drop what it created"
              + ("?" if keep_target_data else ", including the rows copied to the targets?"))
     done = Coordinator.open(ctx.config()).teardown(name, drop_target_rows=not keep_target_data)
     emit(ctx, {"command": "abort", "migration": name, "actions": done},

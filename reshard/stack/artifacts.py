@@ -88,6 +88,14 @@ CONVERTER_JARS = (
 )
 
 
+def pinned() -> dict[str, str]:
+    """The versions ``connectors/pom.xml`` pins: Kafka, Debezium, Apicurio (`reshard version`)."""
+    text = (resources.files(CONNECTORS) / "pom.xml").read_text()
+    found = {name: re.search(rf"<{name}.version>([^<]+)</{name}.version>", text) for name in
+             ("kafka", "debezium", "apicurio")}
+    return {name: m.group(1) for name, m in found.items() if m is not None}
+
+
 def _apicurio_version(pom: Path) -> str:
     m = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom.read_text())
     if m is None:

@@ -59,7 +59,7 @@ def test_map_versions_and_fence_commands(env, tmp_path):
             raise AssertionError("the fence let a write through")
         except Exception as exc:
             assert getattr(exc, "sqlstate", None) == "RS002"
-    removed = cli(cfg, "fence", "remove", "--json")["tables"]
+    removed = cli(cfg, "fence", "remove", "--yes", "--json")["tables"]
     assert removed["source1"] == ["public.kv"]
     assert cli(cfg, "fence", "status", "--json")["clusters"]["source1"] == []
     with env.conn("target1") as conn:

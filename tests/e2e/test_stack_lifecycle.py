@@ -81,7 +81,7 @@ def test_up_twice_status_and_down_leave_no_process_behind(tmp_path):
     assert after.returncode == 4
     assert not any(p["running"] for p in json.loads(after.stdout)["parts"])
     pg_data = (home / "pg").resolve()
-    purged = json.loads(run(home, "stack", "down", "--purge", "--json").stdout)
+    purged = json.loads(run(home, "stack", "down", "--purge", "--yes", "--json").stdout)
     assert purged["stopped"] == [] and not home.exists() and not pg_data.exists()
 
 
@@ -115,7 +115,7 @@ def test_up_with_a_standby_per_source_lists_both_and_restarts_it(tmp_path):
                                                                    "target_session_attrs=standby")) as conn:
             assert conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]
     finally:
-        run(home, "stack", "down", "--purge", "--json", check=False)
+        run(home, "stack", "down", "--purge", "--yes", "--json", check=False)
     assert not home.exists()
 
 

@@ -126,3 +126,24 @@ def test_errors_in_json_mode_print_the_envelope_with_the_exit_code_name(tmp_path
         doc = json.loads(capsys.readouterr().out)
         assert not list(validator.iter_errors(doc)), doc
         assert (doc["command"], doc["migration"], doc["kind"], doc["ok"]) == (command, migration, "bad_input", False)
+
+
+def test_version_names_the_pinned_parts_and_the_postgresql_majors():
+    import json
+
+    from reshard.stack import pg_binaries
+
+    doc = json.loads(CliRunner().invoke(cli, ["version", "--json"]).output)
+    assert set(doc["pins"]) == {"kafka", "debezium", "apicurio"} and all(doc["pins"].values())
+    assert doc["postgresql"] == {"supported": list(pg_binaries.SUPPORTED), "default": pg_binaries.DEFAULT}
+
+
+@pytest.mark.parametrize("argv", [["stack", "down", "--purge"], ["fence", "remove"]])
+def test_destructive_commands_ask_and_refuse_without_a_terminal(argv, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RESHARD_HOME", str(tmp_path / "home"))
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == ExitCode.BAD_INPUT
+    assert "pass --yes" in capsys.readouterr().err
+    assert not (tmp_path / "home").exists()  # nothing was touched
