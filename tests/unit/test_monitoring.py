@@ -4,6 +4,7 @@ metric they use is really exported is checked against a live Prometheus in
 tests/e2e/test_prometheus.py."""
 
 import json
+from pathlib import Path
 import subprocess
 
 from tests.monitoring import MONITORING, promtool_binary
@@ -16,7 +17,7 @@ def _promtool(*args: str) -> subprocess.CompletedProcess:
 def test_alert_rules_pass_promtool_check():
     out = _promtool("check", "rules", "alerts.yml")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert "SUCCESS: 12 rules found" in out.stdout
+    assert "SUCCESS: 18 rules found" in out.stdout
 
 
 def test_each_alert_fires_when_it_should_and_only_then():
@@ -57,3 +58,18 @@ def test_write_pause_histogram_buckets_are_cumulative():
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)
     assert abs(total - 64.65) < 1e-9
     assert pause_histogram([]) == ([(str(b), 0.0) for b in (0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)] + [("+Inf", 0.0)], 0.0)
+
+
+def test_every_runbook_link_points_at_a_section_of_the_readme():
+    import re
+
+    import yaml
+
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    anchors = {re.sub(r"[^a-z0-9 -]", "", h.strip().lower()).replace(" ", "-")
+               for h in re.findall(r"^#+ (.+)$", readme, re.M)}
+    rules = yaml.safe_load((MONITORING / "alerts.yml").read_text())["groups"][0]["rules"]
+    links = [r["annotations"]["runbook"] for r in rules if "runbook" in r["annotations"]]
+    assert len(links) >= 6
+    for link in links:
+        assert link.startswith("README.md#") and link.split("#", 1)[1] in anchors, link
