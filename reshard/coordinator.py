@@ -14,6 +14,7 @@ import threading
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from reshard import preflight
 from reshard.cdc_applier.connector import drop_streams, ensure_connector
 from reshard.cdc_applier.failover_watch import FailoverWatch
 from reshard.cdc_applier.route import Router
@@ -133,7 +134,7 @@ class Coordinator:
             raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
 
     def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2,
-              throttle: ThrottleSettings = ThrottleSettings()) -> SnapshotReport:
+              throttle: ThrottleSettings = ThrottleSettings(), skip_checks: tuple[str, ...] = ()) -> SnapshotReport:
         with self.store.lease(name, "start"):
             rec, p = self.record(name)
             if rec.state == State.ABORTED:
@@ -141,7 +142,10 @@ class Coordinator:
             if rec.state == State.PLANNED:
                 self.store.check_no_overlap(name, p)  # before any slot, connector or row
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
-            self.check_services()
+            if rec.state == State.PLANNED:  # a first start: every cluster check (`reshard check`)
+                preflight.before_start(self.config, p, skip_checks, self.progress.step)
+            else:
+                self.check_services()
             setup = check_setup(self.config, p)
             self._say_standbys(name, p.sources())
             for target, tables in setup.missing.items():

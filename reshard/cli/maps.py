@@ -1,11 +1,16 @@
-"""Commands about shard maps: `map`, `plan`, and the shard-side `fence`."""
+"""Commands about shard maps: `map`, `plan`, `check` (before a migration), and the shard-side `fence`."""
 
 from __future__ import annotations
+
+import sys
 
 import click
 
 from reshard.cli.context import Ctx, Duration, _size, confirm, emit, json_option
 from reshard.cli.root import cli
+from reshard.errors import ConfigError
+from reshard.exit_codes import ExitCode
+from reshard.preflight import CHECKS as CHECK_NAMES
 
 
 @cli.group("map")
@@ -219,3 +224,57 @@ def fence_status(ctx: Ctx) -> None:
     emit(ctx, {"command": "fence status", "clusters": out}, lambda: "\n".join(
         f"{c}: " + (", ".join(f"{s['table']} epoch {s['epoch']} {s['mode']}{'' if s['active'] else ' (INACTIVE)'}"
                               for s in st) or "no fence") for c, st in out.items()))
+
+
+@cli.command("check")
+@click.option("--to", "to_path", required=True, type=click.Path(dir_okay=False), help="The new shard map (YAML).")
+@click.option("--from", "from_path", type=click.Path(dir_okay=False), help="Today's map (default: the active one).")
+@click.option("--skip-check", "skip", multiple=True, type=click.Choice(CHECK_NAMES),
+              help="A check whose failure to accept (repeatable); `start --skip-check` takes the same names.")
+@click.option("--estimates/--no-estimates", default=True, show_default=True,
+              help="Measure the sources (a few seconds each) for the feasibility and skew reports.")
+@json_option
+@click.pass_obj
+def check_cmd(ctx: Ctx, to_path: str, from_path: str | None, skip: tuple[str, ...], estimates: bool) -> None:
+    """Check, before anything is created, that a migration to the new map will work here and how
+    long it will take: services, each cluster (version, wal_level, free slots and WAL senders,
+    the slot WAL limit, the role's rights, DDL capture), the moving tables, and the feasibility
+    (copy time from a read rate measured now, WAL kept meanwhile, catch-up) and skew (rows,
+    bytes and recent writes per destination) reports. Exit 1 when a check fails.
+    """
+    from reshard.control.store import ControlStore
+    from reshard.coordinator import Coordinator
+    from reshard.maps.planner import plan
+    from reshard.maps.shardmap import load_map
+    from reshard.preflight import run
+
+    config = ctx.config()
+    new = load_map(to_path, config.clusters)
+    old = load_map(from_path, config.clusters) if from_path else Coordinator.open(config).current_map()[1]
+    p = plan(old, new)
+    if not p.moves:
+        raise ConfigError("the new map moves no keys: nothing to check")
+    result = run(config, ControlStore(config.control_dsn), p, full=estimates)
+    failed = result.failed(skip)
+    doc = {"command": "check", **result.to_dict(), "ok": not failed, "skipped": list(skip)}
+    emit(ctx, doc, lambda: _check_human(doc))
+    if failed:
+        sys.exit(ExitCode.CHECK_FAILED)
+
+
+def _check_human(doc: dict) -> str:
+    lines = []
+    for c in doc["checks"]:
+        mark = {"ok": "ok  ", "warn": "WARN", "fail": "FAIL"}[c["result"]]
+        lines.append(f"  {mark} {c['name']:<17} {c['cluster'] or '':<10} {c['detail']}")
+    f = doc.get("feasibility") or {}
+    for source, s in sorted((f.get("sources") or {}).items()):
+        lines.append(f"  {source}: {s['moving_bytes'] / 1e6:,.1f} MB to copy at ~{(s['sample_read_bytes_per_s'] or 0) / 1e6:,.1f} "
+                     f"MB/s (one session, measured now): ~{s['copy_seconds'] or 0:,.0f} s; WAL {s['wal_bytes_per_s'] / 1e3:,.1f}"
+                     f" kB/s -> ~{(s['wal_kept_during_copy_bytes'] or 0) / 1e6:,.1f} MB kept by its slot meanwhile")
+    if f:
+        lines.append(f"  catch-up: ~{f['catch_up_seconds'] or 0:,.0f} s at {f['apply_events_per_s']:,} events/s "
+                     f"({f['apply_rate']}); verdict: {f['verdict']}")
+    lines.append("all checks pass" if doc["ok"] else "checks FAILED: " + ", ".join(
+        sorted({c["name"] for c in doc["checks"] if c["result"] == "fail" and c["name"] not in doc["skipped"]})))
+    return "\n".join(lines)

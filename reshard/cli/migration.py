@@ -45,11 +45,14 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
                    "pause: every change pauses them until `reshard ddl resolve`. ignore: nothing is placed (a "
                    "row that no longer fits pauses as drift). Kept with the migration; given on a rerun, it "
                    "replaces the one kept.")
+@click.option("--skip-check", "skip_checks", multiple=True,
+              type=click.Choice(["version", "wal_level", "replication_slots", "wal_senders", "privileges"]),
+              help="A failing cluster check to accept (repeatable); `reshard check` lists them all.")
 @json_option
 @click.pass_obj
 def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int,
           max_rows_per_second: float | None, max_bytes_per_second: float | None, throttle: str,
-          throttle_tolerance: float, on_ddl: str | None) -> None:
+          throttle_tolerance: float, on_ddl: str | None, skip_checks: tuple[str, ...]) -> None:
     """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
 
     Safe to rerun at any point: a rerun continues the copy from the targets'
@@ -74,7 +77,8 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
             co.store.update_settings(name, on_ddl=on_ddl)
         try:
             report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers, throttle=ThrottleSettings(
-                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance))
+                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance),
+                skip_checks=skip_checks)
         except ReshardError:
             # a migration this command created and whose checks failed leaves nothing behind
             if not existed and co.store.forget_planned(name):

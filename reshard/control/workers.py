@@ -72,6 +72,18 @@ class WorkerRecords(Records):
                 (migration, worker, records, applied, lag_seconds, lag_records),
             )
 
+    def best_apply_rate(self) -> float | None:
+        """Events/s one applier worker of this deployment reached when busy (the 90th percentile
+        of its sampled rates over spells that applied 1,000 events or more), any migration, in the
+        last 30 days; None when none did (`reshard check`'s catch-up estimate)."""
+        with self.connect() as conn:
+            row = conn.execute(
+                "SELECT percentile_cont(0.9) WITHIN GROUP (ORDER BY rate) AS rate FROM ("
+                " SELECT (applied - lag(applied) OVER w) / nullif(extract(epoch FROM at - lag(at) OVER w), 0) AS rate,"
+                " applied - lag(applied) OVER w AS n FROM reshard.apply_samples WHERE at > now() - interval '30 days'"
+                " WINDOW w AS (PARTITION BY migration, worker ORDER BY at)) s WHERE n >= 1000").fetchone()
+        return float(row["rate"]) if row and row["rate"] else None
+
     def samples(self, migration: str) -> list[dict]:
         """Every applier sample of the migration, oldest first."""
         with self.connect() as conn:

@@ -4,8 +4,8 @@ metric they use is really exported is checked against a live Prometheus in
 tests/e2e/test_prometheus.py."""
 
 import json
-from pathlib import Path
 import subprocess
+from pathlib import Path
 
 from tests.monitoring import MONITORING, promtool_binary
 
