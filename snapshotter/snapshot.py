@@ -246,7 +246,7 @@ class Snapshotter:
             self.progress.step(f"{source}: copy {text}")
 
         self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed,
-                                     live=LiveControl(self.store, self.rec.name))
+                                     live=LiveControl(self.store, self.rec.name), slot=slot)
         if self.throttle_settings.max_rows_per_s:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({table_ident(u.table).as_string(conn) for u in pending}))

@@ -39,6 +39,10 @@ PROBE_SLACK_MS = 0.2  # below this much slower, a sub-millisecond probe is noise
 
 
 UNTHROTTLED = "unthrottled"
+SLOT_LOOK_EVERY_S = 1.0  # how often the copy looks at its slot's WAL against the budget
+SLOT_RESUME_AT = 0.5  # a copy paused by the WAL budget resumes below this share of it
+SLOT_SLOW_AT = 0.8  # ... and runs at the floor above this share
+SLOT_KEEP_SHARE = 0.8  # the default budget: this share of max_slot_wal_keep_size
 
 
 @dataclass(frozen=True)
@@ -48,6 +52,9 @@ class ThrottleSettings:
     adaptive: bool = True
     latency_tolerance: float = 0.2  # slow down when the probe is this much slower than before the copy
     max_replica_lag_s: float = 10.0  # ... or when a physical replica of the source lags more
+    # the WAL the stream's slot may keep on the source before the copy pauses (None: 80 % of the
+    # source's max_slot_wal_keep_size, past which PostgreSQL would invalidate the slot; no limit if unset)
+    max_slot_wal_bytes: int | None = None
 
 
 class CopyThrottle:
@@ -56,8 +63,13 @@ class CopyThrottle:
     def __init__(self, settings: ThrottleSettings, probe_dsn: str | None = None,
                  on_change: Callable[[str], None] | None = None, *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None,
-                 live: LiveControl | None = None):
+                 live: LiveControl | None = None, slot: str | None = None):
         self.settings = settings
+        self.slot = slot  # the stream's slot on this source, whose WAL the budget bounds
+        self._slot_conn: psycopg.Connection[Any] | None = None
+        self._slot_at = -1e9
+        self.slot_wal_bytes: int | None = None  # what the slot kept at the last look
+        self.wal_budget: int | None = None  # in force at the last look
         self.started_with = settings  # what the command line said; `reshard throttle` overrides it
         self.live = live
         self._live_throttle: dict = {}
@@ -109,6 +121,7 @@ class CopyThrottle:
         adaptive = wanted.get("adaptive")
         s = replace(base, max_rows_per_s=wanted.get("max_rows_per_second", base.max_rows_per_s),
                     max_bytes_per_s=wanted.get("max_bytes_per_second", base.max_bytes_per_s),
+                    max_slot_wal_bytes=wanted.get("max_slot_wal_bytes", base.max_slot_wal_bytes),
                     adaptive=base.adaptive if adaptive is None else bool(adaptive))
         with self._lock:
             self.settings = s
@@ -150,7 +163,8 @@ class CopyThrottle:
         limit = self.limit()
         return {"limit_bytes_per_s": round(limit) if limit else None, "state": self.describe(),
                 "probe_baseline_ms": self.baseline_ms and round(self.baseline_ms, 2),
-                "probe_ms": self.latency_ms and round(self.latency_ms, 2), "waited_s": round(self.waited_s, 1)}
+                "probe_ms": self.latency_ms and round(self.latency_ms, 2), "waited_s": round(self.waited_s, 1),
+                "slot_wal_bytes": self.slot_wal_bytes, "slot_wal_budget_bytes": self.wal_budget}
 
     # ---- the bucket ---------------------------------------------------------------------------
     def take(self, nbytes: int) -> None:
@@ -159,6 +173,7 @@ class CopyThrottle:
         if self.live is not None:
             self.waited_s += self.live.wait_while_paused("copy")
             self._follow_live()
+        self._guard_slot()
         while True:
             with self._lock:
                 now = self._clock()
@@ -179,6 +194,61 @@ class CopyThrottle:
                     return
             self.waited_s += wait
             self._sleep(wait)
+
+    # ---- the slot's WAL budget --------------------------------------------------------------
+    def _retained(self) -> int | None:
+        """WAL bytes the slot keeps on the source now (None without a slot, or unreadable)."""
+        if self.slot is None or self._probe_dsn is None:
+            return None
+        try:
+            if self._slot_conn is None or self._slot_conn.closed:
+                self._slot_conn = psycopg.connect(self._probe_dsn, autocommit=True, connect_timeout=5,
+                                                  application_name="reshard-copy-wal-budget")
+            row = self._slot_conn.execute(
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+                "current_setting('max_slot_wal_keep_size')::bigint FROM pg_replication_slots WHERE slot_name = %s",
+                (self.slot,)).fetchone()
+        except psycopg.Error:
+            return None
+        if row is None:
+            return None
+        keep_mb = int(row[1])
+        self.wal_budget = self.settings.max_slot_wal_bytes or (
+            int(keep_mb * (1 << 20) * SLOT_KEEP_SHARE) if keep_mb > 0 else None)
+        self.slot_wal_bytes = int(row[0]) if row[0] is not None else None
+        return self.slot_wal_bytes
+
+    def _guard_slot(self) -> None:
+        """Above the WAL budget the copy pauses until the stream has confirmed enough for the
+        slot to keep less than half of it (Debezium and the appliers catching up); above 80 %
+        it runs at the floor. What the copy waits for is said once, and when it resumes."""
+        now = self._clock()
+        if now - self._slot_at < SLOT_LOOK_EVERY_S:
+            return
+        self._slot_at = now
+        kept = self._retained()
+        budget = self.wal_budget
+        if kept is None or budget is None:
+            return
+        if kept <= budget:
+            slow = kept > budget * SLOT_SLOW_AT
+            if slow != self.reason.startswith("slot WAL"):
+                with self._lock:
+                    self.reason = (f"slot WAL {kept / (1 << 20):,.0f} MiB near the budget {budget / (1 << 20):,.0f} "
+                                   "MiB: at the floor") if slow else ""
+                    self._adaptive = float(FLOOR_BYTES_S) if slow else (float(START_BYTES_S) if self.settings.adaptive
+                                                                         else None)
+                self.on_change(self.describe())
+            return
+        self.on_change(f"paused: slot {self.slot} keeps {kept / (1 << 20):,.0f} MiB of WAL, over the budget "
+                       f"{budget / (1 << 20):,.0f} MiB (--max-slot-wal); waiting for the stream to confirm")
+        while kept is not None and budget is not None and kept > budget * SLOT_RESUME_AT and not self._stop.is_set():
+            self._sleep(SLOT_LOOK_EVERY_S)
+            self.waited_s += SLOT_LOOK_EVERY_S
+            if self.live is not None:
+                self._follow_live()
+            kept, budget = self._retained(), self.wal_budget
+        self.on_change(f"resumed: slot {self.slot} keeps {(kept or 0) / (1 << 20):,.0f} MiB of WAL")
 
     def hint_width(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
         """The tables' bytes a row from the catalog (heap and TOAST over the estimated rows):
@@ -252,5 +322,6 @@ class CopyThrottle:
         self._stop.set()
         if self._watcher is not None:
             self._watcher.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
+        for conn in (self._conn, self._slot_conn):
+            if conn is not None:
+                conn.close()

@@ -96,6 +96,25 @@ def _size(n: float) -> str:
     return str(n)
 
 
+class Size(click.ParamType):
+    """A size option: ``512MB``, ``10GB``, ``1GiB`` (powers of 1024 either way), or plain bytes."""
+
+    name = "size"
+    UNITS = {"": 1, "b": 1, "k": 1 << 10, "kb": 1 << 10, "kib": 1 << 10, "m": 1 << 20, "mb": 1 << 20,
+             "mib": 1 << 20, "g": 1 << 30, "gb": 1 << 30, "gib": 1 << 30, "t": 1 << 40, "tb": 1 << 40, "tib": 1 << 40}
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, int):
+            return value
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+)\s*([a-z]*)", str(value).strip().lower())
+        if not m or m[2] not in self.UNITS or float(m[1]) <= 0:
+            self.fail(f"{value!r}: write a size such as 512MB or 10GB", param, ctx)
+        return int(float(m[1]) * self.UNITS[m[2]])
+
+    def get_metavar(self, param: click.Parameter, ctx: click.Context | None = None) -> str:
+        return "SIZE"
+
+
 class Duration(click.ParamType):
     """A time option: ``500ms``, ``30s``, ``5m``, ``2h``, or a plain number in ``per`` (seconds
     unless the option says otherwise). The value is returned in ``per``; at least ``min``."""

@@ -9,7 +9,7 @@ import threading
 
 import click
 
-from reshard.cli.context import Ctx, Duration, dumps, emit, json_option
+from reshard.cli.context import Ctx, Duration, Size, dumps, emit, json_option
 from reshard.cli.root import cli
 from reshard.cli.signals import interrupt_on_signals, stop_on_signals
 from reshard.errors import ReshardError
@@ -45,6 +45,11 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
                    "pause: every change pauses them until `reshard ddl resolve`. ignore: nothing is placed (a "
                    "row that no longer fits pauses as drift). Kept with the migration; given on a rerun, it "
                    "replaces the one kept.")
+@click.option("--max-slot-wal", type=Size(), default=None,
+              help="WAL the stream's slot may keep on a source while the copy runs (512MB, 10GB): above 80 % the "
+                   "copy runs at its floor, above it the copy pauses until the stream confirms enough to keep under "
+                   "half. Default: 80 % of the source's max_slot_wal_keep_size (past which PostgreSQL would drop "
+                   "the slot), none if that is unset. `reshard throttle --max-slot-wal` changes it while it runs.")
 @click.option("--skip-check", "skip_checks", multiple=True,
               type=click.Choice(["version", "wal_level", "replication_slots", "wal_senders", "privileges"]),
               help="A failing cluster check to accept (repeatable); `reshard check` lists them all.")
@@ -52,7 +57,8 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
 @click.pass_obj
 def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int,
           max_rows_per_second: float | None, max_bytes_per_second: float | None, throttle: str,
-          throttle_tolerance: float, on_ddl: str | None, skip_checks: tuple[str, ...]) -> None:
+          throttle_tolerance: float, on_ddl: str | None, max_slot_wal: int | None,
+          skip_checks: tuple[str, ...]) -> None:
     """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
 
     Safe to rerun at any point: a rerun continues the copy from the targets'
@@ -77,7 +83,8 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
             co.store.update_settings(name, on_ddl=on_ddl)
         try:
             report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers, throttle=ThrottleSettings(
-                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance),
+                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance,
+                max_slot_wal_bytes=max_slot_wal),
                 skip_checks=skip_checks)
         except ReshardError:
             # a migration this command created and whose checks failed leaves nothing behind

@@ -116,3 +116,53 @@ def test_paused_appliers_fetch_nothing_and_catch_up_after_resume(env, tmp_path):
     assert_targets_equal_source(env)
     listed = steer(cfg, "events", name, "--last", "50")["events"]
     assert [e["event"] for e in listed if e["event"].startswith("control.")] == ["control.pause", "control.resume"]
+
+
+def test_the_copy_pauses_while_its_slot_keeps_more_wal_than_the_budget(env, tmp_path):
+    from reshard.kafka.connect_client import ConnectClient
+    from reshard.kafka.streams import forward
+
+    name = env.migration()
+    co = prepare(env, rows=100_000, migration=name)
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["report"] = co.start(name, batch_rows=500, throttle=ThrottleSettings(
+                adaptive=False, max_rows_per_s=4000, max_slot_wal_bytes=8 << 20))
+        except BaseException as exc:
+            result["error"] = exc
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    client = ConnectClient(env.config.connect)
+    connector = forward(name, "source1").connector
+    try:
+        wait_for(lambda: copied(co, name) > 2000, 120, "the copy under way")
+        client.pause(connector)  # Debezium confirms nothing: the slot keeps every byte of WAL from now on
+        with env.conn("source1") as conn:
+            for _ in range(3):  # ~10 MB of WAL a pass, far over the 8 MiB budget
+                conn.execute("UPDATE public.accounts SET balance = balance + 1 WHERE id <= 40000")
+
+        def stalled() -> bool:
+            a = copied(co, name)
+            time.sleep(3.0)
+            return copied(co, name) == a
+        wait_for(stalled, 60, "the copy to pause on the WAL budget", interval=0)
+        held = copied(co, name)
+        assert held < 100_000 and t.is_alive()
+        time.sleep(4.0)
+        assert copied(co, name) == held, "the copy went on over the WAL budget"
+        client.resume(connector)  # the stream confirms, the slot lets its WAL go, the copy resumes
+        t.join(timeout=240)
+        assert not t.is_alive(), "the copy did not resume once the slot kept less WAL"
+    finally:
+        client.resume(connector)
+        t.join(timeout=240)
+    if "error" in result:
+        raise result["error"]
+    budget = result["report"].throttle["source1"]
+    assert budget["slot_wal_budget_bytes"] == 8 << 20 and budget["waited_s"] >= 4, budget
+    with ApplierThread(co, name):
+        co.wait(name, timeout=120)
+    assert_targets_equal_source(env)
