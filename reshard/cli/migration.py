@@ -112,7 +112,8 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
 @click.option("--until-caught-up", is_flag=True, help="Stop once every change committed so far is applied.")
 @click.option("--timeout", type=Duration(), default=600.0, show_default=True,
               help="With --until-caught-up: give up after this long (10m, 600s).")
-@click.option("--batch-size", default=2000, show_default=True, help="Records per poll and target transaction.")
+@click.option("--batch-rows", "--batch-size", "batch_size", default=2000, show_default=True,
+              help="Records per poll and target transaction (--batch-size: its former name).")
 @click.option("--kafka-outage", type=Duration(), default=300.0, show_default=True,
               help="How long to wait for an unreachable Kafka (saying so once) before exiting with 4 (5m, 300s).")
 @click.option("--metrics-port", type=int, default=None,
@@ -161,8 +162,9 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
 
 @cli.command()
 @click.argument("names", nargs=-1)
-@click.option("--port", default=EXPORTER_PORT, show_default=True, help="Serve /metrics on this port.")
-@click.option("--address", default="127.0.0.1", show_default=True,
+@click.option("--metrics-port", "--port", "port", default=EXPORTER_PORT, show_default=True,
+              help="Serve /metrics on this port (--port: its former name).")
+@click.option("--metrics-address", "--address", "address", default="127.0.0.1", show_default=True,
               help="Address to serve on (0.0.0.0 for a Prometheus on another host).")
 @click.option("--interval", type=Duration(), default=5.0, show_default=True,
               help="Time between refreshes (5s); a scrape returns the latest refresh at once.")

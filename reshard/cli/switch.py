@@ -259,7 +259,9 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
 @click.option("--drop-fences", is_flag=True,
               help="Remove reshard's fence triggers too (stale routers could then write to old owners).")
 @click.option("--batch-rows", default=5000, show_default=True, help="Rows deleted per source transaction.")
-@click.option("--throttle", default=0.05, show_default=True, help="Seconds to pause between delete batches.")
+@click.option("--batch-pause", "--throttle", "throttle", type=Duration(), default=0.05, show_default=True,
+              help="Pause between delete batches (50ms, 1s; --throttle: its former name). `reshard throttle "
+                   "--max-rows-per-second` caps them while they run.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @click.pass_obj

@@ -40,7 +40,7 @@ def test_sigkill_applier_mid_stream_then_restart_loses_nothing(env, tmp_path):
         # targets and its Kafka offsets not: the next applier gets it again
         for round_, point in enumerate(("apply_batch:committed#3", "apply_batch:committed#8")):
             log = tmp_path / f"apply{round_}.log"
-            proc = spawn(cfg, log, "apply", name, "--batch-size", "200", failpoint=point)
+            proc = spawn(cfg, log, "apply", name, "--batch-rows", "200", failpoint=point)
             at_failpoint(proc, log, point, timeout=90)
             os.kill(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
