@@ -1,0 +1,227 @@
+"""What each part of the pipeline costs per change event, in CPU time, against PostgreSQL's own
+logical replication doing the same split: the map for making it faster, and independent of the
+core count (it says how each part scales on a bigger host).
+
+Setup on the embedded stack: a narrow table (id bigint primary key, a int, b text of 96 chars,
+c numeric(12,2), d timestamptz) of --rows rows on source1, split 1 -> 2 by hash. Each round, in
+turn for reshard and for native replication (a publication per target with reshard's own
+key predicate as its row filter, a subscription on each target):
+
+- once streaming and idle, read every part's CPU time (utime + stime from /proc, children
+  that exited included through the parent's cutime/cstime): the source's WAL senders (the
+  processes in pg_stat_replication), each target's whole server, and for reshard Kafka,
+  Kafka Connect (Debezium) and the `reshard apply` process;
+- pgbench writes --events single-row updates of random keys (4 clients);
+- wait until the targets hold every change (reshard: the catch-up proof; native: the sum of
+  column a on the targets equals the source's), read the CPU times again.
+
+Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio.
+
+    .venv/bin/python bench/cost_per_event.py [--rows 100000] [--events 40000] [--rounds 2]
+        [--pg-version N] [--json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import add_pg_version, fresh_databases, load_average, median, stack_config  # noqa: E402
+from reshard.config import Config, state_dir, write_config  # noqa: E402
+from reshard.coordinator import Coordinator  # noqa: E402
+from reshard.maps.planner import plan  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
+from reshard.stack import Stack  # noqa: E402
+from reshard.stack.demo import demo_maps  # noqa: E402
+
+DB = "bench_cost"
+NAME = "benchcost"
+TARGETS = ["target1", "target2"]
+TICK = os.sysconf("SC_CLK_TCK")
+HOME: list[Path] = []  # the stack's state directory (set by main: --pg-version picks another)
+NARROW = ("CREATE TABLE public.accounts (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, "
+          "c numeric(12,2) NOT NULL, d timestamptz NOT NULL)")
+SCRIPT = "\\set id random(1, {rows})\nUPDATE public.accounts SET a = a + 1 WHERE id = :id;\n"
+
+
+def _stat(pid: int) -> tuple[float, float, int]:
+    """(own CPU s, exited children's CPU s, ppid) of a process; zeros if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK, int(fields[1])
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process and every descendant, live or exited (waited for)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ppid = _stat(int(entry.name))[2]
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        own, exited, _ = _stat(pid)
+        total += own + exited
+        todo += children.get(pid, [])
+    return total
+
+
+def walsenders(config: Config) -> list[int]:
+    with psycopg.connect(config.cluster("source1").dsn) as conn:
+        return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
+
+
+def parts(config: Config, extra: dict[str, int]) -> dict[str, float]:
+    """CPU seconds now of each part."""
+    st = {p.name: p.pid for p in Stack(HOME[0]).status() if p.pid}
+    out = {"source WAL senders": sum(_stat(pid)[0] for pid in walsenders(config))}
+    for t in TARGETS:
+        out[f"{t} server"] = tree_cpu(st[t])
+    for name, pid in extra.items():
+        out[name] = tree_cpu(pid)
+    return out
+
+
+def seed(config: Config, rows: int) -> None:
+    for c in ("source1", *TARGETS):
+        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
+            conn.execute(NARROW)
+    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.accounts SELECT g, g %% 1000, repeat(md5(g::text), 3), g * 1.5, now() "
+                     "FROM generate_series(1, %s) g", (rows,))
+        conn.execute("VACUUM ANALYZE public.accounts")
+
+
+def burst(config: Config, rows: int, events: int) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "update.sql"
+        script.write_text(SCRIPT.format(rows=rows))
+        subprocess.run(["pgbench", "-n", "-c", "4", "-j", "2", "-t", str(events // 4), "-f", str(script),
+                        config.cluster("source1").dsn], check=True, capture_output=True)
+
+
+def reshard_round(base: Config, rows: int, events: int, tmp: Path) -> dict[str, float]:
+    config = fresh_databases(base, DB, NAME)
+    seed(config, rows)
+    before, after = demo_maps(TARGETS)
+    co = Coordinator.open(config)
+    co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
+    from reshard.snapshotter.throttle import ThrottleSettings
+
+    co.start(NAME, throttle=ThrottleSettings(adaptive=False))
+    cfg = tmp / "reshard.yaml"
+    write_config(config, cfg)
+    applier = subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
+                                "apply", NAME, "--metrics-port", "0"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        co.wait(NAME, timeout=300)
+        time.sleep(2.0)
+        st = {p.name: p.pid for p in Stack(HOME[0]).status() if p.pid}
+        extra = {"Kafka broker": st["kafka"], "Kafka Connect (Debezium)": st["connect"],
+                 "reshard apply": applier.pid}
+        t0 = parts(config, extra)
+        burst(config, rows, events)
+        co.wait(NAME, timeout=600)
+        t1 = parts(config, extra)
+    finally:
+        applier.terminate()
+        applier.wait(timeout=60)
+        co.teardown(NAME)
+    return {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
+
+
+def native_round(base: Config, rows: int, events: int) -> dict[str, float]:
+    config = fresh_databases(base, DB, NAME)
+    seed(config, rows)
+    before, after = demo_maps(TARGETS)
+    p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
+    src = config.cluster("source1")
+    with psycopg.connect(src.dsn, autocommit=True) as conn:
+        for m in p.moves:
+            pred = p.predicate_sql(m, "public.accounts").as_string(conn)
+            conn.execute(f"CREATE PUBLICATION bench_{m.target} FOR TABLE public.accounts WHERE ({pred})")
+    for m in p.moves:
+        with psycopg.connect(config.cluster(m.target).dsn, autocommit=True) as conn:
+            conn.execute(f"CREATE SUBSCRIPTION bench_{m.target} CONNECTION '{src.dsn}' PUBLICATION bench_{m.target}")
+
+    def sums() -> tuple[int, int]:
+        with psycopg.connect(src.dsn) as conn:
+            want = conn.execute("SELECT sum(a) FROM public.accounts").fetchone()[0]
+        got = 0
+        for t in TARGETS:
+            with psycopg.connect(config.cluster(t).dsn) as conn:
+                got += conn.execute("SELECT coalesce(sum(a), 0) FROM public.accounts").fetchone()[0]
+        return int(want), int(got)
+
+    def synced() -> bool:
+        want, got = sums()
+        return want == got
+    try:
+        deadline = time.monotonic() + 300
+        while not synced():
+            if time.monotonic() > deadline:
+                raise SystemExit("native replication did not copy the table within 300 s")
+            time.sleep(0.2)
+        time.sleep(2.0)
+        t0 = parts(config, {})
+        burst(config, rows, events)
+        while not synced():
+            time.sleep(0.05)
+        t1 = parts(config, {})
+    finally:
+        for t in TARGETS:
+            with psycopg.connect(config.cluster(t).dsn, autocommit=True) as conn:
+                conn.execute(f"DROP SUBSCRIPTION IF EXISTS bench_{t}")
+    return {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=100_000)
+    ap.add_argument("--events", type=int, default=40_000)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
+    args = ap.parse_args()
+    base = stack_config(args.pg_version)
+    HOME.append(state_dir() / f"pg{args.pg_version}" if args.pg_version else state_dir())
+    runs: dict[str, list[dict[str, float]]] = {"reshard": [], "native": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(args.rounds):
+            for kind in (("reshard", "native") if r % 2 == 0 else ("native", "reshard")):
+                got = (reshard_round(base, args.rows, args.events, Path(tmp)) if kind == "reshard"
+                       else native_round(base, args.rows, args.events))
+                runs[kind].append(got)
+                print(f"round {r + 1} {kind}: " + ", ".join(f"{k} {v:,.1f}" for k, v in got.items())
+                      + f" µs/event; load {load_average()}", file=sys.stderr)
+    table = {kind: {k: median([run[k] for run in rs]) for k in rs[0]} for kind, rs in runs.items()}
+    totals = {kind: sum(v.values()) for kind, v in table.items()}
+    if args.json:
+        print(json.dumps({"events": args.events, "rounds": args.rounds, "per_event_cpu_us": table,
+                          "total_cpu_us": totals, "ratio": totals["reshard"] / totals["native"]}, indent=2))
+        return
+    print(f"CPU-µs per event, {args.events:,} single-row updates split 1 -> 2, medians of {args.rounds} rounds")
+    for kind, row in table.items():
+        print(f"  {kind}")
+        for k, v in row.items():
+            print(f"    {k:<28} {v:>9,.1f}")
+        print(f"    {'total':<28} {totals[kind]:>9,.1f}")
+    print(f"  reshard / native: {totals['reshard'] / totals['native']:.2f}x the CPU per event")
+
+
+if __name__ == "__main__":
+    main()
