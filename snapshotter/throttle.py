@@ -197,7 +197,11 @@ class CopyThrottle:
 
     # ---- the slot's WAL budget --------------------------------------------------------------
     def _retained(self) -> int | None:
-        """WAL bytes the slot keeps on the source now (None without a slot, or unreadable)."""
+        """WAL bytes the stream has not confirmed on the source now (None without a slot, or
+        unreadable): what the slot will keep, whatever the stream does not take. Judged on
+        the confirmed position, not on restart_lsn, which PostgreSQL moves only at its next
+        restart point (a running-transactions record): a stream that caught up lets the copy
+        go on at once, and the WAL goes at that point."""
         if self.slot is None or self._probe_dsn is None:
             return None
         try:
@@ -205,7 +209,7 @@ class CopyThrottle:
                 self._slot_conn = psycopg.connect(self._probe_dsn, autocommit=True, connect_timeout=5,
                                                   application_name="reshard-copy-wal-budget")
             row = self._slot_conn.execute(
-                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+                "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
                 "current_setting('max_slot_wal_keep_size')::bigint FROM pg_replication_slots WHERE slot_name = %s",
                 (self.slot,)).fetchone()
         except psycopg.Error:
@@ -240,15 +244,15 @@ class CopyThrottle:
                                                                          else None)
                 self.on_change(self.describe())
             return
-        self.on_change(f"paused: slot {self.slot} keeps {kept / (1 << 20):,.0f} MiB of WAL, over the budget "
-                       f"{budget / (1 << 20):,.0f} MiB (--max-slot-wal); waiting for the stream to confirm")
+        self.on_change(f"paused: slot {self.slot} holds {kept / (1 << 20):,.0f} MiB of WAL the stream has not "
+                       f"confirmed, over the budget {budget / (1 << 20):,.0f} MiB (--max-slot-wal); waiting for it")
         while kept is not None and budget is not None and kept > budget * SLOT_RESUME_AT and not self._stop.is_set():
             self._sleep(SLOT_LOOK_EVERY_S)
             self.waited_s += SLOT_LOOK_EVERY_S
             if self.live is not None:
                 self._follow_live()
             kept, budget = self._retained(), self.wal_budget
-        self.on_change(f"resumed: slot {self.slot} keeps {(kept or 0) / (1 << 20):,.0f} MiB of WAL")
+        self.on_change(f"resumed: the stream confirmed all but {(kept or 0) / (1 << 20):,.0f} MiB")
 
     def hint_width(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:
         """The tables' bytes a row from the catalog (heap and TOAST over the estimated rows):

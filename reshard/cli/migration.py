@@ -46,8 +46,8 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
                    "row that no longer fits pauses as drift). Kept with the migration; given on a rerun, it "
                    "replaces the one kept.")
 @click.option("--max-slot-wal", type=Size(), default=None,
-              help="WAL the stream's slot may keep on a source while the copy runs (512MB, 10GB): above 80 % the "
-                   "copy runs at its floor, above it the copy pauses until the stream confirms enough to keep under "
+              help="WAL the stream may leave unconfirmed on a source while the copy runs (512MB, 10GB): above 80 % "
+                   "the copy runs at its floor, above it the copy pauses until the stream has confirmed all but "
                    "half. Default: 80 % of the source's max_slot_wal_keep_size (past which PostgreSQL would drop "
                    "the slot), none if that is unset. `reshard throttle --max-slot-wal` changes it while it runs.")
 @click.option("--skip-check", "skip_checks", multiple=True,
