@@ -21,6 +21,7 @@ from reshard.errors import ConfigError
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Stream
+from reshard.secrets import connector_password_error
 
 TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
@@ -82,12 +83,7 @@ def connect_password(config: Config, cluster: str) -> str:
     if not secret:
         return ""
     if not config.connect.secrets_dir:
-        raise ConfigError(
-            f"cluster {cluster} needs a password, and reshard will not write it into the Debezium connector's config "
-            f"(anyone who can reach Connect's REST API can read that): set clusters.{cluster}.connect_password to "
-            "a Kafka Connect config-provider reference (${file:/path:key} or ${env:VAR}) the Connect worker resolves, "
-            "or connect.secrets_dir to a directory the worker's `file` config provider reads"
-        )
+        raise ConfigError(connector_password_error(cluster))
     path = Path(config.connect.secrets_dir) / f"{cluster}.properties"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")

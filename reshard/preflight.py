@@ -40,8 +40,9 @@ SKEW_LIMIT = 1.5  # a destination above this many times the mean is flagged
 WAL_WINDOW_S = 2.0  # how long the WAL and write rates are measured
 SAMPLE_ROWS = 20_000  # rows of moving data read to measure a source's copy rate
 ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (README, Performance) when nothing was measured here
-CHECKS = ("services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
-          "tables", "ddl_capture", "skew", "feasibility")
+CHECKS = ("config", "services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
+          "tables", "ddl_capture", "skew", "feasibility", "target_disk")
+DISK_HEADROOM = 1.5  # moving table bytes -> what the target needs free (indexes, WAL, bloat while applying)
 
 
 @dataclass
@@ -71,6 +72,31 @@ class Preflight:
 
 def _setting(conn: psycopg.Connection[Any], name: str) -> str:
     return str(conn.execute("SELECT current_setting(%s)", (name,)).fetchone()[0])
+
+
+def config_checks(config: Config, out: Preflight) -> None:
+    """What the config alone tells (no server asked; `reshard config` runs these): each
+    connector's password reaches Debezium as a config-provider reference the Connect worker
+    can resolve, never as the secret."""
+    import os
+
+    from reshard.secrets import REFERENCE, connector_password_error
+
+    for name, c in sorted(config.clusters.items()):
+        ref = REFERENCE.match(c.connect_password or "")
+        if ref and ref["provider"] == "file" and not ref["arg"].startswith("/"):
+            out.add("config", FAIL, f"clusters.{name}.connect_password: the Connect worker reads {ref['arg']!r} "
+                    "from its own filesystem; give an absolute path", name)
+            continue
+        has_secret = bool(c.params(for_connect=True).get("password") or c.params().get("password")
+                          or os.environ.get("PGPASSWORD"))
+        if has_secret and not c.connect_password and not config.connect.secrets_dir:
+            out.add("config", FAIL, connector_password_error(name), name)
+        else:
+            out.add("config", OK, "connector password: " + (
+                "the Connect worker resolves " + c.connect_password if c.connect_password else
+                f"written to {config.connect.secrets_dir} for the worker's file provider" if has_secret
+                else "none in the config or PGPASSWORD (a password file is checked at start)"), name)
 
 
 def cluster_checks(config: Config, plan: Plan, out: Preflight) -> None:
@@ -256,6 +282,8 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
     out.add("feasibility", OK if catch_up_s is not None else WARN,
             f"copy ~{copy_s:,.0f} s, then catch-up ~{catch_up_s or 0:,.0f} s; {verdict}")
     targets = sorted(rows_to)
+    for t in targets:
+        disk_check(config, t, bytes_to[t], out)
     if len(targets) > 1:
         mean_rows = statistics.mean(rows_to.values()) or 1
         mean_bytes = statistics.mean(bytes_to.values()) or 1
@@ -272,6 +300,31 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
                     + (" — far above the others" if worst > SKEW_LIMIT else ""), t)
 
 
+def disk_check(config: Config, target: str, incoming: int, out: Preflight) -> None:
+    """Free disk on a target against the bytes moving to it (times DISK_HEADROOM). PostgreSQL
+    does not say its free disk over SQL, so it is measured only where the target runs on this
+    host (its data directory readable here); elsewhere the need is said as a warning."""
+    import shutil
+
+    need = int(incoming * DISK_HEADROOM)
+    with connect(config.cluster(target).dsn, f"target cluster {target}", autocommit=True) as conn:
+        local = conn.execute("SELECT coalesce(host(inet_server_addr()) IN ('127.0.0.1', '::1'), true)").fetchone()[0]
+        try:
+            data_dir = _setting(conn, "data_directory")
+        except psycopg.Error:  # needs pg_read_all_settings
+            data_dir = None
+    try:
+        free = shutil.disk_usage(data_dir).free if local and data_dir else None
+    except OSError:
+        free = None
+    if free is None:
+        out.add("target_disk", WARN, f"cannot see {target}'s disk from here: it needs about {need:,} bytes free "
+                f"({incoming:,} moving, x{DISK_HEADROOM} for indexes and WAL)", target)
+    else:
+        out.add("target_disk", OK if free >= need else FAIL,
+                f"{free:,} bytes free for about {need:,} needed ({incoming:,} moving, x{DISK_HEADROOM})", target)
+
+
 def _apply_rate(store: ControlStore | None) -> float | None:
     """Events/s the appliers of this deployment reached (the best recent sample), if any ran."""
     if store is None:
@@ -285,6 +338,7 @@ def _apply_rate(store: ControlStore | None) -> float | None:
 def run(config: Config, store: ControlStore | None, plan: Plan, *, full: bool = True) -> Preflight:
     """Every check; ``full`` adds the measured estimates (a few seconds per source)."""
     out = Preflight()
+    config_checks(config, out)
     service_checks(config, out)
     cluster_checks(config, plan, out)
     table_checks(config, plan, out)
@@ -300,6 +354,7 @@ def before_start(config: Config, plan: Plan, skip: tuple[str, ...], say: Any) ->
     from reshard.errors import SetupError, Unavailable
 
     out = Preflight()
+    config_checks(config, out)
     service_checks(config, out)
     if not out.failed(skip):
         cluster_checks(config, plan, out)

@@ -56,3 +56,11 @@ def resolve(value: str, where: str) -> str:
     if key not in props:
         raise ConfigError(f"{where}: {path} has no key {key!r}")
     return props[key]
+
+
+def connector_password_error(cluster: str) -> str:
+    """Why a cluster's password cannot reach the connector, and the two ways that work."""
+    return (f"cluster {cluster} needs a password, and reshard will not write it into the Debezium connector's config "
+            f"(anyone who can reach Connect's REST API can read that): set clusters.{cluster}.connect_password to "
+            "a Kafka Connect config-provider reference (${file:/path:key} or ${env:VAR}) the Connect worker resolves, "
+            "or connect.secrets_dir to a directory the worker's `file` config provider reads")

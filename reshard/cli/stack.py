@@ -19,6 +19,10 @@ from reshard.stack import pg_binaries
 def config_cmd(ctx: Ctx) -> None:
     """Say which reshard.yaml is read, why, and whether it is valid (exit 3 if not).
 
+    Valid means: the schema holds, and every check `start` makes on the config alone passes
+    (today: each connector's password reaches Debezium as a reference the Connect worker
+    resolves). What needs the servers is `reshard check --to MAP`'s.
+
     \b
     Precedence (the first that applies wins):
       1. --config PATH (or $RESHARD_CONFIG): that file and no other
@@ -26,17 +30,28 @@ def config_cmd(ctx: Ctx) -> None:
       3. the embedded stack's: $RESHARD_HOME/reshard.yaml, else ./.reshard/reshard.yaml
     Schemas for editors: schemas/files/reshard.yaml.schema.json and shard-map.schema.json.
     """
+    from dataclasses import asdict
+
     from reshard.config import PRECEDENCE
+    from reshard.preflight import Preflight, config_checks
 
     config = ctx.config()
-    doc = {"command": "config", "precedence": list(PRECEDENCE), "valid": True,
+    checks = Preflight()
+    config_checks(config, checks)
+    failed = checks.failed()
+    doc = {"command": "config", "precedence": list(PRECEDENCE), "valid": not failed,
            "clusters": sorted(config.clusters), "kafka_format": config.kafka.format,
-           "connect_url": config.connect.url}
+           "connect_url": config.connect.url, "checks": [asdict(c) for c in checks.checks]}
     emit(ctx, doc, lambda: "\n".join([
-        f"config      {config.path}", f"chosen by   {config.chosen_by}", "valid       yes",
-        f"clusters    {', '.join(sorted(config.clusters))}", "precedence  (the first that applies wins)",
+        f"config      {config.path}", f"chosen by   {config.chosen_by}",
+        "valid       " + ("yes" if not failed else "no"),
+        f"clusters    {', '.join(sorted(config.clusters))}",
+        *[f"{c.result:<5} {c.cluster}: {c.detail}" for c in checks.checks],
+        "precedence  (the first that applies wins)",
         *[f"  {i}. {rule}" for i, rule in enumerate(PRECEDENCE, 1)],
     ]))
+    if failed:
+        sys.exit(ExitCode.BAD_INPUT)
 
 
 @cli.group()

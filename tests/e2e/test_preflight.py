@@ -55,9 +55,11 @@ def test_check_passes_measures_the_copy_and_flags_a_skewed_map(env, tmp_path):
     code, doc = check(cfg, before, after)
     assert code == 0, (doc.get("error"), doc["stderr"])
     names = {c["name"] for c in doc["checks"]}
-    assert {"services", "version", "wal_level", "replication_slots", "wal_senders", "privileges", "tables",
-            "feasibility", "skew"} <= names
+    assert {"config", "services", "version", "wal_level", "replication_slots", "wal_senders", "privileges",
+            "tables", "feasibility", "skew", "target_disk"} <= names
     assert not [c for c in doc["checks"] if c["result"] == "fail"]
+    disk = {c["cluster"]: c["detail"] for c in doc["checks"] if c["name"] == "target_disk"}
+    assert set(disk) == {"target1", "target2"} and all("bytes free" in d for d in disk.values()), disk  # local
     s = doc["feasibility"]["sources"]["source1"]
     assert s["moving_bytes"] > 1_000_000 and s["sample_read_bytes_per_s"] > 0 and s["copy_seconds"] >= 0
     assert doc["feasibility"]["verdict"] == "feasible"

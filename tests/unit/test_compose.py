@@ -3,6 +3,7 @@ it is checked by reading it: the Debezium image's own offset-flush variable, hea
 and healthy dependencies, loopback-only ports that examples/reshard.compose.yaml points
 at, and images at the versions connectors/pom.xml pins."""
 
+import json
 import re
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from reshard.config import parse_config
+from reshard.secrets import read_properties
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((REPO / "docker-compose.yml").read_text())
@@ -60,3 +62,61 @@ def test_images_are_the_versions_the_embedded_stack_pins():
     assert SERVICES["kafka"]["image"] == f"apache/kafka:{_pinned('kafka.version')}"
     assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{_pinned('debezium.version')}"
     assert SERVICES["registry"]["image"] == f"quay.io/apicurio/apicurio-registry:{_pinned('apicurio.version')}"
+
+
+def test_connector_passwords_come_from_the_workers_config_provider_not_the_config():
+    """The compose path's first migration used to stop at exit 3 (a DSN password and nowhere to
+    put it): now no password is in the example, each connector's is a reference the connect
+    container resolves from a mounted file, and that file answers it."""
+    from reshard.cdc_applier.connector import connect_password
+
+    env = SERVICES["connect"]["environment"]
+    providers = env["CONNECT_CONFIG_PROVIDERS"].split(",")
+    assert "file" in providers and env["CONNECT_CONFIG_PROVIDERS_FILE_CLASS"].endswith(".FileConfigProvider")
+    mounts = dict(v.rsplit(":", 1)[0].split(":") for v in SERVICES["connect"]["volumes"])
+    text = (REPO / "examples/reshard.compose.yaml").read_text()
+    assert "password=" not in text
+    for name in ("source1", "target1", "target2"):
+        ref = connect_password(EXAMPLE, name)  # a reference: nothing is connected to or written
+        path, key = re.fullmatch(r"\$\{file:(.+):(\w+)\}", ref).groups()
+        host_dir = next(h for h, inside in mounts.items() if path.startswith(inside + "/"))
+        props = read_properties(REPO / host_dir / path.rsplit("/", 1)[1])
+        assert props[key] == SERVICES[name]["environment"]["POSTGRES_PASSWORD"]
+
+
+def _config(path: Path, pgpassword: str | None):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RESHARD_CONFIG", "RESHARD_HOME", "PGPASSWORD")}
+    if pgpassword:
+        env["PGPASSWORD"] = pgpassword
+    return subprocess.run([sys.executable, "-m", "reshard.cli", "--config", str(path), "config", "--json"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=60)
+
+
+def test_reshard_config_passes_the_example_and_reports_what_start_would_refuse(tmp_path):
+    out = _config(REPO / "examples/reshard.compose.yaml", "reshard")
+    assert out.returncode == 0, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["valid"] and {c["cluster"] for c in doc["checks"]} == {"source1", "target1", "target2"}
+    assert all(c["result"] == "ok" and "/etc/reshard-secrets/" in c["detail"] for c in doc["checks"])
+    # the example as it was: passwords in the DSNs and no connect_password -> every cluster named, exit 3
+    old = yaml.safe_load((REPO / "examples/reshard.compose.yaml").read_text())
+    for c in old["clusters"].values():
+        del c["connect_password"]
+        c["dsn"] += " password=reshard"
+    (tmp_path / "old.yaml").write_text(yaml.safe_dump(old))
+    out = _config(tmp_path / "old.yaml", None)
+    assert out.returncode == 3, out.stdout + out.stderr
+    doc = json.loads(out.stdout)
+    assert not doc["valid"]
+    assert sorted(c["cluster"] for c in doc["checks"] if c["result"] == "fail") == ["source1", "target1", "target2"]
+    assert "reshard will not write it into the Debezium connector's config" in doc["checks"][0]["detail"]
+    # a file reference the worker cannot read (relative: it is resolved on the worker's filesystem)
+    rel = yaml.safe_load((REPO / "examples/reshard.compose.yaml").read_text())
+    rel["clusters"]["source1"]["connect_password"] = "${file:examples/compose/secrets/postgres.properties:password}"
+    (tmp_path / "rel.yaml").write_text(yaml.safe_dump(rel))
+    out = _config(tmp_path / "rel.yaml", "reshard")
+    assert out.returncode == 3 and "give an absolute path" in out.stdout
