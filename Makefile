@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-matrix lint deps system-deps python-deps jvm-deps pg-deps monitoring-deps unit e2e chaos stack-down clean
+.PHONY: demo test test-matrix lint docs deps system-deps python-deps jvm-deps pg-deps monitoring-deps unit e2e chaos stack-down clean
 
 demo: deps
 	$(VENV)/bin/reshard demo
@@ -22,6 +22,13 @@ test: deps monitoring-deps lint
 lint: python-deps
 	$(VENV)/bin/ruff check .
 	@bash scripts/typecheck.sh
+
+# the docs site (docs/, mkdocs.yml) into .reshard/site, strictly: a broken link or anchor fails it
+# (make test builds it too, in tests/unit/test_docs_site.py); the lifecycle picture is redrawn
+# from reshard/control/states.py when Graphviz's dot is installed
+docs: python-deps
+	@if command -v dot >/dev/null; then $(PY) scripts/lifecycle_diagram.py; fi
+	$(VENV)/bin/mkdocs build --strict
 
 unit: python-deps monitoring-deps
 	$(VENV)/bin/pytest tests/unit $(PYTEST_ARGS)

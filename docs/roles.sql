@@ -44,7 +44,7 @@ GRANT SELECT ON pg_catalog.pg_replication_origin TO reshard;
 -- may create. Once reshard's schema exists on the cluster (after the first `reshard start`,
 -- or `reshard fence install`), run once as a superuser; the function it calls is reshard's
 -- (SECURITY DEFINER, it writes only to reshard's own tables). Without it, `start` says so and
--- a schema change pauses the applier as drift (README: Schema changes during a migration).
+-- a schema change pauses the applier as drift (docs/schema-changes.md).
 -- CREATE EVENT TRIGGER reshard_ddl_capture ON ddl_command_end EXECUTE FUNCTION reshard.capture_ddl();
 
 -- ---- on the control cluster --------------------------------------------------------------

@@ -1,7 +1,7 @@
 """Every exit code reshard uses, in one place.
 
 Scheduled jobs branch on these, so they are part of the interface: documented in
-the README and at the end of ``reshard --help``, and never reused for another
+docs/reference/commands.md and at the end of ``reshard --help``, and never reused for another
 meaning. As in dbt, "the command ran and the answer is negative" (1) is distinct
 from "the command could not do its job" (2 and up).
 """
@@ -54,7 +54,7 @@ DESCRIPTIONS: dict[ExitCode, str] = {
     "could not finish (a cluster or the control database unreachable): the moving keys are refused until the "
     "same command is run again, which finishes it forward; nothing acknowledged is lost",
     ExitCode.STREAM_LOST: "a stream's replication slot was lost (a source failed over on PostgreSQL 15/16, or to a "
-    "standby that had not synchronized the slot): catch-up cannot be proven and no cutover runs; the README's source "
+    "standby that had not synchronized the slot): catch-up cannot be proven and no cutover runs; the source "
     "failover runbook says the way on",
     ExitCode.GATE_LAG: "gate failed: replication lag above --max-lag; nothing was fenced",
     ExitCode.GATE_UNVERIFIED: "gate failed: the last `reshard verify` did not pass (or none ran); nothing was fenced",
@@ -64,5 +64,5 @@ DESCRIPTIONS: dict[ExitCode, str] = {
 
 
 def describe() -> str:
-    """The table printed at the end of ``reshard --help`` and in the README."""
+    """The table printed at the end of ``reshard --help`` and in docs/reference/commands.md."""
     return "\n".join(f"{int(c):>3}  {c.name.lower():<13} {DESCRIPTIONS[c]}" for c in ExitCode)

@@ -39,7 +39,7 @@ MIN_MAJOR = 15
 SKEW_LIMIT = 1.5  # a destination above this many times the mean is flagged
 WAL_WINDOW_S = 2.0  # how long the WAL and write rates are measured
 SAMPLE_ROWS = 20_000  # rows of moving data read to measure a source's copy rate
-ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (README, Performance) when nothing was measured here
+ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (docs/performance.md) when nothing was measured here
 CHECKS = ("config", "services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
           "tables", "ddl_capture", "skew", "feasibility", "target_disk")
 DISK_HEADROOM = 1.5  # moving table bytes -> what the target needs free (indexes, WAL, bloat while applying)
@@ -278,7 +278,7 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
     out.feasibility = {"sources": per_source, "copy_seconds": copy_s, "catch_up_seconds":
                        None if catch_up_s is None else round(catch_up_s, 1),
                        "apply_events_per_s": round(apply_s), "apply_rate": "measured here" if measured else
-                       "assumed (no applier has run on this deployment: README, Performance)", "verdict": verdict}
+                       "assumed (no applier has run on this deployment: docs/performance.md)", "verdict": verdict}
     out.add("feasibility", OK if catch_up_s is not None else WARN,
             f"copy ~{copy_s:,.0f} s, then catch-up ~{catch_up_s or 0:,.0f} s; {verdict}")
     targets = sorted(rows_to)

@@ -15,7 +15,7 @@ def ddl() -> None:
     DDL on a watched table is captured where it was made and placed on the clusters that
     table's rows flow to: additive changes at once, destructive ones once every stream
     feeding a destination has passed the same change. What reshard will not place pauses
-    the appliers (exit 5) until it is resolved by hand. See the README's "Schema changes".
+    the appliers (exit 5) until it is resolved by hand. See docs/schema-changes.md.
     """
 
 

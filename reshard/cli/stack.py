@@ -88,8 +88,8 @@ def _stack(ctx: Ctx):
               help="PostgreSQL major of the target clusters (default: --pg-version); not older than the sources'.")
 @click.option("--standby", is_flag=True,
               help="Give each source a streaming standby (synchronizing failover slots on 17+) and list both in "
-                   "reshard.yaml (target_session_attrs=read-write), to fail a source over: see the README's "
-                   "source failover section. Chosen when the stack is created; later runs keep it.")
+                   "reshard.yaml (target_session_attrs=read-write), to fail a source over: see docs/runbook/source-failover.md. "
+                   "Chosen when the stack is created; later runs keep it.")
 @json_option
 @click.pass_obj
 def stack_up(ctx: Ctx, sources: int, targets: int, secure: bool, pg_version: str | None,

@@ -95,7 +95,7 @@ def _switch_flags(f: Callable) -> Callable:
               help="Wait up to this long (and within --window) for the gates to pass before giving up.")
 @click.option("--bake", "bake_for", type=Duration(), default=None,
               help="After the last wave, watch rollback triggers this long (e.g. 30m, 90s) and roll back by "
-                   "itself on the first that fires (exit 14); see the Bake section of the README.")
+                   "itself on the first that fires (exit 14); see the Bake section of docs/cutover.md.")
 @click.option("--bake-check", "bake_checks", multiple=True, metavar="COMMAND",
               help="--bake: a command run at every look; exit 0 is healthy, anything else (or a timeout) rolls back.")
 @click.option("--prometheus", "prometheus_url", default=None, metavar="URL",

@@ -142,7 +142,7 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
             if ok is None:
                 raise StreamLost(
                     f"replication slot {s.slot} on {s.cluster} is gone: the stream lost its position and "
-                    "cannot prove catch-up; see the README's runbook for a source failover")
+                    "cannot prove catch-up; see the source failover runbook (docs/runbook/source-failover.md)")
             if ok[0]:
                 del pending[s]
         return not pending

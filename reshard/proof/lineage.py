@@ -91,7 +91,7 @@ def require_intact(config: Config, store: ControlStore, migration: str, streams:
 
 def _message(stream: Stream, why: str) -> str:
     return (f"the {stream.direction} stream of {stream.cluster} (slot {stream.slot}) lost its position ({why}): it cannot prove "
-            "catch-up; see the README's runbook for a source failover")
+            "catch-up; see the source failover runbook (docs/runbook/source-failover.md)")
 
 
 def _ask(config: Config, conns: dict[str, psycopg.Connection[Any]], stream: Stream
