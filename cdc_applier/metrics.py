@@ -35,6 +35,8 @@ PARTITION_LAG = Gauge("reshard_applier_partition_lag_records", "Records in the p
                       "position (librdkafka's consumer lag)", ["migration", "topic", "partition"])
 LAST_BATCH = Gauge("reshard_applier_last_batch_timestamp_seconds", "When this worker last applied a batch",
                    ["migration"])
+PAUSED = Gauge("reshard_applier_paused", "1 while this worker (`apply --on-pause wait`) waits on input it will not "
+               "guess about; `reshard status` says what", ["migration"])
 UP = Gauge("reshard_applier_up", "1 while this worker runs its loop", ["migration", "worker"])
 
 

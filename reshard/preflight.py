@@ -128,7 +128,8 @@ def cluster_checks(config: Config, plan: Plan, out: Preflight) -> None:
             busy = conn.execute("SELECT count(*) FROM pg_stat_replication").fetchone()[0]
             out.add("wal_senders", OK if senders - busy >= 1 else FAIL,
                     f"{senders - busy} of max_wal_senders={senders} free", cluster)
-            keep = _setting(conn, "max_slot_wal_keep_size")
+            keep = str(conn.execute("SELECT setting FROM pg_settings WHERE name = 'max_slot_wal_keep_size'"
+                                    ).fetchone()[0])  # in MB; current_setting() would say '1GB'
             out.add("slot_wal_limit", WARN if keep == "-1" else OK,
                     "max_slot_wal_keep_size=-1: a stalled stream keeps WAL until the disk is full; set a limit "
                     "above the WAL the copy will keep (see feasibility)" if keep == "-1"

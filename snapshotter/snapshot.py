@@ -245,8 +245,12 @@ class Snapshotter:
             show(text)
             self.progress.step(f"{source}: copy {text}")
 
+        def wal_budget(paused: bool, kept: int, budget: int) -> None:  # the exporter's reshard_copy_wal_paused
+            self.store.record_event(self.rec.name, "copy.wal_paused" if paused else "copy.wal_resumed",
+                                    cluster=source, slot=slot, unconfirmed_bytes=kept, budget_bytes=budget)
+
         self.throttle = CopyThrottle(self.throttle_settings, c.dsn, on_change=changed,
-                                     live=LiveControl(self.store, self.rec.name), slot=slot)
+                                     live=LiveControl(self.store, self.rec.name), slot=slot, on_wal_budget=wal_budget)
         if self.throttle_settings.max_rows_per_s:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({table_ident(u.table).as_string(conn) for u in pending}))

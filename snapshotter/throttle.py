@@ -63,7 +63,8 @@ class CopyThrottle:
     def __init__(self, settings: ThrottleSettings, probe_dsn: str | None = None,
                  on_change: Callable[[str], None] | None = None, *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None,
-                 live: LiveControl | None = None, slot: str | None = None):
+                 live: LiveControl | None = None, slot: str | None = None,
+                 on_wal_budget: Callable[[bool, int, int], None] | None = None):
         self.settings = settings
         self.slot = slot  # the stream's slot on this source, whose WAL the budget bounds
         self._slot_conn: psycopg.Connection[Any] | None = None
@@ -75,6 +76,8 @@ class CopyThrottle:
         self._live_throttle: dict = {}
         self._probe_dsn = probe_dsn
         self.on_change = on_change or (lambda _text: None)
+        # told (paused, unconfirmed bytes, budget) when the WAL budget pauses or resumes the copy
+        self.on_wal_budget = on_wal_budget or (lambda _paused, _kept, _budget: None)
         self._clock = clock
         self._lock = threading.Lock()
         self._rows = self._bytes = 0
@@ -210,7 +213,8 @@ class CopyThrottle:
                                                   application_name="reshard-copy-wal-budget")
             row = self._slot_conn.execute(
                 "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
-                "current_setting('max_slot_wal_keep_size')::bigint FROM pg_replication_slots WHERE slot_name = %s",
+                "(SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size') "  # MB, or -1
+                "FROM pg_replication_slots WHERE slot_name = %s",
                 (self.slot,)).fetchone()
         except psycopg.Error:
             return None
@@ -244,6 +248,7 @@ class CopyThrottle:
                                                                          else None)
                 self.on_change(self.describe())
             return
+        self.on_wal_budget(True, kept, budget)
         self.on_change(f"paused: slot {self.slot} holds {kept / (1 << 20):,.0f} MiB of WAL the stream has not "
                        f"confirmed, over the budget {budget / (1 << 20):,.0f} MiB (--max-slot-wal); waiting for it")
         while kept is not None and budget is not None and kept > budget * SLOT_RESUME_AT and not self._stop.is_set():
@@ -252,6 +257,7 @@ class CopyThrottle:
             if self.live is not None:
                 self._follow_live()
             kept, budget = self._retained(), self.wal_budget
+        self.on_wal_budget(False, kept or 0, budget or 0)
         self.on_change(f"resumed: the stream confirmed all but {(kept or 0) / (1 << 20):,.0f} MiB")
 
     def hint_width(self, conn: psycopg.Connection[Any], tables: list[str]) -> None:

@@ -124,10 +124,19 @@ EXPORTER_PORT = 9730  # `reshard exporter`'s default, after the appliers' range
               help="Address to serve metrics on (0.0.0.0 for a Prometheus on another host).")
 @click.option("--sample-interval", default=10.0, show_default=True, type=Duration(min=2.0),
               help="Time between the samples (totals, lag) this worker records for `reshard report` (10s).")
+@click.option("--on-pause", type=click.Choice(["exit", "wait"]), default="exit", show_default=True,
+              help="When the worker pauses on input it will not guess about (a schema change it will not place, "
+                   "a row missing for a partial update): exit 5, for supervisors that leave it stopped (systemd's "
+                   "RestartPreventExitStatus), or stay up and try again every --pause-recheck, for those that "
+                   "restart whatever the exit code (a Kubernetes Deployment). Either way nothing is applied past "
+                   "the input, the reason is logged and in `reshard status`, and reshard_applier_paused is 1.")
+@click.option("--pause-recheck", type=Duration(min=1.0), default=30.0, show_default=True,
+              help="With --on-pause wait: how often to try again (30s); the reason is logged again only if it changes.")
 @json_option
 @click.pass_obj
 def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size: int, kafka_outage: float,
-          metrics_port: int, metrics_address: str, sample_interval: float) -> None:
+          metrics_port: int, metrics_address: str, sample_interval: float, on_pause: str,
+          pause_recheck: float) -> None:
     """Run one applier worker for migration NAME until interrupted (SIGINT/SIGTERM), or until the
     migration completes or is aborted (exit 0).
 
@@ -135,9 +144,10 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     partitions. Killing a worker at any moment loses nothing and applies nothing twice.
     After SIGINT/SIGTERM it finishes and commits the batch in flight, and exits within
     30 s in any case.
-    Exit 5 when it paused on input it will not guess about (reason in `reshard status`).
+    Exit 5 when it paused on input it will not guess about (reason in `reshard status`),
+    unless --on-pause wait.
     """
-    from reshard.cdc_applier.metrics import serve_first_free
+    from reshard.cdc_applier.metrics import PAUSED, serve_first_free
     from reshard.coordinator import Coordinator
 
     progress = ctx.progress()
@@ -149,9 +159,30 @@ def apply(ctx: Ctx, name: str, until_caught_up: bool, timeout: float, batch_size
     stop = threading.Event()
     stop_on_signals(stop, "reshard apply")
     task = progress.task("apply", unit="events")
+    log = logging.getLogger("reshard.cdc_applier.worker")
+    said = ""
     try:
-        stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
-                         batch_size=batch_size, kafka_outage_s=kafka_outage, sample_every_s=sample_interval)
+        while True:
+            # after a pause, an attempt that runs a recheck's time without pausing again has gone on
+            cleared = threading.Timer(pause_recheck, PAUSED.labels(name).set, (0,))
+            cleared.daemon = True
+            cleared.start()
+            try:
+                stats = co.apply(name, stop, until_caught_up=until_caught_up, timeout=timeout, task=task,
+                                 batch_size=batch_size, kafka_outage_s=kafka_outage, sample_every_s=sample_interval)
+                break
+            except ReshardError as exc:
+                cleared.cancel()
+                if exc.exit_code != ExitCode.PAUSED or on_pause == "exit":
+                    raise
+                PAUSED.labels(name).set(1)
+                if str(exc) != said:
+                    said = str(exc)
+                    log.warning("paused: %s (--on-pause wait: trying again every %.0fs)", exc, pause_recheck)
+                if stop.wait(pause_recheck):
+                    raise  # stopped while paused: the pause is still the answer
+            finally:
+                cleared.cancel()
         task.close()
     finally:
         progress.stop()

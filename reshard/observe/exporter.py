@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from prometheus_client import REGISTRY, Counter, Gauge, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
@@ -103,6 +103,7 @@ class MigrationCollector(Collector):
             self._part(f"control:{name}", lambda name=name: self._control(f, name))
             self._part(f"streams:{name}", lambda name=name: self._streams(f, name))
             self._part(f"ddl:{name}", lambda name=name: self._ddl(f, name))
+            self._part(f"steering:{name}", lambda name=name: self._steering(f, name))
         self._part("fences", lambda: self._fences(f))
         self._part("routers", lambda: self._routers(f))
         with self._lock:
@@ -203,7 +204,12 @@ class MigrationCollector(Collector):
                 ["migration"]).add_metric([name], float(d["changes"]["paused"]))
         f.gauge("reshard_ddl_applied", "Schema changes placed on every destination",
                 ["migration"]).add_metric([name], float(d["changes"]["applied"]))
-        live = controls_of(self.co.store.migration(name).settings)
+
+    def _steering(self, f: Families, name: str) -> None:
+        """What holds the migration back on purpose: `reshard pause`, `reshard throttle`, and the
+        copy waiting on its slot's WAL budget (the copy's last copy.wal_paused/resumed per source)."""
+        rec = self.co.store.migration(name)
+        live = controls_of(rec.settings)
         paused = f.gauge("reshard_paused", "1 while `reshard pause` holds this part of the migration",
                          ["migration", "part"])
         for part in STEERED:
@@ -212,6 +218,15 @@ class MigrationCollector(Collector):
         if limit:
             f.gauge("reshard_throttle_max_rows_per_second", "The rows/s cap `reshard throttle` set (copy and "
                     "complete)", ["migration"]).add_metric([name], float(limit))
+        if rec.state == states.State.BUILDING:
+            wal_paused = f.gauge("reshard_copy_wal_paused", "1 while the copy from this source waits for its "
+                                 "stream to confirm WAL (over the --max-slot-wal budget)", ["migration", "cluster"])
+            last: dict[str, str] = {}
+            for e in self.co.store.events_since(name, datetime.fromtimestamp(0, UTC),
+                                                ("copy.wal_paused", "copy.wal_resumed")):
+                last[e["detail"].get("cluster", "")] = e["event"]
+            for cluster, event in sorted(last.items()):
+                wal_paused.add_metric([name, cluster], 1.0 if event == "copy.wal_paused" else 0.0)
 
     def _routers(self, f: Families) -> None:
         """Routers that reported in the last minute (reshard/router.py): counters per router,
@@ -236,6 +251,9 @@ class MigrationCollector(Collector):
                            ["migration", "stream", "cluster", "slot"])
         unconfirmed = f.gauge("reshard_slot_unconfirmed_bytes", "WAL written after the slot's confirmed position",
                               ["migration", "stream", "cluster", "slot"])
+        keep = f.gauge("reshard_slot_wal_keep_limit_bytes", "The cluster's max_slot_wal_keep_size: WAL a slot may "
+                       "keep before PostgreSQL invalidates it (no series when unlimited)",
+                       ["migration", "stream", "cluster", "slot"])
         active = f.gauge("reshard_slot_active", "1 while a connector streams from the slot",
                          ["migration", "stream", "cluster", "slot"])
         lost = f.gauge("reshard_slot_lost", "1 once a failover lost the stream's slot (the stream cannot prove "
@@ -254,6 +272,8 @@ class MigrationCollector(Collector):
             if s.retained_bytes is not None:
                 retained.add_metric(labels, float(s.retained_bytes))
                 unconfirmed.add_metric(labels, float(s.lag_bytes or 0))
+            if s.keep_limit_bytes is not None:
+                keep.add_metric(labels, float(s.keep_limit_bytes))
             active.add_metric(labels, 1.0 if s.active else 0.0)
         client = ConnectClient(self.co.config.connect, timeout=5.0)
         cstate = f.gauge("reshard_connector_state", "1 for the connector's current state (one series per state)",

@@ -55,6 +55,7 @@ class StreamLag:
     active: bool
     lag_bytes: int | None  # WAL written but not yet confirmed by Debezium
     retained_bytes: int | None  # WAL the slot keeps on disk
+    keep_limit_bytes: int | None = None  # max_slot_wal_keep_size: past it PostgreSQL invalidates the slot
 
 
 @dataclass
@@ -73,7 +74,8 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
         with connect(config.cluster(s.cluster).dsn, f"cluster {s.cluster}") as conn:
             row = conn.execute(
                 "SELECT active, pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::bigint, "
-                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint "
+                "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint, "
+                "(SELECT setting::bigint FROM pg_settings WHERE name = 'max_slot_wal_keep_size') "
                 "FROM pg_replication_slots WHERE slot_name = %s",
                 (s.slot,),
             ).fetchone()
@@ -81,7 +83,8 @@ def slot_lag(config: Config, streams: list[Stream]) -> list[StreamLag]:
         if row is None:
             out.append(StreamLag(name, s.cluster, s.slot, False, None, None))
         else:
-            out.append(StreamLag(name, s.cluster, s.slot, bool(row[0]), row[1], row[2]))
+            keep = int(row[3]) * (1 << 20) if int(row[3]) >= 0 else None  # in MB; -1: no limit
+            out.append(StreamLag(name, s.cluster, s.slot, bool(row[0]), row[1], row[2], keep))
     return out
 
 

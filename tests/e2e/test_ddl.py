@@ -22,6 +22,7 @@ from reshard.ddl import capture
 from reshard.exit_codes import ExitCode
 from reshard.maps import keyhash
 from reshard.maps.shardmap import parse_map
+from reshard.stack.stack import free_port
 from reshard.stack.workload import Workload
 from tests.conftest import Env
 from tests.e2e.helpers import (
@@ -278,23 +279,54 @@ def test_an_unsupported_change_pauses_with_its_reason_and_resumes_after_the_docu
     paused = status["ddl"]["paused"]
     assert len(paused) == 1 and paused[0]["cluster"] == "source1" and "only CHECK" in paused[0]["reason"], paused
     assert co.store.last_event(name, "ddl.paused") is not None
-    # the documented way on: the same change by hand on each destination, resolve, rerun
-    for t in ("target1", "target2"):
-        with env.conn(t) as conn:
-            conn.execute("ALTER TABLE public.accounts ADD CONSTRAINT accounts_owner_key UNIQUE (owner)")
-    listed = json.loads(subprocess.run(reshard_cmd(cfg, "ddl", "list", name, "--json"), capture_output=True,
-                                       text=True, timeout=60).stdout)
-    entry = listed["changes"][0]["entry"]
-    done = subprocess.run(reshard_cmd(cfg, "ddl", "resolve", name, "source1", str(entry), "--json"),
-                          capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    again = subprocess.run(reshard_cmd(cfg, "apply", name, "--until-caught-up", "--timeout", "120"),
-                           capture_output=True, text=True, timeout=180)
-    assert again.returncode == 0, again.stderr
+    # a worker under a supervisor that restarts whatever the exit code stays up instead, says why
+    # once, applies nothing past the change, and goes on by itself after the fix
+    port = free_port()
+    log = tmp_path / "apply-wait.log"
+    waiting = spawn(cfg, log, "apply", name, "--on-pause", "wait", "--pause-recheck", "2s",
+                    "--metrics-port", str(port))
+    try:
+        wait_for(lambda: "--on-pause wait: trying again every 2s" in log.read_text(errors="replace")
+                 or waiting.poll() is not None, 90, "the waiting worker to pause")
+        time.sleep(5.0)  # two more tries
+        assert waiting.poll() is None, log.read_text()
+        assert log.read_text().count("--on-pause wait: trying again") == 1, log.read_text()
+        assert scrape(port, "reshard_applier_paused", name) == 1.0
+        # the documented way on: the same change by hand on each destination, resolve
+        for t in ("target1", "target2"):
+            with env.conn(t) as conn:
+                conn.execute("ALTER TABLE public.accounts ADD CONSTRAINT accounts_owner_key UNIQUE (owner)")
+        listed = json.loads(subprocess.run(reshard_cmd(cfg, "ddl", "list", name, "--json"), capture_output=True,
+                                           text=True, timeout=60).stdout)
+        entry = listed["changes"][0]["entry"]
+        done = subprocess.run(reshard_cmd(cfg, "ddl", "resolve", name, "source1", str(entry), "--json"),
+                              capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        co.wait(name, timeout=120)  # the waiting worker applied the rest
+        wait_for(lambda: scrape(port, "reshard_applier_paused", name) == 0.0, 30, "the paused gauge cleared")
+        waiting.send_signal(signal.SIGTERM)
+        assert waiting.wait(timeout=60) == 0, log.read_text()
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
     assert_targets_equal_source(env)
     assert_verified(co.verify(name))
     for t in ("target1", "target2"):
         assert shape_of(env, t) == shape_of(env, "source1")
+
+
+def scrape(port: int, metric: str, migration: str) -> float | None:
+    """One sample of a worker's metric for the migration, read from its /metrics."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == metric and sample.labels.get("migration") == migration:
+                return sample.value
+    return None
 
 
 def test_a_kill_between_two_destinations_applies_the_change_once_on_each(env, tmp_path):

@@ -118,6 +118,17 @@ def test_paused_appliers_fetch_nothing_and_catch_up_after_resume(env, tmp_path):
     assert [e["event"] for e in listed if e["event"].startswith("control.")] == ["control.pause", "control.resume"]
 
 
+def exported(co, name: str, metric: str) -> dict[tuple[str, ...], float]:
+    """One refresh of the exporter's collector against the real stack: the metric's samples
+    for this migration, by their other labels' values."""
+    from reshard.observe.exporter import MigrationCollector
+
+    collector = MigrationCollector(co, [name])
+    collector.refresh()
+    return {tuple(v for k, v in sorted(s.labels.items()) if k != "migration"): s.value
+            for m in collector.collect() if m.name == metric for s in m.samples}
+
+
 def test_the_copy_pauses_while_its_slot_keeps_more_wal_than_the_budget(env, tmp_path):
     from reshard.kafka.connect_client import ConnectClient
     from reshard.kafka.streams import forward
@@ -133,6 +144,9 @@ def test_the_copy_pauses_while_its_slot_keeps_more_wal_than_the_budget(env, tmp_
         except BaseException as exc:
             result["error"] = exc
 
+    with env.conn("source1") as conn:  # PostgreSQL's own limit, which the exporter reports beside the budget
+        conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '1GB'")
+        conn.execute("SELECT pg_reload_conf()")
     t = threading.Thread(target=run, daemon=True)
     t.start()
     client = ConnectClient(env.config.connect)
@@ -153,16 +167,28 @@ def test_the_copy_pauses_while_its_slot_keeps_more_wal_than_the_budget(env, tmp_
         assert held < 100_000 and t.is_alive()
         time.sleep(4.0)
         assert copied(co, name) == held, "the copy went on over the WAL budget"
+        # said as an event and as the exporter's metric (the alert's input), with the slot's limit
+        paused = co.store.last_event(name, "copy.wal_paused")
+        assert paused and paused["detail"]["budget_bytes"] == 8 << 20, paused
+        assert paused["detail"]["unconfirmed_bytes"] > 8 << 20 and paused["detail"]["cluster"] == "source1"
+        assert exported(co, name, "reshard_copy_wal_paused") == {("source1",): 1.0}
+        stream = forward(name, "source1")
+        assert exported(co, name, "reshard_slot_wal_keep_limit_bytes") == {
+            ("source1", stream.slot, f"{stream.direction}:source1"): float(1 << 30)}
         client.resume(connector)  # the stream confirms what it held back: the copy resumes
         t.join(timeout=120)
         assert not t.is_alive(), "the copy did not resume once the slot kept less WAL"
     finally:
         client.resume(connector)
         t.join(timeout=120)
+        with env.conn("source1") as conn:
+            conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
+            conn.execute("SELECT pg_reload_conf()")
     if "error" in result:
         raise result["error"]
     budget = result["report"].throttle["source1"]
     assert budget["slot_wal_budget_bytes"] == 8 << 20 and budget["waited_s"] >= 4, budget
+    assert co.store.last_event(name, "copy.wal_resumed")["detail"]["cluster"] == "source1"
     with ApplierThread(co, name):
         co.wait(name, timeout=120)
     assert_targets_equal_source(env)

@@ -3,6 +3,7 @@ with options it accepts, and keep what a long-running worker needs: SIGTERM with
 commit its batch, restarts except on exit codes that need an operator, config and
 passwords from files, metrics probed where they are served."""
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
+from psycopg.conninfo import conninfo_to_dict
 
 from reshard.cli import cli
 from reshard.config import parse_config
@@ -64,24 +66,80 @@ def test_systemd_units(name, command, tmp_path):
         assert out.returncode == 0 and "reshard" not in out.stderr.replace(str(unit), ""), out.stderr
 
 
-def test_kubernetes_manifests():
-    docs = list(yaml.safe_load_all((EXAMPLES / "kubernetes" / "reshard-apply.yaml").read_text()))
+def _k8s(name: str) -> list[dict]:
+    return list(yaml.safe_load_all((EXAMPLES / "kubernetes" / name).read_text()))
+
+
+def _roles_sql() -> set[str]:
+    text = (EXAMPLES.parent / "docs" / "roles.sql").read_text()
+    return set(re.findall(r"CREATE ROLE (\w+)", text))
+
+
+def _check_container(pod: dict) -> list[str]:
+    """The container's reshard command parses, and config and passwords come from mounts."""
+    (c,) = pod["containers"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    args = _reshard_args(["reshard", *c["args"]])
+    env = {e["name"]: e["value"] for e in c["env"]}
+    mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
+    assert env["RESHARD_CONFIG"] == f"{mounts['config']}/reshard.yaml"
+    assert env["PGPASSFILE"].startswith(mounts["secrets"] + "/")
+    volumes = {v["name"] for v in pod["volumes"]}
+    assert set(mounts) <= volumes
+    return args
+
+
+def test_kubernetes_workers_and_exporter():
+    docs = _k8s("reshard-apply.yaml")
     config_map = next(d for d in docs if d["kind"] == "ConfigMap")
     config = parse_config(yaml.safe_load(config_map["data"]["reshard.yaml"]))  # strict: a valid reshard.yaml
     assert all("password=" not in c.dsn for c in config.clusters.values())  # passwords come from the Secret
     assert all(c.connect_password for c in config.clusters.values())  # and reach Debezium as references
+    # the roles docs/roles.sql creates: `reshard` on the shards, `reshard_control` for the control database
+    roles = _roles_sql()
+    assert {c.params()["user"] for c in config.clusters.values()} == {"reshard"} <= roles
+    assert conninfo_to_dict(config.control_dsn)["user"] == "reshard_control" in roles
     deployments = [d for d in docs if d["kind"] == "Deployment"]
     assert {d["metadata"]["name"] for d in deployments} == {"reshard-apply-orders-split", "reshard-exporter"}
+    scraped = set()
     for d in deployments:
-        pod = d["spec"]["template"]["spec"]
-        assert pod["securityContext"]["runAsNonRoot"] is True
+        template = d["spec"]["template"]
+        pod = template["spec"]
+        args = _check_container(pod)
         (c,) = pod["containers"]
-        args = _reshard_args(["reshard", *c["args"]])
-        env = {e["name"]: e["value"] for e in c["env"]}
-        mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-        assert env["RESHARD_CONFIG"] == f"{mounts['config']}/reshard.yaml"
-        assert env["PGPASSFILE"].startswith(mounts["secrets"] + "/")
         port = next(p["containerPort"] for p in c["ports"] if p["name"] == "metrics")
         assert str(port) in args and c["livenessProbe"]["httpGet"] == {"path": "/metrics", "port": "metrics"}
+        notes = template["metadata"]["annotations"]
+        assert notes["prometheus.io/scrape"] == "true" and notes["prometheus.io/port"] == str(port)
+        scraped.add(template["metadata"]["labels"]["app"])
         if "apply" in args:
             assert pod["terminationGracePeriodSeconds"] >= 30 and d["spec"]["replicas"] >= 2
+            # a Deployment restarts whatever the exit code: a paused worker must wait, not exit 5
+            assert args[args.index("--on-pause") + 1] == "wait"
+    (monitor,) = [d for d in docs if d["kind"] == "PodMonitor"]
+    selected = monitor["spec"]["selector"]["matchExpressions"][0]
+    assert selected["key"] == "app" and set(selected["values"]) == scraped == {"reshard-apply", "reshard-exporter"}
+    assert monitor["spec"]["podMetricsEndpoints"][0]["port"] == "metrics"
+
+
+def test_kubernetes_jobs_for_start_and_a_scheduled_cutover():
+    from reshard.maps.shardmap import parse_map
+
+    docs = _k8s("reshard-jobs.yaml")
+    new_map = yaml.safe_load(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["new.yaml"])
+    clusters = parse_config(yaml.safe_load(next(d for d in _k8s("reshard-apply.yaml") if d["kind"] == "ConfigMap")
+                                           ["data"]["reshard.yaml"])).clusters
+    parse_map(new_map, clusters)  # a valid map over the config's clusters
+    (start,) = [d for d in docs if d["kind"] == "Job"]
+    (cron,) = [d for d in docs if d["kind"] == "CronJob"]
+    for job in (start["spec"], cron["spec"]["jobTemplate"]["spec"]):
+        pod = job["template"]["spec"]
+        assert pod["restartPolicy"] == "Never"  # so the Job, not the kubelet, reads each exit code
+        _check_container(pod)
+    args = _check_container(start["spec"]["template"]["spec"])
+    assert args[2:4] == ["start", "orders_split"]
+    fail_job = [r for r in start["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+    assert set(fail_job[0]["onExitCodes"]["values"]) == {ExitCode.BAD_INPUT, ExitCode.BUSY}
+    args = _check_container(cron["spec"]["jobTemplate"]["spec"]["template"]["spec"])
+    assert args[2:4] == ["cutover", "orders_split"] and "--window" in args and "--timezone" in args
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid" and cron["spec"]["jobTemplate"]["spec"]["backoffLimit"] == 0
