@@ -3,8 +3,8 @@
 Debezium writes through the Apicurio converter: a magic byte 0, the schema's 4-byte id
 (big-endian), then the Avro binary body. Any Confluent-compatible consumer reads the
 same topics. The writer schema of an id never changes, so each is fetched once from the
-registry's Confluent-compatible API (``GET /schemas/ids/{id}/schema``: Apicurio 3.0.9
-answers ``/schemas/ids/{id}`` with HTTP 400 for Debezium's envelopes) and kept: no registry
+registry's Confluent-compatible API (``GET /schemas/ids/{id}/schema``: the bare schema, which
+every registry version answers) and kept: no registry
 call per message, and a new table version (a column added mid-stream) is simply a new
 id, read the first time it appears, without a restart.
 """

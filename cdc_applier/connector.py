@@ -56,7 +56,7 @@ def converters(config: Config) -> dict[str, str]:
         out[f"{side}.converter.apicurio.registry.url"] = config.kafka.apicurio_url
         out[f"{side}.converter.apicurio.registry.auto-register"] = "true"
         # one self-contained schema per table version, not a schema with references to its
-        # named parts: any Avro reader can use it as it is (and Apicurio 3.0.9 fails to store
+        # named parts: any Avro reader can use it as it is (and Apicurio 3.0 fails to store
         # the envelope's twice-used Value record as two references)
         out[f"{side}.converter.apicurio.registry.dereference-schema"] = "true"
     return out

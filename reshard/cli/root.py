@@ -82,7 +82,9 @@ def version(ctx: Ctx) -> None:
     doc = {"command": "version", "migration": None, "reshard": __version__, "pins": pins,
            "postgresql": {"supported": list(pg_binaries.SUPPORTED), "default": pg_binaries.DEFAULT},
            "python": platform.python_version()}
+    labels = {"kafka": "Kafka", "debezium": "Debezium", "apicurio": "Apicurio registry",
+              "apicurio_converter": "Apicurio converter"}
     emit(ctx, doc, lambda: f"reshard {__version__}\n" + "".join(
-        f"  {k.capitalize():<10} {v}\n" for k, v in pins.items())
-        + f"  PostgreSQL {', '.join(map(str, pg_binaries.SUPPORTED))} (default {pg_binaries.DEFAULT})\n"
-        + f"  Python     {doc['python']}")
+        f"  {labels.get(k, k):<19} {v}\n" for k, v in pins.items())
+        + f"  {'PostgreSQL':<19} {', '.join(map(str, pg_binaries.SUPPORTED))} (default {pg_binaries.DEFAULT})\n"
+        + f"  {'Python':<19} {doc['python']}")

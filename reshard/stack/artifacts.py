@@ -44,7 +44,7 @@ class JvmArtifacts:
 
     @property
     def registry_jar(self) -> Path:
-        return next((self.root / "registry").glob("apicurio-registry-app-*-runner.jar"))
+        return self.root / "registry" / "quarkus-run.jar"  # Quarkus' fast-jar layout (app/, lib/, quarkus/)
 
 
 def cache_dir() -> Path:
@@ -88,18 +88,21 @@ CONVERTER_JARS = (
 )
 
 
+PINS = {"kafka": "kafka", "debezium": "debezium", "apicurio": "apicurio.registry", "apicurio_converter": "apicurio"}
+
+
 def pinned() -> dict[str, str]:
-    """The versions ``connectors/pom.xml`` pins: Kafka, Debezium, Apicurio (`reshard version`)."""
+    """The versions ``connectors/pom.xml`` pins (`reshard version`): Kafka, Debezium, the Apicurio
+    registry and the Apicurio converter Connect runs."""
     text = (resources.files(CONNECTORS) / "pom.xml").read_text()
-    found = {name: re.search(rf"<{name}.version>([^<]+)</{name}.version>", text) for name in
-             ("kafka", "debezium", "apicurio")}
-    return {name: m.group(1) for name, m in found.items() if m is not None}
+    found = {key: re.search(rf"<{re.escape(prop)}\.version>([^<]+)</", text) for key, prop in PINS.items()}
+    return {key: m.group(1) for key, m in found.items() if m is not None}
 
 
-def _apicurio_version(pom: Path) -> str:
-    m = re.search(r"<apicurio.version>([^<]+)</apicurio.version>", pom.read_text())
+def _apicurio_version(pom: Path, prop: str = "apicurio") -> str:
+    m = re.search(rf"<{re.escape(prop)}\.version>([^<]+)</", pom.read_text())
     if m is None:
-        raise StackError(f"{pom} pins no apicurio.version")
+        raise StackError(f"{pom} pins no {prop}.version")
     return m.group(1)
 
 
@@ -133,8 +136,9 @@ def fetch_central(group: str, artifact: str, version: str, suffix: str = ".jar")
 
 
 def fetch_registry(pom: Path, into: Path) -> None:
-    """Apicurio Registry's runner jar and lib/, unpacked."""
-    archive = fetch_central("io.apicurio", "apicurio-registry-app", _apicurio_version(pom), "-all.tar.gz")
+    """Apicurio Registry's Quarkus application (quarkus-run.jar, app/, lib/, quarkus/), unpacked."""
+    archive = fetch_central("io.apicurio", "apicurio-registry-app", _apicurio_version(pom, "apicurio.registry"),
+                            "-all.tar.gz")
     into.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive) as tar:
         tar.extractall(into, filter="data")
@@ -183,7 +187,7 @@ def ensure_jvm_artifacts(log: Path | None = None) -> JvmArtifacts:
     if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
         (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
     ) or not any((target / "plugins").glob("reshard-echo-filter/reshard-echo-filter-*.jar")
-    ) or not any((target / "registry").glob("apicurio-registry-app-*-runner.jar")) or not any(
+    ) or not (target / "registry" / "quarkus-run.jar").is_file() or not any(
         (target / "plugins").glob("apicurio-converter/apicurio-registry-java-sdk-*.jar")
     ):
         raise StackError(f"Maven finished but the expected jars are missing under {target}; see {log}")

@@ -1,5 +1,6 @@
-"""reshard's own records (dead letters, migration events) are Avro registered under
-documented subjects: a plain Confluent consumer and deserializer, no reshard code, read them."""
+"""Every topic reshard produces is Avro a plain Confluent consumer and deserializer (no reshard
+code) read: the change topics Debezium writes, and reshard's own records (dead letters,
+migration events) under documented subjects."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from tests.e2e.helpers import ApplierThread, prepare
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
 
-def _read_all(bootstrap: str, topic: str, deserialize, keep, until, timeout: float = 60) -> list[dict]:
-    """Every record of ``topic`` from the start that ``keep`` accepts, until ``until`` holds."""
+def _read_all(bootstrap: str, topic: str, deserialize, keep, until, timeout: float = 60, key: bool = False) -> list:
+    """Every record of ``topic`` from the start that ``keep`` accepts (its key with ``key``),
+    until ``until`` holds."""
     c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"plain-{time.time()}", "auto.offset.reset": "earliest"})
     c.subscribe([topic])
     out: list[dict] = []
@@ -29,7 +31,8 @@ def _read_all(bootstrap: str, topic: str, deserialize, keep, until, timeout: flo
             m = c.poll(0.5)
             if m is None or m.error() or m.value() is None:
                 continue
-            rec = deserialize(m.value(), SerializationContext(topic, MessageField.VALUE))
+            raw = m.key() if key else m.value()
+            rec = deserialize(raw, SerializationContext(topic, MessageField.KEY if key else MessageField.VALUE))
             if keep(rec):
                 out.append(rec)
         return out
@@ -54,6 +57,20 @@ def test_dead_letters_and_migration_events_read_with_a_plain_confluent_consumer(
         co.wait(name, timeout=60)
         events = _read_all(bootstrap, "reshard.events", deserialize, lambda r: r["migration"] == name,
                            lambda got: any(e["event"] == "catchup.proved" for e in got))
+
+    # the change topic: keys and envelopes, including the table's jsonb DEFAULT '{}' column, whose "{}"
+    # Avro default made Apicurio 3.0 answer the stock client's GET /schemas/ids/{id} with HTTP 400
+    value_schema = json.loads(registry.get_latest_version(f"{topic}-value").schema.schema_str)
+    assert '"default": "{}"' in json.dumps(value_schema)
+    changes = _read_all(bootstrap, topic, lambda v, ctx: None if v == b"this is not json" else deserialize(v, ctx),
+                        lambda r: r is not None and r["op"] == "u",
+                        lambda got: len(got) >= 20)
+    assert sorted(r["after"]["id"] for r in changes) == list(range(1, 21))
+    assert all(r["after"]["balance"] == "3.00" and r["after"]["attrs"] for r in changes), changes[0]
+    keys = _read_all(bootstrap, topic, lambda v, ctx: v, lambda r: True, lambda got: len(got) >= 1, key=True)
+    key = AvroDeserializer(registry)(next(k for k in keys if k != b'{"id": 1}'),
+                                     SerializationContext(topic, MessageField.KEY))
+    assert set(key) == {"id"}
 
     dead = _read_all(bootstrap, f"reshard.{name}.dlq", deserialize, lambda r: True, lambda got: len(got) >= 1)
     assert len(dead) == 1

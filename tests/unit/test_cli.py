@@ -135,7 +135,7 @@ def test_version_names_the_pinned_parts_and_the_postgresql_majors():
     from reshard.stack import pg_binaries
 
     doc = json.loads(CliRunner().invoke(cli, ["version", "--json"]).output)
-    assert set(doc["pins"]) == {"kafka", "debezium", "apicurio"} and all(doc["pins"].values())
+    assert set(doc["pins"]) == {"kafka", "debezium", "apicurio", "apicurio_converter"} and all(doc["pins"].values())
     assert doc["postgresql"] == {"supported": list(pg_binaries.SUPPORTED), "default": pg_binaries.DEFAULT}
 
 

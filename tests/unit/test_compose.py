@@ -61,7 +61,7 @@ def test_ports_are_loopback_only_and_the_example_config_points_at_them():
 def test_images_are_the_versions_the_embedded_stack_pins():
     assert SERVICES["kafka"]["image"] == f"apache/kafka:{_pinned('kafka.version')}"
     assert SERVICES["connect"]["image"] == f"quay.io/debezium/connect:{_pinned('debezium.version')}"
-    assert SERVICES["registry"]["image"] == f"quay.io/apicurio/apicurio-registry:{_pinned('apicurio.version')}"
+    assert SERVICES["registry"]["image"] == f"quay.io/apicurio/apicurio-registry:{_pinned('apicurio.registry.version')}"
 
 
 def test_connector_passwords_come_from_the_workers_config_provider_not_the_config():
