@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass, field
 
 from psycopg import sql
@@ -37,6 +38,7 @@ from reshard.maps.planner import Plan
 from reshard.maps.planner import plan as make_plan
 from reshard.maps.shardmap import ShardMap, table_ident
 from reshard.observe.progress import Progress
+from reshard.snapshotter.throttle import CopyThrottle, ThrottleSettings
 
 STEPS = ("stop_reverse", "stop_forward", "delete_source_rows", "fences", "forget")
 
@@ -53,18 +55,20 @@ class CompleteResult:
 
 
 def complete(config: Config, store: ControlStore, migration: str, *, keep_source_data: bool = False,
-             drop_fences: bool = False, batch_rows: int = 5000, pause_s: float = 0.05,
+             drop_fences: bool = False, batch_rows: int = 5000, pause_s: float = 0.05, adaptive: bool = True,
              progress: Progress | None = None) -> CompleteResult:
     """Complete the migration under its lease, as every command that changes it does: a
     cutover or rollback of the same migration running meanwhile makes this exit 7 (Busy)
     before anything is read or changed, and each step re-checks the lease first."""
     with store.lease(migration, "complete") as lease:
         return _complete(config, store, migration, lease, keep_source_data=keep_source_data,
-                         drop_fences=drop_fences, batch_rows=batch_rows, pause_s=pause_s, progress=progress)
+                         drop_fences=drop_fences, batch_rows=batch_rows, pause_s=pause_s, adaptive=adaptive,
+                         progress=progress)
 
 
 def _complete(config: Config, store: ControlStore, migration: str, lease: Lease, *, keep_source_data: bool,
-              drop_fences: bool, batch_rows: int, pause_s: float, progress: Progress | None) -> CompleteResult:
+              drop_fences: bool, batch_rows: int, pause_s: float, adaptive: bool,
+              progress: Progress | None) -> CompleteResult:
     rec = store.migration(migration)
     running = [a for a in store.running_attempts(migration) if a["kind"] == "complete"]
     if rec.state == State.COMPLETE and not running:
@@ -82,7 +86,7 @@ def _complete(config: Config, store: ControlStore, migration: str, lease: Lease,
     c.run("stop_reverse", lambda: c.stop(Direction.REVERSE))
     c.run("stop_forward", lambda: c.stop(Direction.FORWARD))
     c.run("delete_source_rows", lambda: {"skipped": "--keep-source-data"} if keep_source_data
-          else c.delete_rows(batch_rows, pause_s))
+          else c.delete_rows(batch_rows, pause_s, adaptive))
     c.run("fences", lambda: c.fences(drop_fences))
     c.run("forget", c.forget)
     store.finish_attempt(migration, attempt, "done", {"deleted_rows": result.deleted_rows})
@@ -124,24 +128,31 @@ class _Completion:
         streams = [s for s in streams_of(self.store, self.rec, self.full) if s.direction == direction]
         return {"actions": drop_streams(self.config, self.store, self.rec.name, streams, self.full.tables())}
 
-    def delete_rows(self, batch_rows: int, pause_s: float) -> dict:
-        """The moved rows leave the sources in batches of ``batch_rows``, ``pause_s`` apart
-        (leaving the sources' I/O to the application), or slower under `reshard throttle
-        --max-rows-per-second`; `reshard pause --complete` holds them between batches."""
+    def delete_rows(self, batch_rows: int, pause_s: float, adaptive: bool) -> dict:
+        """The moved rows leave the sources in batches of ``batch_rows``, ``pause_s`` apart,
+        paced per source by the copy's throttle: adaptive (slower while the source's probe says
+        the application suffers) unless ``adaptive`` is off, capped by `reshard throttle
+        --max-rows-per-second`, held between batches by `reshard pause --complete`."""
         task = self.progress.task("delete moved rows", unit="rows")
         live = LiveControl(self.store, self.rec.name)
         for move in self.full.moves:
             dsn = self.config.cluster(move.source).dsn
-            with connect(dsn, f"source cluster {move.source}", autocommit=True) as conn:
+            tables = sorted(self.full.new.groups[move.group].tables)
+
+            def said(text: str, source: str = move.source) -> None:
+                self.progress.step(f"{source}: deletes {text}")
+
+            pace = CopyThrottle(ThrottleSettings(adaptive=adaptive), dsn, live=live, part="complete", on_change=said)
+            with connect(dsn, f"source cluster {move.source}", autocommit=True) as conn, closing(pace):
                 shard_schema.writer_session(conn)
-                for table in sorted(self.full.new.groups[move.group].tables):
+                pace.hint_width(conn, [table_ident(t).as_string(conn) for t in tables])
+                for table in tables:
                     delete = sql.SQL("DELETE FROM {table} WHERE ctid = ANY(ARRAY("
                                      "SELECT t.ctid FROM {table} t WHERE {pred} LIMIT {n}))").format(
                         table=table_ident(table), pred=self.full.predicate_sql(move, table, "t"),
                         n=sql.Literal(int(batch_rows)))
                     while True:
                         live.wait_while_paused("complete")
-                        started = time.monotonic()
                         n = conn.execute(delete).rowcount
                         if n <= 0:
                             break
@@ -149,8 +160,10 @@ class _Completion:
                         task.advance(n)
                         if n < batch_rows:
                             break
-                        cap = live.now().throttle.get("max_rows_per_second")
-                        time.sleep(max(pause_s, n / cap - (time.monotonic() - started)) if cap else pause_s)
+                        nbytes = int(n * pace.width_hint)  # the rows' bytes, the unit the throttle paces
+                        pace.landed(n, nbytes)
+                        pace.take(nbytes)
+                        time.sleep(pause_s)
         task.close()
         return {"deleted_rows": self.result.deleted_rows}
 

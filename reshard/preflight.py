@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ SKEW_LIMIT = 1.5  # a destination above this many times the mean is flagged
 WAL_WINDOW_S = 2.0  # how long the WAL and write rates are measured
 SAMPLE_ROWS = 20_000  # rows of moving data read to measure a source's copy rate
 ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (docs/performance.md) when nothing was measured here
+APPLIER_START_S = 1.0  # an applier's start (joining its consumer group, the first fetch): ~1 s measured here
 CHECKS = ("config", "services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
           "tables", "ddl_capture", "skew", "feasibility", "target_disk")
 DISK_HEADROOM = 1.5  # moving table bytes -> what the target needs free (indexes, WAL, bloat while applying)
@@ -237,8 +239,12 @@ def _writes(conn: psycopg.Connection[Any], table: str) -> int:
     return int(row[0]) if row else 0
 
 
-def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Preflight) -> None:
-    """The feasibility report and the skew check (both from the servers, measured now)."""
+def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Preflight,
+              copy_model: Callable[[float, float], float] | None = None) -> None:
+    """The feasibility report and the skew check (both from the servers, measured now).
+    ``copy_model(bytes, read rate)`` is the default throttle's copy time (the snapshotter's
+    ramp_seconds, passed in by the caller: the kernel does not import the stages); without
+    it the copy is predicted unthrottled."""
     est: PlanEstimate = estimate_plan(config, plan)
     per_source: dict[str, dict[str, Any]] = {}
     writes_to: dict[str, float] = {}
@@ -252,7 +258,8 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
             rate = _sample_rate(conn, plan, source)
             wal_s, commits_s = _rates(conn)
             moving = sum(m.bytes for m in est.moves if m.move.source == source)
-            copy_s = moving / rate if rate else None
+            unthrottled_s = moving / rate if rate else None
+            copy_s = copy_model(moving, rate) if copy_model and rate else unthrottled_s
             share = 0.0
             for m in est.moves:
                 if m.move.source != source:
@@ -265,6 +272,7 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
             per_source[source] = {
                 "moving_bytes": moving, "sample_read_bytes_per_s": round(rate) if rate else None,
                 "copy_seconds": round(copy_s, 1) if copy_s is not None else None,
+                "copy_seconds_unthrottled": round(unthrottled_s, 1) if unthrottled_s is not None else None,
                 "wal_bytes_per_s": round(wal_s), "commits_per_s": round(commits_s, 1),
                 "wal_kept_during_copy_bytes": round(wal_s * copy_s) if copy_s is not None else None,
                 "backlog_events": round(commits_s * share * copy_s) if copy_s is not None else None}
@@ -272,11 +280,13 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
     apply_s = measured or ASSUMED_APPLY_EVENTS_S
     incoming = sum(s["commits_per_s"] * 1.0 for s in per_source.values())  # an upper bound: every commit moves
     backlog = sum(s["backlog_events"] or 0 for s in per_source.values())
-    catch_up_s = backlog / (apply_s - incoming) if apply_s > incoming else None
+    catch_up_s = APPLIER_START_S + backlog / (apply_s - incoming) if apply_s > incoming else None
     copy_s = max((s["copy_seconds"] or 0 for s in per_source.values()), default=0)
     verdict = ("feasible" if catch_up_s is not None else
                "the appliers would not catch up: the sources commit faster than one worker applies; add workers")
-    out.feasibility = {"sources": per_source, "copy_seconds": copy_s, "catch_up_seconds":
+    out.feasibility = {"sources": per_source, "copy_seconds": copy_s,
+                       "copy_model": "the default adaptive throttle on a healthy source (it starts slow and "
+                       "grows; a busy source holds it lower)" if copy_model else "unthrottled", "catch_up_seconds":
                        None if catch_up_s is None else round(catch_up_s, 1),
                        "apply_events_per_s": round(apply_s), "apply_rate": "measured here" if measured else
                        "assumed (no applier has run on this deployment: docs/performance.md)", "verdict": verdict}
@@ -336,7 +346,8 @@ def _apply_rate(store: ControlStore | None) -> float | None:
         return None
 
 
-def run(config: Config, store: ControlStore | None, plan: Plan, *, full: bool = True) -> Preflight:
+def run(config: Config, store: ControlStore | None, plan: Plan, *, full: bool = True,
+        copy_model: Callable[[float, float], float] | None = None) -> Preflight:
     """Every check; ``full`` adds the measured estimates (a few seconds per source)."""
     out = Preflight()
     config_checks(config, out)
@@ -344,7 +355,7 @@ def run(config: Config, store: ControlStore | None, plan: Plan, *, full: bool = 
     cluster_checks(config, plan, out)
     table_checks(config, plan, out)
     if full and not out.failed():
-        estimates(config, store, plan, out)
+        estimates(config, store, plan, out, copy_model)
     return out
 
 

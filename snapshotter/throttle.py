@@ -57,15 +57,34 @@ class ThrottleSettings:
     max_slot_wal_bytes: int | None = None
 
 
+def ramp_seconds(nbytes: float, ceiling_bytes_s: float) -> float:
+    """How long the adaptive throttle takes to let ``nbytes`` through when the source stays
+    healthy: it starts at START_BYTES_S and grows by RECOVER every LOOK_EVERY_S until the copy's
+    own ceiling (the source's read rate) binds. `reshard check` predicts the default copy so."""
+    import math
+
+    if nbytes <= 0:
+        return 0.0
+    k = math.log(RECOVER) / LOOK_EVERY_S  # the limit is START_BYTES_S * e^(k t)
+    start = min(float(START_BYTES_S), ceiling_bytes_s)
+    t_cap = math.log(ceiling_bytes_s / start) / k if ceiling_bytes_s > start else 0.0
+    ramped = start * (math.exp(k * t_cap) - 1) / k if t_cap else 0.0  # bytes through before the ceiling
+    if nbytes <= ramped:
+        return math.log(1 + nbytes * k / start) / k
+    return t_cap + (nbytes - ramped) / ceiling_bytes_s
+
+
 class CopyThrottle:
-    """A token bucket over bytes, shared by the copy threads."""
+    """A token bucket over bytes, shared by the copy threads (and by `complete`'s deletes, with
+    ``part="complete"``: the same adaptive probe, `reshard throttle` and `reshard pause`)."""
 
     def __init__(self, settings: ThrottleSettings, probe_dsn: str | None = None,
                  on_change: Callable[[str], None] | None = None, *,
                  clock: Callable[[], float] = time.monotonic, sleep: Callable[[float], object] | None = None,
                  live: LiveControl | None = None, slot: str | None = None,
-                 on_wal_budget: Callable[[bool, int, int], None] | None = None):
+                 on_wal_budget: Callable[[bool, int, int], None] | None = None, part: str = "copy"):
         self.settings = settings
+        self.part = part  # what `reshard pause` names it by
         self.slot = slot  # the stream's slot on this source, whose WAL the budget bounds
         self._slot_conn: psycopg.Connection[Any] | None = None
         self._slot_at = -1e9
@@ -174,7 +193,7 @@ class CopyThrottle:
         """Return once ``nbytes`` may go to the target under the current limit (and the copy is
         not paused by `reshard pause`)."""
         if self.live is not None:
-            self.waited_s += self.live.wait_while_paused("copy")
+            self.waited_s += self.live.wait_while_paused(self.part)
             self._follow_live()
         self._guard_slot()
         while True:

@@ -247,6 +247,7 @@ def check_cmd(ctx: Ctx, to_path: str, from_path: str | None, skip: tuple[str, ..
     from reshard.maps.planner import plan
     from reshard.maps.shardmap import load_map
     from reshard.preflight import run
+    from reshard.snapshotter.throttle import ramp_seconds
 
     config = ctx.config()
     new = load_map(to_path, config.clusters)
@@ -254,7 +255,7 @@ def check_cmd(ctx: Ctx, to_path: str, from_path: str | None, skip: tuple[str, ..
     p = plan(old, new)
     if not p.moves:
         raise ConfigError("the new map moves no keys: nothing to check")
-    result = run(config, ControlStore(config.control_dsn), p, full=estimates)
+    result = run(config, ControlStore(config.control_dsn), p, full=estimates, copy_model=ramp_seconds)
     failed = result.failed(skip)
     doc = {"command": "check", **result.to_dict(), "ok": not failed, "skipped": list(skip)}
     emit(ctx, doc, lambda: _check_human(doc))
@@ -270,8 +271,10 @@ def _check_human(doc: dict) -> str:
     f = doc.get("feasibility") or {}
     for source, s in sorted((f.get("sources") or {}).items()):
         lines.append(f"  {source}: {s['moving_bytes'] / 1e6:,.1f} MB to copy at ~{(s['sample_read_bytes_per_s'] or 0) / 1e6:,.1f} "
-                     f"MB/s (one session, measured now): ~{s['copy_seconds'] or 0:,.0f} s; WAL {s['wal_bytes_per_s'] / 1e3:,.1f}"
-                     f" kB/s -> ~{(s['wal_kept_during_copy_bytes'] or 0) / 1e6:,.1f} MB kept by its slot meanwhile")
+                     f"MB/s (one session, measured now): ~{s['copy_seconds'] or 0:,.0f} s under the default throttle "
+                     f"(~{s.get('copy_seconds_unthrottled') or 0:,.0f} s with --throttle off); WAL "
+                     f"{s['wal_bytes_per_s'] / 1e3:,.1f} kB/s -> ~{(s['wal_kept_during_copy_bytes'] or 0) / 1e6:,.1f} MB "
+                     "kept by its slot meanwhile")
     if f:
         lines.append(f"  catch-up: ~{f['catch_up_seconds'] or 0:,.0f} s at {f['apply_events_per_s']:,} events/s "
                      f"({f['apply_rate']}); verdict: {f['verdict']}")

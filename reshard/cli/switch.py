@@ -262,11 +262,14 @@ def rollback_cmd(ctx: Ctx, name: str, max_lag: int, max_lag_bytes: int, max_writ
 @click.option("--batch-pause", "--throttle", "throttle", type=Duration(), default=0.05, show_default=True,
               help="Pause between delete batches (50ms, 1s; --throttle: its former name). `reshard throttle "
                    "--max-rows-per-second` caps them while they run.")
+@click.option("--adaptive/--no-adaptive", default=True, show_default=True,
+              help="Pace the deletes as the copy is paced: slower while a probe of the source says the "
+                   "application suffers (`reshard status` and the progress say the limit and why).")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @json_option
 @click.pass_obj
 def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool, batch_rows: int, throttle: float,
-                 yes: bool) -> None:
+                 adaptive: bool, yes: bool) -> None:
     """The point of no return: stop reverse and forward replication, drop what reshard
     created, delete the moved rows from the sources in throttled batches.
 
@@ -282,7 +285,7 @@ def complete_cmd(ctx: Ctx, name: str, keep_source_data: bool, drop_fences: bool,
     try:
         result = Coordinator.open(config, progress).complete(name, keep_source_data=keep_source_data,
                                                             drop_fences=drop_fences, batch_rows=batch_rows,
-                                                            pause_s=throttle)
+                                                            pause_s=throttle, adaptive=adaptive)
     finally:
         progress.stop()
     doc = {"command": "complete", **result.to_dict()}

@@ -192,3 +192,55 @@ def test_the_copy_pauses_while_its_slot_keeps_more_wal_than_the_budget(env, tmp_
     with ApplierThread(co, name):
         co.wait(name, timeout=120)
     assert_targets_equal_source(env)
+
+
+def test_completes_deletes_follow_the_throttle_and_a_pause(env, tmp_path):
+    """`complete`'s deletes are paced by the copy's throttle: `reshard throttle` caps them while
+    they run, `reshard pause --complete` holds them, `resume` lets them finish."""
+    from reshard.control.states import State
+    from reshard.cutover.orchestrator import Outcome, SwitchOptions, cutover
+    from tests.e2e.cutover_helpers import setup
+    from tests.e2e.helpers import spawn
+
+    co, name = setup(env, rows=40_000, audit=False)
+    cfg = write_config_file(env, tmp_path)
+    co.start(name)
+    with ApplierThread(co, name):
+        co.wait(name, timeout=60)
+        assert_verified(co.verify(name))
+        assert cutover(env.config, co.store, name, SwitchOptions()).outcome == Outcome.DONE
+    assert co.store.migration(name).state == State.BAKING
+
+    def on_source() -> int:
+        with env.conn("source1") as conn:
+            return conn.execute("SELECT count(*) FROM accounts").fetchone()[0]
+
+    before = on_source()
+    steer(cfg, "throttle", name, "--max-rows-per-second", "2000")
+    log = tmp_path / "complete.log"
+    proc = spawn(cfg, log, "complete", name, "--yes", "--batch-rows", "500", "--batch-pause", "10ms")
+    try:
+        wait_for(lambda: on_source() < before - 1000 or proc.poll() is not None, 60, "the deletes to start")
+        assert proc.poll() is None, log.read_text()
+        a, t0 = on_source(), time.monotonic()
+        time.sleep(4.0)
+        rate = (a - on_source()) / (time.monotonic() - t0)
+        assert 500 < rate < 3000, f"{rate:.0f} rows/s under a 2,000 rows/s cap"  # the adaptive floor may bind
+        steer(cfg, "pause", name, "--complete")
+        time.sleep(2.5)  # obeyed within 2 s
+        held = on_source()
+        time.sleep(3.0)
+        assert on_source() == held and proc.poll() is None, "the deletes went on while paused"
+        steer(cfg, "throttle", name, "--clear")
+        steer(cfg, "resume", name, "--complete")
+        assert proc.wait(timeout=120) == 0, log.read_text()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    text = log.read_text()
+    assert "source1: deletes throttled to" in text, text[-2000:]  # the limit and its reason, said
+    assert co.store.migration(name).state == State.COMPLETE
+    _epoch, final = co.store.active()
+    with env.conn("source1") as conn:
+        ids = [r[0] for r in conn.execute("SELECT id FROM accounts").fetchall()]
+    assert ids and all(final.owner("public.accounts", [k]) == "source1" for k in ids)  # the moved rows left

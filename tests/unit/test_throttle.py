@@ -1,6 +1,15 @@
 """The copy throttle's arithmetic, on a simulated clock (no server, no real sleeping)."""
 
-from reshard.snapshotter.throttle import BACKOFF, FLOOR_BYTES_S, CopyThrottle, ThrottleSettings
+from reshard.snapshotter.throttle import (
+    BACKOFF,
+    FLOOR_BYTES_S,
+    LOOK_EVERY_S,
+    RECOVER,
+    START_BYTES_S,
+    CopyThrottle,
+    ThrottleSettings,
+    ramp_seconds,
+)
 
 
 class Clock:
@@ -77,3 +86,21 @@ def test_the_fixed_cap_still_holds_under_a_looser_adaptive_limit():
     t.baseline_ms = 1.0
     t.look(latency=5.0, lag=0.0)
     assert t.limit() == FLOOR_BYTES_S
+
+
+def test_ramp_seconds_is_the_throttle_letting_bytes_through_on_a_healthy_source():
+    """`reshard check`'s model of the default copy, against the bucket stepped look by look."""
+    def stepped(nbytes: float, ceiling: float) -> float:
+        t, through, limit = 0.0, 0.0, float(START_BYTES_S)
+        while through < nbytes:
+            rate = min(limit, ceiling)
+            step = min(LOOK_EVERY_S, (nbytes - through) / rate)
+            through += rate * step
+            t += step
+            limit *= RECOVER
+        return t
+
+    for nbytes, ceiling in ((1e6, 30e6), (60e6, 30e6), (6e9, 30e6), (60e6, 0.5e6)):
+        assert abs(ramp_seconds(nbytes, ceiling) - stepped(nbytes, ceiling)) <= 0.1 * stepped(nbytes, ceiling) + 0.5
+    assert ramp_seconds(0, 30e6) == 0.0
+    assert ramp_seconds(60e6, 0.5e6) == 120.0  # a ceiling under the start: the ceiling from the first byte
