@@ -26,6 +26,7 @@ from reshard.secrets import connector_password_error
 TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
 AVRO_CONVERTER = "io.apicurio.registry.utils.converter.AvroConverter"
+CONVERTER_CHECK_PERIOD_MS = 24 * 3600 * 1000
 ECHO_PREDICATE = "dev.reshard.connect.OriginStartsWith"  # connectors/echo-filter
 
 
@@ -59,6 +60,10 @@ def converters(config: Config) -> dict[str, str]:
         # named parts: any Avro reader can use it as it is (and Apicurio 3.0 fails to store
         # the envelope's twice-used Value record as two references)
         out[f"{side}.converter.apicurio.registry.dereference-schema"] = "true"
+        # a schema's id never changes: resolve each once, not again every 30 s (the default
+        # check period re-POSTs every table version's schema; once such a POST never got its
+        # answer and the task stalled with it, its records unproduced)
+        out[f"{side}.converter.apicurio.registry.check-period-ms"] = str(CONVERTER_CHECK_PERIOD_MS)
     return out
 
 
