@@ -43,7 +43,6 @@ from reshard.proof.verify import VerifyReport, verify
 from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
 from reshard.snapshotter.target_tables import create_tables, drop_created, finish_tables
 from reshard.snapshotter.throttle import ThrottleSettings
-from reshard.stack.connect import DEBEZIUM_CLASS
 
 STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
 
@@ -127,12 +126,6 @@ class Coordinator:
         return rec, self.store.plan_of(rec)
 
     # ---- start (snapshot + connector) ----------------------------------------------
-    def check_services(self) -> None:
-        KafkaAdmin(self.config.kafka).check()
-        client = ConnectClient(self.config.connect)
-        if DEBEZIUM_CLASS not in client.plugins():
-            raise Unavailable(f"Kafka Connect at {self.config.connect.url} has no {DEBEZIUM_CLASS} plugin")
-
     def start(self, name: str, *, batch_rows: int = DEFAULT_BATCH_ROWS, copy_workers: int = 2,
               throttle: ThrottleSettings = ThrottleSettings(), skip_checks: tuple[str, ...] = ()) -> SnapshotReport:
         with self.store.lease(name, "start"):
@@ -144,8 +137,11 @@ class Coordinator:
             self.progress.step(f"{name}: checking clusters, Kafka and Connect")
             if rec.state == State.PLANNED:  # a first start: every cluster check (`reshard check`)
                 preflight.before_start(self.config, p, skip_checks, self.progress.step)
-            else:
-                self.check_services()
+            else:  # a resumed start: the services it needs now (the clusters answered the first time)
+                found = preflight.Preflight()
+                preflight.service_checks(self.config, found)
+                if found.failed():
+                    raise Unavailable("; ".join(c.detail for c in found.failed()))
             setup = check_setup(self.config, p)
             self._say_standbys(name, p.sources())
             for target, tables in setup.missing.items():
