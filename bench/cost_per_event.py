@@ -15,10 +15,13 @@ key predicate as its row filter, a subscription on each target):
 - wait until the targets hold every change (reshard: the catch-up proof; native: the sum of
   column a on the targets equals the source's), read the CPU times again.
 
-Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio.
+Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio. With
+``--workers 1,2`` reshard runs once per worker count each round (the workers share the
+partitions; their CPU is summed), and the appliers' CPU per event is compared: equal CPU per
+event means a second worker on a free core doubles the apply rate.
 
     .venv/bin/python bench/cost_per_event.py [--rows 100000] [--events 40000] [--rounds 2]
-        [--pg-version N] [--json]
+        [--workers 1[,2]] [--no-native] [--pg-version N] [--json]
 """
 
 from __future__ import annotations
@@ -113,7 +116,7 @@ def burst(config: Config, rows: int, events: int) -> None:
                         config.cluster("source1").dsn], check=True, capture_output=True)
 
 
-def reshard_round(base: Config, rows: int, events: int, tmp: Path) -> dict[str, float]:
+def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int = 1) -> dict[str, float]:
     config = fresh_databases(base, DB, NAME)
     seed(config, rows)
     before, after = demo_maps(TARGETS)
@@ -124,24 +127,28 @@ def reshard_round(base: Config, rows: int, events: int, tmp: Path) -> dict[str, 
     co.start(NAME, throttle=ThrottleSettings(adaptive=False))
     cfg = tmp / "reshard.yaml"
     write_config(config, cfg)
-    applier = subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
-                                "apply", NAME, "--metrics-port", "0"], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    appliers = [subprocess.Popen([sys.executable, "-m", "reshard.cli", "--config", str(cfg), "--progress", "off",
+                                  "apply", NAME, "--metrics-port", "0"], stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for _ in range(workers)]
     try:
         co.wait(NAME, timeout=300)
-        time.sleep(2.0)
+        time.sleep(2.0 + 3.0 * (workers - 1))  # the consumer group settles on every worker's share
         st = {p.name: p.pid for p in Stack(HOME[0]).status() if p.pid}
-        extra = {"Kafka broker": st["kafka"], "Kafka Connect (Debezium)": st["connect"],
-                 "reshard apply": applier.pid}
+        extra = {"Kafka broker": st["kafka"], "Kafka Connect (Debezium)": st["connect"]}
+        extra.update({f"reshard apply #{i + 1}": a.pid for i, a in enumerate(appliers)})
         t0 = parts(config, extra)
         burst(config, rows, events)
         co.wait(NAME, timeout=600)
         t1 = parts(config, extra)
     finally:
-        applier.terminate()
-        applier.wait(timeout=60)
+        for a in appliers:
+            a.terminate()
+        for a in appliers:
+            a.wait(timeout=60)
         co.teardown(NAME)
-    return {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
+    per = {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
+    per["reshard apply"] = sum(per.pop(f"reshard apply #{i + 1}") for i in range(workers))
+    return per
 
 
 def native_round(base: Config, rows: int, events: int) -> dict[str, float]:
@@ -194,25 +201,34 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=100_000)
     ap.add_argument("--events", type=int, default=40_000)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--workers", default="1", help="applier worker counts to run reshard with, e.g. 1,2")
+    ap.add_argument("--no-native", action="store_true", help="measure reshard only")
     ap.add_argument("--json", action="store_true")
     add_pg_version(ap)
     args = ap.parse_args()
+    counts = [int(n) for n in args.workers.split(",")]
     base = stack_config(args.pg_version)
     HOME.append(state_dir() / f"pg{args.pg_version}" if args.pg_version else state_dir())
-    runs: dict[str, list[dict[str, float]]] = {"reshard": [], "native": []}
+    kinds = [f"reshard x{n}" if len(counts) > 1 else "reshard" for n in counts]
+    if not args.no_native:
+        kinds.append("native")
+    runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
-            for kind in (("reshard", "native") if r % 2 == 0 else ("native", "reshard")):
-                got = (reshard_round(base, args.rows, args.events, Path(tmp)) if kind == "reshard"
-                       else native_round(base, args.rows, args.events))
+            for kind in (kinds if r % 2 == 0 else kinds[::-1]):
+                got = (native_round(base, args.rows, args.events) if kind == "native" else
+                       reshard_round(base, args.rows, args.events, Path(tmp), counts[kinds.index(kind)]))
                 runs[kind].append(got)
                 print(f"round {r + 1} {kind}: " + ", ".join(f"{k} {v:,.1f}" for k, v in got.items())
                       + f" µs/event; load {load_average()}", file=sys.stderr)
     table = {kind: {k: median([run[k] for run in rs]) for k in rs[0]} for kind, rs in runs.items()}
     totals = {kind: sum(v.values()) for kind, v in table.items()}
+    ratios = {k: totals[k] / totals["native"] for k in totals if k != "native"} if "native" in totals else {}
+    scale = {k: table[k]["reshard apply"] / table[kinds[0]]["reshard apply"] for k in kinds[1:] if k != "native"}
     if args.json:
         print(json.dumps({"events": args.events, "rounds": args.rounds, "per_event_cpu_us": table,
-                          "total_cpu_us": totals, "ratio": totals["reshard"] / totals["native"]}, indent=2))
+                          "total_cpu_us": totals, "ratio_to_native": ratios,
+                          "applier_cpu_vs_one_worker": scale}, indent=2))
         return
     print(f"CPU-µs per event, {args.events:,} single-row updates split 1 -> 2, medians of {args.rounds} rounds")
     for kind, row in table.items():
@@ -220,7 +236,10 @@ def main() -> None:
         for k, v in row.items():
             print(f"    {k:<28} {v:>9,.1f}")
         print(f"    {'total':<28} {totals[kind]:>9,.1f}")
-    print(f"  reshard / native: {totals['reshard'] / totals['native']:.2f}x the CPU per event")
+    for k, v in ratios.items():
+        print(f"  {k} / native: {v:.2f}x the CPU per event")
+    for k, v in scale.items():
+        print(f"  applier CPU per event, {k} / {kinds[0]}: {v:.2f}")
 
 
 if __name__ == "__main__":
