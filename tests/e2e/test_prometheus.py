@@ -103,11 +103,16 @@ def test_prometheus_scrapes_and_the_no_live_applier_alert_fires_and_clears(env, 
         assert _value(prom_port, 'sum(reshard_exporter_errors_total)') in (None, 0)
 
         names = set(_api(prom_port, "label/__name__/values"))
-        # fences exist only once a cutover installed them, router counters once a router reports, and
-        # the continuous check's once `verify --continuous` ran; the rules test covers those alerts
+        # fences exist only once a cutover installed them, router counters once a router reports, the
+        # continuous check's once `verify --continuous` ran, the throttle cap once `reshard throttle` set
+        # one, the WAL-budget wait while a copy runs, the slot's keep limit where max_slot_wal_keep_size
+        # is set (this stack leaves it unlimited); the rules test covers those alerts, and test_live_control
+        # reads the last two from the exporter
         missing = _used_metrics() - names - {"reshard_fence_mode", "reshard_fence_installed_timestamp_seconds",
                                              "reshard_router_operations_total",
-                                             "reshard_continuous_check_divergent_keys"}
+                                             "reshard_continuous_check_divergent_keys",
+                                             "reshard_throttle_max_rows_per_second", "reshard_copy_wal_paused",
+                                             "reshard_slot_wal_keep_limit_bytes"}
         assert not missing, f"the dashboard or the rules use metrics nothing exports: {sorted(missing)}"
 
         assert _alert_state(prom_port, "ReshardNoLiveApplier", name) is None
