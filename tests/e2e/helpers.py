@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import psycopg
+from confluent_kafka.schema_registry import SchemaRegistryClient
 
 from reshard.config import write_config
 from reshard.coordinator import Coordinator
@@ -19,6 +20,17 @@ from reshard.stack.demo import demo_maps
 from reshard.stack.workload import TABLE, create_table, seed
 
 TARGETS = ["target1", "target2"]
+
+# A stock client's requests get a deadline: confluent-kafka's SchemaRegistryClient has none by
+# default, and once (CI of 2026-12-06, twice in one run) a 404 the registry logged as answered
+# never reached it, so it waited for the registry's 30-minute idle timeout before retrying.
+# With a deadline it retries the request within seconds (up to its `max.retries`).
+STOCK_CLIENT_TIMEOUT_S = 10
+
+
+def stock_registry_client(url: str) -> SchemaRegistryClient:
+    """confluent-kafka's own registry client, as a downstream team would configure it."""
+    return SchemaRegistryClient({"url": url, "timeout": STOCK_CLIENT_TIMEOUT_S})
 
 
 def prepare(env, rows: int, migration: str) -> Coordinator:

@@ -7,7 +7,6 @@ import urllib.request
 
 import pytest
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -23,6 +22,7 @@ from tests.e2e.helpers import (
     assert_targets_equal_source,
     prepare,
     reshard_cmd,
+    stock_registry_client,
     write_config_file,
 )
 
@@ -57,7 +57,7 @@ def test_malformed_records_go_to_the_dead_letter_topic_with_reasons(env):
     dead = _dead_letters(env.config.kafka, dlq_topic(name), 2)
     reasons = sorted(dict(m.headers())["reshard.reason"].decode() for m in dead)
     assert any("not JSON" in r for r in reasons) and any("op" in r for r in reasons)
-    registry = SchemaRegistryClient({"url": env.config.kafka.schema_registry_url})
+    registry = stock_registry_client(env.config.kafka.schema_registry_url)
     letters = [AvroDeserializer(registry)(m.value(), SerializationContext(m.topic(), MessageField.VALUE)) for m in dead]
     assert {d["value"] for d in letters} >= {b"this is not json"}  # the original bytes, kept
     assert all(dict(m.headers())["reshard.topic"].decode() == topic for m in dead)

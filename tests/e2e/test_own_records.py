@@ -9,12 +9,11 @@ import time
 from pathlib import Path
 
 from confluent_kafka import Consumer, Producer
-from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
 from reshard.kafka.streams import forward
-from tests.e2e.helpers import ApplierThread, prepare
+from tests.e2e.helpers import ApplierThread, prepare, stock_registry_client
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "schemas"
 
@@ -50,7 +49,7 @@ def test_dead_letters_and_migration_events_read_with_a_plain_confluent_consumer(
     p.flush(10)
     with env.conn("source1") as conn:
         conn.execute("UPDATE public.accounts SET balance = 3 WHERE id <= 20")
-    registry = SchemaRegistryClient({"url": env.config.kafka.schema_registry_url})
+    registry = stock_registry_client(env.config.kafka.schema_registry_url)
     deserialize = AvroDeserializer(registry)
     bootstrap = env.config.kafka.bootstrap_servers
     with ApplierThread(co, name):
