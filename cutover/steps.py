@@ -12,9 +12,11 @@ exactly the plan a real run follows.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import psycopg
 
@@ -36,6 +38,18 @@ from reshard.maps.shardmap import ShardMap
 from reshard.proof.catchup import applier_group, mark_positions, wait_applied, wait_confirmed
 from reshard.proof.reconcile import CheckResult, ReconciliationFailed, reconcile
 
+T = TypeVar("T")
+
+
+def at_once(pool: ThreadPoolExecutor, keys: list[str], fn: Callable[[str], T]) -> dict[str, T]:
+    """``fn(key)`` for every key, concurrently on ``pool``; returns when every call has
+    ended, raising the first failure in the keys' order (the others' effects stand)."""
+    futures = {k: pool.submit(fn, k) for k in keys}
+    for exc in [f.exception() for f in futures.values()]:  # waits for every one
+        if exc is not None:
+            raise exc
+    return {k: f.result() for k, f in futures.items()}
+
 
 class SwitchKind(StrEnum):
     """What a switch does: a cutover moves the keys to their new owners, a rollback back."""
@@ -44,6 +58,9 @@ class SwitchKind(StrEnum):
     ROLLBACK = "rollback"
 STATEMENT_TIMEOUT_MS = 30_000  # every statement of a switch is short; reconcile sets its own from the budget
 FORWARD_HOLD_MS = 500  # past the budget, a target's flip still holds each table lock at most this long
+# inside the write pause the drain looks at the slots and the appliers' offsets this often (a
+# query per source, a Kafka request): every look saved comes off the pause
+DRAIN_POLL_S = 0.005
 
 
 @dataclass
@@ -128,6 +145,7 @@ class LiveSteps:
         self.admin: KafkaAdmin | None = None
         self.deadline: float | None = None  # monotonic end of the write-pause budget, set by the fence
         self.unfenced_at: float | None = None  # when back_out restored the from-side (its writes flow again)
+        self._pool: ThreadPoolExecutor | None = None  # for _each, made on first use
 
     def close(self) -> None:
         for c in self.conns.values():
@@ -135,6 +153,22 @@ class LiveSteps:
         self.conns = {}
         if self.admin is not None:
             self.admin.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    def _each(self, clusters: list[str], fn: Callable[[str], T]) -> dict[str, T]:
+        """``fn`` on every cluster at once, each on its own session: inside the write pause a
+        step costs its slowest cluster, not their sum (with three sources the fence and the
+        flips took a round of lock waits per source, one after the other). Every call ends
+        before this returns; the first failure, in the clusters' order, is raised."""
+        if len(clusters) <= 1:
+            return {c: fn(c) for c in clusters}
+        for c in clusters:  # sessions are opened here, one at a time; each thread then uses its own
+            self._conn(c)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="reshard-switch")
+        return at_once(self._pool, clusters, fn)
 
     def _conn(self, cluster: str) -> psycopg.Connection[Any]:
         conn = self.conns.get(cluster)
@@ -183,25 +217,26 @@ class LiveSteps:
     def fence_from(self, budget_s: float) -> dict[str, str]:
         sw = self.sw
         self.deadline = time.monotonic() + budget_s
-        deadlines = {}
-        for c in sw.from_side:
+
+        def fence_one(c: str) -> str:
             conn = self._conn(c)
             d = fence.server_deadline(conn, budget_s)
             fence.install(conn, fence.moving(c, sw.active_epoch, sw.active_map, sw.plan, list(sw.plan.moves),
                                              note=f"{sw.kind} of {sw.migration}", deadline=d), self.lock_timeout_ms,
                           hold_ms=self._hold_ms(), point="fence")
-            deadlines[c] = d
-        return deadlines
+            return d
+        return self._each(sw.from_side, fence_one)
 
     def drain_position(self) -> dict[Stream, str]:
         return mark_positions(self.config, self.sw.migration, self.sw.drain_streams, self.conns)
 
     def drain(self, positions: dict[Stream, str], deadline: float) -> dict:
         started = time.monotonic()
-        wait_confirmed(self.config, positions, deadline, self.conns)
+        wait_confirmed(self.config, positions, deadline, self.conns, interval=DRAIN_POLL_S)
         confirmed = time.monotonic()
         assert self.admin is not None
-        ends = wait_applied(self.admin, applier_group(self.sw.migration), self.sw.drain_topics(), deadline)
+        ends = wait_applied(self.admin, applier_group(self.sw.migration), self.sw.drain_topics(), deadline,
+                            interval=DRAIN_POLL_S)
         return {"confirm_ms": round((confirmed - started) * 1000, 1),
                 "apply_ms": round((time.monotonic() - confirmed) * 1000, 1),
                 "records_through": sum(ends.values())}
@@ -226,18 +261,18 @@ class LiveSteps:
 
     def flip_from(self, epoch: int, deadlines: dict[str, str]) -> dict:
         sw = self.sw
-        for c in sw.from_side:
-            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
-                          only_before=deadlines[c], hold_ms=self._hold_ms(), point="flip_from")
+        self._each(sw.from_side, lambda c: fence.install(
+            self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms, only_before=deadlines[c],
+            hold_ms=self._hold_ms(), point="flip_from"))
         return {"clusters": sw.from_side, "epoch": epoch}
 
     def flip_to(self, epoch: int) -> dict:
         """Past the point of no return (see the orchestrator): runs even after the budget,
         so its locks are held at most FORWARD_HOLD_MS if this process freezes inside."""
         sw = self.sw
-        for c in sw.to_side:
-            fence.install(self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
-                          hold_ms=self._hold_ms(FORWARD_HOLD_MS), point="flip_to")
+        self._each(sw.to_side, lambda c: fence.install(
+            self._conn(c), fence.steady(c, epoch, sw.dest_map), self.lock_timeout_ms,
+            hold_ms=self._hold_ms(FORWARD_HOLD_MS), point="flip_to"))
         return {"clusters": sw.to_side, "epoch": epoch}
 
     def activate(self, epoch: int, pause_ms: float | None, drain_ms: float) -> dict:

@@ -130,8 +130,9 @@ def mark_positions(config: Config, migration: str, streams: list[Stream],
 
 
 def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float,
-                   conns: dict[str, psycopg.Connection[Any]] | None = None) -> None:
-    """Step 2: every stream's slot confirmed its X."""
+                   conns: dict[str, psycopg.Connection[Any]] | None = None, interval: float = 0.02) -> None:
+    """Step 2: every stream's slot confirmed its X (looked at every ``interval`` seconds: a
+    cutover's drain, inside the write pause, looks more often)."""
     pending = dict(positions)
     own = conns is None
     conns = {} if conns is None else conns
@@ -150,7 +151,7 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
                 del pending[s]
         return not pending
     try:
-        poll(confirmed, timeout=deadline - time.monotonic(), interval=0.02, what="Debezium's confirmations")
+        poll(confirmed, timeout=deadline - time.monotonic(), interval=interval, what="Debezium's confirmations")
     except WaitTimeout:
         raise WaitTimeout("Debezium has not confirmed position(s) " + ", ".join(f"{s.slot} {x}" for s, x in pending.items())
                           + " in time; is the connector running? (reshard status)") from None
@@ -160,7 +161,8 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
                 c.close()
 
 
-def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: float) -> dict[tuple[str, int], int]:
+def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: float,
+                 interval: float = 0.02) -> dict[tuple[str, int], int]:
     """Step 3: the applier's committed offsets reach the end offsets read now."""
     ends = admin.end_offsets(topics)
     said = time.monotonic()
@@ -178,7 +180,7 @@ def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: flo
                      "behind on %d partition(s), %.0fs left", group, behind_by, len(behind), max(0.0, deadline - said))
         return not behind
     try:
-        poll(reached, timeout=deadline - time.monotonic(), interval=0.02, what="the appliers' offsets")
+        poll(reached, timeout=deadline - time.monotonic(), interval=interval, what="the appliers' offsets")
     except FutureTimeout:
         raise WaitTimeout(f"Kafka did not say the group {group}'s offsets before the deadline") from None
     except WaitTimeout:
