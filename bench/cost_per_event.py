@@ -18,7 +18,10 @@ key predicate as its row filter, a subscription on each target):
 Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio. With
 ``--workers 1,2`` reshard runs once per worker count each round (the workers share the
 partitions; their CPU is summed), and the appliers' CPU per event is compared: equal CPU per
-event means a second worker on a free core doubles the apply rate.
+event means a second worker on a free core doubles the apply rate. Beside the table, for
+reshard: what an idle worker costs by the second (measured for 5 s once caught up, before the
+burst), and how much of the applier's CPU per event that by-the-second cost makes over the
+burst's duration (it grows with the number of workers, not with the events).
 
     .venv/bin/python bench/cost_per_event.py [--rows 100000] [--events 40000] [--rounds 2]
         [--workers 1[,2]] [--no-native] [--pg-version N] [--json]
@@ -55,6 +58,12 @@ HOME: list[Path] = []  # the stack's state directory (set by main: --pg-version 
 NARROW = ("CREATE TABLE public.accounts (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, "
           "c numeric(12,2) NOT NULL, d timestamptz NOT NULL)")
 SCRIPT = "\\set id random(1, {rows})\nUPDATE public.accounts SET a = a + 1 WHERE id = :id;\n"
+
+
+IDLE_S = 5.0
+IDLE_SHARE = "(of apply: idle cost)"  # not parts: reported beside the table, left out of the totals
+IDLE_RATE = "(idle ms/s per worker)"
+NOT_PARTS = (IDLE_SHARE, IDLE_RATE)
 
 
 def _stat(pid: int) -> tuple[float, float, int]:
@@ -136,9 +145,14 @@ def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int 
         st = {p.name: p.pid for p in Stack(HOME[0]).status() if p.pid}
         extra = {"Kafka broker": st["kafka"], "Kafka Connect (Debezium)": st["connect"]}
         extra.update({f"reshard apply #{i + 1}": a.pid for i, a in enumerate(appliers)})
+        i0 = sum(tree_cpu(a.pid) for a in appliers)
+        time.sleep(IDLE_S)  # caught up, nothing written: what a worker costs by the second, doing nothing
+        idle_ms_per_s = (sum(tree_cpu(a.pid) for a in appliers) - i0) * 1000 / IDLE_S / workers
         t0 = parts(config, extra)
+        started = time.monotonic()
         burst(config, rows, events)
         co.wait(NAME, timeout=600)
+        seconds = time.monotonic() - started
         t1 = parts(config, extra)
     finally:
         for a in appliers:
@@ -148,6 +162,9 @@ def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int 
         co.teardown(NAME)
     per = {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
     per["reshard apply"] = sum(per.pop(f"reshard apply #{i + 1}") for i in range(workers))
+    # of which the workers' by-the-second cost over the burst: it grows with their number, not the events
+    per[IDLE_SHARE] = idle_ms_per_s * workers * seconds * 1000 / events
+    per[IDLE_RATE] = idle_ms_per_s
     return per
 
 
@@ -222,7 +239,7 @@ def main() -> None:
                 print(f"round {r + 1} {kind}: " + ", ".join(f"{k} {v:,.1f}" for k, v in got.items())
                       + f" µs/event; load {load_average()}", file=sys.stderr)
     table = {kind: {k: median([run[k] for run in rs]) for k in rs[0]} for kind, rs in runs.items()}
-    totals = {kind: sum(v.values()) for kind, v in table.items()}
+    totals = {kind: sum(v for k, v in row.items() if k not in NOT_PARTS) for kind, row in table.items()}
     ratios = {k: totals[k] / totals["native"] for k in totals if k != "native"} if "native" in totals else {}
     scale = {k: table[k]["reshard apply"] / table[kinds[0]]["reshard apply"] for k in kinds[1:] if k != "native"}
     if args.json:

@@ -74,11 +74,14 @@ class FailoverWatch:
         self.streams = list(streams)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            try:
-                self.check()
-            except Exception as exc:  # never takes the applier down; said and retried next round
-                log.warning("failover watch: %s", exc)
+        try:
+            while not self._stop.wait(self.every_s):
+                try:
+                    self.check()
+                except Exception as exc:  # never takes the applier down; said and retried next round
+                    log.warning("failover watch: %s", exc)
+        finally:
+            self.store.close()  # this thread's control session, when the store keeps one per thread
 
     def check(self) -> list[Assessment]:
         """One round over every stream."""

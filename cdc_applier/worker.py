@@ -159,7 +159,8 @@ class Applier:
                  *, batch_size: int = 2000, worker_id: str | None = None, kafka_outage_s: float = KAFKA_OUTAGE_S,
                  sample_every_s: float = SAMPLE_EVERY_S):
         self.config = config
-        self.store = store
+        self.store = store.per_thread()  # its loop and helper threads each keep a control session
+        store = self.store
         self.rec = rec
         self.plan = plan
         self.batch_size = batch_size
@@ -376,6 +377,7 @@ class Applier:
             self.store.worker_stopped(self.rec.name, self.worker_id, self._beat())
         self._leave_group(consumer)
         self._close_writers()
+        self.store.close()
         log.info("stopped: %d events applied from %d records, %d dead letters", self.stats.applied,
                  self.stats.records, self.stats.dead_letters)
 

@@ -11,6 +11,7 @@ Several calls that must commit together run in a unit of work::
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -25,6 +26,7 @@ from reshard.control.lease import Lease
 from reshard.control.slots import SlotRecords
 from reshard.control.switch import SwitchRecords
 from reshard.control.workers import WorkerRecords
+from reshard.errors import Unavailable
 from reshard.schema_migrations import upgrade
 
 SCHEMA_LOCK = 7265736861726400  # advisory lock key of the control schema's upgrades
@@ -42,13 +44,18 @@ class _Borrowed:
     def __enter__(self) -> psycopg.Connection[Any]:
         return self.conn
 
-    def __exit__(self, exc_type, *_: object) -> None:
+    def __exit__(self, exc_type, exc: BaseException | None, _tb: object) -> None:
         if not self.settle:
             return
         if exc_type is None:
             self.conn.commit()
-        else:
+        elif not (self.conn.closed or self.conn.broken):
             self.conn.rollback()
+        elif isinstance(exc, psycopg.OperationalError):
+            # a kept session the server ended (a restart) or lost: said as a fresh connection's
+            # failure would say it; the next call opens another (see ControlStore.connect)
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise Unavailable(f"the control database's session ended: {first}") from exc
 
 
 class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditLog):
@@ -60,6 +67,31 @@ class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditL
         self._schema_ready = False
         self._pinned: psycopg.Connection[Any] | None = None
         self._in_unit = False
+        self._threads: threading.local | None = None  # per_thread(): each thread's own session
+
+    def per_thread(self) -> ControlStore:
+        """A store that keeps one session per thread, opened on its first call and opened
+        again when the server ended it: for a long-running worker, whose loop and helper
+        threads each read or write a few rows every second or two (a new session each time
+        cost the applier ~10 connections a second, and the control server a backend each)."""
+        store = ControlStore(self.dsn)
+        store._schema_ready = self._schema_ready
+        store._threads = threading.local()
+        return store
+
+    def _thread_session(self) -> psycopg.Connection[Any]:
+        assert self._threads is not None
+        conn = getattr(self._threads, "conn", None)
+        if conn is None or conn.closed or conn.broken:
+            conn = self._threads.conn = self.connect(fresh=True)
+        return conn
+
+    def close(self) -> None:
+        """Close this thread's session of a ``per_thread`` store (others close when their threads' stores go)."""
+        conn = getattr(self._threads, "conn", None) if self._threads is not None else None
+        if conn is not None:
+            conn.close()
+            self._threads.conn = None  # type: ignore[union-attr]
 
     @contextmanager
     def pinned(self) -> Iterator[ControlStore]:
@@ -81,6 +113,17 @@ class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditL
         if self._in_unit:
             yield self
             return
+        if self._threads is not None:
+            if getattr(self._threads, "in_unit", False):
+                yield self
+                return
+            with self._thread_session().transaction():
+                self._threads.in_unit = True
+                try:
+                    yield self
+                finally:
+                    self._threads.in_unit = False
+            return
         if self._pinned is None:
             with self.pinned() as store, store.unit() as uow:
                 yield uow
@@ -92,10 +135,15 @@ class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditL
             finally:
                 self._in_unit = False
 
-    def connect(self, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
-        """A connection to the control database whose rows are dicts (schema upgraded first)."""
-        if self._pinned is not None and not kwargs:
+    def connect(self, fresh: bool = False, **kwargs: Any) -> psycopg.Connection[dict[str, Any]]:
+        """A connection to the control database whose rows are dicts (schema upgraded first):
+        the store's pinned session or this thread's (``per_thread``) when it has one, unless
+        ``fresh`` or connection options are asked for."""
+        if self._pinned is not None and not kwargs and not fresh:
             return _Borrowed(self._pinned, settle=not self._in_unit)  # type: ignore[return-value]
+        if self._threads is not None and not kwargs and not fresh:
+            return _Borrowed(self._thread_session(),  # type: ignore[return-value]
+                             settle=not getattr(self._threads, "in_unit", False))
         conn: psycopg.Connection[dict[str, Any]] = connect(self.dsn, "the control database", row_factory=dict_row,
                                                             **kwargs)
         if not self._schema_ready:

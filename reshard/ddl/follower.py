@@ -124,8 +124,11 @@ class DdlFollower:
         self.streams = list(streams)
 
     def _run(self) -> None:
-        while not self._stop.wait(self.every_s):
-            self.sync()
+        try:
+            while not self._stop.wait(self.every_s):
+                self.sync()
+        finally:
+            self.store.close()  # this thread's control session, when the store keeps one per thread
 
     def sync(self) -> None:
         """One round; never raises (said, and tried again next round)."""

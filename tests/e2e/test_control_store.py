@@ -1,11 +1,15 @@
 """The control store's unit of work, on a real control database: what runs in one unit
 commits together or not at all, its audit rows included, and a pinned store's unit is
-its connection's transaction."""
+its connection's transaction. A per-thread store keeps one session per thread and
+replaces one the server ended."""
+
+import threading
 
 import psycopg
 import pytest
 
 from reshard.control.store import ControlStore
+from reshard.errors import Unavailable
 from reshard.maps.shardmap import parse_map
 
 
@@ -23,7 +27,7 @@ def _audit(env, event: str) -> int:
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("pinned", [False, True], ids=["own", "pinned"])
+@pytest.mark.parametrize("pinned", [False, True, "per_thread"], ids=["own", "pinned", "per_thread"])
 def test_a_unit_of_work_commits_together_or_not_at_all(env, pinned):
     store = ControlStore(env.config.control_dsn)
     first, _ = store.register_map(_map(env, split=False))
@@ -44,10 +48,42 @@ def test_a_unit_of_work_commits_together_or_not_at_all(env, pinned):
                 assert other.execute("SELECT epoch FROM reshard.active_map").fetchone()[0] == first
         assert s.active_epoch() == second and _audit(env, "test.inside") == 1
 
-    if pinned:
+    if pinned == "per_thread":
+        t = store.per_thread()
+        run(t)
+        t.activate(first)  # the thread's session commits calls outside a unit
+        assert store.active_epoch() == first
+        t.close()
+    elif pinned:
         with store.pinned() as p:
             run(p)
             p.activate(first)  # the pinned connection still commits calls outside a unit
         assert store.active_epoch() == first
     else:
         run(store)
+
+
+def _backend(store: ControlStore) -> int:
+    with store.connect() as conn:
+        return conn.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
+
+
+@pytest.mark.e2e
+def test_a_per_thread_store_keeps_a_session_per_thread_and_replaces_one_the_server_ended(env):
+    store = ControlStore(env.config.control_dsn).per_thread()
+    mine = _backend(store)
+    assert _backend(store) == mine  # the same session, call after call
+    theirs: list[int] = []
+    t = threading.Thread(target=lambda: (theirs.append(_backend(store)), theirs.append(_backend(store)),
+                                         store.close()))
+    t.start()
+    t.join()
+    assert theirs[0] == theirs[1] != mine  # another thread: a session of its own, kept too
+    with psycopg.connect(env.config.control_dsn, autocommit=True) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", (mine,))
+    # the call that finds the session gone says so as an unreachable database would ...
+    with pytest.raises(Unavailable, match="session ended"):
+        store.active_epoch()
+    # ... and the next one opens another
+    assert _backend(store) not in (mine, *theirs)
+    store.close()
