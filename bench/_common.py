@@ -36,6 +36,19 @@ def stack_config(major: int | None = None) -> Config:
     return config
 
 
+def fresh_database(server_dsn: str, db: str) -> str:
+    """Database ``db`` on the server of ``server_dsn``, dropped first with its replication
+    slots; returns its DSN."""
+    admin = psycopg.conninfo.make_conninfo(server_dsn, dbname="postgres")
+    with psycopg.connect(admin, autocommit=True) as conn:
+        for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
+                                    (db,)).fetchall():
+            conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{db}"')
+    return psycopg.conninfo.make_conninfo(server_dsn, dbname=db)
+
+
 def fresh_databases(base: Config, db: str, migration: str) -> Config:
     """A database of its own on every cluster (and a control database), dropped first
     with the migration's connectors and slots."""
@@ -45,14 +58,7 @@ def fresh_databases(base: Config, db: str, migration: str) -> Config:
             client.delete(c)
     clusters = {}
     for name, c in base.clusters.items():
-        admin = psycopg.conninfo.make_conninfo(c.dsn, dbname="postgres")
-        with psycopg.connect(admin, autocommit=True) as conn:
-            for (slot,) in conn.execute("SELECT slot_name FROM pg_replication_slots WHERE database = %s",
-                                        (db,)).fetchall():
-                conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
-            conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-            conn.execute(f'CREATE DATABASE "{db}"')
-        dsn = psycopg.conninfo.make_conninfo(c.dsn, dbname=db)
+        dsn = fresh_database(c.dsn, db)
         clusters[name] = ClusterConfig(name, dsn, dsn)
     admin = psycopg.conninfo.make_conninfo(base.control_dsn, dbname="postgres")
     with psycopg.connect(admin, autocommit=True) as conn:

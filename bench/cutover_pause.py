@@ -31,7 +31,7 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, fresh_databases, load_average, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, fresh_database, fresh_databases, load_average, seed_split, stack_config  # noqa: E402
 from reshard.cluster import fence  # noqa: E402
 from reshard.config import ClusterConfig, Config, write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
@@ -66,12 +66,7 @@ def fourth_shard_maps() -> tuple[dict, dict]:
 def seed_three_sources(config: Config, rows: int, before: dict) -> Config:
     """The fourth shard as a second database on source1's server; each source keeps the
     rows its map gives it."""
-    db = psycopg.conninfo.conninfo_to_dict(config.cluster("source1").dsn)["dbname"] + "_4"
-    admin = psycopg.conninfo.make_conninfo(config.cluster("source1").dsn, dbname="postgres")
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{db}" WITH (FORCE)')
-        conn.execute(f'CREATE DATABASE "{db}"')
-    dsn = psycopg.conninfo.make_conninfo(config.cluster("source1").dsn, dbname=db)
+    dsn = fresh_database(config.cluster("source1").dsn, f"{DB}_4")
     config = replace(config, clusters={**config.clusters, FOURTH: ClusterConfig(FOURTH, dsn, dsn)})
     m = parse_map(before)
     for c in [*SHARDS, FOURTH]:

@@ -15,6 +15,12 @@ SESSION_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle
                     "keepalives_count": "3", "tcp_user_timeout": "20000"}
 
 
+def first_line(exc: BaseException) -> str:
+    """A server error's first line (libpq's messages run on with hints and context), or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection[Any]:
     """psycopg.connect that reports an unreachable server as Unavailable, naming it."""
     given = psycopg.conninfo.conninfo_to_dict(dsn)
@@ -22,5 +28,4 @@ def connect(dsn: str, what: str, **kwargs: Any) -> psycopg.Connection[Any]:
     try:
         return psycopg.connect(conninfo, **kwargs)
     except psycopg.OperationalError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise Unavailable(f"cannot connect to {what}: {first}") from None
+        raise Unavailable(f"cannot connect to {what}: {first_line(exc)}") from None

@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from reshard.cluster.session import connect
+from reshard.cluster.session import connect, first_line
 from reshard.control.audit import AuditLog
 from reshard.control.ddl import DdlRecords
 from reshard.control.lease import Lease
@@ -54,8 +54,7 @@ class _Borrowed:
         elif isinstance(exc, psycopg.OperationalError):
             # a kept session the server ended (a restart) or lost: said as a fresh connection's
             # failure would say it; the next call opens another (see ControlStore.connect)
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise Unavailable(f"the control database's session ended: {first}") from exc
+            raise Unavailable(f"the control database's session ended: {first_line(exc)}") from exc
 
 
 class ControlStore(SwitchRecords, WorkerRecords, SlotRecords, DdlRecords, AuditLog):

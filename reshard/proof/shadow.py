@@ -32,7 +32,7 @@ import psycopg
 from psycopg import sql
 
 from reshard.cluster.catalog import require_table
-from reshard.cluster.session import connect
+from reshard.cluster.session import connect, first_line
 from reshard.config import Config
 from reshard.control.store import ControlStore
 from reshard.errors import WaitTimeout
@@ -165,7 +165,7 @@ class ShadowReader:
         except psycopg.Error as exc:
             self._count(job.table, "errors")
             log.warning("shadow read of %s key %s on %s failed: %s", job.table, list(job.key), job.target.move.target,
-                        str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+                        first_line(exc))
             return
         if shadow == job.result:
             self._count(job.table, "matched")
