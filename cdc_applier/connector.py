@@ -8,20 +8,14 @@ the applier can subscribe to an exact list from its first poll.
 from __future__ import annotations
 
 import json
-import os
 from importlib import resources
-from pathlib import Path
 from string import Template
 
-import psycopg
-
-from reshard.cluster import failover
 from reshard.config import Config
-from reshard.errors import ConfigError
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.debezium_login import address, connect_password, login
 from reshard.kafka.streams import Stream
-from reshard.secrets import connector_password_error
 
 TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
@@ -67,47 +61,6 @@ def converters(config: Config) -> dict[str, str]:
     return out
 
 
-# libpq TLS settings of connect_dsn, as the Debezium PostgreSQL connector names them
-SSL_SETTINGS = {"sslmode": "database.sslmode", "sslrootcert": "database.sslrootcert",
-                "sslcert": "database.sslcert", "sslkey": "database.sslkey"}
-
-
-def connect_password(config: Config, cluster: str) -> str:
-    """What the connector's ``database.password`` holds: a Kafka Connect config-provider
-    reference, never the secret (a connector's config is readable by anyone who can reach
-    Connect's REST API). The cluster's own ``connect_password`` reference if given; else the
-    DSN's password (or libpq's, from .pgpass) written to ``connect.secrets_dir`` (mode 600)
-    for the worker's ``file`` provider; "" when the cluster needs no password."""
-    c = config.cluster(cluster)
-    if c.connect_password:
-        return c.connect_password
-    secret = c.params(for_connect=True).get("password")
-    if not secret:
-        with psycopg.connect(c.dsn, connect_timeout=10) as conn:
-            secret = conn.info.password  # libpq's: the DSN's, or the password file's (.pgpass)
-    if not secret:
-        return ""
-    if not config.connect.secrets_dir:
-        raise ConfigError(connector_password_error(cluster))
-    path = Path(config.connect.secrets_dir) / f"{cluster}.properties"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write("password=" + secret.replace("\\", "\\\\") + "\n")  # a Java properties value
-    os.replace(tmp, path)
-    return f"${{file:{path}:password}}"
-
-
-def address(config: Config, cluster: str) -> tuple[str, str]:
-    """The host and port Debezium captures ``cluster`` through: the cluster's primary now when
-    its DSN lists standbys too (``database.hostname`` takes one host), else connect_dsn's."""
-    c = config.cluster(cluster)
-    if len(c.hosts()) == 1:
-        return c.hosts(for_connect=True)[0]
-    return failover.connect_address(c, failover.locate(c))
-
-
 def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
            filter_echoes: bool = False, password: str = "", at: tuple[str, str] | None = None) -> dict[str, str]:
     """The connector's config. ``password`` is what connect_password returned: a reference;
@@ -115,14 +68,13 @@ def render(config: Config, stream: Stream, tables: list[str], template: str = TE
     The cluster's ``connector`` properties from reshard.yaml come last (config validation
     keeps them off the properties reshard relies on)."""
     cluster = config.cluster(stream.cluster)
-    params = cluster.params(for_connect=True)
-    host, port = at or cluster.hosts(for_connect=True)[0]
+    db = login(config, stream.cluster, password, at)
     values = {
-        "hostname": host,
-        "port": port,
-        "user": params.get("user", "postgres"),
+        "hostname": db["database.hostname"],
+        "port": db["database.port"],
+        "user": db["database.user"],
         "password": password,
-        "dbname": params.get("dbname", "postgres"),
+        "dbname": db["database.dbname"],
         "topic_prefix": stream.prefix,
         "slot": stream.slot,
         "publication": stream.publication,
@@ -135,8 +87,7 @@ def render(config: Config, stream: Stream, tables: list[str], template: str = TE
     avro = converters(config)
     if avro:  # the template's JSON converter settings do not apply to another converter
         out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
-    ssl = {key: params[name] for name, key in SSL_SETTINGS.items() if params.get(name)}
-    return {**out, **ssl, **avro, **(echo_filter(stream) if filter_echoes else {}), **cluster.connector}
+    return {**out, **db, **avro, **(echo_filter(stream) if filter_echoes else {}), **cluster.connector}
 
 
 def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bool = True) -> list[str]:

@@ -38,11 +38,13 @@ from reshard.maps.planner import Plan, plan
 from reshard.maps.shardmap import ShardMap
 from reshard.observe.logs import bind
 from reshard.observe.progress import Progress, Task
-from reshard.proof.catchup import CaughtUp, Lag, lag, prove_caught_up, slot_lag, topic_lag
+from reshard.proof.catchup import CaughtUp, Lag, confirm_delay, lag, prove_caught_up, slot_lag, topic_lag
 from reshard.proof.verify import VerifyReport, verify
 from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS, SnapshotReport, Snapshotter, check_setup
 from reshard.snapshotter.target_tables import create_tables, drop_created, finish_tables
 from reshard.snapshotter.throttle import ThrottleSettings
+
+CONFIRM_WARN_MS = 1000.0  # a connector slower than this to confirm a change makes every cutover's pause long
 
 STATUS_TIMEOUT_S = 3.0  # how long `reshard status` waits on Connect before calling it unreachable
 
@@ -175,9 +177,25 @@ class Coordinator:
                 for skipped in done.skipped:
                     self.progress.step(f"not created: {skipped}")
                 report.statements_skipped += done.skipped
+            report.confirm_ms = self._say_confirm_delay(name, p.sources())
             self.store.set_state(name, State.STREAMING, why="start: copy done, changes stream",
                                  only_from=(State.BUILDING,), **report.to_dict())
             return report
+
+    def _say_confirm_delay(self, name: str, sources: list[str]) -> dict[str, float | None]:
+        """How long each source's connector takes to confirm a change, said, and warned about
+        past CONFIRM_WARN_MS: the cutover's drain waits that long inside the write pause."""
+        found = confirm_delay(self.config, name, [forward(name, s) for s in sources])
+        for source, ms in sorted(found.items()):
+            if ms is not None and ms <= CONFIRM_WARN_MS:
+                self.progress.step(f"{source}: Debezium confirms a change in {ms:.0f} ms (median of 5)")
+            else:
+                took = f"{ms / 1000:.1f} s" if ms is not None else "over 5 s"
+                self.progress.step(
+                    f"warning: {source}: Debezium took {took} to confirm a change; every cutover's write pause "
+                    "waits at least that long. Set the Connect worker's offset.flush.interval.ms to 1000 or less "
+                    "(reshard's embedded worker uses 50)")
+        return found
 
     def capture_ddl(self, name: str, clusters: list[str], tables: list[str]) -> None:
         """Watch the tables' schema on the clusters whose changes stream (before their slots, so

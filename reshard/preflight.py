@@ -43,7 +43,7 @@ SAMPLE_ROWS = 20_000  # rows of moving data read to measure a source's copy rate
 ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (docs/performance.md) when nothing was measured here
 APPLIER_START_S = 1.0  # an applier's start (joining its consumer group, the first fetch): ~1 s measured here
 CHECKS = ("config", "services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
-          "tables", "ddl_capture", "skew", "feasibility", "target_disk")
+          "tables", "ddl_capture", "connector_login", "skew", "feasibility", "target_disk")
 DISK_HEADROOM = 1.5  # moving table bytes -> what the target needs free (indexes, WAL, bloat while applying)
 
 
@@ -196,6 +196,30 @@ def service_checks(config: Config, out: Preflight) -> None:
             out.add("services", OK, f"schema registry at {config.kafka.schema_registry_url}")
         except Exception as exc:
             out.add("services", FAIL, f"schema registry at {config.kafka.schema_registry_url}: {exc}")
+
+
+def connector_login_checks(config: Config, plan: Plan, out: Preflight) -> None:
+    """Whether the Connect worker can log into each cluster Debezium will capture (sources
+    now, targets for the reverse stream at cutover) with what reshard would register: its
+    config provider resolves the password reference and the login works from the worker's
+    side of the network. In ``secrets_dir`` mode the password file is written, as `start`
+    would write it."""
+    from reshard.kafka.connect_client import ConnectClient
+    from reshard.kafka.debezium_login import address, connect_password, login
+    from reshard.stack.connect import DEBEZIUM_CLASS
+
+    client = ConnectClient(config.connect, timeout=60.0)
+    for cluster in sorted({*plan.sources(), *plan.targets()}):
+        try:
+            settings = login(config, cluster, connect_password(config, cluster), address(config, cluster))
+        except ReshardError as exc:
+            out.add("connector_login", FAIL, str(exc), cluster)
+            continue
+        errors = client.validate({"connector.class": DEBEZIUM_CLASS, "name": f"reshard-check-{cluster}",
+                                  "topic.prefix": "reshard-check", "plugin.name": "pgoutput", **settings})
+        out.add("connector_login", FAIL if errors else OK,
+                "; ".join(errors) if errors else f"Debezium on {config.connect.url} logs in as "
+                f"{settings['database.user']} at {settings['database.hostname']}:{settings['database.port']}", cluster)
 
 
 def _sample_rate(conn: psycopg.Connection[Any], plan: Plan, source: str) -> float | None:
@@ -354,6 +378,8 @@ def run(config: Config, store: ControlStore | None, plan: Plan, *, full: bool = 
     service_checks(config, out)
     cluster_checks(config, plan, out)
     table_checks(config, plan, out)
+    if not out.failed():
+        connector_login_checks(config, plan, out)
     if full and not out.failed():
         estimates(config, store, plan, out, copy_model)
     return out
@@ -370,6 +396,8 @@ def before_start(config: Config, plan: Plan, skip: tuple[str, ...], say: Any) ->
     service_checks(config, out)
     if not out.failed(skip):
         cluster_checks(config, plan, out)
+    if not out.failed(skip):
+        connector_login_checks(config, plan, out)
     for c in out.checks:
         if c.result == WARN and c.name not in skip:
             say(f"warning: {c.name}{' on ' + c.cluster if c.cluster else ''}: {c.detail}")

@@ -75,6 +75,8 @@ class SnapshotReport:
     throttle: dict[str, dict] = field(default_factory=dict)  # per source: the limit at the end, time held back
     tables_created: list[str] = field(default_factory=list)  # "target:table" created from the source's definition
     statements_skipped: list[str] = field(default_factory=list)  # of those tables' indexes/constraints/triggers
+    # per source: ms its connector took to confirm a change after the copy (None: over 5 s)
+    confirm_ms: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def rows_per_second(self) -> float:
@@ -92,6 +94,7 @@ class SnapshotReport:
             "units_already_done": self.units_already_done, "resumed": self.resumed,
             "consistent_lsn": self.consistent_lsn, "throttle": self.throttle,
             "tables_created": self.tables_created, "statements_skipped": self.statements_skipped,
+            "confirm_ms": self.confirm_ms,
         }
 
 

@@ -56,6 +56,18 @@ class ConnectClient:
         """Whether the worker can load ``cls`` (a connector, transform, predicate or converter)."""
         return any(p["class"] == cls for p in self._call("GET", "/connector-plugins?connectorsOnly=false") or [])
 
+    def validate(self, config: dict[str, str]) -> list[str]:
+        """What the worker finds wrong with ``config`` for its connector class, one line per
+        error (empty: none). The worker resolves config-provider references first, and
+        Debezium's PostgreSQL connector logs into the database with the result, so this tries
+        the login a connector would make. A reference the worker cannot read is an error too."""
+        cls = config["connector.class"]
+        try:
+            found = self._call("PUT", f"/connector-plugins/{cls}/config/validate", config) or {}
+        except ConnectError as exc:
+            return [str(exc)]
+        return [f"{c['value']['name']}: {e}" for c in found.get("configs", []) for e in c["value"].get("errors", [])]
+
     def connectors(self) -> list[str]:
         return self._call("GET", "/connectors") or []
 

@@ -21,6 +21,7 @@ X could still be in flight to another partition.
 from __future__ import annotations
 
 import logging
+import statistics
 import time
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import asdict, dataclass, field
@@ -127,6 +128,32 @@ def mark_positions(config: Config, migration: str, streams: list[Stream],
             for c in conns.values():
                 c.close()
     return positions
+
+
+def confirm_delay(config: Config, migration: str, streams: list[Stream], samples: int = 5,
+                  limit_s: float = 5.0) -> dict[str, float | None]:
+    """Per stream's cluster: how long its connector takes to confirm a heartbeat committed now
+    (ms, median of ``samples``; None when one took over ``limit_s``). A cutover's drain waits at
+    least this long inside the write pause; it is set by the Connect worker's
+    ``offset.flush.interval.ms``, which Connect's REST API does not show, so it is measured."""
+    conns: dict[str, psycopg.Connection[Any]] = {}
+    out: dict[str, float | None] = {}
+    try:
+        for s in streams:
+            took: list[float] = []
+            for _ in range(samples):
+                start = time.monotonic()
+                x = mark_positions(config, migration, [s], conns)
+                try:
+                    wait_confirmed(config, x, start + limit_s, conns, interval=0.005)
+                except WaitTimeout:
+                    break
+                took.append((time.monotonic() - start) * 1000)
+            out[s.cluster] = round(statistics.median(took), 1) if len(took) == samples else None
+    finally:
+        for c in conns.values():
+            c.close()
+    return out
 
 
 def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float,

@@ -56,7 +56,7 @@ def test_check_passes_measures_the_copy_and_flags_a_skewed_map(env, tmp_path):
     assert code == 0, (doc.get("error"), doc["stderr"])
     names = {c["name"] for c in doc["checks"]}
     assert {"config", "services", "version", "wal_level", "replication_slots", "wal_senders", "privileges",
-            "tables", "feasibility", "skew", "target_disk"} <= names
+            "tables", "connector_login", "feasibility", "skew", "target_disk"} <= names
     assert not [c for c in doc["checks"] if c["result"] == "fail"]
     disk = {c["cluster"]: c["detail"] for c in doc["checks"] if c["name"] == "target_disk"}
     assert set(disk) == {"target1", "target2"} and all("bytes free" in d for d in disk.values()), disk  # local
@@ -99,3 +99,62 @@ def test_a_role_without_replication_fails_the_check_and_start_creates_nothing(en
         assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
                             ).fetchone()[0] == 0
     assert conninfo_to_dict(weak)["user"] == "reshard_weak"
+
+
+def test_a_login_the_connect_worker_cannot_make_fails_the_check_and_start_creates_nothing(env, tmp_path):
+    """reshard reaches every cluster, but the Connect worker could not: target1's password
+    reference names a file the worker cannot read, target2's connect_dsn a port nothing listens
+    on from the worker's side. Before this check, `start` found the second only at the cutover
+    (the reverse connector failing) and the first when its forward connector failed."""
+    setup(env)
+    clusters = dict(env.config.clusters)
+    t1, t2 = clusters["target1"], clusters["target2"]
+    clusters["target1"] = replace(t1, connect_password="${file:/nonexistent/reshard-check.properties:password}")
+    clusters["target2"] = replace(t2, connect_dsn=make_conninfo(t2.connect_dsn, port="1"))
+    env2 = replace(env, config=replace(env.config, clusters=clusters))
+    cfg = write_config_file(env2, tmp_path)
+    before, after = maps(tmp_path)
+    code, doc = check(cfg, before, after, "--no-estimates")
+    assert code == ExitCode.CHECK_FAILED
+    login = {c["cluster"]: c for c in doc["checks"] if c["name"] == "connector_login"}
+    assert login["source1"]["result"] == "ok", login
+    assert login["target1"]["result"] == "fail" and "/nonexistent/reshard-check.properties" in login["target1"]["detail"]
+    assert login["target2"]["result"] == "fail" and "refused" in login["target2"]["detail"], login
+    out = subprocess.run(reshard_cmd(cfg, "start", env.migration(), "--from", before, "--to", after),
+                         capture_output=True, text=True, timeout=180)
+    assert out.returncode == ExitCode.BAD_INPUT, out.stderr
+    assert "connector_login on target1" in out.stderr and "connector_login on target2" in out.stderr, out.stderr
+    with env.conn("source1") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_replication_slots WHERE database = current_database()"
+                            ).fetchone()[0] == 0
+
+
+def test_start_measures_how_soon_debezium_confirms_a_change_and_a_stalled_one_is_seen(env, tmp_path):
+    """Connect's REST API does not show the worker's offset.flush.interval.ms, which every
+    cutover's drain waits on: `start` measures it on the running stream. A connector that does
+    not confirm (paused here; a worker flushing every 60 s, Kafka's default, looks the same to
+    a 5 s limit) is reported as such, and confirms again once resumed."""
+    from reshard.kafka.connect_client import ConnectClient
+    from reshard.kafka.streams import forward
+    from reshard.proof.catchup import confirm_delay
+
+    setup(env)
+    cfg = write_config_file(env, tmp_path)
+    before, after = maps(tmp_path)
+    name = env.migration()
+    out = subprocess.run(reshard_cmd(cfg, "start", name, "--from", before, "--to", after, "--json"),
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "source1: Debezium confirms a change in" in out.stderr, out.stderr
+    confirm = json.loads(out.stdout)["confirm_ms"]
+    assert set(confirm) == {"source1"} and 0 < confirm["source1"] < 1000, confirm
+    stream = forward(name, "source1")
+    client = ConnectClient(env.config.connect)
+    client.pause(stream.connector)
+    try:
+        assert confirm_delay(env.config, name, [stream], samples=3, limit_s=1.0) == {"source1": None}
+    finally:
+        client.resume(stream.connector)
+    client.wait_running(stream.connector)
+    again = confirm_delay(env.config, name, [stream], samples=3, limit_s=10.0)["source1"]
+    assert again is not None and again < 1000, again

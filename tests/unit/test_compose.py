@@ -68,7 +68,7 @@ def test_connector_passwords_come_from_the_workers_config_provider_not_the_confi
     """The compose path's first migration used to stop at exit 3 (a DSN password and nowhere to
     put it): now no password is in the example, each connector's is a reference the connect
     container resolves from a mounted file, and that file answers it."""
-    from reshard.cdc_applier.connector import connect_password
+    from reshard.kafka.debezium_login import connect_password
 
     env = SERVICES["connect"]["environment"]
     providers = env["CONNECT_CONFIG_PROVIDERS"].split(",")

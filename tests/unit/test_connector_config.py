@@ -53,8 +53,8 @@ def test_the_connector_config_carries_a_reference_never_the_password(tmp_path):
 
     import pytest
 
-    from reshard.cdc_applier.connector import connect_password
     from reshard.errors import ConfigError
+    from reshard.kafka.debezium_login import connect_password
 
     dsn = "host=pg1 dbname=app user=rs password=s3cr:et sslmode=verify-full sslrootcert=/ca.pem"
     config = _with(connect_dsn=dsn, connect={"secrets_dir": str(tmp_path / "secrets")})
