@@ -181,10 +181,12 @@ def service_checks(config: Config, out: Preflight) -> None:
     except ReshardError as exc:
         out.add("services", FAIL, f"Kafka: {exc}")
     try:
-        plugins = ConnectClient(config.connect).plugins()
+        client = ConnectClient(config.connect)
+        plugins = client.plugin_versions()
         out.add("services", OK if DEBEZIUM_CLASS in plugins else FAIL,
-                f"Kafka Connect at {config.connect.url}" + ("" if DEBEZIUM_CLASS in plugins
-                                                           else f" has no {DEBEZIUM_CLASS} plugin"))
+                f"Kafka Connect {client.version()} at {config.connect.url}"
+                + (f" with Debezium's PostgreSQL connector {plugins[DEBEZIUM_CLASS]}" if DEBEZIUM_CLASS in plugins
+                   else f" has no {DEBEZIUM_CLASS} plugin"))
     except ReshardError as exc:
         out.add("services", FAIL, f"Kafka Connect: {exc}")
     if config.kafka.schema_registry_url:

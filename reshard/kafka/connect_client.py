@@ -50,7 +50,15 @@ class ConnectClient:
         self._call("GET", "/")
 
     def plugins(self) -> list[str]:
-        return [p["class"] for p in self._call("GET", "/connector-plugins") or []]
+        return list(self.plugin_versions())
+
+    def plugin_versions(self) -> dict[str, str]:
+        """Each connector plugin the worker has, with its version."""
+        return {p["class"]: p.get("version", "?") for p in self._call("GET", "/connector-plugins") or []}
+
+    def version(self) -> str:
+        """The worker's Kafka Connect version."""
+        return str((self._call("GET", "/") or {}).get("version", "?"))
 
     def has_plugin(self, cls: str) -> bool:
         """Whether the worker can load ``cls`` (a connector, transform, predicate or converter)."""

@@ -4,6 +4,7 @@ weak role fails, the feasibility report measured on the sources, and a skewed ma
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import replace
 
@@ -58,6 +59,8 @@ def test_check_passes_measures_the_copy_and_flags_a_skewed_map(env, tmp_path):
     assert {"config", "services", "version", "wal_level", "replication_slots", "wal_senders", "privileges",
             "tables", "connector_login", "feasibility", "skew", "target_disk"} <= names
     assert not [c for c in doc["checks"] if c["result"] == "fail"]
+    connect = next(c["detail"] for c in doc["checks"] if c["name"] == "services" and "Kafka Connect" in c["detail"])
+    assert re.search(r"Kafka Connect \d+\.\d+\S* at .* with Debezium's PostgreSQL connector \d+\.\d+", connect), connect
     disk = {c["cluster"]: c["detail"] for c in doc["checks"] if c["name"] == "target_disk"}
     assert set(disk) == {"target1", "target2"} and all("bytes free" in d for d in disk.values()), disk  # local
     s = doc["feasibility"]["sources"]["source1"]
