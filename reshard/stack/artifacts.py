@@ -53,8 +53,8 @@ def cache_dir() -> Path:
 
 
 def build_sources() -> dict[str, bytes]:
-    """What Maven reads, from the package's data: the POMs and the echo filter's Java
-    sources, by path relative to connectors/."""
+    """What the build reads, from the package's data: the POMs and the Java sources (the echo
+    filter, the converter), by path relative to connectors/."""
     out: dict[str, bytes] = {}
 
     def walk(node: Traversable, prefix: str) -> None:
@@ -152,6 +152,31 @@ def fetch_converter(pom: Path, into: Path) -> None:
         shutil.copyfile(fetch_central("io.apicurio", artifact, version), into / f"{artifact}-{version}.jar")
 
 
+REUSE_JAR = "reshard-apicurio-reuse.jar"
+
+
+def build_converter(sources: Path, plugin_dir: Path, lib: Path) -> None:
+    """Compile reshard's subclass of the Apicurio converter (connectors/apicurio-converter/src)
+    against the jars beside it, into the converter's plugin directory (it extends classes
+    only that directory's class loader has). javac, not Maven: Maven cannot resolve the
+    Apicurio jars it compiles against (see apicurio-converter/pom.xml)."""
+    javac, jar = shutil.which("javac"), shutil.which("jar")
+    if javac is None or jar is None:
+        raise StackError("the JDK's javac and jar are not installed; `make deps` installs them (openjdk-17-jdk-headless)")
+    files = sorted(str(f) for f in sources.rglob("*.java"))
+    classes = sources.parent / "classes"
+    classes.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run([javac, "--release", "17", "-nowarn", "-d", str(classes),
+                           "-cp", f"{plugin_dir}/*{os.pathsep}{lib}/*", *files], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise StackError(f"javac could not build the converter in {sources}:\n{proc.stderr[-2000:]}")
+    services = classes / "META-INF" / "services" / "org.apache.kafka.connect.storage.Converter"
+    services.parent.mkdir(parents=True, exist_ok=True)
+    services.write_text("dev.reshard.connect.ReusingAvroConverter\n")
+    subprocess.run([jar, "cf", str(plugin_dir / REUSE_JAR), "-C", str(classes), "."], check=True,
+                   capture_output=True)
+
+
 def ensure_jvm_artifacts(log: Path | None = None) -> JvmArtifacts:
     """Return the artifact set, running Maven only when it is not complete yet. Maven runs
     on a copy of the POMs in the cache directory, so nothing is written beside the package
@@ -184,6 +209,7 @@ def ensure_jvm_artifacts(log: Path | None = None) -> JvmArtifacts:
         raise StackError(f"Maven could not fetch the JVM artifacts (exit {proc.returncode}); see {log}")
     fetch_registry(pom, target / "registry")
     fetch_converter(pom, target / "plugins" / "apicurio-converter")
+    build_converter(src / "apicurio-converter" / "src", target / "plugins" / "apicurio-converter", target / "lib")
     if not any((target / "lib").glob("kafka_2.13-*.jar")) or not any(
         (target / "plugins").glob("debezium-connector-postgres/debezium-connector-postgres-*.jar")
     ) or not any((target / "plugins").glob("reshard-echo-filter/reshard-echo-filter-*.jar")

@@ -79,3 +79,19 @@ def test_a_clusters_connector_properties_are_added_to_both_directions():
         assert out["database.tcpKeepAlive"] == "false" and out["max.batch.size"] == "4096"
         assert out["slot.name"] == stream.slot and out["transforms"] == "dropEchoes"
     assert render(_with(), forward("m1", "source1"), ["public.accounts"])["max.batch.size"] == "20480"
+
+
+def test_avro_uses_reshards_converter_only_where_the_worker_has_it():
+    from dataclasses import replace
+
+    from reshard.cdc_applier.connector import AVRO_CONVERTER, REUSING_AVRO_CONVERTER
+
+    config = parse_config(GOOD)
+    config = replace(config, kafka=replace(config.kafka, format="avro", schema_registry_url="http://r:8080/apis/ccompat/v7"))
+    fwd = forward("m1", "source1")
+    for reuse, converter in ((True, REUSING_AVRO_CONVERTER), (False, AVRO_CONVERTER)):
+        out = render(config, fwd, ["public.accounts"], reuse_schemas=reuse)
+        assert out["key.converter"] == out["value.converter"] == converter
+        assert out["value.converter.apicurio.registry.auto-register"] == "true"
+    java = CONNECTORS / "apicurio-converter/src/main/java"
+    assert (java / (REUSING_AVRO_CONVERTER.replace(".", "/") + ".java")).is_file()

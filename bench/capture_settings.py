@@ -1,0 +1,185 @@
+"""How fast Debezium captures single-row transactions, with reshard's connector settings and
+with variants of them: the tool for issue 26's item 2 (keep what helps, reject what does not
+with the figure).
+
+Setup on the embedded stack: the demo's accounts table (--rows rows) on source1, split to
+target1/target2, the copy done, Debezium streaming; no applier runs (capture is measured on
+its own). Each round, for the baseline (the connector as reshard registers it) and then each
+variant in turn (the order rotates every round): the connector's config is set (a variant adds
+or replaces properties; Connect restarts the task), Debezium is paused while pgbench writes
+--updates single-row updates (4 clients), then timed from its resume until the slot confirms
+a heartbeat committed after the burst. Measured: events/s captured, against pgbench's own write
+rate, and Kafka Connect's CPU-µs per event (utime + stime of its process over the capture).
+
+    .venv/bin/python bench/capture_settings.py [--rounds 3] [--updates 60000]
+        [--variant NAME:key=value,key=value]... [--json]
+
+A variant's properties are connector properties, e.g. ``max.batch.size=2048`` or
+``producer.override.linger.ms=20``; ``-key`` removes one (``-transforms`` drops the echo filter).
+Printed per setting: median capture rate, the ratio to the baseline measured in the same run,
+the ratio to pgbench's rate, Connect's CPU per event; and the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._common import add_pg_version, fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from reshard.config import state_dir  # noqa: E402
+from reshard.coordinator import Coordinator  # noqa: E402
+from reshard.kafka.connect_client import ConnectClient  # noqa: E402
+from reshard.maps.shardmap import parse_map  # noqa: E402
+from reshard.proof.catchup import mark_positions, wait_confirmed  # noqa: E402
+from reshard.snapshotter.throttle import ThrottleSettings  # noqa: E402
+from reshard.stack import Stack  # noqa: E402
+
+DB = "bench_capture"
+NAME = "benchcapture"
+TARGETS = ["target1", "target2"]
+
+
+def variant(text: str) -> tuple[str, dict[str, str | None]]:
+    """``NAME:key=value,-key`` -> (NAME, {key: value, key: None})."""
+    name, _, props = text.partition(":")
+    if not name or not props:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected NAME:key=value[,key=value|-key]...")
+    out: dict[str, str | None] = {}
+    for p in props.split(","):
+        if p.startswith("-"):
+            out[p[1:]] = None
+        elif "=" in p:
+            k, v = p.split("=", 1)
+            out[k] = v
+        else:
+            raise argparse.ArgumentTypeError(f"{p!r}: expected key=value or -key")
+    return name, out
+
+
+def pgbench(dsn: str, rows: int, updates: int, tmp: Path, async_commit: bool) -> subprocess.Popen:
+    """pgbench writing ``updates`` single-row updates of random keys (4 clients), started."""
+    script = tmp / "update.sql"
+    script.write_text(f"\\set id random(1, {rows})\nUPDATE public.accounts SET balance = balance + 1 WHERE id = :id;\n")
+    env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"} if async_commit else None
+    return subprocess.Popen(["pgbench", "-n", "-f", str(script), "-c", "4", "-j", "2", "-t", str(updates // 4), dsn],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+
+
+def tps(proc: subprocess.Popen) -> float:
+    out = proc.communicate()[0]
+    m = re.search(r"tps = ([0-9.]+) \(without initial connection time\)", out)
+    if proc.returncode or not m:
+        raise SystemExit(f"pgbench failed ({proc.returncode}):\n{out}")
+    return float(m.group(1))
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rows", type=int, default=50_000)
+    ap.add_argument("--updates", type=int, default=60_000, help="single-row updates per burst")
+    ap.add_argument("--variant", type=variant, action="append", default=[],
+                    help="NAME:key=value,-key (connector properties added, replaced or removed)")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="Debezium runs while pgbench writes (capture timed from the burst's start), instead of "
+                         "catching up a burst written while it was paused")
+    ap.add_argument("--async-commit", action="store_true",
+                    help="pgbench commits with synchronous_commit=off (a source whose commits do not wait on "
+                         "this machine's disk flush, so it writes as fast as it can)")
+    ap.add_argument("--json", action="store_true")
+    add_pg_version(ap)
+    args = ap.parse_args()
+
+    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
+    before, after = seed_split(config, args.rows, TARGETS)
+    co = Coordinator.open(config)
+    co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
+    co.start(NAME, throttle=ThrottleSettings(adaptive=False))
+    streams, _topics = co.streams(NAME)
+    connect = ConnectClient(config.connect)
+    connector = streams[0].connector
+    base = {k: v for k, v in (connect.config(connector) or {}).items() if k != "name"}
+    settings: list[tuple[str, dict[str, str]]] = [("baseline", base)]
+    for name, change in args.variant:
+        cfg = {**base, **{k: v for k, v in change.items() if v is not None}}
+        settings.append((name, {k: v for k, v in cfg.items() if change.get(k, "") is not None}))
+    home = state_dir() / f"pg{args.pg_version}" if args.pg_version else state_dir()
+    pid = next(p.pid for p in Stack(home).status() if p.name == "connect")
+    src = config.cluster("source1").dsn
+    rows: list[dict] = []
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            def burst(name: str, cfg: dict[str, str], r: int) -> dict:
+                if connect.config(connector) != {**cfg, "name": connector}:
+                    connect.put(connector, cfg)
+                    time.sleep(2.0)  # the task restarts with the new config
+                connect.wait_running(connector)
+                if not args.concurrent:
+                    connect.pause(connector)
+                    time.sleep(1.0)
+                t0, c0 = time.monotonic(), cpu_seconds(pid)
+                write_tps = tps(pgbench(src, args.rows, args.updates, Path(tmp), args.async_commit))
+                positions = mark_positions(config, NAME, streams)
+                if not args.concurrent:
+                    t0, c0 = time.monotonic(), cpu_seconds(pid)
+                    connect.resume(connector)
+                wait_confirmed(config, positions, time.monotonic() + 600, interval=0.005)
+                took = time.monotonic() - t0
+                return {"setting": name, "round": r, "write_tps": round(write_tps),
+                        "capture_events_per_s": round(args.updates / took),
+                        "connect_cpu_us_per_event": round((cpu_seconds(pid) - c0) * 1e6 / args.updates, 1),
+                        "load": load_average()}
+
+            warm = burst("baseline", base, 0)  # a fresh worker's JIT: the first burst is far slower
+            print(f"warm-up (not counted): captured {warm['capture_events_per_s']:,} events/s", file=sys.stderr)
+            for r in range(args.rounds):
+                turn = settings[r % len(settings):] + settings[:r % len(settings)]
+                for name, cfg in turn:
+                    row = burst(name, cfg, r + 1)
+                    rows.append(row)
+                    print(f"round {r + 1} {name}: pgbench {row['write_tps']:,} tx/s, captured "
+                          f"{row['capture_events_per_s']:,} events/s, Connect {row['connect_cpu_us_per_event']} "
+                          f"CPU-µs/event; load {row['load']}", file=sys.stderr, flush=True)
+    finally:
+        connect.put(connector, base)
+        co.teardown(NAME)
+
+    def med(name: str, key: str) -> float:
+        return median([x[key] for x in rows if x["setting"] == name])
+
+    base_rate = med("baseline", "capture_events_per_s")
+    summary = {name: {"capture_events_per_s": med(name, "capture_events_per_s"),
+                      "vs_baseline": round(med(name, "capture_events_per_s") / base_rate, 3),
+                      "vs_write_rate": round(med(name, "capture_events_per_s") / med(name, "write_tps"), 3),
+                      "connect_cpu_us_per_event": med(name, "connect_cpu_us_per_event"),
+                      "changes": dict(args.variant).get(name, {})} for name, _ in settings}
+    if args.json:
+        print(json.dumps({"updates": args.updates, "concurrent": args.concurrent, "async_commit": args.async_commit,
+                          "rounds": rows, "settings": summary}, indent=2))
+        return
+    how = "while pgbench writes" if args.concurrent else "of a burst written while paused"
+    print(f"Debezium capture of single-row transactions, {how} ({args.updates:,} per burst, {args.rounds} rounds, "
+          f"medians{', pgbench with synchronous_commit=off' if args.async_commit else ''}; {os.cpu_count()} CPUs; "
+          f"load now {load_average()})")
+    print(f"  {'setting':<22} {'events/s':>10} {'x baseline':>11} {'x pgbench':>10} {'Connect µs/event':>17}")
+    for name, s in summary.items():
+        print(f"  {name:<22} {s['capture_events_per_s']:>10,.0f} {s['vs_baseline']:>11.3f} "
+              f"{s['vs_write_rate']:>10.3f} {s['connect_cpu_us_per_event']:>17.1f}")
+
+
+if __name__ == "__main__":
+    main()
