@@ -83,6 +83,20 @@ def seed_split(config: Config, rows: int, targets: list[str]) -> tuple[dict, dic
     return demo_maps(targets)
 
 
+def created_split(major: int | None, db: str, name: str, rows: int, targets: list[str]):
+    """Databases of their own on the stack (``major``'s), the sample table seeded and split to
+    ``targets``, migration ``name`` created: (config, coordinator, the new map)."""
+    from reshard.coordinator import Coordinator
+    from reshard.maps.shardmap import parse_map
+
+    config = fresh_databases(stack_config(major), db, name)
+    before, after = seed_split(config, rows, targets)
+    co = Coordinator.open(config)
+    new_map = parse_map(after, config.clusters)
+    co.create(name, new_map, parse_map(before, config.clusters))
+    return config, co, new_map
+
+
 def median(values: list[float]) -> float:
     """Rounded to 3 decimals: a ratio of sub-millisecond medians rounded to 0.1 ms is noise."""
     return round(statistics.median(values), 3) if values else float("nan")

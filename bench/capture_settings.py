@@ -34,11 +34,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, created_split, load_average, median  # noqa: E402
 from reshard.config import state_dir  # noqa: E402
-from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.kafka.connect_client import ConnectClient  # noqa: E402
-from reshard.maps.shardmap import parse_map  # noqa: E402
 from reshard.proof.catchup import mark_positions, wait_confirmed  # noqa: E402
 from reshard.snapshotter.throttle import ThrottleSettings  # noqa: E402
 from reshard.stack import Stack  # noqa: E402
@@ -104,10 +102,7 @@ def main() -> None:
     add_pg_version(ap)
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
-    before, after = seed_split(config, args.rows, TARGETS)
-    co = Coordinator.open(config)
-    co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
+    config, co, _new_map = created_split(args.pg_version, DB, NAME, args.rows, TARGETS)
     co.start(NAME, throttle=ThrottleSettings(adaptive=False))
     streams, _topics = co.streams(NAME)
     connect = ConnectClient(config.connect)

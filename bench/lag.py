@@ -28,10 +28,8 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, fresh_databases, load_average, seed_split, stack_config  # noqa: E402
+from bench._common import add_pg_version, created_split, load_average  # noqa: E402
 from reshard.config import write_config  # noqa: E402
-from reshard.coordinator import Coordinator  # noqa: E402
-from reshard.maps.shardmap import parse_map  # noqa: E402
 
 DB = "bench_lag"
 NAME = "benchlag"
@@ -105,11 +103,7 @@ def main() -> None:
     add_pg_version(ap)
     args = ap.parse_args()
 
-    config = fresh_databases(stack_config(args.pg_version), DB, NAME)
-    before, after = seed_split(config, args.rows, TARGETS)
-    co = Coordinator.open(config)
-    new_map = parse_map(after, config.clusters)
-    co.create(NAME, new_map, parse_map(before, config.clusters))
+    config, co, new_map = created_split(args.pg_version, DB, NAME, args.rows, TARGETS)
     co.start(NAME)
     owner = new_map.owner("public.accounts", [PROBE_KEY])
     tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
