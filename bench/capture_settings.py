@@ -9,7 +9,9 @@ variant in turn (the order rotates every round): the connector's config is set (
 or replaces properties; Connect restarts the task), Debezium is paused while pgbench writes
 --updates single-row updates (4 clients), then timed from its resume until the slot confirms
 a heartbeat committed after the burst. Measured: events/s captured, against pgbench's own write
-rate, and Kafka Connect's CPU-µs per event (utime + stime of its process over the capture).
+rate, and Kafka Connect's and the broker's CPU-µs per event (utime + stime of each process over the
+capture), and what each costs by the second while the connector runs with nothing to capture
+(5 s before each burst).
 
     .venv/bin/python bench/capture_settings.py [--rounds 3] [--updates 60000]
         [--variant NAME:key=value,key=value]... [--json]
@@ -17,7 +19,7 @@ rate, and Kafka Connect's CPU-µs per event (utime + stime of its process over t
 A variant's properties are connector properties, e.g. ``max.batch.size=2048`` or
 ``producer.override.linger.ms=20``; ``-key`` removes one (``-transforms`` drops the echo filter).
 Printed per setting: median capture rate, the ratio to the baseline measured in the same run,
-the ratio to pgbench's rate, Connect's CPU per event; and the load.
+the ratio to pgbench's rate, Connect's and the broker's CPU per event; and the load.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from reshard.stack import Stack  # noqa: E402
 DB = "bench_capture"
 NAME = "benchcapture"
 TARGETS = ["target1", "target2"]
+IDLE_S = 5.0
 
 
 def variant(text: str) -> tuple[str, dict[str, str | None]]:
@@ -113,7 +116,8 @@ def main() -> None:
         cfg = {**base, **{k: v for k, v in change.items() if v is not None}}
         settings.append((name, {k: v for k, v in cfg.items() if change.get(k, "") is not None}))
     home = state_dir() / f"pg{args.pg_version}" if args.pg_version else state_dir()
-    pid = next(p.pid for p in Stack(home).status() if p.name == "connect")
+    pids = {p.name: p.pid for p in Stack(home).status()}
+    pid, broker = pids["connect"], pids["kafka"]
     src = config.cluster("source1").dsn
     rows: list[dict] = []
     try:
@@ -123,20 +127,27 @@ def main() -> None:
                     connect.put(connector, cfg)
                     time.sleep(2.0)  # the task restarts with the new config
                 connect.wait_running(connector)
+                time.sleep(1.0)
+                i0, ib0 = cpu_seconds(pid), cpu_seconds(broker)
+                time.sleep(IDLE_S)  # nothing written: what the running connector costs by the second
+                idle = {"connect_idle_ms_per_s": round((cpu_seconds(pid) - i0) * 1000 / IDLE_S, 1),
+                        "broker_idle_ms_per_s": round((cpu_seconds(broker) - ib0) * 1000 / IDLE_S, 1)}
                 if not args.concurrent:
                     connect.pause(connector)
                     time.sleep(1.0)
-                t0, c0 = time.monotonic(), cpu_seconds(pid)
+                t0, c0, b0 = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker)
                 write_tps = tps(pgbench(src, args.rows, args.updates, Path(tmp), args.async_commit))
                 positions = mark_positions(config, NAME, streams)
                 if not args.concurrent:
-                    t0, c0 = time.monotonic(), cpu_seconds(pid)
+                    t0, c0, b0 = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker)
                     connect.resume(connector)
                 wait_confirmed(config, positions, time.monotonic() + 600, interval=0.005)
                 took = time.monotonic() - t0
                 return {"setting": name, "round": r, "write_tps": round(write_tps),
                         "capture_events_per_s": round(args.updates / took),
                         "connect_cpu_us_per_event": round((cpu_seconds(pid) - c0) * 1e6 / args.updates, 1),
+                        "broker_cpu_us_per_event": round((cpu_seconds(broker) - b0) * 1e6 / args.updates, 1),
+                        **idle,
                         "load": load_average()}
 
             warm = burst("baseline", base, 0)  # a fresh worker's JIT: the first burst is far slower
@@ -147,8 +158,9 @@ def main() -> None:
                     row = burst(name, cfg, r + 1)
                     rows.append(row)
                     print(f"round {r + 1} {name}: pgbench {row['write_tps']:,} tx/s, captured "
-                          f"{row['capture_events_per_s']:,} events/s, Connect {row['connect_cpu_us_per_event']} "
-                          f"CPU-µs/event; load {row['load']}", file=sys.stderr, flush=True)
+                          f"{row['capture_events_per_s']:,} events/s, CPU-µs/event: Connect {row['connect_cpu_us_per_event']}, "
+                          f"broker {row['broker_cpu_us_per_event']}; idle ms/s: Connect {row['connect_idle_ms_per_s']}, broker "
+                          f"{row['broker_idle_ms_per_s']}; load {row['load']}", file=sys.stderr, flush=True)
     finally:
         connect.put(connector, base)
         co.teardown(NAME)
@@ -161,6 +173,9 @@ def main() -> None:
                       "vs_baseline": round(med(name, "capture_events_per_s") / base_rate, 3),
                       "vs_write_rate": round(med(name, "capture_events_per_s") / med(name, "write_tps"), 3),
                       "connect_cpu_us_per_event": med(name, "connect_cpu_us_per_event"),
+                      "broker_cpu_us_per_event": med(name, "broker_cpu_us_per_event"),
+                      "connect_idle_ms_per_s": med(name, "connect_idle_ms_per_s"),
+                      "broker_idle_ms_per_s": med(name, "broker_idle_ms_per_s"),
                       "changes": dict(args.variant).get(name, {})} for name, _ in settings}
     if args.json:
         print(json.dumps({"updates": args.updates, "concurrent": args.concurrent, "async_commit": args.async_commit,
@@ -170,10 +185,12 @@ def main() -> None:
     print(f"Debezium capture of single-row transactions, {how} ({args.updates:,} per burst, {args.rounds} rounds, "
           f"medians{', pgbench with synchronous_commit=off' if args.async_commit else ''}; {os.cpu_count()} CPUs; "
           f"load now {load_average()})")
-    print(f"  {'setting':<22} {'events/s':>10} {'x baseline':>11} {'x pgbench':>10} {'Connect µs/event':>17}")
+    print(f"  {'setting':<22} {'events/s':>10} {'x baseline':>11} {'x pgbench':>10} {'Connect µs/event':>17} "
+          f"{'broker µs/event':>16} {'idle ms/s Connect':>18} {'broker':>7}")
     for name, s in summary.items():
         print(f"  {name:<22} {s['capture_events_per_s']:>10,.0f} {s['vs_baseline']:>11.3f} "
-              f"{s['vs_write_rate']:>10.3f} {s['connect_cpu_us_per_event']:>17.1f}")
+              f"{s['vs_write_rate']:>10.3f} {s['connect_cpu_us_per_event']:>17.1f} {s['broker_cpu_us_per_event']:>16.1f} "
+              f"{s['connect_idle_ms_per_s']:>18.1f} {s['broker_idle_ms_per_s']:>7.1f}")
 
 
 if __name__ == "__main__":
