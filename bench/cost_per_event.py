@@ -26,7 +26,7 @@ burst), and how much of the applier's CPU per event that by-the-second cost make
 burst's duration (it grows with the number of workers, not with the events).
 
     .venv/bin/python bench/cost_per_event.py [--rows 100000] [--events 40000] [--rounds 2]
-        [--workers 1[,2]] [--no-native] [--pg-version N] [--json]
+        [--workers 1[,2]] [--no-native] [--async-commit] [--pg-version N] [--json]
 """
 
 from __future__ import annotations
@@ -120,12 +120,16 @@ def seed(config: Config, rows: int) -> None:
         conn.execute("VACUUM ANALYZE public.accounts")
 
 
+ASYNC_COMMIT: list[bool] = []  # set by main: pgbench commits without waiting on the disk flush
+
+
 def burst(config: Config, rows: int, events: int) -> None:
+    env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"} if ASYNC_COMMIT else None
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "update.sql"
         script.write_text(SCRIPT.format(rows=rows))
         subprocess.run(["pgbench", "-n", "-c", "4", "-j", "2", "-t", str(events // 4), "-f", str(script),
-                        config.cluster("source1").dsn], check=True, capture_output=True)
+                        config.cluster("source1").dsn], check=True, capture_output=True, env=env)
 
 
 def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int = 1) -> dict[str, float]:
@@ -226,10 +230,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", default="1", help="applier worker counts to run reshard with, e.g. 1,2")
     ap.add_argument("--no-native", action="store_true", help="measure reshard only")
+    ap.add_argument("--async-commit", action="store_true",
+                    help="pgbench commits with synchronous_commit=off, so the burst is written as fast as the "
+                         "machine allows instead of at this disk's flush rate")
     ap.add_argument("--json", action="store_true")
     add_pg_version(ap)
     args = ap.parse_args()
     counts = [int(n) for n in args.workers.split(",")]
+    if args.async_commit:
+        ASYNC_COMMIT.append(True)
     base = stack_config(args.pg_version)
     HOME.append(state_dir() / f"pg{args.pg_version}" if args.pg_version else state_dir())
     kinds = [f"reshard x{n}" if len(counts) > 1 else "reshard" for n in counts]
