@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 from dataclasses import replace
@@ -95,6 +96,46 @@ def created_split(major: int | None, db: str, name: str, rows: int, targets: lis
     new_map = parse_map(after, config.clusters)
     co.create(name, new_map, parse_map(before, config.clusters))
     return config, co, new_map
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+ASYNC_COMMIT_HELP = ("pgbench commits with synchronous_commit=off, so the burst is written as fast as the machine "
+                     "allows instead of at this disk's flush rate")
+
+
+def pgbench_env(async_commit: bool) -> dict[str, str] | None:
+    """pgbench's environment: commits without waiting on the disk flush when asked."""
+    return {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"} if async_commit else None
+
+
+def _stat(pid: int) -> tuple[float, float, int]:
+    """(own CPU s, exited children's CPU s, ppid) of a process; zeros if it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0, 0.0, 0
+    return (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK, int(fields[1])
+
+
+def own_cpu(pid: int) -> float:
+    """CPU seconds of one process (utime + stime), 0 if it is gone."""
+    return _stat(pid)[0]
+
+
+def tree_cpu(root: int) -> float:
+    """CPU seconds of a process and every descendant, live or exited (waited for)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            ppid = _stat(int(entry.name))[2]
+            children.setdefault(ppid, []).append(int(entry.name))
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        own, exited, _ = _stat(pid)
+        total += own + exited
+        todo += children.get(pid, [])
+    return total
 
 
 def median(values: list[float]) -> float:

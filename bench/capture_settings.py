@@ -36,7 +36,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, created_split, load_average, median  # noqa: E402
+from bench._common import (  # noqa: E402
+    ASYNC_COMMIT_HELP,
+    add_pg_version,
+    created_split,
+    load_average,
+    median,
+    own_cpu,
+    pgbench_env,
+)
 from reshard.config import state_dir  # noqa: E402
 from reshard.kafka.connect_client import ConnectClient  # noqa: E402
 from reshard.proof.catchup import mark_positions, wait_confirmed  # noqa: E402
@@ -70,9 +78,9 @@ def pgbench(dsn: str, rows: int, updates: int, tmp: Path, async_commit: bool) ->
     """pgbench writing ``updates`` single-row updates of random keys (4 clients), started."""
     script = tmp / "update.sql"
     script.write_text(f"\\set id random(1, {rows})\nUPDATE public.accounts SET balance = balance + 1 WHERE id = :id;\n")
-    env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"} if async_commit else None
     return subprocess.Popen(["pgbench", "-n", "-f", str(script), "-c", "4", "-j", "2", "-t", str(updates // 4), dsn],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            env=pgbench_env(async_commit))
 
 
 def tps(proc: subprocess.Popen) -> float:
@@ -81,11 +89,6 @@ def tps(proc: subprocess.Popen) -> float:
     if proc.returncode or not m:
         raise SystemExit(f"pgbench failed ({proc.returncode}):\n{out}")
     return float(m.group(1))
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def main() -> None:
@@ -98,9 +101,7 @@ def main() -> None:
     ap.add_argument("--concurrent", action="store_true",
                     help="Debezium runs while pgbench writes (capture timed from the burst's start), instead of "
                          "catching up a burst written while it was paused")
-    ap.add_argument("--async-commit", action="store_true",
-                    help="pgbench commits with synchronous_commit=off (a source whose commits do not wait on "
-                         "this machine's disk flush, so it writes as fast as it can)")
+    ap.add_argument("--async-commit", action="store_true", help=ASYNC_COMMIT_HELP)
     ap.add_argument("--json", action="store_true")
     add_pg_version(ap)
     args = ap.parse_args()
@@ -128,25 +129,25 @@ def main() -> None:
                     time.sleep(2.0)  # the task restarts with the new config
                 connect.wait_running(connector)
                 time.sleep(1.0)
-                i0, ib0 = cpu_seconds(pid), cpu_seconds(broker)
+                i0, ib0 = own_cpu(pid), own_cpu(broker)
                 time.sleep(IDLE_S)  # nothing written: what the running connector costs by the second
-                idle = {"connect_idle_ms_per_s": round((cpu_seconds(pid) - i0) * 1000 / IDLE_S, 1),
-                        "broker_idle_ms_per_s": round((cpu_seconds(broker) - ib0) * 1000 / IDLE_S, 1)}
+                idle = {"connect_idle_ms_per_s": round((own_cpu(pid) - i0) * 1000 / IDLE_S, 1),
+                        "broker_idle_ms_per_s": round((own_cpu(broker) - ib0) * 1000 / IDLE_S, 1)}
                 if not args.concurrent:
                     connect.pause(connector)
                     time.sleep(1.0)
-                t0, c0, b0 = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker)
+                t0, c0, b0 = time.monotonic(), own_cpu(pid), own_cpu(broker)
                 write_tps = tps(pgbench(src, args.rows, args.updates, Path(tmp), args.async_commit))
                 positions = mark_positions(config, NAME, streams)
                 if not args.concurrent:
-                    t0, c0, b0 = time.monotonic(), cpu_seconds(pid), cpu_seconds(broker)
+                    t0, c0, b0 = time.monotonic(), own_cpu(pid), own_cpu(broker)
                     connect.resume(connector)
                 wait_confirmed(config, positions, time.monotonic() + 600, interval=0.005)
                 took = time.monotonic() - t0
                 return {"setting": name, "round": r, "write_tps": round(write_tps),
                         "capture_events_per_s": round(args.updates / took),
-                        "connect_cpu_us_per_event": round((cpu_seconds(pid) - c0) * 1e6 / args.updates, 1),
-                        "broker_cpu_us_per_event": round((cpu_seconds(broker) - b0) * 1e6 / args.updates, 1),
+                        "connect_cpu_us_per_event": round((own_cpu(pid) - c0) * 1e6 / args.updates, 1),
+                        "broker_cpu_us_per_event": round((own_cpu(broker) - b0) * 1e6 / args.updates, 1),
                         **idle,
                         "load": load_average()}
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -44,7 +43,17 @@ import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, fresh_databases, load_average, median, stack_config  # noqa: E402
+from bench._common import (  # noqa: E402
+    ASYNC_COMMIT_HELP,
+    add_pg_version,
+    fresh_databases,
+    load_average,
+    median,
+    own_cpu,
+    pgbench_env,
+    stack_config,
+    tree_cpu,
+)
 from reshard.config import Config, state_dir, write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.maps.planner import plan  # noqa: E402
@@ -55,7 +64,6 @@ from reshard.stack.demo import demo_maps  # noqa: E402
 DB = "bench_cost"
 NAME = "benchcost"
 TARGETS = ["target1", "target2"]
-TICK = os.sysconf("SC_CLK_TCK")
 HOME: list[Path] = []  # the stack's state directory (set by main: --pg-version picks another)
 NARROW = ("CREATE TABLE public.accounts (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, "
           "c numeric(12,2) NOT NULL, d timestamptz NOT NULL)")
@@ -69,31 +77,6 @@ DRAIN_RATE = "(end to end, events/s)"  # burst's first write -> every target hol
 NOT_PARTS = (IDLE_SHARE, IDLE_RATE, DRAIN_RATE)
 
 
-def _stat(pid: int) -> tuple[float, float, int]:
-    """(own CPU s, exited children's CPU s, ppid) of a process; zeros if it is gone."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0, 0.0, 0
-    return (int(fields[11]) + int(fields[12])) / TICK, (int(fields[13]) + int(fields[14])) / TICK, int(fields[1])
-
-
-def tree_cpu(root: int) -> float:
-    """CPU seconds of a process and every descendant, live or exited (waited for)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            ppid = _stat(int(entry.name))[2]
-            children.setdefault(ppid, []).append(int(entry.name))
-    total, todo = 0.0, [root]
-    while todo:
-        pid = todo.pop()
-        own, exited, _ = _stat(pid)
-        total += own + exited
-        todo += children.get(pid, [])
-    return total
-
-
 def walsenders(config: Config) -> list[int]:
     with psycopg.connect(config.cluster("source1").dsn) as conn:
         return [r[0] for r in conn.execute("SELECT pid FROM pg_stat_replication").fetchall()]
@@ -102,7 +85,7 @@ def walsenders(config: Config) -> list[int]:
 def parts(config: Config, extra: dict[str, int]) -> dict[str, float]:
     """CPU seconds now of each part."""
     st = {p.name: p.pid for p in Stack(HOME[0]).status() if p.pid}
-    out = {"source WAL senders": sum(_stat(pid)[0] for pid in walsenders(config))}
+    out = {"source WAL senders": sum(own_cpu(pid) for pid in walsenders(config))}
     for t in TARGETS:
         out[f"{t} server"] = tree_cpu(st[t])
     for name, pid in extra.items():
@@ -124,7 +107,7 @@ ASYNC_COMMIT: list[bool] = []  # set by main: pgbench commits without waiting on
 
 
 def burst(config: Config, rows: int, events: int) -> None:
-    env = {**os.environ, "PGOPTIONS": "-c synchronous_commit=off"} if ASYNC_COMMIT else None
+    env = pgbench_env(bool(ASYNC_COMMIT))
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "update.sql"
         script.write_text(SCRIPT.format(rows=rows))
@@ -230,9 +213,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--workers", default="1", help="applier worker counts to run reshard with, e.g. 1,2")
     ap.add_argument("--no-native", action="store_true", help="measure reshard only")
-    ap.add_argument("--async-commit", action="store_true",
-                    help="pgbench commits with synchronous_commit=off, so the burst is written as fast as the "
-                         "machine allows instead of at this disk's flush rate")
+    ap.add_argument("--async-commit", action="store_true", help=ASYNC_COMMIT_HELP)
     ap.add_argument("--json", action="store_true")
     add_pg_version(ap)
     args = ap.parse_args()

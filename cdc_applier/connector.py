@@ -102,10 +102,10 @@ def ensure_connector(config: Config, stream: Stream, tables: list[str], wait: bo
     admin.ensure_topics(topics, config.kafka.partitions, config.kafka.replication_factor)
     admin.ensure_topics(stream.heartbeat_topics, 1, config.kafka.replication_factor)
     client = ConnectClient(config.connect)
-    wanted = render(config, stream, tables,
-                    filter_echoes=config.connect.echo_filter and client.has_plugin(ECHO_PREDICATE),
+    loadable = client.loadable()
+    wanted = render(config, stream, tables, filter_echoes=config.connect.echo_filter and ECHO_PREDICATE in loadable,
                     password=connect_password(config, stream.cluster), at=address(config, stream.cluster),
-                    reuse_schemas=client.has_plugin(REUSING_AVRO_CONVERTER))
+                    reuse_schemas=REUSING_AVRO_CONVERTER in loadable)
     current = client.config(stream.connector)
     if current is None or {k: v for k, v in current.items() if k != "name"} != wanted:
         client.put(stream.connector, wanted)

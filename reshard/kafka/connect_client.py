@@ -60,9 +60,10 @@ class ConnectClient:
         """The worker's Kafka Connect version."""
         return str((self._call("GET", "/") or {}).get("version", "?"))
 
-    def has_plugin(self, cls: str) -> bool:
-        """Whether the worker can load ``cls`` (a connector, transform, predicate or converter)."""
-        return any(p["class"] == cls for p in self._call("GET", "/connector-plugins?connectorsOnly=false") or [])
+    def loadable(self) -> set[str]:
+        """Every class the worker can load as a plugin (connectors, transforms, predicates,
+        converters)."""
+        return {p["class"] for p in self._call("GET", "/connector-plugins?connectorsOnly=false") or []}
 
     def validate(self, config: dict[str, str]) -> list[str]:
         """What the worker finds wrong with ``config`` for its connector class, one line per
