@@ -69,12 +69,34 @@ def fresh_databases(base: Config, db: str, migration: str) -> Config:
                    clusters=clusters)
 
 
-def seed_split(config: Config, rows: int, targets: list[str]) -> tuple[dict, dict]:
-    """The sample table on source1 (``rows`` rows, analyzed) and empty on the targets;
-    returns the demo's (before, after) maps, which move every key to the targets."""
+# the issue's narrow rows (per-row costs show; the demo's wide rows, jsonb and a TOASTed text, hide them)
+NARROW = ("CREATE TABLE public.accounts (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, "
+          "c numeric(12,2) NOT NULL, d timestamptz NOT NULL)")
+SHAPES = ("wide", "narrow")
+
+
+def seed_narrow(config: Config, rows: int, targets: list[str]) -> None:
+    """The narrow table on source1 (``rows`` rows, b 96 characters, analyzed) and empty on ``targets``."""
+    for c in ("source1", *targets):
+        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS public.accounts")
+            conn.execute(NARROW)
+    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
+        conn.execute("INSERT INTO public.accounts SELECT g, g %% 1000, repeat(md5(g::text), 3), g * 1.5, now() "
+                     "FROM generate_series(1, %s) g", (rows,))
+        conn.execute("VACUUM ANALYZE public.accounts")
+
+
+def seed_split(config: Config, rows: int, targets: list[str], shape: str = "wide") -> tuple[dict, dict]:
+    """The sample table on source1 (``rows`` rows, analyzed) and empty on the targets, the demo's
+    wide rows or the narrow ones; returns the demo's (before, after) maps, which move every key
+    to the targets."""
     from reshard.stack.demo import demo_maps
     from reshard.stack.workload import TABLE, create_table, seed
 
+    if shape == "narrow":
+        seed_narrow(config, rows, targets)
+        return demo_maps(targets)
     for c in ("source1", *targets):
         with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
             create_table(conn)

@@ -8,7 +8,9 @@ pipe, pgcopydb does the same work). Each round runs, in turn:
 - reshard: `reshard start --throttle off` of a fresh migration (slot with exported
   snapshot, keyset batches committed with their cursors), the copy timed from its first
   batch to its last commit, and the whole step (publication, slot, connector, copy) too
-  (the pipe has no throttle either; bench/copy_impact.py measures the throttle);
+  (the pipe has no throttle either); with ``--throttle off,default`` also with the default
+  adaptive throttle, which on this idle source should hold nothing back
+  (bench/copy_impact.py measures what it spares an application);
 - raw pipe: for each target, `psql -c "COPY (SELECT … WHERE <the same predicate>) TO
   STDOUT" | psql -c "COPY … FROM STDIN"`, the two halves in parallel;
 - pgcopydb (Debian's, if installed: `apt-get install pgcopydb`): `pgcopydb copy
@@ -20,7 +22,7 @@ Targets are emptied between runs. Printed: median rows/s of each and the ratio, 
 peak RSS of the reshard process.
 
     .venv/bin/python bench/copy_throughput.py [--rows 1000000] [--rounds 3] [--targets 1|2]
-        [--copy-workers 2] [--json]
+        [--copy-workers 2] [--shape wide|narrow] [--throttle off[,default]] [--json]
 """
 
 from __future__ import annotations
@@ -40,7 +42,15 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench._common import add_pg_version, fresh_databases, load_average, median, seed_split, stack_config  # noqa: E402
+from bench._common import (  # noqa: E402
+    SHAPES,
+    add_pg_version,
+    fresh_databases,
+    load_average,
+    median,
+    seed_split,
+    stack_config,
+)
 from reshard.config import write_config  # noqa: E402
 from reshard.coordinator import Coordinator  # noqa: E402
 from reshard.maps.planner import plan  # noqa: E402
@@ -98,13 +108,14 @@ def pgcopydb(config, workdir: Path) -> float:
     return time.monotonic() - t0
 
 
-def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> tuple[float, float, int, int]:
+def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path,
+                 throttle: str = "off") -> tuple[float, float, int, int]:
     """(copy seconds, whole-step seconds, rows, peak RSS in KiB) of `reshard start`, as it
     reports them: the copy from its first batch to its last commit (boundary queries
     included), the step with the publication, the slot and the connector's registration."""
     out = subprocess.run(["/usr/bin/time", "-f", "%M", sys.executable, "-m", "reshard.cli", "--config", str(cfg),
                           "--progress", "off", "start", name, "--to", str(maps), "--copy-workers", str(workers),
-                          "--throttle", "off", "--json"], capture_output=True, text=True)
+                          "--throttle", throttle, "--json"], capture_output=True, text=True)
     if out.returncode != 0:
         raise SystemExit(f"reshard start failed:\n{out.stderr}")
     doc = json.loads(out.stdout)
@@ -112,12 +123,12 @@ def reshard_copy(cfg: Path, maps: Path, name: str, workers: int, tmp: Path) -> t
     return doc["copy_seconds"], doc["seconds"], doc["rows_copied"], rss
 
 
-def setup(db: str, name: str, rows: int, targets: list[str], major: int | None = None):
-    """Fresh databases, ``rows`` accounts on source1 to move to ``targets``, a config file and the
-    target map on disk; a throwaway migration activates today's map. Returns
+def setup(db: str, name: str, rows: int, targets: list[str], major: int | None = None, shape: str = "wide"):
+    """Fresh databases, ``rows`` accounts (of ``shape``) on source1 to move to ``targets``, a config
+    file and the target map on disk; a throwaway migration activates today's map. Returns
     (config, config path, map path, coordinator, before map, after map)."""
     config = fresh_databases(stack_config(major), db, name)
-    before, after = seed_split(config, rows, targets)
+    before, after = seed_split(config, rows, targets, shape)
     tmp = Path(tempfile.mkdtemp(prefix="reshard-bench-"))
     cfg = tmp / "reshard.yaml"
     write_config(config, cfg)
@@ -136,17 +147,27 @@ def main() -> None:
     ap.add_argument("--copy-workers", type=int, default=2)
     ap.add_argument("--targets", type=int, choices=[1, 2], default=2,
                     help="2: split 1 -> 2 (two units); 1: everything to target1 (one unit, chunked)")
+    ap.add_argument("--shape", choices=SHAPES, default="wide",
+                    help="wide: the demo's accounts (jsonb, a TOASTed text); narrow: id bigint, a int, b text of 96 "
+                         "characters, c numeric(12,2), d timestamptz, where per-row costs show")
+    ap.add_argument("--throttle", default="off",
+                    help="reshard's --throttle for its runs, comma-separated to run each in every round: off, "
+                         "default (adaptive), or both (off,default)")
     ap.add_argument("--json", action="store_true")
     add_pg_version(ap)
     args = ap.parse_args()
     targets = CLUSTERS[: args.targets]
+    throttles = args.throttle.split(",")
+    if not set(throttles) <= {"off", "default"}:
+        ap.error("--throttle takes off, default or off,default")
 
-    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets, args.pg_version)
+    config, cfg, maps, co, before, after = setup(DB, NAME, args.rows, targets, args.pg_version, args.shape)
     tmp = cfg.parent
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     predicates = {m.target: p.predicate_sql(m, TABLE).as_string(None) for m in p.moves}
     rounds = []
-    kinds = ["reshard", "raw"] + (["pgcopydb"] if shutil.which("pgcopydb") else [])
+    runs = {"off": "reshard", "default": "reshard_default"}  # the figure's key per --throttle
+    kinds = [runs[t] for t in throttles] + ["raw"] + (["pgcopydb"] if shutil.which("pgcopydb") else [])
     for r in range(args.rounds):
         order = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
         row: dict = {"round": r + 1}
@@ -158,45 +179,49 @@ def main() -> None:
             elif kind == "pgcopydb":
                 row["pgcopydb_rows_per_s"] = round(args.rows / pgcopydb(config, tmp))
             else:
-                name = f"{NAME}{r + 1}"
-                secs, step_secs, rows, rss = reshard_copy(cfg, maps, name, args.copy_workers, tmp)
+                name = f"{NAME}{r + 1}{'d' if kind == 'reshard_default' else ''}"
+                throttle = "adaptive" if kind == "reshard_default" else "off"
+                secs, step_secs, rows, rss = reshard_copy(cfg, maps, name, args.copy_workers, tmp, throttle)
                 if rows != args.rows:
                     raise SystemExit(f"reshard copied {rows} rows, expected {args.rows}")
-                row.update(reshard_rows_per_s=round(rows / secs), reshard_step_rows_per_s=round(rows / step_secs),
-                           reshard_peak_rss_mb=round(rss / 1024))
+                row.update({f"{kind}_rows_per_s": round(rows / secs),
+                            f"{kind}_step_rows_per_s": round(rows / step_secs),
+                            f"{kind}_peak_rss_mb": round(rss / 1024)})
                 co.teardown(name)
         row["load"] = load_average()
         rounds.append(row)
-        print(f"round {r + 1}: reshard {row['reshard_rows_per_s']:,} rows/s (whole step "
-              f"{row['reshard_step_rows_per_s']:,}; peak RSS "
-              f"{row['reshard_peak_rss_mb']} MB), raw COPY pipe {row['raw_rows_per_s']:,} rows/s, pgcopydb "
+        ours = ", ".join(f"{k} {row[k + '_rows_per_s']:,} rows/s (whole step {row[k + '_step_rows_per_s']:,}; "
+                         f"peak RSS {row[k + '_peak_rss_mb']} MB)" for k in kinds if k.startswith("reshard"))
+        print(f"round {r + 1}: {ours}, raw COPY pipe {row['raw_rows_per_s']:,} rows/s, pgcopydb "
               f"{row.get('pgcopydb_rows_per_s', '-')} rows/s; load {row['load']}",
               file=sys.stderr, flush=True)
-    ours, raw = median([x["reshard_rows_per_s"] for x in rounds]), median([x["raw_rows_per_s"] for x in rounds])
-    step = median([x["reshard_step_rows_per_s"] for x in rounds])
-    doc = {"benchmark": "copy_throughput", "version": 1, "rows": args.rows, "rounds": args.rounds,
-           "targets": args.targets,
-           "copy_workers": args.copy_workers, "cpus": os.cpu_count(), "reshard_rows_per_s": ours,
-           "reshard_step_rows_per_s": step, "raw_pipe_rows_per_s": raw, "ratio": round(ours / raw, 2),
-           "step_ratio": round(step / raw, 2),
-           "reshard_peak_rss_mb": max(x["reshard_peak_rss_mb"] for x in rounds), "all": rounds}
+    raw = median([x["raw_rows_per_s"] for x in rounds])
+    doc = {"benchmark": "copy_throughput", "version": 2, "rows": args.rows, "rounds": args.rounds,
+           "targets": args.targets, "shape": args.shape, "copy_workers": args.copy_workers,
+           "cpus": os.cpu_count(), "raw_pipe_rows_per_s": raw, "all": rounds}
+    for kind in kinds:
+        if kind.startswith("reshard"):
+            ours, step = (median([x[f"{kind}_{f}"] for x in rounds]) for f in ("rows_per_s", "step_rows_per_s"))
+            doc.update({f"{kind}_rows_per_s": ours, f"{kind}_step_rows_per_s": step,
+                        f"{kind}_ratio": round(ours / raw, 2), f"{kind}_step_ratio": round(step / raw, 2),
+                        f"{kind}_peak_rss_mb": max(x[f"{kind}_peak_rss_mb"] for x in rounds)})
     if "pgcopydb" in kinds:
         doc["pgcopydb_rows_per_s"] = median([x["pgcopydb_rows_per_s"] for x in rounds])
-        doc["ratio_to_pgcopydb"] = round(ours / doc["pgcopydb_rows_per_s"], 2)
     if args.json:
         print(json.dumps(doc, indent=2))
         return
     how = "split 1 -> 2" if args.targets == 2 else "moved 1 -> 1 (one unit)"
-    print(f"copy of {args.rows:,} rows {how}, medians of {args.rounds} alternating rounds "
+    print(f"copy of {args.rows:,} {args.shape} rows {how}, medians of {args.rounds} alternating rounds "
           f"({os.cpu_count()} CPUs)")
-    print(f"  reshard start ({args.copy_workers} copy workers)  {ours:>10,.0f} rows/s  "
-          f"peak RSS {doc['reshard_peak_rss_mb']} MB")
-    print(f"  … the whole step (slot, connector) {step:>7,.0f} rows/s")
-    print(f"  raw COPY pipe ({args.targets} pipe(s))        {raw:>10,.0f} rows/s")
-    print(f"  ratio (copy / pipe)             {doc['ratio']:>10}   whole step / pipe {doc['step_ratio']}")
+    print(f"  raw COPY pipe ({args.targets} pipe(s))          {raw:>10,.0f} rows/s")
+    for kind in kinds:
+        if kind.startswith("reshard"):
+            label = "--throttle off" if kind == "reshard" else "default throttle"
+            print(f"  reshard start, {label:<17} {doc[kind + '_rows_per_s']:>10,.0f} rows/s  "
+                  f"/ pipe {doc[kind + '_ratio']}  (whole step {doc[kind + '_step_ratio']}; "
+                  f"peak RSS {doc[kind + '_peak_rss_mb']} MB)")
     if "pgcopydb" in kinds:
-        print(f"  pgcopydb (whole table, 1 target){doc['pgcopydb_rows_per_s']:>10,.0f} rows/s   "
-              f"reshard / pgcopydb {doc['ratio_to_pgcopydb']}")
+        print(f"  pgcopydb (whole table, 1 target)  {doc['pgcopydb_rows_per_s']:>10,.0f} rows/s")
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ from bench._common import (  # noqa: E402
     median,
     own_cpu,
     pgbench_env,
+    seed_narrow,
     stack_config,
     tree_cpu,
 )
@@ -65,8 +66,6 @@ DB = "bench_cost"
 NAME = "benchcost"
 TARGETS = ["target1", "target2"]
 HOME: list[Path] = []  # the stack's state directory (set by main: --pg-version picks another)
-NARROW = ("CREATE TABLE public.accounts (id bigint PRIMARY KEY, a int NOT NULL, b text NOT NULL, "
-          "c numeric(12,2) NOT NULL, d timestamptz NOT NULL)")
 SCRIPT = "\\set id random(1, {rows})\nUPDATE public.accounts SET a = a + 1 WHERE id = :id;\n"
 
 
@@ -93,16 +92,6 @@ def parts(config: Config, extra: dict[str, int]) -> dict[str, float]:
     return out
 
 
-def seed(config: Config, rows: int) -> None:
-    for c in ("source1", *TARGETS):
-        with psycopg.connect(config.cluster(c).dsn, autocommit=True) as conn:
-            conn.execute(NARROW)
-    with psycopg.connect(config.cluster("source1").dsn, autocommit=True) as conn:
-        conn.execute("INSERT INTO public.accounts SELECT g, g %% 1000, repeat(md5(g::text), 3), g * 1.5, now() "
-                     "FROM generate_series(1, %s) g", (rows,))
-        conn.execute("VACUUM ANALYZE public.accounts")
-
-
 ASYNC_COMMIT: list[bool] = []  # set by main: pgbench commits without waiting on the disk flush
 
 
@@ -117,7 +106,7 @@ def burst(config: Config, rows: int, events: int) -> None:
 
 def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int = 1) -> dict[str, float]:
     config = fresh_databases(base, DB, NAME)
-    seed(config, rows)
+    seed_narrow(config, rows, TARGETS)
     before, after = demo_maps(TARGETS)
     co = Coordinator.open(config)
     co.create(NAME, parse_map(after, config.clusters), parse_map(before, config.clusters))
@@ -161,7 +150,7 @@ def reshard_round(base: Config, rows: int, events: int, tmp: Path, workers: int 
 
 def native_round(base: Config, rows: int, events: int) -> dict[str, float]:
     config = fresh_databases(base, DB, NAME)
-    seed(config, rows)
+    seed_narrow(config, rows, TARGETS)
     before, after = demo_maps(TARGETS)
     p = plan(parse_map(before, config.clusters), parse_map(after, config.clusters))
     src = config.cluster("source1")
