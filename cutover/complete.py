@@ -145,6 +145,7 @@ class _Completion:
             pace = CopyThrottle(ThrottleSettings(adaptive=adaptive), dsn, live=live, part="complete", on_change=said)
             with connect(dsn, f"source cluster {move.source}", autocommit=True) as conn, closing(pace):
                 shard_schema.writer_session(conn)
+                pace.own(conn.info.backend_pid)  # the deletes' session is not the application
                 pace.hint_width(conn, [table_ident(t).as_string(conn) for t in tables])
                 for table in tables:
                     delete = sql.SQL("DELETE FROM {table} WHERE ctid = ANY(ARRAY("

@@ -33,6 +33,9 @@ DO $$ BEGIN EXECUTE format('GRANT CREATE ON DATABASE %I TO reshard', current_dat
 -- superuser in PostgreSQL 15). Grant it for the migration and revoke it after `complete`.
 GRANT app_owner TO reshard;
 GRANT USAGE ON SCHEMA public TO reshard;
+-- the copy's adaptive throttle samples the application's transactions in pg_stat_activity; without
+-- this it sees only reshard's own sessions and judges by its sampling statement's round trip alone
+GRANT pg_read_all_stats TO reshard;
 -- instead of superuser for session_replication_role = replica
 GRANT SET ON PARAMETER session_replication_role TO reshard;
 -- instead of superuser for replication origins

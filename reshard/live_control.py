@@ -9,6 +9,7 @@ restarts: a process that starts paused waits.
 
     control = {"copy": "paused"|"running", "apply": …, "complete": …,
                "throttle": {"max_rows_per_second": float|None, "max_bytes_per_second": float|None,
+                            "max_slot_wal_bytes": int|None, "max_latency_impact_ms": int|None,
                             "adaptive": bool|None}}
 """
 

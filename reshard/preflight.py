@@ -42,6 +42,7 @@ WAL_WINDOW_S = 2.0  # how long the WAL and write rates are measured
 SAMPLE_ROWS = 20_000  # rows of moving data read to measure a source's copy rate
 ASSUMED_APPLY_EVENTS_S = 6_000.0  # one worker on 2 cores (docs/performance.md) when nothing was measured here
 APPLIER_START_S = 1.0  # an applier's start (joining its consumer group, the first fetch): ~1 s measured here
+BUSY_COMMITS_S = 1.0  # a source committing less has no application the default throttle would spare
 CHECKS = ("config", "services", "version", "wal_level", "replication_slots", "wal_senders", "slot_wal_limit", "privileges",
           "tables", "ddl_capture", "connector_login", "skew", "feasibility", "target_disk")
 DISK_HEADROOM = 1.5  # moving table bytes -> what the target needs free (indexes, WAL, bloat while applying)
@@ -268,9 +269,10 @@ def _writes(conn: psycopg.Connection[Any], table: str) -> int:
 def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Preflight,
               copy_model: Callable[[float, float], float] | None = None) -> None:
     """The feasibility report and the skew check (both from the servers, measured now).
-    ``copy_model(bytes, read rate)`` is the default throttle's copy time (the snapshotter's
-    ramp_seconds, passed in by the caller: the kernel does not import the stages); without
-    it the copy is predicted unthrottled."""
+    ``copy_model(bytes, read rate)`` is the default throttle's copy time beside an application
+    (the snapshotter's ramp_seconds, passed in by the caller: the kernel does not import the
+    stages); without it, or on a source committing less than BUSY_COMMITS_S, the copy is
+    predicted unthrottled."""
     est: PlanEstimate = estimate_plan(config, plan)
     per_source: dict[str, dict[str, Any]] = {}
     writes_to: dict[str, float] = {}
@@ -285,7 +287,9 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
             wal_s, commits_s = _rates(conn)
             moving = sum(m.bytes for m in est.moves if m.move.source == source)
             unthrottled_s = moving / rate if rate else None
-            copy_s = copy_model(moving, rate) if copy_model and rate else unthrottled_s
+            # the default throttle holds nothing back on a source without an application (no commits)
+            busy = commits_s >= BUSY_COMMITS_S
+            copy_s = copy_model(moving, rate) if copy_model and rate and busy else unthrottled_s
             share = 0.0
             for m in est.moves:
                 if m.move.source != source:
@@ -311,8 +315,9 @@ def estimates(config: Config, store: ControlStore | None, plan: Plan, out: Prefl
     verdict = ("feasible" if catch_up_s is not None else
                "the appliers would not catch up: the sources commit faster than one worker applies; add workers")
     out.feasibility = {"sources": per_source, "copy_seconds": copy_s,
-                       "copy_model": "the default adaptive throttle on a healthy source (it starts slow and "
-                       "grows; a busy source holds it lower)" if copy_model else "unthrottled", "catch_up_seconds":
+                       "copy_model": "the default adaptive throttle: unthrottled on a source without commits, "
+                       "else from a slow start growing within the latency budget (an application the copy slows "
+                       "holds it lower)" if copy_model else "unthrottled", "catch_up_seconds":
                        None if catch_up_s is None else round(catch_up_s, 1),
                        "apply_events_per_s": round(apply_s), "apply_rate": "measured here" if measured else
                        "assumed (no applier has run on this deployment: docs/performance.md)", "verdict": verdict}

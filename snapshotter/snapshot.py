@@ -258,6 +258,9 @@ class Snapshotter:
             with connect(c.dsn, f"source cluster {source}", autocommit=True) as conn:
                 self.throttle.hint_width(conn, sorted({table_ident(u.table).as_string(conn) for u in pending}))
         show(self.throttle.describe())
+        if self.throttle.reason:  # the adaptive throttle's first judgement, and its budget
+            self.progress.step(f"{source}: copy {self.throttle.describe()} ({self.throttle.reason}; latency budget "
+                               f"{self.throttle.settings.max_latency_impact_ms:g} ms)")
         copy_started = time.monotonic()
         try:
             work = [(u, progress, chunk) for u in pending
@@ -320,6 +323,8 @@ class Snapshotter:
             totals = (chunk.rows_copied, chunk.bytes_copied)
             resumed_lsn = resumed_lsn if resumed_lsn is not None else chunk.resumed_lsn
             src.autocommit = True
+            if self.throttle is not None:
+                self.throttle.own(src.info.backend_pid)  # the copy's own session is not the application
             import_snapshot(src, snapshot_name)
             kc = KeysetCursor(u.src_info, u.predicate, after=chunk.cursor, until=chunk.upper)
             columns = [col.name for col in u.src_info.copyable]

@@ -2,13 +2,22 @@
 
 The copy competes with the application for the source's CPU and disks. A fixed limit
 (rows/s or bytes/s) caps it. The adaptive throttle (as gh-ost and Vitess throttle on
-replica lag) watches the source while the copy runs and slows the copy when the
-source gets slower: a probe query's latency against the latency measured before the
-copy began, and the replay lag of the source's own physical replicas. It starts slow
-(a copy shorter than its first looks must not hit the source at full speed either),
-grows while the source stays healthy, backs off multiplicatively when it suffers, and
-so settles near the rate at which the source starts to suffer; it lifts itself once
-the copy cannot use what it allows.
+replica lag) holds the copy to a latency budget the user states (``--max-latency-impact``,
+default 5 ms, from seed 004's "< 10 ms of p99 impact"): every 20 ms it samples the
+application's transactions in flight on the source (their age, from pg_stat_activity) and
+times its own sampling statement; every look it compares the 95th percentile of the last
+two seconds with the same figure before the copy, and backs off multiplicatively when the
+difference passes the budget (or a physical replica of the source lags too far), grows
+back while it does not, and lifts itself once the copy cannot use what it allows.
+
+What the application sees is the measure, not a relative change of a sub-millisecond
+probe: a copy always makes a probe somewhat slower, which held a copy on an idle source
+near its floor. With no application session on the source the copy runs unthrottled (there
+is no one to spare; replicas and the slot's WAL budget still hold it); an application too
+sparse to sample in flight is judged by the sampling statement's own round trip; a role
+that cannot see other users' sessions (neither superuser nor pg_read_all_stats) is judged
+by that round trip always. An application that appears mid-copy, with no latency measured
+before the copy, is measured with the copy held at its floor for one window first.
 
 Every copy thread shares one throttle and asks it before handing a chunk of COPY data
 to the target. A rows/s limit is converted to bytes with the row width measured so far.
@@ -19,6 +28,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
@@ -28,14 +38,30 @@ import psycopg
 if TYPE_CHECKING:
     from reshard.live_control import LiveControl
 
-LOOK_EVERY_S = 0.5  # how often the adaptive throttle looks at the source
-PROBES = 5  # probe queries per look; their median is the look's latency
-BACKOFF = 0.5  # the adaptive limit is multiplied by this on a look where the source suffers
-RECOVER = 1.1  # ... and by this on a healthy one
+SAMPLE_EVERY_S = 0.02  # the application's transactions in flight are sampled this often
+LOOK_EVERY_S = 0.5  # how often the adaptive throttle judges the samples
+WINDOW_S = 2.0  # ... of this many last seconds
+QUANTILE = 95  # the percentile of a window compared with the one before the copy
+BASELINE_S = 1.0  # sampled before the copy starts
+MIN_SAMPLES = 20  # fewer transactions seen in flight in a window: judged by the sampling statement instead
+BACKOFF = 0.5  # the adaptive limit is multiplied by this on a look where the budget is passed
+RECOVER = 1.25  # ... and by this on one within it
 FLOOR_BYTES_S = 512 << 10  # never slower than this: the copy always progresses
-START_BYTES_S = 1 << 20  # the adaptive limit starts here and grows while the source stays healthy
-BASELINE_LOOKS = 4  # looks before the copy starts, for the probe's baseline
-PROBE_SLACK_MS = 0.2  # below this much slower, a sub-millisecond probe is noise, not suffering
+START_BYTES_S = 1 << 20  # with an application on the source, the limit starts here and grows within the budget
+DEFAULT_LATENCY_IMPACT_MS = 5.0  # half of seed 004's "< 10 ms of p99 impact" for a ledger
+
+# the sessions that are the application: client backends other than reshard's and Debezium's (a
+# session still starting has no name yet: a copy session connecting would count)
+APPLICATION = ("backend_type = 'client backend' AND state <> 'starting' AND pid <> pg_backend_pid() "
+               "AND NOT pid = ANY(%(own)s) "
+               "AND application_name NOT LIKE 'reshard%%' AND application_name NOT LIKE 'Debezium%%'")
+SAMPLE_SQL = ("SELECT coalesce(array_agg(extract(epoch FROM clock_timestamp() - xact_start) * 1000) "
+              "FILTER (WHERE state <> 'idle' AND xact_start IS NOT NULL), '{}'), "
+              "count(*) FILTER (WHERE state_change > clock_timestamp() - make_interval(secs => %(window)s)) "
+              f"FROM pg_stat_activity WHERE {APPLICATION}")
+SEES_ALL_SQL = ("SELECT rolsuper OR pg_has_role(current_user, 'pg_read_all_stats', 'MEMBER') "
+                "FROM pg_roles WHERE rolname = current_user")
+LONG_XACT_MS = 60_000.0  # a transaction open longer is a batch job or a forgotten session, not latency
 
 
 UNTHROTTLED = "unthrottled"
@@ -50,7 +76,8 @@ class ThrottleSettings:
     max_rows_per_s: float | None = None
     max_bytes_per_s: float | None = None
     adaptive: bool = True
-    latency_tolerance: float = 0.2  # slow down when the probe is this much slower than before the copy
+    # slow down when the application's 95th-percentile latency on the source is this much above before the copy
+    max_latency_impact_ms: float = DEFAULT_LATENCY_IMPACT_MS
     max_replica_lag_s: float = 10.0  # ... or when a physical replica of the source lags more
     # the WAL the stream's slot may keep on the source before the copy pauses (None: 80 % of the
     # source's max_slot_wal_keep_size, past which PostgreSQL would invalidate the slot; no limit if unset)
@@ -58,9 +85,11 @@ class ThrottleSettings:
 
 
 def ramp_seconds(nbytes: float, ceiling_bytes_s: float) -> float:
-    """How long the adaptive throttle takes to let ``nbytes`` through when the source stays
-    healthy: it starts at START_BYTES_S and grows by RECOVER every LOOK_EVERY_S until the copy's
-    own ceiling (the source's read rate) binds. `reshard check` predicts the default copy so."""
+    """How long the adaptive throttle takes to let ``nbytes`` through when an application runs on
+    the source and stays within the budget: it starts at START_BYTES_S and grows by RECOVER every
+    LOOK_EVERY_S until the copy's own ceiling (the source's read rate) binds. `reshard check`
+    predicts the default copy beside a running application so (on an idle source the copy is
+    not held back)."""
     import math
 
     if nbytes <= 0:
@@ -72,6 +101,47 @@ def ramp_seconds(nbytes: float, ceiling_bytes_s: float) -> float:
     if nbytes <= ramped:
         return math.log(1 + nbytes * k / start) / k
     return t_cap + (nbytes - ramped) / ceiling_bytes_s
+
+
+def _percentile(values: list[float]) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[QUANTILE - 1] if len(values) > 1 else values[0]
+
+
+class LatencySamples:
+    """The last WINDOW_S of samples: the ages of the application's transactions in flight, the
+    sampling statement's own round trip, and whether any application session did anything."""
+
+    def __init__(self, sees_all: bool = True):
+        self.sees_all = sees_all  # False: other users' sessions are hidden, so presence is unknown
+        self._ages: deque[tuple[float, float]] = deque()
+        self._trips: deque[tuple[float, float]] = deque()
+        self._present_at = -1e9
+
+    def add(self, now: float, ages: list[float], present: bool, trip_ms: float) -> None:
+        self._ages.extend((now, a) for a in ages if a < LONG_XACT_MS)
+        self._trips.append((now, trip_ms))
+        if present or ages:
+            self._present_at = now
+        for q in (self._ages, self._trips):
+            while q and q[0][0] < now - WINDOW_S:
+                q.popleft()
+
+    def judge(self, now: float) -> tuple[str, float | None]:
+        """("idle", None) with no application session busy within the window; else
+        ("application", its transactions' percentile) when enough were seen in flight, or
+        ("statement", the sampling statement's percentile)."""
+        if self.sees_all and now - self._present_at > WINDOW_S:
+            return "idle", None
+        ages = [a for _t, a in self._ages]
+        if len(ages) >= MIN_SAMPLES:
+            return "application", _percentile(ages)
+        ms = self.judge_statement()
+        return ("statement", ms) if ms is not None else ("idle", None)
+
+    def judge_statement(self) -> float | None:
+        """The sampling statement's own round trip, the window's percentile (None: no sample)."""
+        trips = [t for _t, t in self._trips]
+        return _percentile(trips) if trips else None
 
 
 class CopyThrottle:
@@ -107,8 +177,11 @@ class CopyThrottle:
         self._flowing_since: float | None = None  # the first chunk's time
         self._adaptive: float | None = None  # bytes/s the adaptive throttle allows; None: no limit
         self.reason = ""
-        self.baseline_ms: float | None = None
-        self.latency_ms: float | None = None
+        self.samples = LatencySamples()
+        self.baseline_ms: dict[str, float] = {}  # per measure ("application", "statement"): before the copy
+        self.latency_ms: float | None = None  # what the last look measured, and on what
+        self.measured_on = ""
+        self._own_pids: list[int] = []  # sessions of this copy on the source: not the application
         self.waited_s = 0.0
         self._stop = threading.Event()
         self._sleep = sleep or self._stop.wait
@@ -119,16 +192,36 @@ class CopyThrottle:
         self._follow_live()
 
     def _start_adaptive(self) -> None:
+        """Connect the sampler, measure the source before the copy (BASELINE_S, cut short on a
+        source without an application, where there is nothing to compare), start the watcher."""
         if self._conn is None:
             assert self._probe_dsn is not None
             self._conn = psycopg.connect(self._probe_dsn, autocommit=True, connect_timeout=5,
                                          application_name="reshard-copy-throttle")
-            self.baseline_ms = statistics.median(self._probe() for _ in range(BASELINE_LOOKS))
-        self._adaptive = float(START_BYTES_S)
-        self.reason = "adaptive, starting slow"
+            row = self._conn.execute(SEES_ALL_SQL).fetchone()
+            self.samples = LatencySamples(sees_all=bool(row and row[0]))
+            started = time.monotonic()
+            while time.monotonic() - started < BASELINE_S:
+                self._sample()
+                if time.monotonic() - started >= BASELINE_S / 4 and self.samples.judge(time.monotonic())[0] == "idle":
+                    break
+                time.sleep(SAMPLE_EVERY_S)
+            now = time.monotonic()
+            self.baseline_ms = {"statement": self.samples.judge_statement() or 0.0}
+            kind, ms = self.samples.judge(now)
+            if kind == "application" and ms is not None:
+                self.baseline_ms["application"] = ms
+        idle = self.samples.judge(time.monotonic())[0] == "idle"
+        self._adaptive = None if idle else float(START_BYTES_S)
+        self.reason = "adaptive, no application on the source" if idle else "adaptive, starting slow"
         if self._watcher is None:
             self._watcher = threading.Thread(target=self._watch, name="reshard-copy-throttle", daemon=True)
             self._watcher.start()
+
+    def own(self, pid: int) -> None:
+        """A session of the copy's own on the source (its backend pid): not the application."""
+        with self._lock:
+            self._own_pids = [*self._own_pids, pid]
 
     def _follow_live(self) -> None:
         """`reshard throttle` while the copy runs: its limits replace the command line's (a
@@ -144,6 +237,7 @@ class CopyThrottle:
         s = replace(base, max_rows_per_s=wanted.get("max_rows_per_second", base.max_rows_per_s),
                     max_bytes_per_s=wanted.get("max_bytes_per_second", base.max_bytes_per_s),
                     max_slot_wal_bytes=wanted.get("max_slot_wal_bytes", base.max_slot_wal_bytes),
+                    max_latency_impact_ms=wanted.get("max_latency_impact_ms", base.max_latency_impact_ms),
                     adaptive=base.adaptive if adaptive is None else bool(adaptive))
         with self._lock:
             self.settings = s
@@ -184,8 +278,10 @@ class CopyThrottle:
     def summary(self) -> dict:
         limit = self.limit()
         return {"limit_bytes_per_s": round(limit) if limit else None, "state": self.describe(),
-                "probe_baseline_ms": self.baseline_ms and round(self.baseline_ms, 2),
-                "probe_ms": self.latency_ms and round(self.latency_ms, 2), "waited_s": round(self.waited_s, 1),
+                "latency_budget_ms": self.settings.max_latency_impact_ms if self.settings.adaptive else None,
+                "measured_on": self.measured_on or None,
+                "baseline_ms": self.baseline_ms.get(self.measured_on) and round(self.baseline_ms[self.measured_on], 2),
+                "latency_ms": self.latency_ms and round(self.latency_ms, 2), "waited_s": round(self.waited_s, 1),
                 "slot_wal_bytes": self.slot_wal_bytes, "slot_wal_budget_bytes": self.wal_budget}
 
     # ---- the bucket ---------------------------------------------------------------------------
@@ -299,51 +395,71 @@ class CopyThrottle:
             return sum(n for t, n in self._sent if now - t <= 2.0) / 2.0
 
     # ---- the adaptive part ----------------------------------------------------------------------
-    def _probe(self) -> float:
+    def _sample(self) -> None:
         assert self._conn is not None
-        samples = []
-        for _ in range(PROBES):
-            t = time.perf_counter()
-            self._conn.execute("SELECT count(*) FROM pg_stat_activity")
-            samples.append((time.perf_counter() - t) * 1000)
-        return statistics.median(samples)
+        t = time.perf_counter()
+        row = self._conn.execute(SAMPLE_SQL, {"own": self._own_pids, "window": WINDOW_S}).fetchone()
+        assert row is not None  # an aggregate: always one row
+        ages, present = row
+        trip = (time.perf_counter() - t) * 1000
+        self.samples.add(time.monotonic(), [float(a) for a in ages], bool(present), trip)
 
     def _replica_lag_s(self) -> float:
+        """The replay lag of the source's physical replicas. A logical slot's walsender (Debezium's
+        stream, a subscription) reports replay only when its consumer confirms, so its lag grows
+        while the application writes tables the stream does not carry: not a replica."""
         assert self._conn is not None
         row = self._conn.execute(
             "SELECT coalesce(max(extract(epoch FROM replay_lag)), 0) FROM pg_stat_replication "
-            "WHERE application_name NOT LIKE 'reshard%%'").fetchone()
+            "WHERE pid NOT IN (SELECT active_pid FROM pg_replication_slots "
+            "WHERE slot_type = 'logical' AND active_pid IS NOT NULL) "
+            "AND application_name NOT LIKE 'reshard%%'").fetchone()
         return float(row[0] or 0) if row else 0.0
 
     def _watch(self) -> None:
-        while not self._stop.wait(LOOK_EVERY_S):
+        next_look = time.monotonic() + LOOK_EVERY_S
+        while not self._stop.wait(SAMPLE_EVERY_S):
             try:
-                latency, lag = self._probe(), self._replica_lag_s()
+                self._sample()
+                if time.monotonic() < next_look:
+                    continue
+                next_look = time.monotonic() + LOOK_EVERY_S
+                lag = self._replica_lag_s()
             except psycopg.Error:
                 continue  # a source that went away fails the copy itself, with its own message
+            kind, ms = self.samples.judge(time.monotonic())
+            if kind == "application" and kind not in self.baseline_ms:
+                kind, ms = "statement", self.samples.judge_statement()  # no application figure before the copy
             if self.settings.adaptive:  # `reshard throttle --no-adaptive` may have turned it off
-                self.look(latency, lag)
+                impact = None if ms is None else ms - self.baseline_ms.get(kind, ms)
+                self.latency_ms, self.measured_on = ms, kind
+                self.look(impact, lag, kind)
 
-    def look(self, latency: float, lag: float) -> None:
-        """One look at the source: back off if it suffers, recover if not."""
+    def look(self, impact_ms: float | None, lag: float, measured_on: str = "application") -> None:
+        """One look at the source: back off if the application's latency grew past the budget
+        (``impact_ms``: the window's percentile minus the one before the copy; None: no
+        application on the source) or a replica lags, grow back (and lift) if not."""
         s = self.settings
-        self.latency_ms = latency
-        base = self.baseline_ms or latency
         before = (self.reason, self.limit() is None)
         suffering = None
-        if latency > base * (1 + s.latency_tolerance) + PROBE_SLACK_MS:
-            suffering = f"source probe {latency:.1f} ms vs {base:.1f} ms before the copy"
+        if impact_ms is not None and impact_ms > s.max_latency_impact_ms:
+            what = "the application's transactions" if measured_on == "application" else "a statement"
+            suffering = (f"{what} p{QUANTILE} +{impact_ms:.1f} ms on the source, over the budget "
+                         f"{s.max_latency_impact_ms:g} ms")
         elif lag > s.max_replica_lag_s:
             suffering = f"a physical replica of the source lags {lag:.0f} s"
         if suffering:
             self.reason = f"adaptive, {suffering}"
             self._adaptive = max(FLOOR_BYTES_S, (self._adaptive or self._recent_rate()) * BACKOFF)
+        elif impact_ms is None and self._adaptive is None:
+            self.reason = "adaptive, no application on the source"
         elif self._adaptive is not None:
-            self.reason = "adaptive, source healthy: growing"
+            self.reason = "adaptive, within the latency budget: growing"
             self._adaptive *= RECOVER
             flowing = self._flowing_since is not None and self._clock() - self._flowing_since >= 2.0
-            if flowing and self._adaptive > 2 * max(self._recent_rate(), FLOOR_BYTES_S):
-                self._adaptive = None  # it no longer binds: the copy cannot use more
+            if (flowing and self._adaptive > 2 * max(self._recent_rate(), FLOOR_BYTES_S)) or impact_ms is None:
+                self._adaptive = None  # it no longer binds (the copy cannot use more), or no one to spare
+                self.reason = "adaptive, no application on the source" if impact_ms is None else self.reason
         if (self.reason, self.limit() is None) != before:  # said once per change of reason, not per look
             self.on_change(self.describe())
 

@@ -33,11 +33,13 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
 @click.option("--max-bytes-per-second", type=click.FloatRange(min=1024), default=None,
               help="Cap the copy at this many bytes/s of COPY data per source.")
 @click.option("--throttle", type=click.Choice(["adaptive", "off"]), default="adaptive", show_default=True,
-              help="adaptive: slow the copy while the source answers a probe query more than "
-                   "--throttle-tolerance slower than before the copy, or a physical replica of it lags "
-                   "more than 10 s. off: only the fixed caps, if any.")
-@click.option("--throttle-tolerance", type=click.FloatRange(min=0.0), default=0.2, show_default=True,
-              help="How much slower (as a share) the source's probe may get before the copy slows down.")
+              help="adaptive: hold the copy to --max-latency-impact on the application's transactions on the "
+                   "source (sampled in flight every 20 ms; with no application session the copy is not held "
+                   "back), and slow it while a physical replica lags more than 10 s. off: only the fixed caps.")
+@click.option("--max-latency-impact", type=Duration(per="ms", min=1), default="5ms", show_default=True,
+              help="The adaptive throttle's budget (5ms, 20ms): how much the 95th percentile of the "
+                   "application's transaction latency on the source may grow over what it was before the copy "
+                   "(2s windows). `reshard throttle --max-latency-impact` changes it while the copy runs.")
 @click.option("--on-ddl", type=click.Choice(["apply", "pause", "ignore"]), default=None,
               help="What a schema change on a moving table does while the migration runs. apply (the "
                    "default): placed on the destinations, additive changes at once, destructive ones once "
@@ -57,7 +59,7 @@ from reshard.snapshotter.snapshot import DEFAULT_BATCH_ROWS
 @click.pass_obj
 def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: int, copy_workers: int,
           max_rows_per_second: float | None, max_bytes_per_second: float | None, throttle: str,
-          throttle_tolerance: float, on_ddl: str | None, max_slot_wal: int | None,
+          max_latency_impact: float, on_ddl: str | None, max_slot_wal: int | None,
           skip_checks: tuple[str, ...]) -> None:
     """Create migration NAME (if new), snapshot-copy the moving keys, start Debezium.
 
@@ -83,8 +85,8 @@ def start(ctx: Ctx, name: str, to_path: str, from_path: str | None, batch_rows: 
             co.store.update_settings(name, on_ddl=on_ddl)
         try:
             report = co.start(name, batch_rows=batch_rows, copy_workers=copy_workers, throttle=ThrottleSettings(
-                max_rows_per_second, max_bytes_per_second, throttle == "adaptive", throttle_tolerance,
-                max_slot_wal_bytes=max_slot_wal),
+                max_rows_per_second, max_bytes_per_second, throttle == "adaptive",
+                max_latency_impact_ms=float(max_latency_impact), max_slot_wal_bytes=max_slot_wal),
                 skip_checks=skip_checks)
         except ReshardError:
             # a migration this command created and whose checks failed leaves nothing behind

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import click
 
-from reshard.cli.context import Ctx, Size, emit, json_option
+from reshard.cli.context import Ctx, Duration, Size, emit, json_option
 from reshard.cli.root import cli
 
 PARTS = ("copy", "apply", "complete")
@@ -63,13 +63,15 @@ def resume(ctx: Ctx, name: str, copy: bool, apply: bool, complete: bool) -> None
               help="Cap the copy at this many bytes/s of COPY data per source.")
 @click.option("--max-slot-wal", type=Size(), default=None,
               help="The WAL budget of the stream's slot during the copy (see `start --max-slot-wal`).")
+@click.option("--max-latency-impact", type=Duration(per="ms", min=1), default=None,
+              help="The adaptive throttle's latency budget (see `start --max-latency-impact`).")
 @click.option("--adaptive/--no-adaptive", default=None,
               help="Turn the copy's adaptive throttle (it slows while the source suffers) on or off.")
 @click.option("--clear", is_flag=True, help="Forget every live limit: back to what `start` was given.")
 @json_option
 @click.pass_obj
 def throttle(ctx: Ctx, name: str, max_rows_per_second: float | None, max_bytes_per_second: float | None,
-             max_slot_wal: int | None, adaptive: bool | None, clear: bool) -> None:
+             max_slot_wal: int | None, max_latency_impact: int | None, adaptive: bool | None, clear: bool) -> None:
     """Change how fast migration NAME copies and deletes while it runs. The running copy and
     `complete` obey within 2 s; the limit in force and why show in `reshard status`."""
     from reshard.control.store import ControlStore
@@ -77,11 +79,12 @@ def throttle(ctx: Ctx, name: str, max_rows_per_second: float | None, max_bytes_p
 
     given = {k: v for k, v in (("max_rows_per_second", max_rows_per_second),
                                 ("max_bytes_per_second", max_bytes_per_second),
-                                ("max_slot_wal_bytes", max_slot_wal), ("adaptive", adaptive))
+                                ("max_slot_wal_bytes", max_slot_wal),
+                                ("max_latency_impact_ms", max_latency_impact), ("adaptive", adaptive))
              if v is not None}
     if not given and not clear:
         raise ConfigError("say what to change: --max-rows-per-second, --max-bytes-per-second, --max-slot-wal, "
-                          "--adaptive, --no-adaptive or --clear")
+                          "--max-latency-impact, --adaptive, --no-adaptive or --clear")
     store = ControlStore(ctx.config().control_dsn)
     store.migration(name)
     now = {} if clear else {**(store.migration(name).settings.get("control") or {}).get("throttle", {}), **given}

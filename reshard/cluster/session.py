@@ -11,7 +11,9 @@ from reshard.errors import Unavailable
 # libpq settings every reshard session gets unless its DSN says otherwise: a server or a
 # network path that goes away mid-session is noticed in about 20 s, not after the kernel's
 # two hours (a frozen server process is not: its kernel still answers, see fence.HOLD_MS)
-SESSION_DEFAULTS = {"connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",
+# application_name: reshard's sessions are told apart from the application's (the copy's throttle
+# samples the application's transactions; operators see who is who in pg_stat_activity)
+SESSION_DEFAULTS = {"application_name": "reshard", "connect_timeout": "10", "keepalives": "1", "keepalives_idle": "10", "keepalives_interval": "3",
                     "keepalives_count": "3", "tcp_user_timeout": "20000"}
 
 

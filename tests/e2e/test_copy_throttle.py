@@ -3,6 +3,7 @@ and progress say so while it runs, and the copy still ends complete and equal.""
 
 import json
 import subprocess
+import threading
 import time
 
 import psycopg
@@ -46,6 +47,75 @@ def test_a_rows_per_second_cap_is_shown_in_status_and_holds_the_copy_back(env, t
     held = report["throttle"]["source1"]
     assert held["waited_s"] > 1.0, held  # 24,000 rows under a 3,000 rows/s cap: the copy was held back
     assert "throttled to" in log.read_text()  # progress said so too
+    with ApplierThread(co, name):
+        time.sleep(1.0)
+        co.wait(name, timeout=60)
+    assert_targets_equal_source(env)
+
+
+class Application(threading.Thread):
+    """An application on source1: back-to-back transactions lasting ``self.ms`` (pg_sleep), which
+    the test raises to play an application the copy slows down."""
+
+    def __init__(self, dsn: str):
+        super().__init__(daemon=True)
+        self.dsn, self.ms, self.halt = dsn, 1.0, threading.Event()
+
+    def run(self) -> None:
+        with psycopg.connect(self.dsn, autocommit=True, application_name="ledger") as conn:
+            while not self.halt.is_set():
+                conn.execute("SELECT pg_sleep(%s)", (self.ms / 1000,))
+
+
+def _start(env, tmp_path, name: str, *extra: str) -> subprocess.Popen:
+    cfg = write_config_file(env, tmp_path)
+    _before, after = demo_maps(["target1", "target2"])
+    (tmp_path / "after.yaml").write_text(yaml.safe_dump(after))
+    return subprocess.Popen(reshard_cmd(cfg, "start", name, "--to", str(tmp_path / "after.yaml"), "--batch-rows",
+                                        "2000", "--json", *extra),
+                            stdout=subprocess.PIPE, stderr=open(tmp_path / "start.log", "wb"), text=True)
+
+
+def test_the_default_throttle_holds_nothing_back_without_an_application(env, tmp_path):
+    name = env.migration()
+    co = prepare(env, rows=30_000, migration=name)
+    proc = _start(env, tmp_path, name)
+    out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, (tmp_path / "start.log").read_text()
+    held = json.loads(out)["throttle"]["source1"]
+    assert held["waited_s"] == 0 and held["state"] == "unthrottled", held
+    assert held["latency_budget_ms"] == 5.0
+    assert "adaptive, no application on the source" in (tmp_path / "start.log").read_text()
+    co.teardown(name)
+
+
+def test_the_copy_backs_off_while_the_applications_latency_is_over_the_budget(env, tmp_path):
+    """The application is sampled in flight on the real server: its transactions grow from 1 ms to
+    40 ms once the copy runs, past a 10 ms budget, so the copy backs off to its floor and says why;
+    back at 1 ms the copy grows again and ends complete."""
+    name = env.migration()
+    co = prepare(env, rows=60_000, migration=name)
+    app = Application(env.config.cluster("source1").dsn)
+    app.start()
+    try:
+        time.sleep(1.0)
+        proc = _start(env, tmp_path, name, "--max-latency-impact", "10ms")
+        log = tmp_path / "start.log"
+        wait_for(lambda: _throttle_states(env, name) or "starting slow" in log.read_text(), 60, "the copy to start")
+        assert "adaptive, starting slow" in log.read_text()  # an application was there before the copy
+        app.ms = 40.0
+        wait_for(lambda: "the application's transactions p95 +" in log.read_text(), 30, "the throttle to back off")
+        assert "over the budget 10 ms" in log.read_text()
+        app.ms = 1.0
+        out, _ = proc.communicate(timeout=240)
+    finally:
+        app.halt.set()
+        app.join()
+    assert proc.returncode == 0, log.read_text()
+    report = json.loads(out)
+    assert report["rows_copied"] == 60_000
+    held = report["throttle"]["source1"]
+    assert held["waited_s"] > 0 and held["measured_on"] == "application", held
     with ApplierThread(co, name):
         time.sleep(1.0)
         co.wait(name, timeout=60)

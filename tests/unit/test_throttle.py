@@ -7,6 +7,7 @@ from reshard.snapshotter.throttle import (
     RECOVER,
     START_BYTES_S,
     CopyThrottle,
+    LatencySamples,
     ThrottleSettings,
     ramp_seconds,
 )
@@ -55,36 +56,74 @@ def test_a_rows_limit_uses_the_measured_row_width():
     assert t.limit() == 100_000
 
 
-def test_the_adaptive_limit_backs_off_recovers_and_lifts():
+def test_the_adaptive_limit_backs_off_past_the_budget_recovers_and_lifts():
     clock = Clock()
     changes = []
-    t = CopyThrottle(ThrottleSettings(), on_change=changes.append, clock=clock, sleep=clock.sleep)
-    t.baseline_ms = 1.0
+    t = CopyThrottle(ThrottleSettings(max_latency_impact_ms=5.0), on_change=changes.append, clock=clock,
+                     sleep=clock.sleep)
     for _ in range(40):  # 40 chunks of 1 MiB in two seconds: 20 MiB/s flowing
         t.take(1 << 20)
         clock.now += 0.05
-    t.look(latency=3.0, lag=0.0)  # the source is slower than before the copy: back off
+    t.look(4.0, lag=0.0)  # within the budget: an unthrottled copy stays so
+    assert t.limit() is None
+    t.look(7.5, lag=0.0)  # the application's p95 is 7.5 ms above before the copy: back off
     first = t.limit()
     assert first is not None and first < 20 * (1 << 20) * BACKOFF * 1.1
-    assert "adaptive, source probe 3.0 ms vs 1.0 ms" in t.describe() and changes
+    assert "the application's transactions p95 +7.5 ms on the source, over the budget 5 ms" in t.describe()
+    assert changes
     for _ in range(30):
-        t.look(latency=3.0, lag=0.0)
+        t.look(9.0, lag=0.0, measured_on="statement")
     assert t.limit() == FLOOR_BYTES_S  # never below the floor: the copy always progresses
-    t.look(latency=1.1, lag=0.0)  # within the tolerance: recover gradually
+    assert "a statement p95 +9.0 ms" in t.describe()
+    t.look(1.0, lag=0.0)  # back within the budget: recover gradually
     assert FLOOR_BYTES_S < t.limit() < 2 * FLOOR_BYTES_S
     clock.now += 10  # nothing flowed lately: the limit no longer binds and is lifted
     for _ in range(10):
-        t.look(latency=1.0, lag=0.0)
+        t.look(1.0, lag=0.0)
     assert t.limit() is None and t.describe() == "unthrottled"
-    t.look(latency=1.0, lag=30.0)  # a replica lagging is the other signal
+    t.look(1.0, lag=30.0)  # a replica lagging is the other signal
     assert "a physical replica of the source lags 30 s" in t.describe()
+
+
+def test_no_application_on_the_source_lifts_the_limit_at_once():
+    clock = Clock()
+    t = CopyThrottle(ThrottleSettings(), clock=clock, sleep=clock.sleep)
+    t.look(12.0, lag=0.0)
+    assert t.limit() is not None
+    t.look(None, lag=0.0)  # the application left: no one to spare
+    assert t.limit() is None
+    t.look(None, lag=0.0)
+    assert t.limit() is None and t.reason == "adaptive, no application on the source"
+    t.look(None, lag=30.0)  # replicas are still spared
+    assert t.limit() is not None
+
+
+def test_samples_say_idle_application_or_statement():
+    s = LatencySamples()
+    now = 100.0
+    for i in range(100):  # two seconds of samples, nobody on the source
+        s.add(now + i * 0.02, [], False, 0.5)
+    assert s.judge(now + 2.0) == ("idle", None)
+    for i in range(100):  # an application in flight at every sample, 1..100 ms old
+        s.add(now + 2.0 + i * 0.02, [float(i + 1)], True, 0.5)
+    kind, ms = s.judge(now + 4.0)
+    assert kind == "application" and 94 <= ms <= 96
+    s.add(now + 4.1, [120_000.0], True, 0.5)  # a transaction open for minutes is not latency
+    assert s.judge(now + 4.1)[1] < 100
+    sparse = LatencySamples()
+    for i in range(100):  # present, but too rarely in flight to sample: the statement's trip judges
+        sparse.add(now + i * 0.02, [3.0] if i % 10 == 0 else [], i % 10 == 0, 0.4 + (i % 20) * 0.1)
+    kind, ms = sparse.judge(now + 2.0)
+    assert kind == "statement" and 2.0 <= ms <= 2.3
+    hidden = LatencySamples(sees_all=False)  # other users' sessions hidden: never judged idle
+    hidden.add(now, [], False, 0.7)
+    assert hidden.judge(now + 5.0) == ("statement", 0.7)
 
 
 def test_the_fixed_cap_still_holds_under_a_looser_adaptive_limit():
     clock = Clock()
     t = CopyThrottle(ThrottleSettings(max_bytes_per_s=FLOOR_BYTES_S), clock=clock, sleep=clock.sleep)
-    t.baseline_ms = 1.0
-    t.look(latency=5.0, lag=0.0)
+    t.look(50.0, lag=0.0)
     assert t.limit() == FLOOR_BYTES_S
 
 
