@@ -199,6 +199,8 @@ class CopyThrottle:
             self._conn = psycopg.connect(self._probe_dsn, autocommit=True, connect_timeout=5,
                                          application_name="reshard-copy-throttle")
             row = self._conn.execute(SEES_ALL_SQL).fetchone()
+            for _ in range(3):  # a new session's first statements are slower: not the source's latency
+                self._sample()
             self.samples = LatencySamples(sees_all=bool(row and row[0]))
             started = time.monotonic()
             while time.monotonic() - started < BASELINE_S:
