@@ -406,7 +406,7 @@ class CopyThrottle:
         trip = (time.perf_counter() - t) * 1000
         self.samples.add(time.monotonic(), [float(a) for a in ages], bool(present), trip)
 
-    def _replica_lag_s(self) -> float:
+    def replica_lag_s(self) -> float:
         """The replay lag of the source's physical replicas. A logical slot's walsender (Debezium's
         stream, a subscription) reports replay only when its consumer confirms, so its lag grows
         while the application writes tables the stream does not carry: not a replica."""
@@ -426,7 +426,7 @@ class CopyThrottle:
                 if time.monotonic() < next_look:
                     continue
                 next_look = time.monotonic() + LOOK_EVERY_S
-                lag = self._replica_lag_s()
+                lag = self.replica_lag_s()
             except psycopg.Error:
                 continue  # a source that went away fails the copy itself, with its own message
             kind, ms = self.samples.judge(time.monotonic())

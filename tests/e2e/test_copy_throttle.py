@@ -9,6 +9,7 @@ import time
 import psycopg
 import yaml
 
+from reshard.snapshotter.throttle import LOOK_EVERY_S, CopyThrottle, ThrottleSettings
 from reshard.stack.demo import demo_maps
 from tests.e2e.helpers import (
     ApplierThread,
@@ -120,3 +121,42 @@ def test_the_copy_backs_off_while_the_applications_latency_is_over_the_budget(en
         time.sleep(1.0)
         co.wait(name, timeout=60)
     assert_targets_equal_source(env)
+
+
+def test_debeziums_own_stream_is_not_a_lagging_replica(env, tmp_path):
+    """A logical walsender reports replay only when its consumer confirms: while the application
+    writes tables the stream does not carry, Debezium's walsender shows a replay lag growing by
+    the second. It is not a physical replica, and the throttle must not hold the copy for it."""
+    name = env.migration()
+    co = prepare(env, rows=2_000, migration=name)
+    proc = _start(env, tmp_path, name)
+    _out, _ = proc.communicate(timeout=180)
+    assert proc.returncode == 0, (tmp_path / "start.log").read_text()
+    dsn = env.config.cluster("source1").dsn
+    halt = threading.Event()
+
+    def write() -> None:
+        with psycopg.connect(dsn, autocommit=True, application_name="ledger") as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS public.ledger_notes (id serial PRIMARY KEY, note text)")
+            while not halt.wait(0.01):
+                conn.execute("INSERT INTO public.ledger_notes (note) VALUES ('x')")
+
+    writer = threading.Thread(target=write, daemon=True)
+    writer.start()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            wait_for(lambda: (conn.execute(
+                "SELECT max(extract(epoch FROM replay_lag)) FROM pg_stat_replication "
+                "WHERE application_name LIKE 'Debezium%'").fetchone()[0] or 0) > 11, 60,
+                "Debezium's walsender to show a replay lag past the throttle's 10 s")
+        t = CopyThrottle(ThrottleSettings(), dsn)
+        try:
+            time.sleep(2 * LOOK_EVERY_S + 0.5)
+            assert t.replica_lag_s() == 0.0
+            assert "replica" not in t.reason, t.reason
+        finally:
+            t.close()
+    finally:
+        halt.set()
+        writer.join()
+    co.teardown(name)
