@@ -77,19 +77,6 @@ def _start(env, tmp_path, name: str, *extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=open(tmp_path / "start.log", "wb"), text=True)
 
 
-def test_the_default_throttle_holds_nothing_back_without_an_application(env, tmp_path):
-    name = env.migration()
-    co = prepare(env, rows=30_000, migration=name)
-    proc = _start(env, tmp_path, name)
-    out, _ = proc.communicate(timeout=180)
-    assert proc.returncode == 0, (tmp_path / "start.log").read_text()
-    held = json.loads(out)["throttle"]["source1"]
-    assert held["waited_s"] == 0 and held["state"] == "unthrottled", held
-    assert held["latency_budget_ms"] == 5.0
-    assert "adaptive, no application on the source" in (tmp_path / "start.log").read_text()
-    co.teardown(name)
-
-
 def test_the_copy_backs_off_while_the_applications_latency_is_over_the_budget(env, tmp_path):
     """The application is sampled in flight on the real server: its transactions grow from 1 ms to
     40 ms once the copy runs, past a 10 ms budget, so the copy backs off to its floor and says why;
@@ -123,15 +110,21 @@ def test_the_copy_backs_off_while_the_applications_latency_is_over_the_budget(en
     assert_targets_equal_source(env)
 
 
-def test_debeziums_own_stream_is_not_a_lagging_replica(env, tmp_path):
-    """A logical walsender reports replay only when its consumer confirms: while the application
-    writes tables the stream does not carry, Debezium's walsender shows a replay lag growing by
-    the second. It is not a physical replica, and the throttle must not hold the copy for it."""
+def test_no_application_holds_nothing_back_and_debeziums_stream_is_no_lagging_replica(env, tmp_path):
+    """With no application session on the source the default copy is not held back. Then: a logical
+    walsender reports replay only when its consumer confirms, so while the application writes tables
+    the stream does not carry, Debezium's walsender shows a replay lag growing by the second. It is
+    not a physical replica, and the throttle must not hold the copy for it."""
     name = env.migration()
-    co = prepare(env, rows=2_000, migration=name)
+    co = prepare(env, rows=30_000, migration=name)
     proc = _start(env, tmp_path, name)
-    _out, _ = proc.communicate(timeout=180)
+    out, _ = proc.communicate(timeout=180)
     assert proc.returncode == 0, (tmp_path / "start.log").read_text()
+    held = json.loads(out)["throttle"]["source1"]
+    assert held["waited_s"] == 0 and held["state"] == "unthrottled", held
+    assert held["latency_budget_ms"] == 5.0
+    assert "copy unthrottled (adaptive, no application on the source; latency budget 5 ms)" in (
+        tmp_path / "start.log").read_text()
     dsn = env.config.cluster("source1").dsn
     halt = threading.Event()
 
