@@ -12,16 +12,20 @@ id, read the first time it appears, without a restart.
 from __future__ import annotations
 
 import io
+import logging
 import struct
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import fastavro
 
+from reshard.cdc_applier.envelope_reader import Program, Unsupported, compile_envelope
 from reshard.errors import Unavailable
 from reshard.http import Endpoint, HttpClient, HttpError
 from reshard.retry import retry
 
+log = logging.getLogger("reshard.cdc_applier.avro")
 MAGIC = 0
 HEADER = struct.Struct(">bI")  # magic byte, schema id
 FETCH_ATTEMPTS = 5
@@ -34,8 +38,10 @@ class UnknownSchema(LookupError):
 class WriterSchemas:
     """Parsed writer schemas by id, fetched once each from a Confluent-compatible registry."""
 
-    def __init__(self, url: str, timeout: float = 10.0):
+    def __init__(self, url: str, timeout: float = 10.0, compiled: bool = True):
         self.url = url.rstrip("/")
+        self.compiled = compiled and Program is not None  # envelopes read by compiled programs, not fastavro
+        self._readers: dict[int, Callable[[bytes, int], dict] | None] = {}
         self.http = HttpClient(Endpoint(self.url, "the schema registry", timeout=timeout))
         self._parsed: dict[int, Any] = {}
         self._raw: dict[int, dict] = {}
@@ -47,6 +53,22 @@ class WriterSchemas:
         """The schema as the registry holds it (a JSON document)."""
         self.parsed(schema_id)
         return self._raw[schema_id]
+
+    def envelope_reader(self, schema_id: int) -> Callable[[bytes, int], dict] | None:
+        """The compiled reader of a Debezium envelope of this schema (see envelope_reader.py), or
+        None when fastavro reads it (not an envelope, a shape the reader is not built for)."""
+        try:
+            return self._readers[schema_id]
+        except KeyError:
+            pass
+        reader = None
+        if self.compiled:
+            try:
+                reader = compile_envelope(self.raw(schema_id))
+            except Unsupported as exc:
+                log.info("schema id %s: change events read by fastavro, not the compiled reader: %s", schema_id, exc)
+        self._readers[schema_id] = reader
+        return reader
 
     def parsed(self, schema_id: int) -> Any:
         found = self._parsed.get(schema_id)

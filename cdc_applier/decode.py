@@ -29,6 +29,8 @@ from reshard.cdc_applier import avro
 PLACEHOLDER = "__debezium_unavailable_value"
 _PLACEHOLDER_HEX = PLACEHOLDER.encode().hex()
 _PLACEHOLDER_B64 = base64.b64encode(PLACEHOLDER.encode()).decode()
+_PLACEHOLDER_BYTES = PLACEHOLDER.encode()
+NONE_UNAVAILABLE: frozenset[str] = frozenset()
 EPOCH = dt.datetime(1970, 1, 1)
 EPOCH_DATE = dt.date(1970, 1, 1)
 OPS = {"c", "u", "d", "r", "t"}
@@ -56,8 +58,12 @@ class ChangeEvent:
 
 
 def _unavailable(value: Any) -> bool:
+    """Debezium's placeholder for an unchanged TOAST value: the text, or in a bytea column the
+    text's bytes (Avro) or their hex or base64 (JSON), or an array holding it."""
     if isinstance(value, str):
         return value in (PLACEHOLDER, _PLACEHOLDER_HEX, _PLACEHOLDER_B64)
+    if isinstance(value, bytes):
+        return value == _PLACEHOLDER_BYTES
     if isinstance(value, list):
         return any(_unavailable(v) for v in value)
     return False
@@ -105,20 +111,33 @@ def converter(schema: dict) -> Callable[[Any], Any] | None:
     return None
 
 
+SCALARS = frozenset({"int", "long", "float", "double", "boolean",  # Avro's
+                     "int8", "int16", "int32", "int64", "float32", "float64"})  # Connect's (JSON)
+
+
 @dataclass(frozen=True)
 class _RowPlan:
-    """A row schema, read once: its columns and each column's converter."""
+    """A row schema, read once: its columns, each column's converter, and which columns may hold
+    Debezium's placeholder for an unchanged TOAST value (not numbers or booleans)."""
 
     columns: tuple[str, ...]
     fields: tuple[tuple[str, Callable[[Any], Any] | None, str], ...]  # name, converter, type for messages
+    checked: tuple[str, ...]  # the columns that may hold the placeholder
+    converted: tuple[tuple[str, Callable[[Any], Any], str], ...]  # the columns with a converter
+
+    @classmethod
+    def of(cls, fields: list[tuple[str, Callable[[Any], Any] | None, str, str]]) -> _RowPlan:
+        """From (name, converter, type for messages, base type) per column."""
+        return cls(tuple(f[0] for f in fields), tuple(f[:3] for f in fields),
+                   tuple(f[0] for f in fields if f[3] not in SCALARS),
+                   tuple((name, conv, kind) for name, conv, kind, _ in fields if conv is not None))
 
 
 def _row_plan(envelope_schema: dict, field: str) -> _RowPlan | None:
     for f in envelope_schema.get("fields", []):
         if f.get("field") == field:
-            fields = f.get("fields") or []
-            return _RowPlan(tuple(x["field"] for x in fields),
-                            tuple((x["field"], converter(x), x.get("name") or x.get("type")) for x in fields))
+            return _RowPlan.of([(x["field"], converter(x), x.get("name") or x.get("type"), x.get("type"))
+                                for x in f.get("fields") or []])
     return None
 
 
@@ -148,6 +167,16 @@ def _avro_kind(schema: Any) -> str:
         schema = next((b for b in schema if b != "null"), schema)
     if isinstance(schema, dict):
         return str(schema.get("connect.name") or schema.get("logicalType") or schema.get("type"))
+    return str(schema)
+
+
+def _avro_base(schema: Any) -> str:
+    """The Avro type under the optional union and the annotations (``long``, ``string``, ``record``)."""
+    if isinstance(schema, list):
+        branches = [b for b in schema if b != "null"]
+        schema = branches[0] if len(branches) == 1 else "union"
+    if isinstance(schema, dict):
+        return str(schema.get("type"))
     return str(schema)
 
 
@@ -182,14 +211,14 @@ def _avro_plans(doc: dict) -> dict[str, _RowPlan | None]:
             row = next((records.get(b) or records.get(f"{ns}.{b}") if isinstance(b, str) else b
                         for b in branches if b != "null"), None)
             if isinstance(row, dict) and row.get("type") == "record":
-                fields = row.get("fields", [])
-                plans[field] = _RowPlan(tuple(x["name"] for x in fields),
-                                        tuple((x["name"], avro_converter(x["type"]), _avro_kind(x["type"]))
-                                              for x in fields))
+                plans[field] = _RowPlan.of([(x["name"], avro_converter(x["type"]), _avro_kind(x["type"]),
+                                             _avro_base(x["type"])) for x in row.get("fields", [])])
     return plans
 
 
 def _avro_record(data: bytes, schemas: avro.WriterSchemas | None, what: str) -> tuple[Any, int]:
+    """The record (an envelope is read by its schema's compiled reader when it has one,
+    with fastavro otherwise) and its schema id."""
     sid = avro.schema_id(data)
     if sid is None:
         raise DecodeError(f"{what} is neither JSON nor Avro in the Confluent wire format")
@@ -197,6 +226,9 @@ def _avro_record(data: bytes, schemas: avro.WriterSchemas | None, what: str) -> 
         raise DecodeError(f"{what} is Avro (schema id {sid}) but no kafka.schema_registry_url is configured "
                           "to read its schema")
     try:
+        reader = schemas.envelope_reader(sid) if what == "value" else None
+        if reader is not None:
+            return reader(data, avro.HEADER.size), sid
         return avro.read(data, schemas.parsed(sid)), sid
     except avro.UnknownSchema as exc:
         raise DecodeError(f"{what}: {exc}") from None
@@ -300,7 +332,11 @@ def _key_doc(key: bytes, schemas: avro.WriterSchemas | None, row: Any) -> Any:
                     raise DecodeError(f"key: {exc}") from None
                 fields = schemas.derived[("key", sid)] = tuple(
                     f["name"] for f in doc.get("fields", [])) if isinstance(doc, dict) else ()
-            if fields and all(row.get(f) is not None for f in fields):
+            if len(fields) == 1:  # the usual single-column key: no loop
+                v = row.get(fields[0])
+                if v is not None:
+                    return {fields[0]: v}
+            elif fields and all(row.get(f) is not None for f in fields):
                 return {f: row[f] for f in fields}
         return _avro_record(key, schemas, "key")[0]
     try:
@@ -351,7 +387,32 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
     if plan is None or not isinstance(data, dict):
         raise DecodeError(f"{table}: op {op} without a '{field}' row")
     if op == "d":
-        return ChangeEvent(table, op, key_doc, None, frozenset(), lsn, plan.columns, origin, ts_ms)
+        return ChangeEvent(table, op, key_doc, None, NONE_UNAVAILABLE, lsn, plan.columns, origin, ts_ms)
+    if len(data) == len(plan.columns):
+        row, unavailable = data, NONE_UNAVAILABLE  # the decoded row is this event's own: changed in place
+        for name in plan.checked:
+            try:
+                v = row[name]
+            except KeyError:
+                break  # not the schema's columns: the full pass below says which
+            if v is not None and _unavailable(v):
+                unavailable = unavailable | {name}
+                del row[name]
+        else:
+            for name, conv, kind in plan.converted:
+                v = row.get(name)
+                if v is not None and name not in unavailable:
+                    try:
+                        row[name] = conv(v)
+                    except (TypeError, ValueError, KeyError, ArithmeticError, binascii.Error) as exc:
+                        raise DecodeError(f"{table}.{name}: cannot convert {v!r} ({kind}): {exc}") from None
+            return ChangeEvent(table, op, key_doc, row, unavailable, lsn, plan.columns, origin, ts_ms)
+    return _row_by_column(table, op, key_doc, data, plan, lsn, origin, ts_ms)
+
+
+def _row_by_column(table: str, op: str, key_doc: dict, data: dict, plan: _RowPlan, lsn: int, origin: str | None,
+                   ts_ms: int | None) -> ChangeEvent:
+    """The row a column at a time, for a row that is not exactly its schema's columns (says which is missing)."""
     row: dict[str, Any] = {}
     unavailable = set()
     for name, conv, kind in plan.fields:

@@ -13,6 +13,8 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer
 
+from reshard.cdc_applier import envelope_reader
+from reshard.cdc_applier.avro import WriterSchemas
 from reshard.config import KafkaConfig
 from reshard.coordinator import Coordinator
 from reshard.kafka.admin import client_conf
@@ -107,5 +109,7 @@ def test_every_supported_type_round_trips_exactly(env, fmt):
         schema_id = int.from_bytes(value[1:5], "big")
         with urllib.request.urlopen(f"{env.config.kafka.schema_registry_url}/schemas/ids/{schema_id}/schema") as r:
             assert json.load(r)["name"] == "Envelope"
+        if envelope_reader.Program is not None:  # every type above was read by the compiled reader, not fastavro
+            assert WriterSchemas(env.config.kafka.schema_registry_url).envelope_reader(schema_id) is not None
     else:
         assert json.loads(value)["schema"]["name"].endswith(".Envelope")

@@ -45,8 +45,8 @@ KEY = {"type": "record", "name": "Key", "namespace": NS, "fields": [{"name": "id
 class Registry(WriterSchemas):
     """The registry's answers, from memory (this is a unit test of decoding)."""
 
-    def __init__(self, schemas: dict[int, dict]):
-        super().__init__("http://registry.invalid/apis/ccompat/v7")
+    def __init__(self, schemas: dict[int, dict], compiled: bool = True):
+        super().__init__("http://registry.invalid/apis/ccompat/v7", compiled=compiled)
         self.known = schemas
 
     def _fetch(self, schema_id: int) -> dict:
@@ -74,9 +74,10 @@ def avro_envelope(op, before=None, after=None, lsn=22195456):
 KEY_1 = wire(3, KEY, {"id": 1})
 
 
-@pytest.fixture
-def registry():
-    return Registry({7: ENVELOPE, 3: KEY})
+@pytest.fixture(params=["compiled", "fastavro"])
+def registry(request):
+    """Both readers of envelopes: the compiled one (the default) and fastavro's."""
+    return Registry({7: ENVELOPE, 3: KEY}, compiled=request.param == "compiled")
 
 
 @pytest.mark.parametrize("op,kw", [
@@ -122,3 +123,17 @@ def test_malformed_avro_records_say_why(registry, key, value, reason):
 def test_avro_without_a_registry_says_what_is_missing():
     with pytest.raises(DecodeError, match="no kafka.schema_registry_url"):
         decode(KEY_1, avro_envelope("u", after=ROW), None)
+
+
+def test_an_unchanged_toasted_bytea_in_avro_is_unavailable_not_the_placeholder_bytes(registry):
+    # binary.handling.mode=bytes: Debezium sends the placeholder's bytes for an unchanged TOASTed bytea
+    value_schema = {"type": "record", "name": "Value", "fields": [
+        {"name": "id", "type": "long"}, {"name": "raw", **_opt("bytes")}]}
+    schema = {**ENVELOPE, "fields": [{"name": "before", **_opt(value_schema)}, *ENVELOPE["fields"][1:]]}
+    registry.known[9] = schema
+    value = wire(9, schema, {"before": None, "after": {"id": 1, "raw": PLACEHOLDER.encode()}, "op": "u", "ts_ms": 1,
+                             "source": {"schema": "public", "table": "accounts", "lsn": 5, "origin": None}})
+    ev = decode(KEY_1, value, registry)
+    assert ev.unavailable == {"raw"} and "raw" not in ev.row
+    assert decode(KEY_1, value.replace(PLACEHOLDER.encode(), b"\x00" * len(PLACEHOLDER)), registry).row["raw"] \
+        == b"\x00" * len(PLACEHOLDER)
