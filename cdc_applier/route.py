@@ -22,7 +22,10 @@ class Router:
         self.key_columns = {t: plan.new.group_of(t).key_columns(t) for t in plan.tables()}
         self.streams = list(streams)
         self.by_topic: dict[str, tuple[Stream, str]] = {}
-        self._memo: dict[tuple, str | None] = {}  # (direction, cluster, table, key) -> destination
+        # routes remembered per stream (by identity: the router holds its streams, so no id is reused)
+        # and (table, key): destination
+        self._memos: dict[int, dict[tuple, str | None]] = {id(s): {} for s in self.streams}
+        self._memo_size = 0
         for s in streams:
             for table in plan.tables():
                 self.by_topic[s.topic(table)] = (s, table)
@@ -52,17 +55,20 @@ class Router:
         cols = self.key_columns.get(ev.table)
         if cols is None:
             raise DecodeError(f"change to {ev.table}, which is not a table of this migration")
-        missing = [c for c in cols if c not in ev.key]
-        if missing:
-            raise DecodeError(f"{ev.table}: record key {ev.key} lacks shard key column(s) {', '.join(missing)}")
-        key = tuple(ev.key[c] for c in cols)
-        memo_key: tuple | None = (stream.direction, stream.cluster, ev.table, key)
         try:
-            return self._memo[memo_key]
+            key = (ev.key[cols[0]],) if len(cols) == 1 else tuple([ev.key[c] for c in cols])
+        except KeyError:
+            missing = [c for c in cols if c not in ev.key]
+            raise DecodeError(f"{ev.table}: record key {ev.key} lacks shard key column(s) {', '.join(missing)}") \
+                from None
+        memo = self._memos.get(id(stream))
+        memo_key = (ev.table, key)
+        try:
+            return memo[memo_key]
         except KeyError:
             pass
-        except TypeError:  # an unhashable key value: route it without the memo
-            memo_key = None
+        except TypeError:  # not one of the router's streams, or an unhashable key value: no memo
+            memo = None
         try:
             if stream.direction == Direction.FORWARD:
                 dest = self.plan.route(ev.table, stream.cluster, key)
@@ -71,8 +77,11 @@ class Router:
                 dest = old_owner if new_owner == stream.cluster and old_owner != stream.cluster else None
         except ConfigError as exc:
             raise DecodeError(f"{ev.table}: {exc}") from None
-        if memo_key is not None:
-            if len(self._memo) >= MEMO_KEYS:
-                self._memo.clear()
-            self._memo[memo_key] = dest
+        if memo is not None:
+            if self._memo_size >= MEMO_KEYS:
+                for m in self._memos.values():
+                    m.clear()
+                self._memo_size = 0
+            memo[memo_key] = dest
+            self._memo_size += 1
         return dest

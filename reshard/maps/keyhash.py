@@ -9,8 +9,10 @@ hash partitions of the same modulus and with other tools that use them, and the
 same predicate can run inside ``COPY (SELECT … WHERE …)``, a trigger, and the router.
 
 The Python side reimplements Bob Jenkins' lookup3 as PostgreSQL uses it (little-
-endian word reads). tests/e2e/test_keyhash_live.py checks it against a live server
-with ``satisfies_hash_partition`` on 100,000+ random keys per key type.
+endian word reads); ``_keyhash.c`` compiles the same two functions, and the Python ones
+are the reference it is tested against (and what runs when it was not built).
+tests/e2e/test_keyhash_live.py checks the hash against a live server with
+``satisfies_hash_partition`` on 100,000+ random keys per key type.
 """
 
 from __future__ import annotations
@@ -85,7 +87,7 @@ def _seeded(init: int, seed: int) -> tuple[int, int, int]:
     return a, b, c
 
 
-def hash_bytes_extended(data: bytes, seed: int) -> int:
+def py_hash_bytes_extended(data: bytes, seed: int) -> int:
     """hash_bytes_extended(): 64-bit lookup3 of a byte string (unsigned result)."""
     n = len(data)
     a, b, c = _seeded(0x9E3779B9 + n + 3923095, seed)
@@ -112,11 +114,18 @@ def _seeded_uint32(seed: int) -> tuple[int, int, int]:
     return _seeded(0x9E3779B9 + 4 + 3923095, seed)
 
 
-def hash_uint32_extended(k: int, seed: int) -> int:
+def py_hash_uint32_extended(k: int, seed: int) -> int:
+    """hash_uint32_extended(): 64-bit lookup3 of a 4-byte key (unsigned result)."""
     a, b, c = _seeded_uint32(seed)
     a = (a + (k & M32)) & M32
     a, b, c = _final(a, b, c)
     return (b << 32) | c
+
+
+try:  # the same two functions compiled (_keyhash.c): a route hashes every change event's key
+    from reshard.maps._keyhash import hash_bytes_extended, hash_uint32_extended
+except ImportError:  # built without a C compiler
+    hash_bytes_extended, hash_uint32_extended = py_hash_bytes_extended, py_hash_uint32_extended
 
 
 def hashint8extended(v: int, seed: int) -> int:

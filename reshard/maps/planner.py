@@ -8,8 +8,8 @@ their shard key columns differently) and evaluated in Python through the maps.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from psycopg import sql
@@ -39,6 +39,9 @@ class Plan:
     old: ShardMap
     new: ShardMap
     moves: tuple[Move, ...]
+    # per table, the function that gives a key's (old owner, new owner): built once, called per change
+    _owners: dict[str, Callable[[Sequence[Any]], tuple[str, str]]] = field(
+        default_factory=dict, compare=False, repr=False)
 
     def sources(self) -> list[str]:
         return sorted({m.source for m in self.moves})
@@ -68,11 +71,10 @@ class Plan:
 
     def owners(self, table: str, key: Sequence[Any]) -> tuple[str, str]:
         """(old owner, new owner) of ``key``; between two hash maps the key is hashed once."""
-        og, ng = self.old.group_of(table), self.new.group_of(table)
-        if isinstance(og.scheme, HashScheme) and isinstance(ng.scheme, HashScheme) and og.key_types == ng.key_types:
-            h = partition_hash([coerce_key(v, t) for v, t in zip(key, og.key_types, strict=True)], og.key_types)
-            return og.scheme.assignment[h % og.scheme.buckets], ng.scheme.assignment[h % ng.scheme.buckets]
-        return og.owner(key), ng.owner(key)
+        fn = self._owners.get(table)
+        if fn is None:
+            fn = self._owners[table] = _owners_of(self.old.group_of(table), self.new.group_of(table))
+        return fn(key)
 
     def route(self, table: str, source: str, key: Sequence[Any]) -> str | None:
         """The target a change to ``key`` on ``source`` goes to, or None if it does not move."""
@@ -80,6 +82,24 @@ class Plan:
         if old_owner != source or new_owner == source:
             return None
         return new_owner
+
+
+def _owners_of(og: TableGroup, ng: TableGroup) -> Callable[[Sequence[Any]], tuple[str, str]]:
+    """A table's owners function, its groups and schemes looked up once (the router and the
+    applier call it for every change)."""
+    if isinstance(og.scheme, HashScheme) and isinstance(ng.scheme, HashScheme) and og.key_types == ng.key_types:
+        types = og.key_types
+        old_owner, old_buckets = og.scheme.assignment, og.scheme.buckets
+        new_owner, new_buckets = ng.scheme.assignment, ng.scheme.buckets
+
+        def hashed(key: Sequence[Any]) -> tuple[str, str]:
+            h = partition_hash([coerce_key(v, t) for v, t in zip(key, types, strict=True)], types)
+            return old_owner[h % old_buckets], new_owner[h % new_buckets]
+        return hashed
+
+    def each(key: Sequence[Any]) -> tuple[str, str]:
+        return og.owner(key), ng.owner(key)
+    return each
 
 
 def _same_buckets(a: TableGroup, b: TableGroup) -> bool:

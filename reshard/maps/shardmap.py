@@ -19,6 +19,7 @@ for the applier and the router, and in SQL (``predicate_sql``/``owner_sql``) for
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 import json
 import re
@@ -209,10 +210,13 @@ class RangeScheme:
     types: tuple[str, ...]
     kind: str = "range"
 
+    @functools.cached_property
+    def _los(self) -> list[Any]:
+        """The intervals' lower bounds after the first, for bisect (computed once, not per key)."""
+        return [lo for lo, _hi, _c in self.bounds[1:]]
+
     def owner(self, key: Sequence[Any]) -> str:
-        k = key[0]
-        los = [lo for lo, _hi, _c in self.bounds[1:]]
-        return self.bounds[bisect.bisect_right(los, k)][2]
+        return self.bounds[bisect.bisect_right(self._los, key[0])][2]
 
     def clusters(self) -> set[str]:
         return {c for _lo, _hi, c in self.bounds}

@@ -7,6 +7,8 @@ tests/e2e/test_keyhash_live.py; these vectors pin the algorithm offline.
 import uuid
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from psycopg import sql
 
 from reshard.maps import keyhash as kh
@@ -70,3 +72,15 @@ def test_normalize_type():
     assert kh.normalize_type("int8") == "bigint"
     with pytest.raises(ValueError, match="unsupported shard key type"):
         kh.normalize_type("double precision")
+
+
+@pytest.mark.skipif(kh.hash_bytes_extended is kh.py_hash_bytes_extended, reason="_keyhash was not built")
+@given(st.binary(max_size=64), st.integers(0, U))
+def test_the_compiled_hash_of_bytes_is_the_python_one(data, seed):
+    assert kh.hash_bytes_extended(data, seed) == kh.py_hash_bytes_extended(data, seed)
+
+
+@pytest.mark.skipif(kh.hash_uint32_extended is kh.py_hash_uint32_extended, reason="_keyhash was not built")
+@given(st.integers(0, kh.M32), st.sampled_from([0, S, U, 1]))
+def test_the_compiled_hash_of_a_word_is_the_python_one(k, seed):
+    assert kh.hash_uint32_extended(k, seed) == kh.py_hash_uint32_extended(k, seed)
