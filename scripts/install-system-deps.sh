@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install what reshard needs from Debian's packages, only if it is missing:
-# PostgreSQL 15 server binaries, a Java 17+ runtime, Maven, Python >= 3.11 with venv.
+# PostgreSQL 15 server binaries, a Java 17+ runtime, Maven, Python >= 3.11 with venv, and a C
+# compiler with Python's headers for the applier's two small extensions (reshard runs without
+# them, slower: pip builds them optionally).
 # Idempotent: on a machine that has everything it only checks and exits.
 set -euo pipefail
 
@@ -20,6 +22,9 @@ if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; 
   exit 1
 fi
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+command -v gcc >/dev/null || need+=(gcc)
+python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
+  || need+=(python3-dev)
 
 if (( ${#need[@]} == 0 )); then
   echo "system dependencies: all present"

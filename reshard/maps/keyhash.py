@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import functools
 import uuid as _uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from psycopg import sql
 
@@ -167,6 +168,12 @@ _PY_FUNCS = {
     "text": lambda v, s: hashtextextended(str(v), s),
     "uuid": uuid_hash_extended,
 }
+
+
+def column_hash(key_type: str) -> Callable[[Any], int]:
+    """The seeded hash of one column's value of ``key_type`` (what partition_hash folds)."""
+    fn = _PY_FUNCS[key_type]
+    return lambda v: fn(v, PARTITION_SEED)
 
 
 def hash_combine64(a: int, b: int) -> int:

@@ -15,7 +15,7 @@ from typing import Any
 from psycopg import sql
 
 from reshard.errors import ConfigError
-from reshard.maps.keyhash import partition_hash
+from reshard.maps.keyhash import column_hash, hash_combine64, partition_hash
 from reshard.maps.shardmap import HashScheme, ShardMap, TableGroup, bucket_ranges_text, coerce_key, in_buckets
 
 
@@ -91,6 +91,17 @@ def _owners_of(og: TableGroup, ng: TableGroup) -> Callable[[Sequence[Any]], tupl
         types = og.key_types
         old_owner, old_buckets = og.scheme.assignment, og.scheme.buckets
         new_owner, new_buckets = ng.scheme.assignment, ng.scheme.buckets
+
+        if len(types) == 1:  # the usual single-column key: its column hash, folded once
+            key_type = types[0]
+            column = column_hash(key_type)
+
+            def hashed_one(key: Sequence[Any]) -> tuple[str, str]:
+                if len(key) != 1:
+                    raise ConfigError(f"key {key!r} has {len(key)} values; the shard key has one column")
+                h = hash_combine64(0, column(coerce_key(key[0], key_type)))
+                return old_owner[h % old_buckets], new_owner[h % new_buckets]
+            return hashed_one
 
         def hashed(key: Sequence[Any]) -> tuple[str, str]:
             h = partition_hash([coerce_key(v, t) for v, t in zip(key, types, strict=True)], types)

@@ -1,5 +1,8 @@
 """Moves between map versions: split, merge, N->M, tenant move, scheme change."""
 
+import pytest
+
+from reshard.errors import ConfigError
 from reshard.maps.planner import plan
 from reshard.maps.shardmap import parse_map
 
@@ -82,3 +85,17 @@ def test_overlap_between_migrations_is_exact_for_bucket_maps():
     first = plan(now, m(source1="0-3", target1="4-7"))
     assert overlap(first, plan(now, m(source1="0-5", target2="6-7"))) == "group accounts: both move buckets 6-7 of 8"
     assert overlap(first, plan(now, m(source1="4-7", target2="0-3"))) is None
+
+
+
+def test_a_single_column_key_is_routed_to_the_bucket_partition_hash_gives():
+    from reshard.maps.keyhash import bucket
+
+    p = plan(hmap({"a": "0-7"}, buckets=8), hmap({"a": "0-3", "b": "4-7"}, buckets=8))
+    for k in (-(2**63), -1, 0, 1, 12345, 2**63 - 1):
+        want = "a" if bucket([k], ["bigint"], 8) < 4 else "b"
+        assert p.owners("public.accounts", [k]) == ("a", want)
+    with pytest.raises(ConfigError):
+        p.owners("public.accounts", [1, 2])
+    with pytest.raises(ConfigError):
+        p.owners("public.accounts", ["not a number"])
