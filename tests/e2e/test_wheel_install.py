@@ -29,6 +29,10 @@ def test_the_built_wheel_runs_a_migration_outside_the_checkout(env, tmp_path, in
     work.mkdir()
     probe = subprocess.run([str(venv / "bin/python"), "-c", "import snapshotter"], cwd=work, capture_output=True)
     assert probe.returncode != 0 and b"No module named 'snapshotter'" in probe.stderr
+    # the applier's compiled Avro reader and key hash were built into the wheel and load
+    compiled = subprocess.run([str(venv / "bin/python"), "-c", "import reshard.cdc_applier._envelope, "
+                               "reshard.maps._keyhash"], cwd=work, capture_output=True, text=True)
+    assert compiled.returncode == 0, compiled.stderr
     cfg = write_config_file(env, tmp_path)
     user_env = {k: v for k, v in os.environ.items() if k != CHECK_ENV}  # a user has no jsonschema installed
     out = subprocess.run([str(venv / "bin/reshard"), "--config", str(cfg), "--progress", "off", "demo",
