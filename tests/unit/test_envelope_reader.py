@@ -181,3 +181,63 @@ def test_an_envelope_it_is_not_built_for_says_why():
         {"name": "op", "type": "string"}]}
     with pytest.raises(Unsupported, match="logical type decimal"):
         compile_envelope(doc)
+
+
+def _opt(t):
+    return {"type": ["null", t], "default": None}
+
+
+# the envelope Debezium 3 writes through the Apicurio converter (as read back from the registry),
+# around a row of EVERYTHING's types
+DEBEZIUM_ROW = {**EVERYTHING, "name": "Value", "namespace": "reshard.m.fwd.source1.public.t"}
+DEBEZIUM = {"type": "record", "name": "Envelope", "namespace": "reshard.m.fwd.source1.public.t", "fields": [
+    {"name": "before", **_opt(DEBEZIUM_ROW)},
+    {"name": "after", **_opt("Value")},
+    {"name": "source", "type": {"type": "record", "name": "Source", "namespace": "io.debezium.connector.postgresql",
+                                "fields": [
+        {"name": "version", "type": "string"}, {"name": "connector", "type": "string"},
+        {"name": "name", "type": "string"}, {"name": "ts_ms", "type": "long"},
+        {"name": "snapshot", "type": [{"type": "string", "connect.name": "io.debezium.data.Enum"}, "null"],
+         "default": "false"},
+        {"name": "db", "type": "string"}, {"name": "sequence", **_opt("string")},
+        {"name": "ts_us", **_opt("long")}, {"name": "ts_ns", **_opt("long")},
+        {"name": "schema", "type": "string"}, {"name": "table", "type": "string"},
+        {"name": "txId", **_opt("long")}, {"name": "lsn", **_opt("long")}, {"name": "xmin", **_opt("long")},
+        {"name": "origin", **_opt("string")}, {"name": "origin_lsn", **_opt("long")}]}},
+    {"name": "transaction", **_opt({"type": "record", "name": "block", "namespace": "event", "fields": [
+        {"name": "id", "type": "string"}, {"name": "total_order", "type": "long"},
+        {"name": "data_collection_order", "type": "long"}]})},
+    {"name": "op", "type": "string"},
+    {"name": "ts_ms", **_opt("long")}, {"name": "ts_us", **_opt("long")}, {"name": "ts_ns", **_opt("long")},
+]}
+DEBEZIUM_PARSED = fastavro.parse_schema(DEBEZIUM)
+READ_ENVELOPE = compile_envelope(DEBEZIUM)
+LONGS = st.integers(-2**63, 2**63 - 1)
+SOURCES = st.fixed_dictionaries({
+    "version": st.text(max_size=12), "connector": st.just("postgresql"), "name": st.text(max_size=30),
+    "ts_ms": LONGS, "snapshot": st.sampled_from(["true", "false", "last", None]), "db": st.text(max_size=10),
+    "sequence": st.none() | st.text(max_size=40), "ts_us": st.none() | LONGS, "ts_ns": st.none() | LONGS,
+    "schema": st.text(max_size=10), "table": st.text(max_size=10), "txId": st.none() | LONGS,
+    "lsn": st.none() | LONGS, "xmin": st.none() | LONGS, "origin": st.none() | st.text(max_size=20),
+    "origin_lsn": st.none() | LONGS})
+ENVELOPES = st.fixed_dictionaries({
+    "before": st.none() | ROWS, "after": st.none() | ROWS, "source": SOURCES,
+    "transaction": st.none() | st.fixed_dictionaries({"id": st.text(max_size=10), "total_order": LONGS,
+                                                      "data_collection_order": LONGS}),
+    "op": st.sampled_from(["c", "u", "d", "r", "t"]), "ts_ms": st.none() | LONGS, "ts_us": st.none() | LONGS,
+    "ts_ns": st.none() | LONGS})
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(ENVELOPES, st.data())
+def test_debeziums_envelope_reads_as_fastavro_reads_the_fields_decode_uses(envelope, data):
+    out = io.BytesIO()
+    fastavro.schemaless_writer(out, DEBEZIUM_PARSED, envelope)
+    body = out.getvalue()
+    full = fastavro.schemaless_reader(io.BytesIO(body), DEBEZIUM_PARSED, None)
+    want = {"before": full["before"], "after": full["after"], "op": full["op"],
+            "source": {k: full["source"][k] for k in ("ts_ms", "schema", "table", "lsn", "origin")}}
+    assert READ_ENVELOPE(b"\x00\x00\x00\x00\x01" + body, 5) == want
+    cut = data.draw(st.integers(0, len(body) - 1))
+    with pytest.raises(ValueError):
+        READ_ENVELOPE(body[:cut], 0)  # a truncated envelope never reads as one
