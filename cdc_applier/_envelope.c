@@ -238,7 +238,7 @@ static int run(Program *p, Py_ssize_t pc, Py_ssize_t end, Cursor *c, PyObject *s
                 PyErr_SetString(PyExc_RuntimeError, "a record program pushed fewer values than its fields");
                 return -1;
             }
-            PyObject *d = _PyDict_NewPresized(n);
+            PyObject *d = PyDict_New();
             if (d == NULL) return -1;
             for (Py_ssize_t f = 0; f < n; f++) {
                 if (PyDict_SetItem(d, PyTuple_GET_ITEM(names, f), PyList_GET_ITEM(stack, top - n + f)) < 0) {

@@ -397,8 +397,9 @@ def decode(key: bytes | None, value: bytes | None, schemas: avro.WriterSchemas |
                 break  # not the schema's columns: the full pass below says which
             if v is not None and _unavailable(v):
                 unavailable = unavailable | {name}
-                del row[name]
         else:
+            for name in unavailable:
+                del row[name]
             for name, conv, kind in plan.converted:
                 v = row.get(name)
                 if v is not None and name not in unavailable:

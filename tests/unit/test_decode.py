@@ -79,6 +79,9 @@ def test_truncate_is_decoded_for_the_applier_to_refuse():
     (b"[]", envelope("u", after=ROW), "not an object of primary-key columns"),
     (b'{"id":1}', envelope("u", after=None), "without a 'after' row"),
     (b'{"id":1}', envelope("u", after={"id": 1}), "in the schema but not in the row"),
+    # as many columns as the schema, one misnamed, an earlier one unchanged TOAST: the misnamed one is named
+    (b'{"id":1}', envelope("u", after={**{k: v for k, v in ROW.items() if k != "attrs"}, "name": PLACEHOLDER,
+                                       "atrs": "{}"}), "column attrs is in the schema but not in the row"),
     (b'{"id":1}', envelope("u", after=dict(ROW, d="soon")), "cannot convert"),
     (b'{"id":1}', envelope("u", after=ROW, lsn="zz"), "not an integer"),
 ])
