@@ -65,6 +65,9 @@ log = logging.getLogger("reshard.cdc_applier.worker")
 SUMMARY_EVERY_S = 30.0  # a running worker says what it did this often, busy or idle
 
 HEARTBEAT_S = 2.0
+POLL_S = 0.1  # an idle worker waits this long for a record before it looks around (heartbeat, stop, pause)
+FETCH_WAIT_MS = 10
+LINGER_S = 0.005  # a batch that is not full waits this long for more records (fewer, larger target transactions)
 SAMPLE_EVERY_S = 10.0  # a worker records what it measured for `reshard report` this often (at heartbeats)
 RATE_WINDOW_S = 10.0  # the "current" apply rate a worker reports is over about this long
 KAFKA_OUTAGE_S = 300.0  # how long a worker waits for an unreachable Kafka before it exits (4)
@@ -282,7 +285,7 @@ class Applier:
                 if self.ddl.paused is not None:
                     raise self.ddl.paused  # a schema change the policy will not place: stop before its rows
                 self._obey(consumer)
-                msgs = consumer.consume(self.batch_size, timeout=0.1)
+                msgs = self._fetch(consumer)
                 if not msgs and not inflight:
                     self.metrics.idle()
                     summary.idle()
@@ -315,6 +318,21 @@ class Applier:
             self._shut_down(consumer, pool, settle)
         return self.stats
 
+    def _fetch(self, consumer: Consumer) -> list:
+        """Up to a batch of records: what is waiting, at once; else the first record to arrive
+        (within POLL_S) and what follows it within LINGER_S. ``consume`` alone waits its whole
+        timeout for a batch that is not full (librdkafka), which held a trickle of changes,
+        and a cutover's drain inside the write pause, for up to that long."""
+        msgs = consumer.consume(self.batch_size, timeout=0)
+        if not msgs:
+            first = consumer.poll(POLL_S)
+            if first is None:
+                return []
+            msgs = [first]
+        if len(msgs) < self.batch_size:
+            msgs += consumer.consume(self.batch_size - len(msgs), timeout=LINGER_S)
+        return msgs
+
     def _obey(self, consumer: Consumer) -> None:
         """`reshard pause --apply`: stop fetching (the partitions this member holds are paused,
         again after a rebalance; what was fetched before is applied and committed as usual),
@@ -341,8 +359,9 @@ class Applier:
             "partition.assignment.strategy": "cooperative-sticky",
             # a worker that dies (SIGKILL, lost host) gives its partitions away within 10 s
             "session.timeout.ms": 10000,
-            # large fetches, bounded: at most ~64 MB waits in the client
-            "fetch.min.bytes": 65536, "fetch.wait.max.ms": 50, "queued.max.messages.kbytes": 65536,
+            # large fetches, bounded: at most ~64 MB waits in the client; a trickle is fetched
+            # within 10 ms (the broker holds a fetch below fetch.min.bytes that long)
+            "fetch.min.bytes": 65536, "fetch.wait.max.ms": FETCH_WAIT_MS, "queued.max.messages.kbytes": 65536,
             "error_cb": self._on_kafka_error,
             "statistics.interval.ms": STATS_INTERVAL_MS, "stats_cb": self.metrics.kafka_stats,
         }))
