@@ -124,6 +124,7 @@ def main() -> None:
             cut = cutover(config, co.store, NAME, SwitchOptions(max_write_pause=2.0, require_verified=r == 0))
             if cut.outcome != Outcome.DONE:
                 raise SystemExit(f"round {r + 1}: cutover {cut.outcome}: {cut.message}")
+            cut_attempt = co.store.attempts(NAME)[-1]["attempt"]
             time.sleep(2)
             cut_stall = load.stats.max_stall_ms
             load.stats.max_stall_ms = 0.0
@@ -133,7 +134,7 @@ def main() -> None:
             time.sleep(2)
             took = {st["step"]: st["ms"] for st in cut.steps}
             in_pause = {k: took.get(k, 0.0) for k in PAUSE_STEPS}
-            drained = co.store.steps(NAME, co.store.attempts(NAME)[-1]["attempt"])["drain"]["detail"]
+            drained = co.store.steps(NAME, cut_attempt)["drain"]["detail"]  # the cutover's, not the rollback's
             rounds.append({"cutover_pause_ms": cut.pause_ms, "cutover_drain_ms": cut.drain_ms,
                            # the drain: Debezium confirming the position, then the appliers' offsets reaching the ends
                            "cutover_drain_confirm_ms": drained["confirm_ms"], "cutover_drain_apply_ms": drained["apply_ms"],

@@ -5,7 +5,12 @@
     -> flip from-side -> flip to-side -> ACTIVATE          from the fence request
     -> after flip (reverse streams / their teardown)       to the activation)
 
-Every step is recorded in the control database before and after it runs.
+Every step is recorded in the control database before and after it runs. Inside the
+write pause the records are kept back and written in one transaction (each with the
+time it happened) at the points that need them on disk: just before the targets' flip
+(the point of no return below, recorded before it runs), after the activation, or after
+a back-out unfenced the writes. A round trip to the control database per record cost
+~70 ms of the pause on a loaded 2-core machine.
 
 THE POINT OF NO RETURN is the start of the to-side's flip (``flip_to``): from that
 moment a target may accept writes for the moving keys. Before it, any failure or the
@@ -44,6 +49,7 @@ from reshard.control import states
 from reshard.control.lease import Lease
 from reshard.control.states import State
 from reshard.control.store import ControlStore
+from reshard.control.switch import StepRecord
 from reshard.cutover import gates as g
 from reshard.cutover.steps import CutoverSteps, DryRunSteps, LiveSteps, Switch, SwitchKind
 from reshard.cutover.waves import next_wave
@@ -121,6 +127,7 @@ def _margin(budget: float) -> float:
 # the steps of the pause that act on clusters or routing: each runs only if this process
 # still holds the migration's lease (the budget is checked before the flips, see _Attempt.run)
 GUARDED = ("drain_position", "drain", "sequences", "flip_from", "flip_to", "activate")
+NO_RETURN = "flip_to"  # the point of no return: the step a rerun's recovery looks for (see recover)
 
 
 class Orchestrator:
@@ -197,7 +204,7 @@ class Orchestrator:
             steps = LiveSteps(self.config, self.store, sw)
             recorded = self.store.steps(migration, a["attempt"])
             try:
-                if self.store.active_epoch() == plan["epoch"] or "flip_to" in recorded:
+                if self.store.active_epoch() == plan["epoch"] or NO_RETURN in recorded:
                     # past the point of no return: a target may have accepted writes, so the
                     # only safe way is forward (the flips are idempotent)
                     steps.flip_to(plan["epoch"])
@@ -284,7 +291,7 @@ class _Attempt:
         self.number: int | None = None  # the attempt's number in the control database (None: dry run)
         self.t0 = time.monotonic()
         self.deadline = float("inf")  # monotonic: fence request + budget
-        self.failures: list[tuple[str, str]] = []  # steps failed inside the pause, recorded after the back-out
+        self.held: list[StepRecord] | None = None  # the pause's step records, not yet written (None: write each)
         self.left_to_recovery = False  # past the point of no return and not finished, or the lease was lost
 
     # ---- recording ---------------------------------------------------------------------------
@@ -294,25 +301,38 @@ class _Attempt:
         if not self.opts.dry_run and name in GUARDED and self.orch.lease is not None:
             self.orch.lease.check()
 
+    def record(self, name: str, status: str, **detail: Any) -> None:
+        """A step's record: written now, or kept back while the pause holds records."""
+        if self.number is None:
+            return
+        rec = StepRecord(name, status, detail, time.monotonic())
+        if self.held is not None:
+            self.held.append(rec)
+        else:
+            self.store.record_steps(self.sw.migration, self.number, [rec])
+
+    def write_held(self, *, hold_on: bool = False) -> None:
+        """Write the records kept back, in one transaction; ``hold_on``: keep holding after."""
+        held, self.held = self.held, ([] if hold_on else None)
+        if held and self.number is not None:
+            self.store.record_steps(self.sw.migration, self.number, held)
+
     def step(self, name: str, fn: Callable[..., Any], *args: Any) -> Any:
         failpoint(name, "before")
         self.guard(name)
-        if self.number is not None:
-            self.store.step(self.sw.migration, self.number, name, "started")
+        self.record(name, "started")
+        if name == NO_RETURN and self.held is not None:
+            self.write_held(hold_on=True)  # on disk before the point of no return is passed
         t = time.monotonic()
         try:
             out = fn(*args)
         except Exception as exc:
-            if self.number is not None and self.deadline != float("inf") and not self.left_to_recovery:
-                self.failures.append((name, str(exc)))  # unfence first: recorded by back_out()
-            elif self.number is not None:
-                with contextlib.suppress(Exception):
-                    self.store.step(self.sw.migration, self.number, name, "failed", error=str(exc))
+            with contextlib.suppress(Exception):  # inside the pause: written after the back-out unfenced
+                self.record(name, "failed", error=str(exc))
             raise
         ms = round((time.monotonic() - t) * 1000, 1)
         detail = out if isinstance(out, dict) and all(isinstance(k, str) for k in out) else {}
-        if self.number is not None:
-            self.store.step(self.sw.migration, self.number, name, "done", ms=ms, **detail)
+        self.record(name, "done", ms=ms, **detail)
         self.result.steps.append({"step": name, "ms": ms})
         failpoint(name, "after")
         return out
@@ -332,10 +352,8 @@ class _Attempt:
         unfenced = self.steps.unfenced_at or time.monotonic()
         self.result.unfenced_after_ms = round((unfenced - self.t0) * 1000, 1)
         ms = round((time.monotonic() - t) * 1000, 1)
-        if self.number is not None:
-            for name, error in self.failures:
-                self.store.step(self.sw.migration, self.number, name, "failed", error=error)
-            self.store.step(self.sw.migration, self.number, "back_out", "done", ms=ms, **out)
+        self.record("back_out", "done", ms=ms, **out)
+        self.write_held()
         self.result.steps.append({"step": "back_out", "ms": ms})
 
     def backed_out(self, outcome: Outcome, code: ExitCode, message: str, detail: dict) -> SwitchResult:
@@ -368,6 +386,16 @@ class _Attempt:
         failpoint("fence", "before")  # fires here, not in step(): the budget starts at the fence request
         self.t0 = time.monotonic()
         self.deadline = self.t0 + budget
+        self.held = []  # the pause's records, written at the flip, the activation or the back-out
+        try:
+            return self.pause(epoch, budget, rules)
+        finally:
+            with contextlib.suppress(Exception):  # what an error or a lost lease left held, at the latest
+                self.write_held()
+
+    def pause(self, epoch: int, budget: float, rules: list[dict]) -> SwitchResult:
+        """From the fence to the activation (and what follows it)."""
+        opts, steps, result = self.opts, self.steps, self.result
         try:
             deadlines = self.step("fence", steps.fence_from, budget)
             positions = self.step("drain_position", steps.drain_position)
@@ -428,6 +456,7 @@ class _Attempt:
             return steps.activate(epoch, result.pause_ms, result.drain_ms or 0)
 
         self.persist("activate", activate)
+        self.write_held()  # the pause is over
         assert result.pause_ms is not None
         if not opts.dry_run and sw.kind == SwitchKind.CUTOVER:
             self.store.set_wave_pause(sw.migration, sw.wave or 1, result.pause_ms)

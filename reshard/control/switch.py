@@ -4,15 +4,55 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
 
+from reshard.control.base import ACTOR
 from reshard.control.records import MigrationRecords
 from reshard.control.states import State
 
 log = logging.getLogger("reshard.control")
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """A step of a switch started, done or failed; ``at`` is when (``time.monotonic()``),
+    None for now."""
+
+    step: str
+    status: str  # started | done | failed
+    detail: dict = field(default_factory=dict)
+    at: float | None = None
+
+
+# One record, one statement: the step's row is inserted (next seq) or updated, and a
+# step's end goes to the audit log with how long the step took; returns that time.
+_RECORD_STEP = """
+WITH t AS (SELECT now() - make_interval(secs => %(ago)s) AS at),
+prev AS (SELECT seq, started_at FROM reshard.cutover_steps
+         WHERE migration = %(m)s AND attempt = %(a)s AND step = %(step)s),
+added AS (
+    INSERT INTO reshard.cutover_steps (migration, attempt, seq, step, status, detail, started_at, finished_at)
+    SELECT %(m)s, %(a)s, coalesce((SELECT max(seq) FROM reshard.cutover_steps
+                                   WHERE migration = %(m)s AND attempt = %(a)s), 0) + 1,
+           %(step)s, %(status)s, %(detail)s, t.at, CASE WHEN %(status)s = 'started' THEN NULL ELSE t.at END
+    FROM t WHERE NOT EXISTS (SELECT 1 FROM prev)),
+changed AS (
+    UPDATE reshard.cutover_steps s SET status = %(status)s, detail = s.detail || %(detail)s,
+           finished_at = CASE WHEN %(status)s = 'started' THEN NULL ELSE (SELECT at FROM t) END
+    FROM prev WHERE s.migration = %(m)s AND s.attempt = %(a)s AND s.seq = prev.seq),
+audited AS (
+    INSERT INTO reshard.audit_log (migration, actor, event, detail, at)
+    SELECT %(m)s, %(actor)s, 'step.' || %(status)s, %(detail)s || jsonb_build_object(
+               'attempt', %(a)s, 'step', %(step)s,
+               'seconds', coalesce(round(extract(epoch FROM t.at - prev.started_at), 4), 0.0)), t.at
+    FROM t LEFT JOIN prev ON true WHERE %(status)s <> 'started')
+SELECT extract(epoch FROM (SELECT at FROM t) - (SELECT started_at FROM prev))::float8 AS took
+"""
 
 
 class SwitchRecords(MigrationRecords):
@@ -116,38 +156,32 @@ class SwitchRecords(MigrationRecords):
 
     def step(self, migration: str, attempt: int, step: str, status: str, **detail: Any) -> None:
         """Record a step as started, done or failed (one row per step and attempt)."""
-        with self.connect() as conn, conn.transaction():
-            row = conn.execute(
-                "SELECT seq, extract(epoch FROM now() - started_at)::float8 AS took FROM reshard.cutover_steps "
-                "WHERE migration = %s AND attempt = %s AND step = %s",
-                (migration, attempt, step),
-            ).fetchone()
-            payload = Jsonb(json.loads(json.dumps(detail, default=str)))
-            if status != "started":
-                self._audit(conn, migration, f"step.{status}", **{
-                    **detail, "attempt": attempt, "step": step, "seconds": round(row["took"], 4) if row else 0.0})
-            if row is None:
-                seq = conn.execute(
-                    "SELECT coalesce(max(seq), 0) + 1 AS n FROM reshard.cutover_steps "
-                    "WHERE migration = %s AND attempt = %s", (migration, attempt),
-                ).fetchone()["n"]
-                conn.execute(
-                    "INSERT INTO reshard.cutover_steps (migration, attempt, seq, step, status, detail, finished_at) "
-                    "VALUES (%s, %s, %s, %s, %s, %s, CASE WHEN %s = 'started' THEN NULL ELSE now() END)",
-                    (migration, attempt, seq, step, status, payload, status),
-                )
-            else:
-                conn.execute(
-                    "UPDATE reshard.cutover_steps SET status = %s, detail = detail || %s, "
-                    "finished_at = CASE WHEN %s = 'started' THEN NULL ELSE now() END "
-                    "WHERE migration = %s AND attempt = %s AND seq = %s",
-                    (status, payload, status, migration, attempt, row["seq"]),
-                )
-        took = f" after {row['took']:.3f}s" if row and status != "started" else ""
-        log.log(logging.WARNING if status == "failed" else logging.INFO, "step %s %s%s", step, status, took,
-                extra={"migration": migration, "attempt": attempt, "step": step,
-                       "fields": {"status": status, **({"seconds": round(row["took"], 4)} if took else {}),
-                                  **json.loads(json.dumps(detail, default=str))}})
+        self.record_steps(migration, attempt, [StepRecord(step, status, detail)])
+
+    def record_steps(self, migration: str, attempt: int, records: list[StepRecord]) -> None:
+        """Record steps in one transaction, in one round trip: a cutover keeps the records
+        of its write pause back and writes them all at once (see cutover/orchestrator.py).
+        Each record's time is when it happened, placed on this database's clock."""
+        if not records:
+            return
+        now = time.monotonic()
+        params = [{"m": migration, "a": attempt, "step": r.step, "status": r.status, "actor": ACTOR,
+                   "detail": Jsonb(json.loads(json.dumps(r.detail, default=str))),
+                   "ago": max(0.0, now - r.at) if r.at is not None else 0.0} for r in records]
+        took: list[float | None] = []
+        with self.connect() as conn, conn.cursor() as cur:
+            cur.executemany(_RECORD_STEP, params, returning=True)
+            while True:
+                took.append(cur.fetchone()["took"])
+                if not cur.nextset():
+                    break
+        for r, seconds in zip(records, took):
+            took_s = round(seconds, 4) if seconds is not None and r.status != "started" else None
+            log.log(logging.WARNING if r.status == "failed" else logging.INFO, "step %s %s%s", r.step, r.status,
+                    "" if took_s is None else f" after {took_s:.3f}s",
+                    extra={"migration": migration, "attempt": attempt, "step": r.step,
+                           "fields": {"status": r.status, **({} if took_s is None else {"seconds": took_s}),
+                                      **json.loads(json.dumps(r.detail, default=str))}})
 
     def steps(self, migration: str, attempt: int) -> dict[str, dict]:
         with self.connect() as conn:

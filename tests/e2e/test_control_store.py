@@ -4,12 +4,15 @@ its connection's transaction. A per-thread store keeps one session per thread an
 replaces one the server ended."""
 
 import threading
+import time
 
 import psycopg
 import pytest
 
 from reshard.control.store import ControlStore
+from reshard.control.switch import StepRecord
 from reshard.errors import Unavailable
+from reshard.maps.planner import plan
 from reshard.maps.shardmap import parse_map
 
 
@@ -87,3 +90,38 @@ def test_a_per_thread_store_keeps_a_session_per_thread_and_replaces_one_the_serv
     # ... and the next one opens another
     assert _backend(store) not in (mine, *theirs)
     store.close()
+
+
+@pytest.mark.e2e
+def test_step_records_kept_back_are_written_at_once_with_the_times_they_happened(env):
+    """A cutover keeps its write pause's step records back and writes them in one
+    transaction: each row says when its step started and ended (on the database's clock,
+    not the time of the write), a later record of a step updates its row, and a step's
+    end reaches the audit log with how long it took."""
+    store = ControlStore(env.config.control_dsn)
+    old, new = _map(env, split=False), _map(env, split=True)
+    first, _ = store.register_map(old)
+    second, _ = store.register_map(new)
+    name = f"steps{time.time_ns() % 10**9}"
+    store.create_migration(name, first, second, plan(old, new), {})
+    n = store.begin_attempt(name, "cutover", 1, {"epoch": second})
+    t = time.monotonic()
+    held = [StepRecord("fence", "started", {}, t - 0.9), StepRecord("fence", "done", {"ms": 300}, t - 0.6),
+            StepRecord("drain", "started", {}, t - 0.6), StepRecord("drain", "failed", {"error": "x"}, t - 0.1)]
+    store.record_steps(name, n, held)
+    store.step(name, n, "drain", "started")  # a retry: the same row, started again
+    store.step(name, n, "drain", "done", ms=5)
+    steps = store.steps(name, n)
+    assert list(steps) == ["fence", "drain"]
+    fence, drain = steps["fence"], steps["drain"]
+    assert fence["status"] == "done" and fence["detail"] == {"ms": 300}
+    took = (fence["finished_at"] - fence["started_at"]).total_seconds()
+    assert 0.25 < took < 0.35  # 0.3 s apart, however long the write took
+    assert drain["status"] == "done" and drain["detail"] == {"error": "x", "ms": 5}
+    assert drain["started_at"] == fence["finished_at"]
+    with psycopg.connect(env.config.control_dsn) as conn:
+        rows = conn.execute("SELECT event, detail FROM reshard.audit_log WHERE migration = %s AND event LIKE "
+                            "'step.%%' ORDER BY id", (name,)).fetchall()
+    assert [(e, d["step"]) for e, d in rows] == [("step.done", "fence"), ("step.failed", "drain"),
+                                                 ("step.done", "drain")]
+    assert 0.25 < float(rows[0][1]["seconds"]) < 0.35

@@ -37,8 +37,8 @@ class FakeStore:
     def set_state(self, _m, state, **_k):
         self.states.append(state)
 
-    def step(self, _m, _attempt, name, status, **_k):
-        self.steps.append((name, status))
+    def record_steps(self, _m, _attempt, records):
+        self.steps.extend((r.step, r.status) for r in records)
 
     def finish_attempt(self, _m, _attempt, state, _detail):
         self.finished.append(state)
