@@ -280,38 +280,54 @@ def install(conn: psycopg.Connection[Any], spec: FenceSpec, lock_timeout_ms: int
     ``point`` names the failpoint ``<point>:locked``, reached holding the first table's lock.
     Returns the tables fenced.
     """
-    tables = sorted(_present(conn, spec.table_list()))
+    found = _found(conn, spec.table_list())
+    tables = sorted(t for t, (_trigger, _state) in found.items())
     if not tables:
         return []
-    conn.execute(STATE_SQL)
+    if not next(iter(found.values()))[1]:
+        conn.execute(STATE_SQL)
     give_up = time.monotonic() + lock_timeout_ms / 1000
     changed: list[str] = []
     for t in tables:
         with _one_table(conn, t, give_up, changed, hold_ms):
             failpoint(point, "locked")
-            if only_before is not None:
-                in_time = conn.execute("SELECT clock_timestamp() < %s::timestamptz", (only_before,)).fetchone()[0]
-                if not in_time:
-                    raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
-            conn.execute(sql.SQL("CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
-                                 "AS $$ SELECT {}::bigint $$").format(sql.Literal(int(spec.epoch))))
-            conn.execute(trigger_function_sql(spec, t))
-            exists = conn.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgrelid = %s::regclass AND tgname = %s",
-                (table_ident(t).as_string(conn), TRIGGER)).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
-                                     "FOR EACH ROW EXECUTE FUNCTION reshard.{}()").format(
-                    sql.Identifier(TRIGGER), table_ident(t), sql.Identifier(function_name(t))))
-            conn.execute(sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table_ident(t), sql.Identifier(TRIGGER)))
-            conn.execute(
-                "INSERT INTO reshard.fence_state (tbl, cluster, epoch, mode, note) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (tbl) DO UPDATE SET cluster = EXCLUDED.cluster, epoch = EXCLUDED.epoch, "
-                "mode = EXCLUDED.mode, note = EXCLUDED.note, installed_at = now()",
-                (t, spec.cluster, spec.epoch, spec.mode, spec.note),
-            )
+            # the table is locked: its changes go in one round trip (each costs a millisecond or
+            # more inside the write pause on a loaded host), as one simple-query message, not a
+            # pipeline: the server runs it whole and then waits idle in the transaction, where
+            # hold_ms ends it if this process froze; between a pipeline's statements nothing would
+            changes = [
+                sql.SQL("CREATE OR REPLACE FUNCTION reshard.shard_epoch() RETURNS bigint LANGUAGE sql STABLE "
+                        "AS $$ SELECT {}::bigint $$").format(sql.Literal(int(spec.epoch))),
+                trigger_function_sql(spec, t),
+                *([] if found[t][0] else [sql.SQL(
+                    "CREATE OR REPLACE TRIGGER {} BEFORE INSERT OR UPDATE OR DELETE ON {} "
+                    "FOR EACH ROW EXECUTE FUNCTION reshard.{}()").format(
+                    sql.Identifier(TRIGGER), table_ident(t), sql.Identifier(function_name(t)))]),
+                sql.SQL("ALTER TABLE {} ENABLE ALWAYS TRIGGER {}").format(table_ident(t), sql.Identifier(TRIGGER)),
+                sql.SQL("INSERT INTO reshard.fence_state (tbl, cluster, epoch, mode, note) VALUES ({}) "
+                        "ON CONFLICT (tbl) DO UPDATE SET cluster = EXCLUDED.cluster, epoch = EXCLUDED.epoch, "
+                        "mode = EXCLUDED.mode, note = EXCLUDED.note, installed_at = now()").format(
+                    sql.SQL(", ").join(map(sql.Literal, (t, spec.cluster, spec.epoch, spec.mode, spec.note)))),
+            ]
+            if only_before is not None:  # read first, on the locked table; if late, none of it commits
+                changes.insert(0, sql.SQL("SELECT clock_timestamp() < {}::timestamptz").format(
+                    sql.Literal(only_before)))
+            cur = conn.execute(sql.SQL(";\n").join(changes))
+            if only_before is not None and not cur.fetchone()[0]:
+                raise BudgetExceeded(f"{spec.cluster}: the fence deadline {only_before} passed before the flip")
         changed.append(t)
     return tables
+
+
+def _found(conn: psycopg.Connection[Any], tables: list[str]) -> dict[str, tuple[bool, bool]]:
+    """Of these tables, those present on this cluster: whether each has reshard's fence
+    trigger already, and whether reshard.fence_state exists (the same for all); one round trip."""
+    rows = conn.execute(
+        "SELECT t, EXISTS (SELECT 1 FROM pg_trigger WHERE tgrelid = to_regclass(q) AND tgname = %s), "
+        "to_regclass('reshard.fence_state') IS NOT NULL "
+        "FROM unnest(%s::text[], %s::text[]) AS x(t, q) WHERE to_regclass(q) IS NOT NULL",
+        (TRIGGER, tables, [table_ident(t).as_string(conn) for t in tables])).fetchall()
+    return {r[0]: (bool(r[1]), bool(r[2])) for r in rows}
 
 
 def remove(conn: psycopg.Connection[Any], tables: list[str], lock_timeout_ms: int = 2000) -> list[str]:

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 
 from reshard.cluster import fence, shard_schema
-from reshard.errors import WaitTimeout
+from reshard.errors import BudgetExceeded, WaitTimeout
 from reshard.maps.shardmap import parse_map
 
 KV = {"key": "bigint", "tables": {"public.kv": "k"}}
@@ -96,4 +96,27 @@ def test_changing_the_fence_waits_for_writes_in_progress_and_is_bounded(env):
     with env.conn("source1") as conn:
         with pytest.raises(psycopg.Error) as e:
             conn.execute("UPDATE kv SET v = 'late' WHERE k = %s", (k,))
+        assert e.value.sqlstate == fence.NOT_OWNER
+
+
+def test_a_fence_change_past_its_deadline_changes_nothing(env):
+    """A cutover's flips change a table only if the cluster's clock is still before the
+    fence's deadline once the table is locked; past it, none of the change commits."""
+    kv_tables(env)
+    with env.conn("source1") as conn:
+        conn.autocommit = True
+        shard_schema.install(conn)
+        assert fence.install(conn, fence.steady("source1", 5, SPLIT)) == ["public.kv"]
+        past = conn.execute("SELECT (clock_timestamp() - interval '1 second')::text").fetchone()[0]
+        with pytest.raises(BudgetExceeded, match="deadline"):
+            fence.install(conn, fence.steady("source1", 6, MOVED), only_before=past)
+        assert conn.execute("SELECT reshard.shard_epoch()").fetchone()[0] == 5
+        assert fence.state(conn)[0]["epoch"] == 5
+        moving = next(k for k in keys_of(SPLIT, "source1") if MOVED.owner("public.kv", [k]) == "target2")
+        conn.execute("INSERT INTO kv VALUES (%s, 'still mine at epoch 5')", (moving,))
+        future = conn.execute("SELECT (clock_timestamp() + interval '1 minute')::text").fetchone()[0]
+        assert fence.install(conn, fence.steady("source1", 6, MOVED), only_before=future) == ["public.kv"]
+        assert conn.execute("SELECT reshard.shard_epoch()").fetchone()[0] == 6 and fence.state(conn)[0]["epoch"] == 6
+        with pytest.raises(psycopg.Error) as e:
+            conn.execute("UPDATE kv SET v = 'moved away' WHERE k = %s", (moving,))
         assert e.value.sqlstate == fence.NOT_OWNER
