@@ -285,7 +285,8 @@ class Applier:
                 if self.ddl.paused is not None:
                     raise self.ddl.paused  # a schema change the policy will not place: stop before its rows
                 self._obey(consumer)
-                msgs = self._fetch(consumer)
+                # while a batch is applied, look for its end often: its offsets are committed here
+                msgs = self._fetch(consumer, LINGER_S if inflight else POLL_S)
                 if not msgs and not inflight:
                     self.metrics.idle()
                     summary.idle()
@@ -318,14 +319,14 @@ class Applier:
             self._shut_down(consumer, pool, settle)
         return self.stats
 
-    def _fetch(self, consumer: Consumer) -> list:
+    def _fetch(self, consumer: Consumer, wait_s: float) -> list:
         """Up to a batch of records: what is waiting, at once; else the first record to arrive
-        (within POLL_S) and what follows it within LINGER_S. ``consume`` alone waits its whole
+        (within ``wait_s``) and what follows it within LINGER_S. ``consume`` alone waits its whole
         timeout for a batch that is not full (librdkafka), which held a trickle of changes,
         and a cutover's drain inside the write pause, for up to that long."""
         msgs = consumer.consume(self.batch_size, timeout=0)
         if not msgs:
-            first = consumer.poll(POLL_S)
+            first = consumer.poll(wait_s)
             if first is None:
                 return []
             msgs = [first]
