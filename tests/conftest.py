@@ -23,6 +23,7 @@ from reshard.config import ClusterConfig, Config
 from reshard.kafka.connect_client import ConnectClient
 from reshard.stack import Stack
 from reshard.stack.stack import PgVersions
+from tests import connect_evidence
 
 _counter = itertools.count(1)
 # every --json document a command prints in a test is checked against schemas/cli first
@@ -35,6 +36,17 @@ def pytest_collection_modifyitems(items):
             item.add_marker(pytest.mark.e2e)
         if "/chaos/" in str(item.fspath):
             item.add_marker(pytest.mark.chaos)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed test that ran on the session's stack gets what Kafka Connect did meanwhile
+    (tests/connect_evidence.py): its warnings, task restarts and the tasks' threads."""
+    outcome = yield
+    rep = outcome.get_result()
+    stack = item.funcargs.get("stack") if hasattr(item, "funcargs") else None
+    if rep.when == "call" and rep.failed and isinstance(stack, Stack):
+        rep.sections.append(("Kafka Connect", connect_evidence.report(stack.home, call.start)))
 
 
 def _postmaster_alive(datadir: Path) -> bool:

@@ -24,7 +24,7 @@ appender.file.name = FILE
 appender.file.fileName = {log}
 appender.file.filePattern = {log}.%i
 appender.file.layout.type = PatternLayout
-appender.file.layout.pattern = [%d] %p %m (%c)%n
+appender.file.layout.pattern = [%d] %p %X{{connector.context}}%m (%c) [%t]%n
 appender.file.policies.type = Policies
 appender.file.policies.size.type = SizeBasedTriggeringPolicy
 appender.file.policies.size.size = {max_mb}MB
@@ -51,7 +51,9 @@ LOG_MAX_MB, LOG_KEEP = 10, 5  # each JVM's log rolls at 10 MB, keeping 5 old fil
 def write_log4j(path: Path, log: Path) -> Path:
     """log4j2 settings: the JVM's log in ``log``, rolled by size, without the chatty loggers
     (Connect's per-commit "Committing offsets" lines, every 50 ms per task, and its REST
-    access log). The process's own stdout and stderr (a JVM crash) go beside it, ``.out``."""
+    access log). The process's own stdout and stderr (a JVM crash) go beside it, ``.out``.
+    Each line names its connector task (Connect's ``connector.context``) and thread: Debezium's
+    own lines say neither, and a stalled stream is read from them."""
     path.write_text(LOG4J2.format(log=log, max_mb=LOG_MAX_MB, keep=LOG_KEEP))
     return path
 
