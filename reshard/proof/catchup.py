@@ -33,7 +33,7 @@ from reshard.cluster.session import connect
 from reshard.config import Config
 from reshard.control import states
 from reshard.control.store import ControlStore
-from reshard.errors import MigrationError, StreamLost, WaitTimeout
+from reshard.errors import MigrationError, ReshardError, StreamLost, WaitTimeout
 from reshard.kafka.admin import KafkaAdmin
 from reshard.kafka.connect_client import ConnectClient
 from reshard.kafka.streams import Direction, Stream, streams_of
@@ -180,12 +180,38 @@ def wait_confirmed(config: Config, positions: dict[Stream, str], deadline: float
     try:
         poll(confirmed, timeout=deadline - time.monotonic(), interval=interval, what="Debezium's confirmations")
     except WaitTimeout:
-        raise WaitTimeout("Debezium has not confirmed position(s) " + ", ".join(f"{s.slot} {x}" for s, x in pending.items())
-                          + " in time; is the connector running? (reshard status)") from None
+        seen = "; ".join(_unconfirmed(config, conns, s, x) for s, x in pending.items())
+        raise WaitTimeout(f"Debezium has not confirmed in time: {seen} (reshard status)") from None
     finally:
         if own:
             for c in conns.values():
                 c.close()
+
+
+def _unconfirmed(config: Config, conns: dict[str, psycopg.Connection[Any]], stream: Stream, x: str) -> str:
+    """What a stream that did not confirm ``x`` looks like now: its slot's confirmed position,
+    whether a consumer holds the slot, and the connector's task (a RUNNING task holding the
+    slot without confirming is stalled; a FAILED one says why)."""
+    said = f"slot {stream.slot} on {stream.cluster} needed {x}"
+    try:
+        row = _conn(config, conns, stream.cluster).execute(
+            "SELECT confirmed_flush_lsn::text, active_pid FROM pg_replication_slots WHERE slot_name = %s",
+            (stream.slot,)).fetchone()
+        if row is not None:
+            said += f", confirmed {row[0]}, " + (f"held by pid {row[1]}" if row[1] else "no consumer connected")
+    except psycopg.Error as exc:
+        said += f" (the slot could not be read: {str(exc).strip().splitlines()[0]})"
+    try:
+        status = ConnectClient(config.connect, timeout=5.0).status(stream.connector)
+    except ReshardError as exc:
+        return f"{said}; connector {stream.connector}: Connect did not answer ({exc})"
+    if status is None:
+        return f"{said}; connector {stream.connector} is not registered"
+    tasks = status.get("tasks") or []
+    states = ", ".join(t.get("state", "?") for t in tasks) or "no task"
+    trace = next((t.get("trace", "") for t in tasks if t.get("state") == "FAILED"), "")
+    return (f"{said}; connector {stream.connector} {status.get('connector', {}).get('state', '?')}, task {states}"
+            + (f": {trace.strip().splitlines()[0]}" if trace.strip() else ""))
 
 
 def wait_applied(admin: KafkaAdmin, group: str, topics: list[str], deadline: float,

@@ -11,7 +11,10 @@ from dataclasses import replace
 
 from reshard.config import write_config
 from reshard.exit_codes import ExitCode
-from tests.e2e.helpers import prepare, reshard_cmd
+from reshard.kafka.connect_client import ConnectClient
+from reshard.kafka.streams import forward
+from reshard.stack.workload import seed
+from tests.e2e.helpers import prepare, reshard_cmd, wait_for
 
 
 def _dead_port() -> int:
@@ -53,3 +56,31 @@ def test_status_wait_and_apply_with_kafka_unreachable(env, tmp_path):
     assert apply.stderr.count("is unreachable; waiting for it") == 1, apply.stderr
     assert "nothing was lost" in apply.stderr and "Traceback" not in apply.stderr
     assert time.monotonic() - started < 60
+
+
+def test_a_wait_on_a_connector_that_stopped_confirming_says_what_the_stream_looks_like(env, tmp_path):
+    """A paused connector keeps its slot but confirms nothing: ``wait`` runs out (exit 6) and
+    says the slot's confirmed position, that a consumer holds it, and the task's state."""
+    name = env.migration()
+    co = prepare(env, rows=200, migration=name)
+    co.start(name)
+    stream = forward(name, "source1")
+    client = ConnectClient(env.config.connect)
+    client.pause(stream.connector)
+    wait_for(lambda: [t["state"] for t in (client.status(stream.connector) or {}).get("tasks", [])] == ["PAUSED"],
+             30, "the connector's task to pause")
+    with env.conn("source1") as conn:  # a change after the slot's confirmed position
+        seed(conn, 10, first=10_001)
+    cfg = tmp_path / "reshard.yaml"
+    write_config(env.config, cfg)
+    try:
+        wait = subprocess.run(reshard_cmd(cfg, "wait", name, "--timeout", "8"), capture_output=True, text=True,
+                              timeout=120)
+    finally:
+        client.resume(stream.connector)
+    assert wait.returncode == ExitCode.TIMEOUT, (wait.returncode, wait.stderr)
+    said = " ".join(wait.stderr.split())
+    assert f"slot {stream.slot} on source1 needed " in said and ", confirmed " in said, said
+    assert "held by pid" in said or "no consumer connected" in said, said
+    assert f"connector {stream.connector} PAUSED, task PAUSED" in said, said
+    assert "Traceback" not in wait.stderr
