@@ -38,6 +38,7 @@ from reshard.cdc_applier import metrics
 from reshard.cdc_applier.apply import ApplyStats, Routed, TargetWriter
 from reshard.cdc_applier.avro import WriterSchemas
 from reshard.cdc_applier.batch import Batch, prepare
+from reshard.cdc_applier.commits import OffsetCommits, left_group
 from reshard.cdc_applier.dlq import DeadLetters
 from reshard.cdc_applier.failover_watch import FailoverWatch
 from reshard.cdc_applier.metrics import STATS_INTERVAL_MS, WorkerMetrics
@@ -170,6 +171,8 @@ class Applier:
         self.kafka_outage_s = kafka_outage_s
         self.sample_every_s = sample_every_s
         self._kafka_down_since: float | None = None
+        self.commits = OffsetCommits(RETRY_LIMIT)
+        self._settle: Callable[[], None] = lambda: None  # run()'s: the batch in flight, then refused offsets
         self._last_sample = 0.0
         self._kafka_said = False
         self.worker_id = worker_id or f"applier@{socket.gethostname()}:{os.getpid()}"
@@ -250,7 +253,8 @@ class Applier:
             self.failover_watch.follow(streams)
             self.ddl.follow(streams)
             self._close_writers()
-            consumer.subscribe(self.topics)
+            # a new subscription replaces the callbacks: the one before a revoke goes with it
+            consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: self._settle())
 
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
             task: Task | None = None) -> ApplierStats:
@@ -267,10 +271,13 @@ class Applier:
             # the helper while this thread runs a rebalance callback would wait for each other
             while inflight:
                 self._commit(consumer, inflight.pop().result())  # result() re-raises the apply's error
+            if self.commits.kept:  # offsets Kafka refused during a rebalance
+                self._commit(consumer, {})
 
         consumer = self._consumer()
         dlq = DeadLetters(self.config.kafka, self.rec.name, self.config.kafka.schema_registry_url)
         consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
+        self._settle = settle  # before partitions are revoked, again after each subscription change
         last_beat = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)
@@ -560,28 +567,12 @@ class Applier:
             raise Unavailable(f"cluster {cluster} keeps failing: {exc}") from None
 
     def _commit(self, consumer: Consumer, offsets: dict[tuple[str, int], int]) -> None:
-        """Commit a batch's offsets after its effects committed on the targets.
-
-        A commit Kafka refuses because this member left the group (a broker restart, a
-        long pause: unknown member, stale generation) or cannot take (Kafka unreachable)
-        is not fatal: the batch is applied, and the records it covers come back after the
-        next join and are skipped by their per-key positions. Kafka's absence is handled
-        by the outage rules (``_ride_out_outage``), not by exiting here."""
-        if not offsets:
-            return
-        tps = [TopicPartition(t, p, o) for (t, p), o in offsets.items()]
-
-        def left_group(exc: BaseException) -> bool:
-            err = exc.args[0] if exc.args else None
-            return isinstance(err, KafkaError) and err.code() in (
-                KafkaError.UNKNOWN_MEMBER_ID, KafkaError.ILLEGAL_GENERATION, KafkaError.REBALANCE_IN_PROGRESS,
-                KafkaError._STATE)
+        """Commit a batch's offsets (and any Kafka refused before) after its effects committed
+        on the targets (cdc_applier/commits.py). A refusal is not fatal: the batch is applied and
+        its offsets are committed again later. Kafka's absence is handled by the outage rules
+        (``_ride_out_outage``), not by exiting here."""
         try:
-            retry(lambda: consumer.commit(offsets=tps, asynchronous=False),
-                  on=lambda exc: isinstance(exc, KafkaException) and not left_group(exc), attempts=RETRY_LIMIT, delay=0.5)
+            self.commits.commit(consumer, offsets)
         except KafkaException as exc:
-            if left_group(exc):
-                log.warning("Kafka refused an offset commit (%s); the batch is applied and will be skipped "
-                            "when it comes again after the group rejoins", exc.args[0])
-            elif self._kafka_down_since is None:
+            if not left_group(exc) and self._kafka_down_since is None:
                 self._kafka_down_since = time.monotonic()
