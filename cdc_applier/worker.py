@@ -253,8 +253,13 @@ class Applier:
             self.failover_watch.follow(streams)
             self.ddl.follow(streams)
             self._close_writers()
-            # a new subscription replaces the callbacks: the one before a revoke goes with it
-            consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: self._settle())
+            self._subscribe(consumer)
+
+    def _subscribe(self, consumer: Consumer) -> None:
+        """Subscribe to the streams' topics; before partitions are revoked, the batch in flight
+        and refused offsets are committed (a subscription replaces the callbacks: every one
+        goes through here)."""
+        consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: self._settle())
 
     def run(self, stop: threading.Event, *, until: Callable[[], bool] | None = None,
             task: Task | None = None) -> ApplierStats:
@@ -276,8 +281,8 @@ class Applier:
 
         consumer = self._consumer()
         dlq = DeadLetters(self.config.kafka, self.rec.name, self.config.kafka.schema_registry_url)
-        consumer.subscribe(self.topics, on_revoke=lambda _c, _parts: settle())
-        self._settle = settle  # before partitions are revoked, again after each subscription change
+        self._settle = settle
+        self._subscribe(consumer)
         last_beat = 0.0
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reshard-apply")
         self.store.prune_workers(self.rec.name)

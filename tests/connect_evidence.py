@@ -24,11 +24,12 @@ TASK_THREADS = ("task-thread-", "change-event-source-coordinator", "lsn-flush")
 STACK_DEPTH = 40
 
 
-def _stamp(line: str) -> float | None:
+def _stamp(line: str) -> tuple[float, str] | None:
+    """A log line's time (epoch seconds) and level; None for a line that continues another."""
     m = LINE_TIME.match(line)
     if not m:
         return None
-    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000
+    return datetime.strptime(m.group(1), "%Y-%m-%d %H:%M:%S").timestamp() + int(m.group(2)) / 1000, m.group(3)
 
 
 def log_window(log: Path, since: float) -> tuple[list[str], set[str]]:
@@ -42,13 +43,13 @@ def log_window(log: Path, since: float) -> tuple[list[str], set[str]]:
     except OSError as exc:
         return [f"(no Connect log: {exc})"], names
     for line in lines:
-        at = _stamp(line)
-        if at is not None:
+        stamped = _stamp(line)
+        if stamped is not None:
+            at, level = stamped
             inside = at >= since
             if not inside:
                 continue
             names.update(CONNECTOR.findall(line))
-            level = LINE_TIME.match(line).group(3)  # type: ignore[union-attr]
             if level in ("WARN", "ERROR") or any(n in line for n in NOTABLE):
                 kept.append(line[:400])
         elif inside and kept and line.startswith("Caused by"):
